@@ -1,0 +1,396 @@
+//! Payload filters: a MongoDB-style query over the envelope, such as
+//! `{"data.merchant": "Acme Corp", "data.items": {"$gte": 2}}`.
+//!
+//! Operators: `$eq $ne $gt $gte $lt $lte $in $nin $exists` on a field, `$not` on a field's
+//! operators, `$and $or` (and `$not` over a whole document) at document level. Paths are
+//! dotted; arrays behave as MongoDB users expect: a condition holds when it holds for the
+//! array itself or for any element, a numeric segment indexes an array, and a path through
+//! an array of objects looks into each element. Comparisons only compare like with like
+//! (numbers with numbers, strings with strings). Filters are checked once at write time;
+//! evaluation cannot fail.
+
+use std::cmp::Ordering;
+
+use serde_json::{Map, Value};
+
+use crate::Invalid;
+
+/// Upper bounds, so a filter cannot make routing expensive.
+pub const MAX_DEPTH: usize = 8;
+pub const MAX_NODES: usize = 256;
+pub const MAX_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    root: Node,
+    source: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+    Field { path: Vec<String>, ops: Vec<Op> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Eq(Value),
+    Ne(Value),
+    Cmp(Ordering, bool, Value),
+    In(Vec<Value>),
+    Nin(Vec<Value>),
+    Exists(bool),
+    Not(Vec<Op>),
+}
+
+struct Parser {
+    nodes: usize,
+}
+
+fn invalid(at: &str, why: impl std::fmt::Display) -> Invalid {
+    let at = if at.is_empty() { "filter".to_owned() } else { format!("filter at `{at}`") };
+    Invalid::new("invalid_filter", format!("{at}: {why}"))
+}
+
+impl Filter {
+    pub fn parse(value: &Value) -> Result<Self, Invalid> {
+        let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_BYTES {
+            return Err(invalid("", format!("is {size} bytes; the limit is {MAX_BYTES}")));
+        }
+        let Value::Object(doc) = value else {
+            return Err(invalid("", "must be a JSON object such as {\"data.merchant\": \"Acme Corp\"}"));
+        };
+        let root = Parser { nodes: 0 }.document(doc, "", 1)?;
+        Ok(Self { root, source: value.clone() })
+    }
+
+    /// The filter as it was written.
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+
+    /// Whether the envelope (`{"event":…, "event_id":…, "timestamp":…, "data":{…}}`) passes.
+    pub fn matches(&self, envelope: &Value) -> bool {
+        self.root.eval(envelope)
+    }
+}
+
+impl Parser {
+    fn count(&mut self, at: &str) -> Result<(), Invalid> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(invalid(at, format!("has more than {MAX_NODES} conditions")));
+        }
+        Ok(())
+    }
+
+    fn document(&mut self, doc: &Map<String, Value>, at: &str, depth: usize) -> Result<Node, Invalid> {
+        if depth > MAX_DEPTH {
+            return Err(invalid(at, format!("nests deeper than {MAX_DEPTH} levels")));
+        }
+        let mut all = Vec::with_capacity(doc.len());
+        for (key, value) in doc {
+            self.count(at)?;
+            let here = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+            all.push(match key.as_str() {
+                "$and" | "$or" => {
+                    let Value::Array(items) = value else {
+                        return Err(invalid(&here, format!("`{key}` takes a non-empty array of documents")));
+                    };
+                    if items.is_empty() {
+                        return Err(invalid(&here, format!("`{key}` takes a non-empty array of documents")));
+                    }
+                    let mut nodes = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        let Value::Object(d) = item else {
+                            return Err(invalid(&format!("{here}[{i}]"), "must be a document (a JSON object)"));
+                        };
+                        nodes.push(self.document(d, &format!("{here}[{i}]"), depth + 1)?);
+                    }
+                    if key == "$and" { Node::And(nodes) } else { Node::Or(nodes) }
+                }
+                "$not" => {
+                    let Value::Object(d) = value else {
+                        return Err(invalid(&here, "`$not` at document level takes a document"));
+                    };
+                    Node::Not(Box::new(self.document(d, &here, depth + 1)?))
+                }
+                k if k.starts_with('$') => {
+                    return Err(invalid(&here, format!("unknown operator `{k}` (document level allows $and, $or, $not)")));
+                }
+                path => {
+                    if path.split('.').any(str::is_empty) {
+                        return Err(invalid(&here, "a path has no empty segments: write `data.a.b`"));
+                    }
+                    Node::Field {
+                        path: path.split('.').map(str::to_owned).collect(),
+                        ops: self.condition(value, &here, depth + 1)?,
+                    }
+                }
+            });
+        }
+        Ok(if all.len() == 1 { all.remove(0) } else { Node::And(all) })
+    }
+
+    /// A field's condition: a literal (equality) or an object of operators.
+    fn condition(&mut self, value: &Value, at: &str, depth: usize) -> Result<Vec<Op>, Invalid> {
+        let Value::Object(ops) = value else { return Ok(vec![Op::Eq(value.clone())]) };
+        let operators = ops.keys().filter(|k| k.starts_with('$')).count();
+        if operators == 0 {
+            return Ok(vec![Op::Eq(value.clone())]);
+        }
+        if operators != ops.len() {
+            return Err(invalid(at, "mixes operators and plain fields; use one or the other"));
+        }
+        if depth > MAX_DEPTH {
+            return Err(invalid(at, format!("nests deeper than {MAX_DEPTH} levels")));
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for (op, arg) in ops {
+            self.count(at)?;
+            let here = format!("{at}.{op}");
+            let list = |arg: &Value| match arg {
+                Value::Array(items) => Ok(items.clone()),
+                _ => Err(invalid(&here, format!("`{op}` takes an array"))),
+            };
+            let scalar = |arg: &Value| match arg {
+                Value::Number(_) | Value::String(_) => Ok(arg.clone()),
+                _ => Err(invalid(&here, format!("`{op}` compares numbers or strings"))),
+            };
+            out.push(match op.as_str() {
+                "$eq" => Op::Eq(arg.clone()),
+                "$ne" => Op::Ne(arg.clone()),
+                "$gt" => Op::Cmp(Ordering::Greater, false, scalar(arg)?),
+                "$gte" => Op::Cmp(Ordering::Greater, true, scalar(arg)?),
+                "$lt" => Op::Cmp(Ordering::Less, false, scalar(arg)?),
+                "$lte" => Op::Cmp(Ordering::Less, true, scalar(arg)?),
+                "$in" => Op::In(list(arg)?),
+                "$nin" => Op::Nin(list(arg)?),
+                "$exists" => match arg {
+                    Value::Bool(b) => Op::Exists(*b),
+                    _ => return Err(invalid(&here, "`$exists` takes true or false")),
+                },
+                "$not" => match arg {
+                    Value::Object(m) if !m.is_empty() && m.keys().all(|k| k.starts_with('$')) => {
+                        Op::Not(self.condition(arg, &here, depth + 1)?)
+                    }
+                    _ => return Err(invalid(&here, "`$not` on a field takes an operator document such as {\"$gt\": 5}")),
+                },
+                other => {
+                    return Err(invalid(
+                        &here,
+                        format!("unknown operator `{other}` (allowed: $eq $ne $gt $gte $lt $lte $in $nin $exists $not)"),
+                    ));
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Node {
+    fn eval(&self, doc: &Value) -> bool {
+        match self {
+            Node::And(nodes) => nodes.iter().all(|n| n.eval(doc)),
+            Node::Or(nodes) => nodes.iter().any(|n| n.eval(doc)),
+            Node::Not(node) => !node.eval(doc),
+            Node::Field { path, ops } => {
+                let mut found = Vec::new();
+                resolve(doc, path, &mut found);
+                ops.iter().all(|op| op.eval(&found))
+            }
+        }
+    }
+}
+
+/// Every value the path reaches, MongoDB-style (through arrays of objects, numeric indexes).
+fn resolve<'a>(value: &'a Value, path: &[String], out: &mut Vec<&'a Value>) {
+    let Some((head, rest)) = path.split_first() else {
+        out.push(value);
+        return;
+    };
+    match value {
+        Value::Object(map) => {
+            if let Some(v) = map.get(head) {
+                resolve(v, rest, out);
+            }
+        }
+        Value::Array(items) => {
+            if let Ok(i) = head.parse::<usize>() {
+                if let Some(v) = items.get(i) {
+                    resolve(v, rest, out);
+                }
+            }
+            for item in items.iter().filter(|v| v.is_object()) {
+                resolve(item, path, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each found value, and for arrays each of their elements too.
+fn candidates<'a>(found: &[&'a Value]) -> impl Iterator<Item = &'a Value> {
+    found.iter().flat_map(|v| {
+        let elements = match v {
+            Value::Array(items) => items.as_slice(),
+            _ => &[],
+        };
+        std::iter::once(*v).chain(elements.iter())
+    })
+}
+
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| ka == kb && json_eq(va, vb))
+        }
+        _ => a == b,
+    }
+}
+
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+impl Op {
+    fn eval(&self, found: &[&Value]) -> bool {
+        let equals = |target: &Value| {
+            // As in MongoDB, equality with null also holds for a missing field.
+            (target.is_null() && found.is_empty()) || candidates(found).any(|c| json_eq(c, target))
+        };
+        match self {
+            Op::Eq(v) => equals(v),
+            Op::Ne(v) => !equals(v),
+            Op::Cmp(dir, or_equal, v) => candidates(found).any(|c| match compare(c, v) {
+                Some(Ordering::Equal) => *or_equal,
+                Some(o) => o == *dir,
+                None => false,
+            }),
+            Op::In(list) => list.iter().any(equals),
+            Op::Nin(list) => !list.iter().any(equals),
+            Op::Exists(want) => found.is_empty() != *want,
+            Op::Not(ops) => !ops.iter().all(|op| op.eval(found)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn env(data: Value) -> Value {
+        json!({"event": "orders/created", "event_id": "evt_1", "timestamp": "2024-03-15T14:30:00Z", "data": data})
+    }
+
+    fn passes(filter: Value, data: Value) -> bool {
+        Filter::parse(&filter).unwrap().matches(&env(data))
+    }
+
+    #[test]
+    fn the_contract_example() {
+        let f = json!({"data.merchant": "Acme Corp", "data.items": {"$gte": 2}});
+        assert!(passes(f.clone(), json!({"merchant": "Acme Corp", "items": 3})));
+        assert!(!passes(f.clone(), json!({"merchant": "Globex", "items": 3})));
+        assert!(!passes(f, json!({"merchant": "Acme Corp", "items": 1})));
+    }
+
+    #[test]
+    fn every_operator() {
+        let d = json!({"n": 5, "s": "b", "tags": ["x", "y"], "lines": [{"sku": "A"}, {"sku": "B"}], "nil": null});
+        let p = |f: Value| passes(f, d.clone());
+        assert!(p(json!({"data.n": {"$eq": 5.0}})));
+        assert!(p(json!({"data.n": {"$ne": 4}})));
+        assert!(p(json!({"data.n": {"$gt": 4, "$lt": 6}})));
+        assert!(!p(json!({"data.n": {"$gt": 5}})));
+        assert!(p(json!({"data.n": {"$gte": 5, "$lte": 5}})));
+        assert!(p(json!({"data.s": {"$gt": "a"}})));
+        assert!(!p(json!({"data.s": {"$gt": 1}})), "strings never compare with numbers");
+        assert!(p(json!({"data.s": {"$in": ["a", "b"]}})));
+        assert!(p(json!({"data.s": {"$nin": ["a", "c"]}})));
+        assert!(p(json!({"data.n": {"$exists": true}, "data.missing": {"$exists": false}})));
+        assert!(p(json!({"data.nil": {"$exists": true}})));
+        assert!(p(json!({"data.n": {"$not": {"$gt": 10}}})));
+        assert!(p(json!({"$or": [{"data.n": 1}, {"data.s": "b"}]})));
+        assert!(!p(json!({"$and": [{"data.n": 5}, {"data.s": "z"}]})));
+        assert!(p(json!({"$not": {"data.s": "z"}})));
+        assert!(p(json!({"event": "orders/created"})));
+    }
+
+    #[test]
+    fn arrays_behave_as_in_mongodb() {
+        let d = json!({"tags": ["x", "y"], "lines": [{"sku": "A"}, {"sku": "B"}]});
+        let p = |f: Value| passes(f, d.clone());
+        assert!(p(json!({"data.tags": "y"})), "an element matches");
+        assert!(p(json!({"data.tags": ["x", "y"]})), "the whole array matches");
+        assert!(p(json!({"data.tags.0": "x"})), "numeric segments index");
+        assert!(p(json!({"data.lines.sku": "B"})), "paths look into arrays of objects");
+        assert!(!p(json!({"data.lines.sku": {"$nin": ["A"]}})));
+        assert!(p(json!({"data.tags": {"$ne": "z"}})));
+        assert!(!p(json!({"data.tags": {"$ne": "x"}})));
+    }
+
+    #[test]
+    fn null_equality_matches_missing_fields() {
+        assert!(passes(json!({"data.gone": null}), json!({})));
+        assert!(!passes(json!({"data.gone": {"$ne": null}}), json!({})));
+    }
+
+    #[test]
+    fn invalid_filters_name_the_place_and_the_rule() {
+        let err = |f: Value| Filter::parse(&f).unwrap_err().message;
+        assert!(err(json!({"data.a": {"$bogus": 1}})).contains("`data.a.$bogus`"));
+        assert!(err(json!({"data.a": {"$in": 3}})).contains("takes an array"));
+        assert!(err(json!({"$or": []})).contains("non-empty"));
+        assert!(err(json!({"$where": "1"})).contains("unknown operator"));
+        assert!(err(json!({"data..a": 1})).contains("empty segments"));
+        assert!(err(json!({"data.a": {"$gt": 1, "b": 2}})).contains("mixes"));
+        assert!(err(json!([1])).contains("JSON object"));
+        let mut deep = json!({"data.a": 1});
+        for _ in 0..10 {
+            deep = json!({"$and": [deep]});
+        }
+        assert!(err(deep).contains("deeper"));
+    }
+
+    /// A plain reference for flat equality and range filters over scalar fields.
+    fn reference(field: &str, op: &str, arg: i64, doc: &Map<String, Value>) -> bool {
+        match doc.get(field).and_then(Value::as_i64) {
+            None => op == "$ne",
+            Some(v) => match op {
+                "$eq" => v == arg,
+                "$ne" => v != arg,
+                "$gt" => v > arg,
+                "$gte" => v >= arg,
+                "$lt" => v < arg,
+                _ => v <= arg,
+            },
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn scalar_comparisons_match_the_reference(
+            doc in prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c"]), -3i64..3, 0..3),
+            field in prop::sample::select(vec!["a", "b", "c"]),
+            op in prop::sample::select(vec!["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]),
+            arg in -3i64..3,
+        ) {
+            let data: Map<String, Value> = doc.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+            let f = Filter::parse(&json!({ format!("data.{field}"): { op: arg } })).unwrap();
+            prop_assert_eq!(f.matches(&env(Value::Object(data.clone()))), reference(field, op, arg, &data));
+        }
+    }
+}

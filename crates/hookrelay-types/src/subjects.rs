@@ -1,0 +1,91 @@
+//! Every NATS subject, stream, consumer and header name hookrelay uses. Nothing else in the
+//! workspace spells one out.
+//!
+//! ```text
+//! producer ──hookrelay.ingest.<tenant>.<event tokens>──▶ HOOKRELAY_INGEST ──▶ ingest
+//! ingest   ──hookrelay.dead.ingest (bad input)─────────▶ HOOKRELAY_DEAD
+//! ingest   ──hookrelay.events.<tenant>.<event tokens>──▶ HOOKRELAY_EVENTS ──▶ router
+//! router   ──hookrelay.deliveries.<tenant>.<endpoint>──▶ HOOKRELAY_DELIVERIES ──▶ deliverer
+//! query    ──hookrelay.commands.deliverer.<tenant>─────▶ HOOKRELAY_COMMANDS ──▶ deliverer
+//! ```
+
+use crate::{EndpointId, EventType, TenantId};
+
+pub const INGEST_STREAM: &str = "HOOKRELAY_INGEST";
+pub const INGEST_SUBJECTS: &str = "hookrelay.ingest.>";
+pub const INGEST_PREFIX: &str = "hookrelay.ingest.";
+pub const INGEST_CONSUMER: &str = "ingest";
+
+pub const DEAD_STREAM: &str = "HOOKRELAY_DEAD";
+pub const DEAD_SUBJECTS: &str = "hookrelay.dead.>";
+pub const DEAD_INGEST: &str = "hookrelay.dead.ingest";
+
+pub const EVENTS_STREAM: &str = "HOOKRELAY_EVENTS";
+pub const EVENTS_SUBJECTS: &str = "hookrelay.events.>";
+pub const ROUTER_CONSUMER: &str = "router";
+
+pub const DELIVERIES_STREAM: &str = "HOOKRELAY_DELIVERIES";
+pub const DELIVERIES_SUBJECTS: &str = "hookrelay.deliveries.>";
+pub const DELIVERER_CONSUMER: &str = "deliverer";
+
+pub const COMMANDS_STREAM: &str = "HOOKRELAY_COMMANDS";
+pub const COMMANDS_SUBJECTS: &str = "hookrelay.commands.>";
+pub const DELIVERER_COMMANDS_CONSUMER: &str = "deliverer-commands";
+
+/// Headers on dead letters.
+pub const HEADER_ERROR_CODE: &str = "Hookrelay-Error-Code";
+pub const HEADER_ERROR: &str = "Hookrelay-Error";
+/// W3C trace context, carried on every internal message when tracing is on.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+pub fn ingest(tenant: &TenantId, event: &EventType) -> String {
+    format!("{INGEST_PREFIX}{tenant}.{}", event.subject_tokens())
+}
+
+/// Splits `hookrelay.ingest.<tenant>.<tokens…>` into the tenant token and the event tokens.
+/// `None` when the subject is not under the intake prefix or lacks an event.
+pub fn parse_ingest(subject: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = subject.strip_prefix(INGEST_PREFIX)?;
+    let mut tokens = rest.split('.');
+    let tenant = tokens.next()?;
+    let event: Vec<&str> = tokens.collect();
+    (!event.is_empty()).then_some((tenant, event))
+}
+
+pub fn event(tenant: &TenantId, event: &EventType) -> String {
+    format!("hookrelay.events.{tenant}.{}", event.subject_tokens())
+}
+
+pub fn delivery(tenant: &TenantId, endpoint: &EndpointId) -> String {
+    format!("hookrelay.deliveries.{tenant}.{endpoint}")
+}
+
+pub fn deliverer_command(tenant: &TenantId) -> String {
+    format!("hookrelay.commands.deliverer.{tenant}")
+}
+
+/// `Nats-Msg-Id` of an accepted event: one per event per tenant.
+pub fn event_msg_id(tenant: &TenantId, event_id: &crate::EventId) -> String {
+    format!("{tenant}:{event_id}")
+}
+
+/// `Nats-Msg-Id` of a delivery job: one per (event, endpoint).
+pub fn job_msg_id(tenant: &TenantId, event_id: &crate::EventId, endpoint: &EndpointId) -> String {
+    format!("{tenant}:{event_id}:{endpoint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_subjects_round_trip() {
+        let t = TenantId::parse("acme").unwrap();
+        let e = EventType::parse("product-stock/updated").unwrap();
+        let s = ingest(&t, &e);
+        assert_eq!(s, "hookrelay.ingest.acme.product-stock.updated");
+        assert_eq!(parse_ingest(&s), Some(("acme", vec!["product-stock", "updated"])));
+        assert_eq!(parse_ingest("hookrelay.ingest.acme"), None);
+        assert_eq!(parse_ingest("hookrelay.events.acme.a.b"), None);
+    }
+}
