@@ -1,1 +1,85 @@
-//! placeholder
+//! Process plumbing every hookrelay service shares: configuration from the environment,
+//! telemetry, the shutdown token, the Postgres pool and migrations, the NATS connection and
+//! streams, `/healthz` `/readyz` `/metrics`, API-key authentication and the API's error body.
+//!
+//! It knows no service's business: services build on [`Runtime`] and add their own consumers
+//! and routes.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod nats;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;
+
+use anyhow::Context as _;
+pub use config::Config;
+pub use ops::Readiness;
+use tokio_util::task::TaskTracker;
+
+/// The connections a service runs on. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub db: sqlx::PgPool,
+    pub ready: Readiness,
+    /// Background tasks (consumers, sweepers); awaited on shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl Runtime {
+    /// Connects to NATS and Postgres, applies migrations and creates the streams. Retries the
+    /// connections until `shutdown` so a service can start before its dependencies.
+    pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
+        telemetry::install_crypto_provider();
+        let db = db::connect(&cfg.database_url).await.context("connecting to PostgreSQL")?;
+        db::migrate(&db).await.context("applying migrations")?;
+        let nats = nats::connect(&cfg.nats_url).await.context("connecting to NATS")?;
+        let js = async_nats::jetstream::new(nats.clone());
+        nats::ensure_streams(&js).await.context("creating JetStream streams")?;
+        let ready = Readiness::new(nats.clone(), db.clone());
+        Ok(Self { nats, js, db, ready, tasks: TaskTracker::new() })
+    }
+}
+
+/// Serves `api` plus `/healthz` `/readyz` `/metrics` on `listener` until `shutdown`, then
+/// drains: `/readyz` turns 503 at once, HTTP stops accepting and finishes in-flight
+/// requests, and background tasks get `drain` to finish their in-flight work.
+///
+/// Call it once every consumer exists: it marks the service ready.
+pub async fn serve(
+    rt: &Runtime,
+    listener: tokio::net::TcpListener,
+    api: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+    drain: std::time::Duration,
+) -> anyhow::Result<()> {
+    rt.ready.mark_started();
+    let ready = rt.ready.clone();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        ready.mark_draining();
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let app = http::with_fallbacks(api.merge(ops::routes(rt.ready.clone())));
+    http::serve(listener, app, shutdown).await?;
+    rt.tasks.close();
+    if tokio::time::timeout(drain, rt.tasks.wait()).await.is_err() {
+        tracing::warn!(?drain, "background work did not finish within the drain deadline");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds `addr`, or takes the listener a test passes in.
+pub async fn listener(given: Option<tokio::net::TcpListener>, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    match given {
+        Some(l) => Ok(l),
+        None => tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HOOKRELAY_HTTP_ADDR {addr}")),
+    }
+}

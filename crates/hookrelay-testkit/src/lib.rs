@@ -1,1 +1,44 @@
-//! placeholder
+//! Test support for hookrelay (a dev-dependency only). Real parts, isolated per test:
+//! [`TestEnv`] starts a private `nats-server` (own port and store) and creates a fresh
+//! database on the local PostgreSQL; [`Receiver`] is a real HTTP server on loopback that
+//! records every webhook; [`Api`] calls the REST API; [`verify`] checks a signature with the
+//! Standard Webhooks reference library, as a receiver would.
+//!
+//! Finding the servers:
+//! - `nats-server`: `$HOOKRELAY_TEST_NATS_SERVER`, else `.tools/venv/bin/nats-server` in the
+//!   workspace (made by `scripts/install-tools.sh`), else `nats-server` on `PATH`.
+//! - PostgreSQL: `$HOOKRELAY_TEST_DATABASE_URL` (an admin connection, default
+//!   `postgres://postgres@127.0.0.1:5432/postgres`).
+
+mod api;
+mod env;
+mod receiver;
+
+pub use api::{Api, Reply};
+pub use env::{ADMIN_TOKEN, TestEnv};
+pub use receiver::{Receiver, Received};
+
+/// Verifies a delivery with the `standardwebhooks` library (which also rejects timestamps
+/// more than 5 minutes off).
+pub fn verify(secret: &str, headers: &http::HeaderMap, body: &[u8]) -> Result<(), String> {
+    let hook = standardwebhooks::Webhook::new(secret).map_err(|e| format!("secret: {e}"))?;
+    hook.verify(body, headers).map_err(|e| format!("signature: {e}"))
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

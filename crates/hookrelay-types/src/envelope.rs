@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn oversized_envelopes_are_refused_before_parsing() {
-        let err = IncomingEnvelope::parse(&vec![b' '; 101], 100).unwrap_err();
+        let err = IncomingEnvelope::parse(&[b' '; 101], 100).unwrap_err();
         assert_eq!(err, EnvelopeError::TooLarge { size: 101, limit: 100 });
     }
 

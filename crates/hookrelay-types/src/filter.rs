@@ -219,10 +219,8 @@ fn resolve<'a>(value: &'a Value, path: &[String], out: &mut Vec<&'a Value>) {
             }
         }
         Value::Array(items) => {
-            if let Ok(i) = head.parse::<usize>() {
-                if let Some(v) = items.get(i) {
-                    resolve(v, rest, out);
-                }
+            if let Some(v) = head.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                resolve(v, rest, out);
             }
             for item in items.iter().filter(|v| v.is_object()) {
                 resolve(item, path, out);

@@ -1,0 +1,166 @@
+//! Configuration from `HOOKRELAY_*` environment variables. A file named by
+//! `HOOKRELAY_CONFIG_FILE` (lines of `KEY=VALUE`, `#` comments) may add to them; the
+//! environment wins. Every bad value names its variable.
+
+use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
+
+use anyhow::{Context as _, anyhow, bail};
+
+/// Where configuration values come from: the environment, then the optional file.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    vars: HashMap<String, String>,
+}
+
+impl Source {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let mut vars = HashMap::new();
+        if let Ok(path) = std::env::var("HOOKRELAY_CONFIG_FILE") {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("HOOKRELAY_CONFIG_FILE: cannot read {path}"))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (k, v) = line
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("HOOKRELAY_CONFIG_FILE {path}:{}: expected KEY=VALUE", n + 1))?;
+                vars.insert(k.trim().to_owned(), v.trim().trim_matches('"').to_owned());
+            }
+        }
+        vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("HOOKRELAY_")));
+        Ok(Self { vars })
+    }
+
+    /// A source with exactly these values (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect() }
+    }
+
+    pub fn raw(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn get<T: FromStr>(&self, key: &str, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| anyhow!("{key}={v:?} is invalid: {e}")),
+        }
+    }
+
+    pub fn required(&self, key: &str) -> anyhow::Result<String> {
+        self.raw(key).map(str::to_owned).ok_or_else(|| anyhow!("{key} is required but not set"))
+    }
+
+    pub fn bool(&self, key: &str, default: bool) -> anyhow::Result<bool> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(v) => bail!("{key}={v:?} is invalid: expected true or false"),
+        }
+    }
+
+    pub fn duration(&self, key: &str, default: Duration) -> anyhow::Result<Duration> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => parse_duration(v).map_err(|e| anyhow!("{key}={v:?} is invalid: {e}")),
+        }
+    }
+
+    pub fn durations(&self, key: &str, default: &str) -> anyhow::Result<Vec<Duration>> {
+        let v = self.raw(key).unwrap_or(default);
+        v.split(',')
+            .map(|part| parse_duration(part.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("{key}={v:?} is invalid: {e}"))
+    }
+}
+
+/// `250ms`, `5s`, `2m`, `1h`, `1d`, or a combination such as `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("`{s}`: expected a number such as 5s, 250ms, 2m, 1h"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("`{s}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86400),
+            "" => return Err(format!("`{s}`: a unit is required (ms, s, m, h, d)")),
+            u => return Err(format!("`{s}`: unknown unit `{u}` (ms, s, m, h, d)")),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// The settings every service shares (the contract's variables).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub database_url: String,
+    pub http_addr: SocketAddr,
+    /// `HOOKRELAY_OTLP_ENDPOINT`; unset = no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    pub const DEFAULT_NATS_URL: &'static str = "nats://127.0.0.1:4222";
+    pub const DEFAULT_DATABASE_URL: &'static str = "postgres://postgres@127.0.0.1:5432/hookrelay";
+
+    /// `default_addr` differs per binary (ingest 8080, query 8081, workers an ops port).
+    pub fn from_source(src: &Source, default_addr: SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self {
+            nats_url: src.get("HOOKRELAY_NATS_URL", Self::DEFAULT_NATS_URL.to_owned())?,
+            database_url: src.get("HOOKRELAY_DATABASE_URL", Self::DEFAULT_DATABASE_URL.to_owned())?,
+            http_addr: src.get("HOOKRELAY_HTTP_ADDR", default_addr)?,
+            otlp_endpoint: src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned),
+            drain_timeout: src.duration("HOOKRELAY_DRAIN_TIMEOUT", Duration::from_secs(20))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_contract_examples() {
+        let src = Source::from_pairs([("HOOKRELAY_RETRY_SCHEDULE", "5s,30s,2m,15m,1h,4h,12h,24h")]);
+        let d = src.durations("HOOKRELAY_RETRY_SCHEDULE", "").unwrap();
+        assert_eq!(d[0], Duration::from_secs(5));
+        assert_eq!(d[7], Duration::from_secs(86400));
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let src = Source::from_pairs([("HOOKRELAY_RETRY_SCHEDULE", "5s,soon"), ("HOOKRELAY_HTTP_ADDR", "nowhere")]);
+        let e = src.durations("HOOKRELAY_RETRY_SCHEDULE", "").unwrap_err().to_string();
+        assert!(e.contains("HOOKRELAY_RETRY_SCHEDULE"), "{e}");
+        let e = Config::from_source(&src, "127.0.0.1:8080".parse().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("HOOKRELAY_HTTP_ADDR"), "{e}");
+        let e = src.required("HOOKRELAY_ADMIN_TOKEN").unwrap_err().to_string();
+        assert!(e.contains("HOOKRELAY_ADMIN_TOKEN"), "{e}");
+        assert!(parse_duration("5").is_err() && parse_duration("5x").is_err());
+    }
+}

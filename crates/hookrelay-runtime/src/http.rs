@@ -1,0 +1,294 @@
+//! The REST API's shared face: the error body `{"error":{"code","message"}}`, extractors
+//! whose rejections use it, list pagination, and serving with graceful shutdown.
+
+use std::borrow::Cow;
+
+use axum::{
+    Json, Router,
+    extract::{FromRequest, FromRequestParts, Request, rejection::BytesRejection},
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use hookrelay_types::{EnvelopeError, Invalid};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio_util::sync::CancellationToken;
+
+/// An API error: a status, a stable snake_case code and a human sentence. 5xx errors log
+/// their cause once, here, and show a generic message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self { status, code: code.into(), message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// `what` is the kind of object, e.g. "endpoint".
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// A server-side failure: logged with its cause, answered generically.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; it has been logged")
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message)
+    }
+}
+
+impl From<EnvelopeError> for ApiError {
+    fn from(e: EnvelopeError) -> Self {
+        let status = match e {
+            EnvelopeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            EnvelopeError::Malformed(_) => StatusCode::BAD_REQUEST,
+            EnvelopeError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::internal(format!("database: {e}"))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: &self.code, message: &self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn body_rejection(r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+    } else {
+        ApiError::bad_request("invalid_body", format!("cannot read the request body: {r}"))
+    }
+}
+
+/// The raw request body, with the API's error body on failure.
+pub struct AppBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for AppBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state).await.map(Self).map_err(body_rejection)
+    }
+}
+
+/// A JSON body: syntax errors are `400 invalid_json`, shape errors `422 invalid_body`.
+pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { Bytes::from_static(b"{}") } else { bytes };
+        parse_json(&bytes).map(Self)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error(de)
+}
+
+fn serde_path_to_error<'de, T: DeserializeOwned>(de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>) -> Result<T, ApiError> {
+    match T::deserialize(&mut *de).and_then(|v| de.end().map(|()| v)) {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_syntax() || e.is_eof() || e.is_io() => {
+            Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))
+        }
+        Err(e) => Err(ApiError::unprocessable("invalid_body", e.to_string())),
+    }
+}
+
+/// Query parameters, rejected with `400 invalid_query`.
+pub struct AppQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded_like(query)?;
+        serde_json::from_value(de)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query parameters: {e}")))
+    }
+}
+
+/// Decodes `a=1&b=x` into a JSON object of strings, then lets serde convert with
+/// `serde_json`'s rules; numbers are accepted from strings by [`de_number`].
+fn serde_urlencoded_like(query: &str) -> Result<serde_json::Value, ApiError> {
+    let mut map = serde_json::Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)?;
+        let v = percent_decode(v)?;
+        map.insert(k, serde_json::Value::String(v));
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+pub fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("invalid_query", "the query string is not valid percent-encoded UTF-8");
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3).ok_or_else(bad)?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// Deserializes a number from a query string's text (`?limit=10`).
+pub fn de_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s: Option<String> = serde::Deserialize::deserialize(d)?;
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))),
+    }
+}
+
+/// `?limit=` (1-1000, default 50) and `?cursor=`.
+#[derive(Debug, Clone, serde::Deserialize, Default)]
+pub struct Page {
+    #[serde(default, deserialize_with = "de_number")]
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    pub const DEFAULT_LIMIT: i64 = 50;
+    pub const MAX_LIMIT: i64 = 1000;
+
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(Self::DEFAULT_LIMIT),
+            Some(l) if (1..=Self::MAX_LIMIT).contains(&l) => Ok(l),
+            Some(l) => Err(ApiError::bad_request("invalid_limit", format!("limit {l} is out of range: use 1 to 1000"))),
+        }
+    }
+}
+
+/// A page of a list: `{"data":[…],"next_cursor":…}`.
+#[derive(Debug, Serialize)]
+pub struct List<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// JSON 404/405 for unknown routes, so every answer has the API's shape.
+pub fn with_fallbacks(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+}
+
+/// Serves until `shutdown`, then lets in-flight requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+/// A JSON response with a status.
+pub fn json<T: Serialize>(status: StatusCode, body: T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("orders%2Fcreated").unwrap(), "orders/created");
+        assert_eq!(percent_decode("a+b").unwrap(), "a b");
+        assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%ff").is_err());
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        assert_eq!(Page::default().limit().unwrap(), 50);
+        assert!(Page { limit: Some(0), cursor: None }.limit().is_err());
+        assert!(Page { limit: Some(-1), cursor: None }.limit().is_err());
+        assert!(Page { limit: Some(1001), cursor: None }.limit().is_err());
+    }
+
+    #[test]
+    fn json_syntax_and_shape_errors_differ() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct B {
+            n: i32,
+        }
+        assert_eq!(parse_json::<B>(b"{\"n\":").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse_json::<B>(b"{\"n\":\"x\"}").unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

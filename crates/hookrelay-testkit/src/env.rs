@@ -1,0 +1,141 @@
+//! A private NATS server and a fresh database for one test.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use hookrelay_runtime::config::Source;
+use rand::Rng;
+use sqlx::{Connection, Executor, PgConnection};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub struct TestEnv {
+    pub nats_url: String,
+    pub database_url: String,
+    nats_port: u16,
+    nats_store: tempfile::TempDir,
+    nats: Option<Child>,
+    admin_url: String,
+    db_name: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn nats_server_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("HOOKRELAY_TEST_NATS_SERVER") {
+        return p.into();
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/nats-server");
+    if tools.exists() {
+        return tools;
+    }
+    "nats-server".into()
+}
+
+impl TestEnv {
+    pub async fn start() -> anyhow::Result<Self> {
+        hookrelay_runtime::telemetry::install_crypto_provider();
+        let admin_url = std::env::var("HOOKRELAY_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let db_name = format!("hr_test_{:016x}", rand::rng().random::<u64>());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| format!("connecting to {admin_url} (set HOOKRELAY_TEST_DATABASE_URL)"))?;
+        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).await?;
+        let database_url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db_name}"),
+            None => bail!("HOOKRELAY_TEST_DATABASE_URL must end in /<database>"),
+        };
+        let nats_port = free_port();
+        let mut env = Self {
+            nats_url: format!("nats://127.0.0.1:{nats_port}"),
+            database_url,
+            nats_port,
+            nats_store: tempfile::tempdir()?,
+            nats: None,
+            admin_url,
+            db_name,
+        };
+        env.start_nats().await?;
+        Ok(env)
+    }
+
+    /// Starts (or restarts) the private NATS server on the same port and store.
+    pub async fn start_nats(&mut self) -> anyhow::Result<()> {
+        let bin = nats_server_binary();
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &self.nats_port.to_string(), "-js", "-sd"])
+            .arg(self.nats_store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (run scripts/install-tools.sh)", bin.display()))?;
+        self.nats = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.nats_port));
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("nats-server did not listen on {addr}")
+    }
+
+    /// Kills the NATS server (SIGKILL): for restart tests.
+    pub fn kill_nats(&mut self) {
+        if let Some(mut child) = self.nats.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The contract's variables for this environment, plus `extra` (which wins).
+    pub fn source(&self, extra: &[(&str, &str)]) -> Source {
+        let mut pairs: Vec<(&str, &str)> = vec![
+            ("HOOKRELAY_NATS_URL", &self.nats_url),
+            ("HOOKRELAY_DATABASE_URL", &self.database_url),
+            ("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("HOOKRELAY_RETRY_SCHEDULE", "100ms,200ms,400ms"),
+            ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true"),
+            ("HOOKRELAY_HTTP_ADDR", "127.0.0.1:0"),
+            ("HOOKRELAY_DRAIN_TIMEOUT", "5s"),
+        ];
+        pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        pairs.extend_from_slice(extra);
+        Source::from_pairs(pairs)
+    }
+
+    /// A pool on this test's database (for assertions on stored rows).
+    pub async fn db(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.database_url).await?)
+    }
+
+    /// A plain NATS client on this test's server.
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::connect(&self.nats_url).await?)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.kill_nats();
+        let (url, name) = (self.admin_url.clone(), self.db_name.clone());
+        // Drop the database on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&url).await {
+                    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+                }
+            });
+        })
+        .join();
+    }
+}
