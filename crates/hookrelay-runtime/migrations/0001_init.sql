@@ -67,6 +67,8 @@ CREATE TABLE deliveries (
     last_duration_ms    integer,
     -- When the next attempt is due; while an attempt runs, the end of its lease.
     next_attempt_at     timestamptz,
+    -- An operator asked for the next attempt (retry or recover): it is recorded as 'manual'.
+    manual_retry        boolean NOT NULL DEFAULT false,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT deliveries_once_per_endpoint UNIQUE (tenant_id, event_id, endpoint_id)

@@ -58,7 +58,11 @@ impl Scope {
 pub enum Principal {
     /// `HOOKRELAY_ADMIN_TOKEN`: every scope, every tenant.
     Admin,
-    Key { id: ApiKeyId, tenant: TenantId, scopes: Vec<Scope> },
+    Key {
+        id: ApiKeyId,
+        tenant: TenantId,
+        scopes: Vec<Scope>,
+    },
 }
 
 impl Principal {
@@ -66,7 +70,10 @@ impl Principal {
         match self {
             Principal::Admin => Ok(()),
             Principal::Key { scopes, .. } if scopes.contains(&scope) => Ok(()),
-            Principal::Key { .. } => Err(ApiError::forbidden(format!("this API key lacks the `{}` scope", scope.as_str()))),
+            Principal::Key { .. } => Err(ApiError::forbidden(format!(
+                "this API key lacks the `{}` scope",
+                scope.as_str()
+            ))),
         }
     }
 
@@ -107,7 +114,10 @@ struct AuthInner {
 
 impl Authenticator {
     pub fn new(db: sqlx::PgPool, admin_token: &str) -> Self {
-        Self(Arc::new(AuthInner { db, admin_token_hash: sha256(admin_token.as_bytes()) }))
+        Self(Arc::new(AuthInner {
+            db,
+            admin_token_hash: sha256(admin_token.as_bytes()),
+        }))
     }
 
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
@@ -124,13 +134,13 @@ impl Authenticator {
         if !token.starts_with(KEY_PREFIX) {
             return Err(ApiError::unauthorized("the credential is not valid"));
         }
-        let row: Option<(String, String, Vec<String>)> = sqlx::query_as(
-            "SELECT id, tenant_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(hash.as_slice())
-        .fetch_optional(&self.0.db)
-        .await?;
-        let (id, tenant, scopes) = row.ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
+        let row: Option<(String, String, Vec<String>)> =
+            sqlx::query_as("SELECT id, tenant_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+                .bind(hash.as_slice())
+                .fetch_optional(&self.0.db)
+                .await?;
+        let (id, tenant, scopes) =
+            row.ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
         Ok(Principal::Key {
             id: ApiKeyId::parse(&id).map_err(ApiError::internal)?,
             tenant: TenantId::parse(&tenant).map_err(ApiError::internal)?,

@@ -16,7 +16,8 @@ impl Source {
     pub fn from_env() -> anyhow::Result<Self> {
         let mut vars = HashMap::new();
         if let Ok(path) = std::env::var("HOOKRELAY_CONFIG_FILE") {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("HOOKRELAY_CONFIG_FILE: cannot read {path}"))?;
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("HOOKRELAY_CONFIG_FILE: cannot read {path}"))?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
@@ -34,7 +35,9 @@ impl Source {
 
     /// A source with exactly these values (tests).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect() }
+        Self {
+            vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        }
     }
 
     pub fn raw(&self, key: &str) -> Option<&str> {
@@ -52,7 +55,9 @@ impl Source {
     }
 
     pub fn required(&self, key: &str) -> anyhow::Result<String> {
-        self.raw(key).map(str::to_owned).ok_or_else(|| anyhow!("{key} is required but not set"))
+        self.raw(key)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{key} is required but not set"))
     }
 
     pub fn bool(&self, key: &str, default: bool) -> anyhow::Result<bool> {
@@ -154,10 +159,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let src = Source::from_pairs([("HOOKRELAY_RETRY_SCHEDULE", "5s,soon"), ("HOOKRELAY_HTTP_ADDR", "nowhere")]);
+        let src = Source::from_pairs([
+            ("HOOKRELAY_RETRY_SCHEDULE", "5s,soon"),
+            ("HOOKRELAY_HTTP_ADDR", "nowhere"),
+        ]);
         let e = src.durations("HOOKRELAY_RETRY_SCHEDULE", "").unwrap_err().to_string();
         assert!(e.contains("HOOKRELAY_RETRY_SCHEDULE"), "{e}");
-        let e = Config::from_source(&src, "127.0.0.1:8080".parse().unwrap()).unwrap_err().to_string();
+        let e = Config::from_source(&src, "127.0.0.1:8080".parse().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("HOOKRELAY_HTTP_ADDR"), "{e}");
         let e = src.required("HOOKRELAY_ADMIN_TOKEN").unwrap_err().to_string();
         assert!(e.contains("HOOKRELAY_ADMIN_TOKEN"), "{e}");

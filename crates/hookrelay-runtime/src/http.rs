@@ -25,7 +25,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into() }
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -60,7 +64,11 @@ impl ApiError {
     /// A server-side failure: logged with its cause, answered generically.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; it has been logged")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
     }
 }
 
@@ -100,14 +108,23 @@ struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: &self.code, message: &self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: &self.code,
+                message: &self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
 
 fn body_rejection(r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        )
     } else {
         ApiError::bad_request("invalid_body", format!("cannot read the request body: {r}"))
     }
@@ -132,7 +149,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
-        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { Bytes::from_static(b"{}") } else { bytes };
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
         parse_json(&bytes).map(Self)
     }
 }
@@ -142,12 +163,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error(de)
 }
 
-fn serde_path_to_error<'de, T: DeserializeOwned>(de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>) -> Result<T, ApiError> {
+fn serde_path_to_error<'de, T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, ApiError> {
     match T::deserialize(&mut *de).and_then(|v| de.end().map(|()| v)) {
         Ok(v) => Ok(v),
-        Err(e) if e.is_syntax() || e.is_eof() || e.is_io() => {
-            Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))
-        }
+        Err(e) if e.is_syntax() || e.is_eof() || e.is_io() => Err(ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )),
         Err(e) => Err(ApiError::unprocessable("invalid_body", e.to_string())),
     }
 }
@@ -210,7 +234,10 @@ where
     let s: Option<String> = serde::Deserialize::deserialize(d)?;
     match s.as_deref() {
         None | Some("") => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))),
     }
 }
 
@@ -230,7 +257,10 @@ impl Page {
         match self.limit {
             None => Ok(Self::DEFAULT_LIMIT),
             Some(l) if (1..=Self::MAX_LIMIT).contains(&l) => Ok(l),
-            Some(l) => Err(ApiError::bad_request("invalid_limit", format!("limit {l} is out of range: use 1 to 1000"))),
+            Some(l) => Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("limit {l} is out of range: use 1 to 1000"),
+            )),
         }
     }
 }
@@ -247,13 +277,19 @@ pub fn with_fallbacks(router: Router) -> Router {
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
         })
 }
 
 /// Serves until `shutdown`, then lets in-flight requests finish.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 /// A JSON response with a status.
@@ -276,9 +312,30 @@ mod tests {
     #[test]
     fn limits_are_bounded() {
         assert_eq!(Page::default().limit().unwrap(), 50);
-        assert!(Page { limit: Some(0), cursor: None }.limit().is_err());
-        assert!(Page { limit: Some(-1), cursor: None }.limit().is_err());
-        assert!(Page { limit: Some(1001), cursor: None }.limit().is_err());
+        assert!(
+            Page {
+                limit: Some(0),
+                cursor: None
+            }
+            .limit()
+            .is_err()
+        );
+        assert!(
+            Page {
+                limit: Some(-1),
+                cursor: None
+            }
+            .limit()
+            .is_err()
+        );
+        assert!(
+            Page {
+                limit: Some(1001),
+                cursor: None
+            }
+            .limit()
+            .is_err()
+        );
     }
 
     #[test]
@@ -289,6 +346,9 @@ mod tests {
             n: i32,
         }
         assert_eq!(parse_json::<B>(b"{\"n\":").unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(parse_json::<B>(b"{\"n\":\"x\"}").unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            parse_json::<B>(b"{\"n\":\"x\"}").unwrap_err().status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
     }
 }

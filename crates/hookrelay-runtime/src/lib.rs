@@ -35,13 +35,21 @@ impl Runtime {
     /// connections until `shutdown` so a service can start before its dependencies.
     pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
         telemetry::install_crypto_provider();
-        let db = db::connect(&cfg.database_url).await.context("connecting to PostgreSQL")?;
+        let db = db::connect(&cfg.database_url)
+            .await
+            .context("connecting to PostgreSQL")?;
         db::migrate(&db).await.context("applying migrations")?;
         let nats = nats::connect(&cfg.nats_url).await.context("connecting to NATS")?;
         let js = async_nats::jetstream::new(nats.clone());
         nats::ensure_streams(&js).await.context("creating JetStream streams")?;
         let ready = Readiness::new(nats.clone(), db.clone());
-        Ok(Self { nats, js, db, ready, tasks: TaskTracker::new() })
+        Ok(Self {
+            nats,
+            js,
+            db,
+            ready,
+            tasks: TaskTracker::new(),
+        })
     }
 }
 
@@ -77,9 +85,14 @@ pub async fn serve(
 }
 
 /// Binds `addr`, or takes the listener a test passes in.
-pub async fn listener(given: Option<tokio::net::TcpListener>, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub async fn listener(
+    given: Option<tokio::net::TcpListener>,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
     match given {
         Some(l) => Ok(l),
-        None => tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HOOKRELAY_HTTP_ADDR {addr}")),
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding HOOKRELAY_HTTP_ADDR {addr}")),
     }
 }

@@ -48,16 +48,36 @@ fn stream_config(name: &str, subject: &str, retention: RetentionPolicy, max_age:
 pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), anyhow::Error> {
     let day = Duration::from_secs(86_400);
     let streams = [
-        stream_config(subjects::INGEST_STREAM, subjects::INGEST_SUBJECTS, RetentionPolicy::WorkQueue, Duration::ZERO),
-        stream_config(subjects::EVENTS_STREAM, subjects::EVENTS_SUBJECTS, RetentionPolicy::Limits, 3 * day),
+        stream_config(
+            subjects::INGEST_STREAM,
+            subjects::INGEST_SUBJECTS,
+            RetentionPolicy::WorkQueue,
+            Duration::ZERO,
+        ),
+        stream_config(
+            subjects::EVENTS_STREAM,
+            subjects::EVENTS_SUBJECTS,
+            RetentionPolicy::Limits,
+            3 * day,
+        ),
         stream_config(
             subjects::DELIVERIES_STREAM,
             subjects::DELIVERIES_SUBJECTS,
             RetentionPolicy::WorkQueue,
             Duration::ZERO,
         ),
-        stream_config(subjects::COMMANDS_STREAM, subjects::COMMANDS_SUBJECTS, RetentionPolicy::WorkQueue, Duration::ZERO),
-        stream_config(subjects::DEAD_STREAM, subjects::DEAD_SUBJECTS, RetentionPolicy::Limits, 14 * day),
+        stream_config(
+            subjects::COMMANDS_STREAM,
+            subjects::COMMANDS_SUBJECTS,
+            RetentionPolicy::WorkQueue,
+            Duration::ZERO,
+        ),
+        stream_config(
+            subjects::DEAD_STREAM,
+            subjects::DEAD_SUBJECTS,
+            RetentionPolicy::Limits,
+            14 * day,
+        ),
     ];
     for config in streams {
         let name = config.name.clone();

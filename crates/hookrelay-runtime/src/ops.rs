@@ -24,7 +24,12 @@ struct Inner {
 
 impl Readiness {
     pub fn new(nats: async_nats::Client, db: sqlx::PgPool) -> Self {
-        Self(Arc::new(Inner { nats, db, started: AtomicBool::new(false), draining: AtomicBool::new(false) }))
+        Self(Arc::new(Inner {
+            nats,
+            db,
+            started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }))
     }
 
     /// Every consumer exists: from now on nothing published to an intake subject is lost.
@@ -62,7 +67,9 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Suffix("_seconds".into()),
-                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0],
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+                ],
             )
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
@@ -94,5 +101,8 @@ async fn readyz(State(ready): State<Readiness>) -> impl IntoResponse {
 async fn metrics() -> impl IntoResponse {
     let handle = metrics_handle();
     handle.run_upkeep();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
 }

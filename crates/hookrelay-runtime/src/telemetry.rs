@@ -22,7 +22,10 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>) {
     if result.is_ok() {
         tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
         if let Some(endpoint) = otlp_endpoint {
-            tracing::warn!(endpoint, "HOOKRELAY_OTLP_ENDPOINT is set but trace export is not built yet; ignoring");
+            tracing::warn!(
+                endpoint,
+                "HOOKRELAY_OTLP_ENDPOINT is set but trace export is not built yet; ignoring"
+            );
         }
     }
 }

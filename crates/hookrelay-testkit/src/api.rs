@@ -32,7 +32,10 @@ impl Reply {
 impl Api {
     pub fn new(base: impl Into<String>) -> Self {
         hookrelay_runtime::telemetry::install_crypto_provider();
-        Self { base: base.into(), client: reqwest::Client::new() }
+        Self {
+            base: base.into(),
+            client: reqwest::Client::new(),
+        }
     }
 
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
@@ -48,7 +51,10 @@ impl Api {
 
     /// A raw body (for malformed input tests).
     pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
-        let mut req = self.client.request(method, format!("{}{}", self.base, path)).header("content-type", "application/json");
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .header("content-type", "application/json");
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -60,9 +66,15 @@ impl Api {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let bytes = resp.bytes().await.unwrap_or_default();
-                Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+                Reply {
+                    status,
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                }
             }
-            Err(e) => Reply { status: 0, body: Value::String(format!("request failed: {e}")) },
+            Err(e) => Reply {
+                status: 0,
+                body: Value::String(format!("request failed: {e}")),
+            },
         }
     }
 

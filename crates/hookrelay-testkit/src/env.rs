@@ -25,7 +25,10 @@ pub struct TestEnv {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn nats_server_binary() -> PathBuf {
@@ -48,7 +51,9 @@ impl TestEnv {
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .with_context(|| format!("connecting to {admin_url} (set HOOKRELAY_TEST_DATABASE_URL)"))?;
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .await?;
         let database_url = match admin_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{db_name}"),
             None => bail!("HOOKRELAY_TEST_DATABASE_URL must end in /<database>"),
@@ -129,10 +134,16 @@ impl Drop for TestEnv {
         let (url, name) = (self.admin_url.clone(), self.db_name.clone());
         // Drop the database on a thread of its own: Drop cannot await.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
             rt.block_on(async {
                 if let Ok(mut admin) = PgConnection::connect(&url).await {
-                    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
                 }
             });
         })

@@ -16,7 +16,7 @@ mod receiver;
 
 pub use api::{Api, Reply};
 pub use env::{ADMIN_TOKEN, TestEnv};
-pub use receiver::{Receiver, Received};
+pub use receiver::{Received, Receiver};
 
 /// Verifies a delivery with the `standardwebhooks` library (which also rejects timestamps
 /// more than 5 minutes off).

@@ -61,7 +61,11 @@ impl Receiver {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, log, _server: Arc::new(server) })
+        Ok(Self {
+            addr,
+            log,
+            _server: Arc::new(server),
+        })
     }
 
     /// `url("ok/main")` → `http://127.0.0.1:<port>/ok/main`.
@@ -78,7 +82,10 @@ impl Receiver {
 
     /// Requests at `path` carrying this `webhook-id`.
     pub fn received_id(&self, path: &str, webhook_id: &str) -> Vec<Received> {
-        self.received(path).into_iter().filter(|r| r.header("webhook-id") == Some(webhook_id)).collect()
+        self.received(path)
+            .into_iter()
+            .filter(|r| r.header("webhook-id") == Some(webhook_id))
+            .collect()
     }
 
     /// Waits until `path` has received `webhook_id` at least `n` times.
@@ -99,11 +106,20 @@ async fn handle(
     body: Bytes,
 ) -> (StatusCode, String) {
     let at = Instant::now();
-    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let full = format!("/{path}");
     let count = {
         let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-        log.requests.push(Received { path: full.clone(), headers, body, at });
+        log.requests.push(Received {
+            path: full.clone(),
+            headers,
+            body,
+            at,
+        });
         let n = log.per_id.entry((full, id)).or_default();
         *n += 1;
         *n
@@ -112,9 +128,10 @@ async fn handle(
     match parts.as_slice() {
         ["ok", ..] => (StatusCode::OK, "ok".into()),
         ["fail", ..] => (StatusCode::INTERNAL_SERVER_ERROR, "receiver is down".into()),
-        ["status", code, ..] => {
-            (StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), format!("status {code}"))
-        }
+        ["status", code, ..] => (
+            StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            format!("status {code}"),
+        ),
         ["flaky", n, ..] => {
             let limit: u32 = n.parse().unwrap_or(1);
             if count <= limit {

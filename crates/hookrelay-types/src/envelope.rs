@@ -50,19 +50,29 @@ pub struct IncomingEnvelope {
 impl IncomingEnvelope {
     pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<Self, EnvelopeError> {
         if bytes.len() > max_bytes {
-            return Err(EnvelopeError::TooLarge { size: bytes.len(), limit: max_bytes });
+            return Err(EnvelopeError::TooLarge {
+                size: bytes.len(),
+                limit: max_bytes,
+            });
         }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| EnvelopeError::Malformed(format!("the body is not valid JSON: {e}")))?;
         let Value::Object(mut fields) = value else {
-            return Err(EnvelopeError::Malformed("the body must be a JSON object (the event envelope)".into()));
+            return Err(EnvelopeError::Malformed(
+                "the body must be a JSON object (the event envelope)".into(),
+            ));
         };
         let invalid = |code, msg: String| EnvelopeError::Invalid(Invalid::new(code, msg));
 
         let event = match fields.remove("event") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(EventType::parse(&s)?),
-            Some(_) => return Err(invalid("invalid_event_type", "`event` must be a string such as `orders/created`".into())),
+            Some(_) => {
+                return Err(invalid(
+                    "invalid_event_type",
+                    "`event` must be a string such as `orders/created`".into(),
+                ));
+            }
         };
         let event_id = match fields.remove("event_id") {
             None | Some(Value::Null) => None,
@@ -76,11 +86,18 @@ impl IncomingEnvelope {
                     .map_err(|e| invalid("invalid_timestamp", format!("`timestamp` `{s}` is not RFC 3339: {e}")))?
                     .to_offset(UtcOffset::UTC),
             ),
-            Some(_) => return Err(invalid("invalid_timestamp", "`timestamp` must be an RFC 3339 string".into())),
+            Some(_) => {
+                return Err(invalid(
+                    "invalid_timestamp",
+                    "`timestamp` must be an RFC 3339 string".into(),
+                ));
+            }
         };
         let data = match fields.remove("data") {
             Some(Value::Object(map)) => map,
-            None | Some(Value::Null) => return Err(invalid("missing_data", "`data` is required: a JSON object".into())),
+            None | Some(Value::Null) => {
+                return Err(invalid("missing_data", "`data` is required: a JSON object".into()));
+            }
             Some(_) => return Err(invalid("invalid_data", "`data` must be a JSON object".into())),
         };
         if let Some(unknown) = fields.keys().next() {
@@ -89,7 +106,12 @@ impl IncomingEnvelope {
                 format!("unknown field `{unknown}`: an envelope has only `event`, `event_id`, `timestamp` and `data`"),
             ));
         }
-        Ok(Self { event, event_id, timestamp, data })
+        Ok(Self {
+            event,
+            event_id,
+            timestamp,
+            data,
+        })
     }
 
     /// Completes the envelope: the event type from the body or from the NATS subject (they
@@ -147,7 +169,12 @@ pub struct Envelope {
 impl Envelope {
     /// Builds an envelope for an event hookrelay itself emits (reserved types allowed).
     pub fn system(event: EventType, data: Map<String, Value>, now: OffsetDateTime) -> Self {
-        Self { event, event_id: EventId::generate(), timestamp: truncate_to_millis(now), data }
+        Self {
+            event,
+            event_id: EventId::generate(),
+            timestamp: truncate_to_millis(now),
+            data,
+        }
     }
 
     /// The exact bytes delivered: compact JSON.
@@ -184,7 +211,10 @@ mod tests {
         assert_eq!(env.timestamp, datetime!(2024-03-15 14:30:00.123 UTC));
         let body = String::from_utf8(env.to_body()).unwrap();
         assert!(body.contains(r#""timestamp":"2024-03-15T14:30:00.123Z""#), "{body}");
-        assert!(body.ends_with(r#""data":{"z":1,"a":2}}"#), "data keys keep their order: {body}");
+        assert!(
+            body.ends_with(r#""data":{"z":1,"a":2}}"#),
+            "data keys keep their order: {body}"
+        );
     }
 
     #[test]
@@ -202,8 +232,14 @@ mod tests {
         assert_eq!(code(r#"{"event":"orders/created","data":"x"}"#), "invalid_data");
         assert_eq!(code(r#"{"event":"orders/created"}"#), "missing_data");
         assert_eq!(code(r#"{"data":{}}"#), "missing_event_type");
-        assert_eq!(code(r#"{"event":"a/b","event_id":"a b","data":{}}"#), "invalid_event_id");
-        assert_eq!(code(r#"{"event":"a/b","timestamp":"yesterday","data":{}}"#), "invalid_timestamp");
+        assert_eq!(
+            code(r#"{"event":"a/b","event_id":"a b","data":{}}"#),
+            "invalid_event_id"
+        );
+        assert_eq!(
+            code(r#"{"event":"a/b","timestamp":"yesterday","data":{}}"#),
+            "invalid_timestamp"
+        );
         assert_eq!(code(r#"{"event":"a/b","data":{},"evnet":1}"#), "unknown_field");
         assert_eq!(code(r#"{"event":"hookrelay/ping","data":{}}"#), "reserved_event_type");
     }
@@ -224,9 +260,15 @@ mod tests {
     fn the_subject_and_the_body_must_agree() {
         let subject = EventType::parse("orders/created").unwrap();
         let incoming = IncomingEnvelope::parse(br#"{"data":{}}"#, MAX).unwrap();
-        assert_eq!(incoming.complete(Some(subject.clone()), None, NOW).unwrap().event, subject);
+        assert_eq!(
+            incoming.complete(Some(subject.clone()), None, NOW).unwrap().event,
+            subject
+        );
         let incoming = IncomingEnvelope::parse(br#"{"event":"returns/updated","data":{}}"#, MAX).unwrap();
-        assert_eq!(incoming.complete(Some(subject), None, NOW).unwrap_err().code(), "event_subject_mismatch");
+        assert_eq!(
+            incoming.complete(Some(subject), None, NOW).unwrap_err().code(),
+            "event_subject_mismatch"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub struct EventType(String);
 
 /// Whether `s` is a valid segment of an event type.
 pub(crate) fn is_segment(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl EventType {
@@ -28,7 +30,10 @@ impl EventType {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let segments: Vec<&str> = s.split('/').collect();
         if s.len() > Self::MAX_LEN {
-            return Err(Invalid::new("invalid_event_type", format!("event type is longer than {} characters", Self::MAX_LEN)));
+            return Err(Invalid::new(
+                "invalid_event_type",
+                format!("event type is longer than {} characters", Self::MAX_LEN),
+            ));
         }
         if segments.len() < 2 {
             return Err(Invalid::new(
@@ -87,7 +92,13 @@ mod tests {
 
     #[test]
     fn valid_event_types() {
-        for ok in ["orders/created", "product-stock/updated", "a/b/c", "shipping_labels/created", "hookrelay/ping"] {
+        for ok in [
+            "orders/created",
+            "product-stock/updated",
+            "a/b/c",
+            "shipping_labels/created",
+            "hookrelay/ping",
+        ] {
             assert!(EventType::parse(ok).is_ok(), "{ok}");
         }
     }

@@ -50,7 +50,11 @@ struct Parser {
 }
 
 fn invalid(at: &str, why: impl std::fmt::Display) -> Invalid {
-    let at = if at.is_empty() { "filter".to_owned() } else { format!("filter at `{at}`") };
+    let at = if at.is_empty() {
+        "filter".to_owned()
+    } else {
+        format!("filter at `{at}`")
+    };
     Invalid::new("invalid_filter", format!("{at}: {why}"))
 }
 
@@ -61,10 +65,16 @@ impl Filter {
             return Err(invalid("", format!("is {size} bytes; the limit is {MAX_BYTES}")));
         }
         let Value::Object(doc) = value else {
-            return Err(invalid("", "must be a JSON object such as {\"data.merchant\": \"Acme Corp\"}"));
+            return Err(invalid(
+                "",
+                "must be a JSON object such as {\"data.merchant\": \"Acme Corp\"}",
+            ));
         };
         let root = Parser { nodes: 0 }.document(doc, "", 1)?;
-        Ok(Self { root, source: value.clone() })
+        Ok(Self {
+            root,
+            source: value.clone(),
+        })
     }
 
     /// The filter as it was written.
@@ -94,7 +104,11 @@ impl Parser {
         let mut all = Vec::with_capacity(doc.len());
         for (key, value) in doc {
             self.count(at)?;
-            let here = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+            let here = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
             all.push(match key.as_str() {
                 "$and" | "$or" => {
                     let Value::Array(items) = value else {
@@ -110,7 +124,11 @@ impl Parser {
                         };
                         nodes.push(self.document(d, &format!("{here}[{i}]"), depth + 1)?);
                     }
-                    if key == "$and" { Node::And(nodes) } else { Node::Or(nodes) }
+                    if key == "$and" {
+                        Node::And(nodes)
+                    } else {
+                        Node::Or(nodes)
+                    }
                 }
                 "$not" => {
                     let Value::Object(d) = value else {
@@ -119,7 +137,10 @@ impl Parser {
                     Node::Not(Box::new(self.document(d, &here, depth + 1)?))
                 }
                 k if k.starts_with('$') => {
-                    return Err(invalid(&here, format!("unknown operator `{k}` (document level allows $and, $or, $not)")));
+                    return Err(invalid(
+                        &here,
+                        format!("unknown operator `{k}` (document level allows $and, $or, $not)"),
+                    ));
                 }
                 path => {
                     if path.split('.').any(str::is_empty) {
@@ -137,7 +158,9 @@ impl Parser {
 
     /// A field's condition: a literal (equality) or an object of operators.
     fn condition(&mut self, value: &Value, at: &str, depth: usize) -> Result<Vec<Op>, Invalid> {
-        let Value::Object(ops) = value else { return Ok(vec![Op::Eq(value.clone())]) };
+        let Value::Object(ops) = value else {
+            return Ok(vec![Op::Eq(value.clone())]);
+        };
         let operators = ops.keys().filter(|k| k.starts_with('$')).count();
         if operators == 0 {
             return Ok(vec![Op::Eq(value.clone())]);
@@ -177,12 +200,19 @@ impl Parser {
                     Value::Object(m) if !m.is_empty() && m.keys().all(|k| k.starts_with('$')) => {
                         Op::Not(self.condition(arg, &here, depth + 1)?)
                     }
-                    _ => return Err(invalid(&here, "`$not` on a field takes an operator document such as {\"$gt\": 5}")),
+                    _ => {
+                        return Err(invalid(
+                            &here,
+                            "`$not` on a field takes an operator document such as {\"$gt\": 5}",
+                        ));
+                    }
                 },
                 other => {
                     return Err(invalid(
                         &here,
-                        format!("unknown operator `{other}` (allowed: $eq $ne $gt $gte $lt $lte $in $nin $exists $not)"),
+                        format!(
+                            "unknown operator `{other}` (allowed: $eq $ne $gt $gte $lt $lte $in $nin $exists $not)"
+                        ),
                     ));
                 }
             });
@@ -318,7 +348,9 @@ mod tests {
         assert!(!p(json!({"data.s": {"$gt": 1}})), "strings never compare with numbers");
         assert!(p(json!({"data.s": {"$in": ["a", "b"]}})));
         assert!(p(json!({"data.s": {"$nin": ["a", "c"]}})));
-        assert!(p(json!({"data.n": {"$exists": true}, "data.missing": {"$exists": false}})));
+        assert!(p(
+            json!({"data.n": {"$exists": true}, "data.missing": {"$exists": false}})
+        ));
         assert!(p(json!({"data.nil": {"$exists": true}})));
         assert!(p(json!({"data.n": {"$not": {"$gt": 10}}})));
         assert!(p(json!({"$or": [{"data.n": 1}, {"data.s": "b"}]})));

@@ -75,13 +75,16 @@ impl TenantId {
         let ok = !s.is_empty()
             && s.len() <= 63
             && s.as_bytes()[0].is_ascii_alphanumeric()
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(Invalid::new(
                 "invalid_tenant_id",
-                format!("tenant id `{s}` must be 1-63 characters of a-z, 0-9, `_` or `-`, starting with a letter or digit"),
+                format!(
+                    "tenant id `{s}` must be 1-63 characters of a-z, 0-9, `_` or `-`, starting with a letter or digit"
+                ),
             ))
         }
     }
@@ -117,7 +120,8 @@ impl EventId {
 
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (1..=128).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -163,7 +167,10 @@ mod tests {
 
     #[test]
     fn ids_with_the_wrong_prefix_or_shape_are_refused() {
-        assert_eq!(EndpointId::parse("dlv_01hzzzzzzzzzzzzzzzzzzzzzzz").unwrap_err().code, "invalid_endpoint_id");
+        assert_eq!(
+            EndpointId::parse("dlv_01hzzzzzzzzzzzzzzzzzzzzzzz").unwrap_err().code,
+            "invalid_endpoint_id"
+        );
         assert!(DeliveryId::parse("does-not-exist").is_err());
         assert!(EventId::parse("").is_err());
         assert!(EventId::parse(&"a".repeat(129)).is_err());

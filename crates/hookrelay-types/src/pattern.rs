@@ -33,7 +33,11 @@ impl Pattern {
             return Err(bad(format!("longer than {} characters", Self::MAX_LEN)));
         }
         if s == "*" || s == "**" {
-            return Ok(Self { text: s.to_owned(), segments: None, tail: false });
+            return Ok(Self {
+                text: s.to_owned(),
+                segments: None,
+                tail: false,
+            });
         }
         let mut parts: Vec<&str> = s.split('/').collect();
         let tail = parts.last() == Some(&"**");
@@ -44,13 +48,20 @@ impl Pattern {
             return Err(bad("needs at least one segment before `/**`".into()));
         }
         if !tail && parts.len() < 2 {
-            return Err(bad("needs at least two segments joined by `/` (or `*` for every event)".into()));
+            return Err(bad(
+                "needs at least two segments joined by `/` (or `*` for every event)".into(),
+            ));
         }
         let mut segments = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
             match *part {
                 "*" => segments.push(Segment::Any),
-                "**" => return Err(bad(format!("`**` is only allowed as the last segment (segment {})", i + 1))),
+                "**" => {
+                    return Err(bad(format!(
+                        "`**` is only allowed as the last segment (segment {})",
+                        i + 1
+                    )));
+                }
                 p if is_segment(p) => segments.push(Segment::Literal(p.to_owned())),
                 p => {
                     return Err(bad(format!(
@@ -60,7 +71,11 @@ impl Pattern {
                 }
             }
         }
-        Ok(Self { text: s.to_owned(), segments: Some(segments), tail })
+        Ok(Self {
+            text: s.to_owned(),
+            segments: Some(segments),
+            tail,
+        })
     }
 
     pub fn matches(&self, event: &EventType) -> bool {
@@ -139,7 +154,12 @@ mod tests {
         let e = Pattern::parse("orders//x").unwrap_err();
         assert_eq!(e.code, "invalid_pattern");
         assert!(e.message.contains("segment 2"), "{}", e.message);
-        assert!(Pattern::parse("orders/**/x").unwrap_err().message.contains("last segment"));
+        assert!(
+            Pattern::parse("orders/**/x")
+                .unwrap_err()
+                .message
+                .contains("last segment")
+        );
         assert!(Pattern::parse("orders").is_err());
         assert!(Pattern::parse("Orders/*").is_err());
         assert!(Pattern::parse("").is_err());

@@ -57,7 +57,9 @@ impl Secret {
     /// Constant-time per entry.
     pub fn verify(&self, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
         let expected = self.sign(msg_id, timestamp, body);
-        header.split(' ').any(|entry| constant_time_eq(entry.as_bytes(), expected.as_bytes()))
+        header
+            .split(' ')
+            .any(|entry| constant_time_eq(entry.as_bytes(), expected.as_bytes()))
     }
 }
 
@@ -74,7 +76,11 @@ pub fn signature_header<'a>(
     timestamp: i64,
     body: &[u8],
 ) -> String {
-    secrets.into_iter().map(|s| s.sign(msg_id, timestamp, body)).collect::<Vec<_>>().join(" ")
+    secrets
+        .into_iter()
+        .map(|s| s.sign(msg_id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -94,17 +100,29 @@ mod tests {
 
         let s = Secret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
         let body = br#"{"email":"test@example.com","username":"test_user"}"#;
-        assert_eq!(s.sign("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body), "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
+        assert_eq!(
+            s.sign("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
     }
 
     #[test]
     fn verification_rejects_tampering_and_accepts_one_good_entry_among_others() {
         let s = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let (id, ts, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#.as_slice());
+        let (id, ts, body) = (
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#.as_slice(),
+        );
         assert!(s.verify(id, ts, body, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="));
         assert!(!s.verify(id, ts, body, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA="));
         assert!(!s.verify(id, ts, body, "v1,"));
-        assert!(s.verify(id, ts, body, "v2,abc v1,bm90IGl0 v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="));
+        assert!(s.verify(
+            id,
+            ts,
+            body,
+            "v2,abc v1,bm90IGl0 v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        ));
         assert!(!s.verify(id, ts + 1, body, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="));
     }
 
