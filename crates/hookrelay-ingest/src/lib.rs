@@ -1,1 +1,50 @@
-//! placeholder
+//! hookrelay step 1, intake. Takes events from `POST /v1/events` and from NATS
+//! (`hookrelay.ingest.<tenant>.<event tokens>`, stream HOOKRELAY_INGEST), validates them,
+//! stores each once in `events` (deduplicated by `event_id` within a tenant) and publishes
+//! `EventAccepted` on `hookrelay.events.<tenant>.<event tokens>` for the router. Refused
+//! NATS messages go to `hookrelay.dead.ingest`.
+
+mod accept;
+mod config;
+mod consume;
+mod error;
+mod http;
+mod publish;
+mod store;
+mod sweeper;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::IngestError;
+use hookrelay_runtime::{Runtime, auth::Authenticator};
+use tokio_util::sync::CancellationToken;
+
+/// Creates the intake consumer, starts the consumer and sweeper on `rt.tasks`, and returns
+/// the REST routes.
+pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+    let cfg = Arc::new(cfg.clone());
+    let ingest = accept::Ingest::new(rt.db.clone(), rt.js.clone(), cfg.clone());
+    let consumer = consume::consumer(&rt.js).await?;
+    let (consumer_ingest, consumer_shutdown) = (ingest.clone(), shutdown.clone());
+    rt.tasks.spawn(async move {
+        if let Err(error) = consume::run(consumer_ingest, consumer, consumer_shutdown).await {
+            tracing::error!(%error, "intake consumer stopped");
+        }
+    });
+    rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown));
+    let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token);
+    Ok(http::routes(http::AppState { ingest, auth }))
+}
+
+/// Runs ingest alone until `shutdown`.
+pub async fn run(
+    cfg: Config,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let rt = Runtime::start(&cfg.common).await?;
+    let api = start(&cfg, &rt, shutdown.clone()).await?;
+    let listener = hookrelay_runtime::listener(listener, cfg.common.http_addr).await?;
+    hookrelay_runtime::serve(&rt, listener, api, shutdown, cfg.common.drain_timeout).await
+}

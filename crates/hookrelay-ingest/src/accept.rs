@@ -1,0 +1,93 @@
+//! The one path every event takes, whether it came over REST or NATS: store it once in
+//! `events`, put it on `hookrelay.events.<tenant>.<type>`, and only then call it accepted.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use hookrelay_types::{Envelope, TenantId};
+use time::OffsetDateTime;
+
+use crate::{
+    Config,
+    error::IngestError,
+    publish,
+    store::{self, Stored},
+};
+
+pub(crate) const EVENTS_ACCEPTED: &str = "hookrelay_events_accepted_total";
+pub(crate) const EVENTS_DUPLICATE: &str = "hookrelay_events_duplicate_total";
+pub(crate) const EVENTS_REJECTED: &str = "hookrelay_events_rejected_total";
+
+/// What intake needs, shared by the HTTP handler, the NATS consumer and the sweeper.
+#[derive(Clone)]
+pub(crate) struct Ingest {
+    pub(crate) db: sqlx::PgPool,
+    pub(crate) js: async_nats::jetstream::Context,
+    pub(crate) cfg: Arc<Config>,
+    /// Tenants seen to exist. Tenants are never renamed, so a positive answer can be kept.
+    known_tenants: Arc<Mutex<HashSet<String>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    pub(crate) duplicate: bool,
+}
+
+impl Ingest {
+    pub(crate) fn new(db: sqlx::PgPool, js: async_nats::jetstream::Context, cfg: Arc<Config>) -> Self {
+        Self {
+            db,
+            js,
+            cfg,
+            known_tenants: Arc::default(),
+        }
+    }
+
+    pub(crate) async fn check_tenant(&self, tenant: &str) -> Result<(), IngestError> {
+        if self
+            .known_tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(tenant)
+        {
+            return Ok(());
+        }
+        if store::tenant_exists(&self.db, tenant).await? {
+            self.known_tenants
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tenant.to_owned());
+            Ok(())
+        } else {
+            Err(IngestError::UnknownTenant(tenant.to_owned()))
+        }
+    }
+
+    /// Stores and publishes. A duplicate id is not published again unless its first
+    /// publication never completed (a crash between the two steps).
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, event_id = %envelope.event_id))]
+    pub(crate) async fn accept(
+        &self,
+        tenant: &TenantId,
+        envelope: &Envelope,
+        via: &'static str,
+    ) -> Result<Accepted, IngestError> {
+        let body = envelope.to_body();
+        let text = std::str::from_utf8(&body).map_err(|e| IngestError::Publish(e.to_string()))?;
+        let stored = store::insert_event(&self.db, tenant, envelope, text).await?;
+        let duplicate = matches!(stored, Stored::Duplicate { .. });
+        if stored != (Stored::Duplicate { published: true }) {
+            let accepted_at = OffsetDateTime::now_utc();
+            publish::event_accepted(&self.js, tenant, &envelope.event_id, &envelope.event, body, accepted_at).await?;
+            store::mark_published(&self.db, tenant, &envelope.event_id).await?;
+        }
+        if duplicate {
+            metrics::counter!(EVENTS_DUPLICATE, "via" => via).increment(1);
+        } else {
+            metrics::counter!(EVENTS_ACCEPTED, "via" => via).increment(1);
+        }
+        Ok(Accepted { duplicate })
+    }
+}

@@ -1,0 +1,38 @@
+//! Ingest's settings.
+
+use std::time::Duration;
+
+use hookrelay_runtime::config::Source;
+use hookrelay_types::envelope::DEFAULT_MAX_ENVELOPE_BYTES;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: hookrelay_runtime::Config,
+    pub admin_token: String,
+    /// `HOOKRELAY_MAX_EVENT_BYTES`: the largest envelope accepted (default 256 KiB).
+    pub max_envelope_bytes: usize,
+    /// `HOOKRELAY_REPUBLISH_AFTER`: an event stored but not yet on HOOKRELAY_EVENTS after
+    /// this long (a crash between the two steps) is published again by the sweeper.
+    pub republish_after: Duration,
+    /// `HOOKRELAY_INGEST_CONCURRENCY`: intake messages handled at once.
+    pub concurrency: usize,
+}
+
+impl Config {
+    pub fn from_source(src: &Source) -> anyhow::Result<Self> {
+        let cfg = Self {
+            common: hookrelay_runtime::Config::from_source(src, ([127, 0, 0, 1], 8080).into())?,
+            admin_token: src.required("HOOKRELAY_ADMIN_TOKEN")?,
+            max_envelope_bytes: src.get("HOOKRELAY_MAX_EVENT_BYTES", DEFAULT_MAX_ENVELOPE_BYTES)?,
+            republish_after: src.duration("HOOKRELAY_REPUBLISH_AFTER", Duration::from_secs(10))?,
+            concurrency: src.get("HOOKRELAY_INGEST_CONCURRENCY", 64)?,
+        };
+        if cfg.max_envelope_bytes < 1024 {
+            anyhow::bail!("HOOKRELAY_MAX_EVENT_BYTES must be at least 1024");
+        }
+        if cfg.concurrency == 0 {
+            anyhow::bail!("HOOKRELAY_INGEST_CONCURRENCY must be at least 1");
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,144 @@
+//! NATS intake: reads HOOKRELAY_INGEST (every publish on `hookrelay.ingest.<tenant>.<event
+//! tokens>`, core or JetStream), accepts each envelope, and acks only once the event is
+//! stored and published. A message that can never be accepted goes to
+//! `hookrelay.dead.ingest` with `Hookrelay-Error-Code` / `Hookrelay-Error`; one we failed to
+//! handle (database or NATS trouble) is left unacknowledged and comes back.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{
+    AckKind, Message,
+    consumer::{AckPolicy, PullConsumer, pull},
+};
+use futures::StreamExt as _;
+use hookrelay_types::{EventType, IncomingEnvelope, Invalid, TenantId, subjects};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::warn;
+
+use crate::{
+    accept::{EVENTS_REJECTED, Ingest},
+    error::IngestError,
+    publish,
+};
+
+pub(crate) const DEAD_LETTERS: &str = "hookrelay_dead_letters_total";
+
+pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
+    let stream = js.get_stream(subjects::INGEST_STREAM).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            subjects::INGEST_CONSUMER,
+            pull::Config {
+                durable_name: Some(subjects::INGEST_CONSUMER.to_owned()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(consumer)
+}
+
+pub(crate) async fn run(ingest: Ingest, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(ingest.cfg.concurrency));
+    let mut messages = consumer.messages().await?;
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = messages.next() => match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(error)) => {
+                    warn!(%error, "intake fetch failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let permit = permits.clone().acquire_owned().await?;
+        let ingest = ingest.clone();
+        tracker.spawn(async move {
+            let outcome = handle(&ingest, &msg).await;
+            settle(&ingest, &msg, outcome).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(ingest.cfg.common.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("intake messages still in flight at the drain deadline; they will be redelivered");
+    }
+    Ok(())
+}
+
+/// Reads the tenant and event type from the subject, validates, accepts.
+async fn handle(ingest: &Ingest, msg: &Message) -> Result<(), IngestError> {
+    let (tenant, tokens) = subjects::parse_ingest(&msg.subject)
+        .ok_or_else(|| {
+            Invalid::new(
+                "invalid_subject",
+                "publish to hookrelay.ingest.<tenant>.<event tokens>, e.g. hookrelay.ingest.acme.orders.created",
+            )
+        })
+        .map_err(|e| IngestError::Envelope(e.into()))?;
+    let tenant = TenantId::parse(tenant).map_err(|e| IngestError::Envelope(e.into()))?;
+    let from_subject = EventType::from_tokens(tokens).map_err(|e| IngestError::Envelope(e.into()))?;
+    let envelope = IncomingEnvelope::parse(&msg.payload, ingest.cfg.max_envelope_bytes)?.complete(
+        Some(from_subject),
+        None,
+        OffsetDateTime::now_utc(),
+    )?;
+    ingest.check_tenant(tenant.as_str()).await?;
+    ingest.accept(&tenant, &envelope, "nats").await?;
+    Ok(())
+}
+
+/// Ack what is done or dead-lettered; leave the rest to come back.
+async fn settle(ingest: &Ingest, msg: &Message, outcome: Result<(), IngestError>) {
+    let error = match outcome {
+        Ok(()) => {
+            ack(msg, AckKind::Ack).await;
+            return;
+        }
+        Err(error) => error,
+    };
+    if !error.is_permanent() {
+        warn!(%error, subject = %msg.subject, "intake failed; the message will be redelivered");
+        ack(msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
+    }
+    let code = error.code();
+    metrics::counter!(EVENTS_REJECTED, "via" => "nats", "reason" => code).increment(1);
+    let dead = publish::dead_letter(
+        &ingest.js,
+        &msg.subject,
+        msg.headers.as_ref(),
+        msg.payload.clone(),
+        code,
+        &error.to_string(),
+    )
+    .await;
+    match dead {
+        Ok(()) => {
+            metrics::counter!(DEAD_LETTERS, "reason" => code).increment(1);
+            warn!(subject = %msg.subject, code, %error, "intake message refused; sent to hookrelay.dead.ingest");
+            ack(msg, AckKind::Ack).await;
+        }
+        Err(publish_error) => {
+            warn!(%publish_error, "dead letter not stored; the message will be redelivered");
+            ack(msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+async fn ack(msg: &Message, kind: AckKind) {
+    if let Err(error) = msg.ack_with(kind).await {
+        warn!(%error, "acknowledging an intake message failed; it will be redelivered");
+    }
+}

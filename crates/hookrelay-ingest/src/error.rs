@@ -1,0 +1,47 @@
+//! What can go wrong while accepting an event, sorted into the producer's fault (a clear
+//! refusal, never retried) and ours (retried; the event is not acknowledged).
+
+use hookrelay_runtime::http::ApiError;
+use hookrelay_types::EnvelopeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("tenant `{0}` does not exist")]
+    UnknownTenant(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("publishing to NATS: {0}")]
+    Publish(String),
+}
+
+impl IngestError {
+    /// The producer's fault: refuse (REST 4xx, NATS dead letter) rather than retry.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Envelope(_) | Self::UnknownTenant(_))
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Envelope(e) => e.code(),
+            Self::UnknownTenant(_) => "unknown_tenant",
+            Self::Database(_) => "database_unavailable",
+            Self::Publish(_) => "nats_unavailable",
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Envelope(e) => e.into(),
+            IngestError::UnknownTenant(_) => ApiError::not_found("tenant"),
+            // The event is not stored: the producer must send it again.
+            other => {
+                tracing::error!(error = %other, "event not accepted");
+                ApiError::unavailable("the event could not be stored right now; send it again")
+            }
+        }
+    }
+}

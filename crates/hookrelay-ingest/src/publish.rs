@@ -1,0 +1,56 @@
+//! Publishes `EventAccepted` to `hookrelay.events.<tenant>.<event tokens>` (stream
+//! HOOKRELAY_EVENTS) and dead letters to `hookrelay.dead.ingest` (stream HOOKRELAY_DEAD).
+
+use async_nats::{HeaderMap, jetstream};
+use bytes::Bytes;
+use hookrelay_types::{EventId, EventType, TenantId, messages::EventAccepted, subjects};
+use prost::Message as _;
+use time::OffsetDateTime;
+
+use crate::error::IngestError;
+
+pub(crate) async fn event_accepted(
+    js: &jetstream::Context,
+    tenant: &TenantId,
+    event_id: &EventId,
+    event_type: &EventType,
+    envelope: Vec<u8>,
+    accepted_at: OffsetDateTime,
+) -> Result<(), IngestError> {
+    let msg = EventAccepted {
+        tenant_id: tenant.to_string(),
+        event_id: event_id.to_string(),
+        event_type: event_type.to_string(),
+        envelope,
+        accepted_at_ms: (accepted_at.unix_timestamp_nanos() / 1_000_000) as i64,
+    };
+    let subject = subjects::event(tenant, event_type);
+    let msg_id = subjects::event_msg_id(tenant, event_id);
+    let ack = hookrelay_runtime::nats::publish(js, subject, &msg_id, HeaderMap::new(), msg.encode_to_vec().into())
+        .await
+        .map_err(|e| IngestError::Publish(e.to_string()))?;
+    ack.await.map_err(|e| IngestError::Publish(e.to_string()))?;
+    Ok(())
+}
+
+/// The original message, with why it was refused. Returns once JetStream has stored it.
+pub(crate) async fn dead_letter(
+    js: &jetstream::Context,
+    original_subject: &str,
+    original_headers: Option<&HeaderMap>,
+    payload: Bytes,
+    code: &str,
+    reason: &str,
+) -> Result<(), IngestError> {
+    let mut headers = original_headers.cloned().unwrap_or_default();
+    headers.insert(subjects::HEADER_ERROR_CODE, code);
+    // Header values are one line.
+    headers.insert(subjects::HEADER_ERROR, reason.replace(['\r', '\n'], " ").as_str());
+    headers.insert("Hookrelay-Original-Subject", original_subject);
+    let ack = js
+        .publish_with_headers(subjects::DEAD_INGEST, headers, payload)
+        .await
+        .map_err(|e| IngestError::Publish(e.to_string()))?;
+    ack.await.map_err(|e| IngestError::Publish(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! All of ingest's SQL. Writes `events`; reads `tenants`.
+
+use hookrelay_types::{Envelope, EventId, TenantId};
+use sqlx::PgExecutor;
+use time::OffsetDateTime;
+
+/// What inserting an event found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// First time this id was seen in this tenant.
+    New,
+    /// Seen before; `published` says whether it already reached HOOKRELAY_EVENTS.
+    Duplicate { published: bool },
+}
+
+pub(crate) async fn insert_event(
+    db: impl PgExecutor<'_> + Copy,
+    tenant: &TenantId,
+    envelope: &Envelope,
+    body: &str,
+) -> Result<Stored, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (tenant_id, event_id) DO NOTHING",
+    )
+    .bind(tenant.as_str())
+    .bind(envelope.event_id.as_str())
+    .bind(envelope.event.as_str())
+    .bind(envelope.timestamp)
+    .bind(body)
+    .execute(db)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Stored::New);
+    }
+    let published: Option<OffsetDateTime> =
+        sqlx::query_scalar("SELECT published_at FROM events WHERE tenant_id = $1 AND event_id = $2")
+            .bind(tenant.as_str())
+            .bind(envelope.event_id.as_str())
+            .fetch_one(db)
+            .await?;
+    Ok(Stored::Duplicate {
+        published: published.is_some(),
+    })
+}
+
+pub(crate) async fn mark_published(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    event_id: &EventId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE events SET published_at = now() WHERE tenant_id = $1 AND event_id = $2 AND published_at IS NULL",
+    )
+    .bind(tenant.as_str())
+    .bind(event_id.as_str())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An event stored but not yet published, for the sweeper.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Unpublished {
+    pub(crate) tenant_id: String,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) body: String,
+    pub(crate) received_at: OffsetDateTime,
+}
+
+pub(crate) async fn unpublished(
+    db: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Unpublished>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tenant_id, event_id, event_type, body, received_at FROM events
+         WHERE published_at IS NULL AND received_at < now() - make_interval(secs => $1)
+         ORDER BY received_at LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+pub(crate) async fn tenant_exists(db: impl PgExecutor<'_>, tenant: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+        .bind(tenant)
+        .fetch_one(db)
+        .await
+}

@@ -1,0 +1,470 @@
+//! Intake over REST and NATS against a real NATS server and a real database.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use hookrelay_ingest::{Config, run};
+use hookrelay_runtime::auth::new_api_key;
+use hookrelay_testkit::{ADMIN_TOKEN, Api, TestEnv, eventually};
+use hookrelay_types::{messages::EventAccepted, subjects};
+use prost::Message as _;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct App {
+    env: TestEnv,
+    api: Api,
+    key: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_ingest(
+    env: &TestEnv,
+    extra: &[(&str, &str)],
+) -> (Api, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let cfg = Config::from_source(&env.source(extra)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(cfg, Some(listener), shutdown.clone()));
+    let ready = eventually(Duration::from_secs(20), || async {
+        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "ingest never became ready");
+    (api, shutdown, task)
+}
+
+/// A running ingest with tenant `acme` (and `globex`) and an `events:write` key for acme.
+async fn app(extra: &[(&str, &str)]) -> App {
+    let env = TestEnv::start().await.unwrap();
+    let (api, shutdown, task) = start_ingest(&env, extra).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let key = insert_key(&db, "acme", &["events:write"]).await;
+    App {
+        env,
+        api,
+        key,
+        shutdown,
+        task,
+    }
+}
+
+async fn insert_key(db: &sqlx::PgPool, tenant: &str, scopes: &[&str]) -> String {
+    let (key, hash) = new_api_key();
+    sqlx::query("INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash) VALUES ($1, $2, 'test', $3, $4)")
+        .bind(hookrelay_types::ApiKeyId::generate().to_string())
+        .bind(tenant)
+        .bind(scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .bind(hash.as_slice())
+        .execute(db)
+        .await
+        .unwrap();
+    key
+}
+
+/// Every `EventAccepted` on HOOKRELAY_EVENTS so far.
+async fn published(env: &TestEnv) -> Vec<EventAccepted> {
+    let js = jetstream::new(env.nats().await.unwrap());
+    let stream = js.get_stream(subjects::EVENTS_STREAM).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(EventAccepted::decode(m.payload).unwrap());
+        }
+    }
+    out
+}
+
+async fn published_soon(env: &TestEnv, n: usize) -> Vec<EventAccepted> {
+    eventually(Duration::from_secs(10), || async {
+        let got = published(env).await;
+        (got.len() >= n).then_some(got)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_rest_event_is_stored_and_published_before_the_202() {
+    let app = app(&[]).await;
+    let data = json!({"order_id": "ord_9x8y7z", "items": 3, "merchant": "Acme Corp"});
+    let r = app
+        .api
+        .post("/v1/events", &app.key, json!({"event": "orders/created", "data": data}))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["event_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("evt_"));
+    assert_eq!(r.body.get("duplicate"), None);
+
+    // By the time of the 202 the event is in Postgres and on the stream.
+    let db = app.env.db().await.unwrap();
+    let (body, published_at): (String, Option<time::OffsetDateTime>) =
+        sqlx::query_as("SELECT body, published_at FROM events WHERE tenant_id = 'acme' AND event_id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(published_at.is_some());
+    let on_stream = published(&app.env).await;
+    assert_eq!(on_stream.len(), 1);
+    assert_eq!(on_stream[0].envelope, body.as_bytes());
+    assert_eq!(on_stream[0].event_type, "orders/created");
+    let envelope: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(envelope["data"], data);
+    assert_eq!(envelope["event_id"], id.as_str());
+    assert!(envelope["timestamp"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn a_repeated_event_id_is_a_200_duplicate_and_published_once() {
+    let app = app(&[]).await;
+    let body = json!({"event": "orders/created", "event_id": "ord-1", "data": {}});
+    let first = app.api.post("/v1/events", &app.key, body.clone()).await;
+    let second = app.api.post("/v1/events", &app.key, body).await;
+    assert_eq!((first.status, second.status), (202, 200));
+    assert_eq!(second.body, json!({"event_id": "ord-1", "duplicate": true}));
+
+    // The Idempotency-Key header stands in for event_id.
+    let r = app
+        .api
+        .raw(
+            reqwest::Method::POST,
+            "/v1/events",
+            Some(&app.key),
+            br#"{"event":"orders/created","data":{}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let client = reqwest::Client::new();
+    let with_key = |k: &'static str| {
+        client
+            .post(format!("{}/v1/events", app.api.base))
+            .bearer_auth(&app.key)
+            .header("idempotency-key", k)
+            .json(&json!({"event": "orders/created", "data": {}}))
+            .send()
+    };
+    assert_eq!(with_key("idem-7").await.unwrap().status(), 202);
+    let again = with_key("idem-7").await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["event_id"], "idem-7");
+
+    // The same id in another tenant is another event.
+    let db = app.env.db().await.unwrap();
+    let globex = insert_key(&db, "globex", &["events:write"]).await;
+    let r = app
+        .api
+        .post(
+            "/v1/events",
+            &globex,
+            json!({"event": "orders/created", "event_id": "ord-1", "data": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        published(&app.env).await.len(),
+        4,
+        "ord-1 (acme), one assigned id, idem-7, ord-1 (globex)"
+    );
+}
+
+#[tokio::test]
+async fn a_core_nats_publish_is_accepted_with_the_event_type_from_the_subject() {
+    let app = app(&[]).await;
+    let nats = app.env.nats().await.unwrap();
+    nats.publish(
+        "hookrelay.ingest.acme.returns.updated",
+        br#"{"event_id":"ret-1","data":{"return_id":"r1"}}"#.as_ref().into(),
+    )
+    .await
+    .unwrap();
+    let got = published_soon(&app.env, 1).await;
+    // A JetStream publish works too; the duplicate id is not published again.
+    let js = jetstream::new(nats.clone());
+    js.publish(
+        "hookrelay.ingest.acme.returns.updated",
+        br#"{"event":"returns/updated","event_id":"ret-1","data":{}}"#.as_ref().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event_type, "returns/updated");
+    assert_eq!(got[0].tenant_id, "acme");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(published(&app.env).await.len(), 1, "the duplicate was published again");
+    let body: Value = serde_json::from_slice(&got[0].envelope).unwrap();
+    assert_eq!(body["event"], "returns/updated");
+    assert_eq!(body["data"]["return_id"], "r1");
+}
+
+#[tokio::test]
+async fn refused_nats_messages_go_to_the_dead_letter_subject_with_their_reason() {
+    let app = app(&[]).await;
+    let nats = app.env.nats().await.unwrap();
+    let mut dead = nats.subscribe(subjects::DEAD_INGEST).await.unwrap();
+    nats.flush().await.unwrap();
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("hookrelay.ingest.acme.orders.created", b"{not json", "invalid_json"),
+        (
+            "hookrelay.ingest.nobody.orders.created",
+            br#"{"data":{}}"#,
+            "unknown_tenant",
+        ),
+        (
+            "hookrelay.ingest.acme.orders.created",
+            br#"{"event":"returns/updated","data":{}}"#,
+            "event_subject_mismatch",
+        ),
+        (
+            "hookrelay.ingest.acme.hookrelay.ping",
+            br#"{"data":{}}"#,
+            "reserved_event_type",
+        ),
+        ("hookrelay.ingest.acme.orders", br#"{"data":{}}"#, "invalid_event_type"),
+        (
+            "hookrelay.ingest.acme.orders.created",
+            br#"{"data":[1]}"#,
+            "invalid_data",
+        ),
+    ];
+    for (subject, payload, _) in &cases {
+        nats.publish(*subject, payload.to_vec().into()).await.unwrap();
+    }
+    let mut codes = Vec::new();
+    for _ in &cases {
+        let msg = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut dead))
+            .await
+            .expect("dead letter within 10s")
+            .unwrap();
+        let headers = msg.headers.clone().unwrap();
+        let code = headers.get(subjects::HEADER_ERROR_CODE).unwrap().to_string();
+        assert!(!headers.get(subjects::HEADER_ERROR).unwrap().as_str().is_empty());
+        codes.push((code, msg.payload.to_vec()));
+    }
+    for (_, payload, code) in &cases {
+        assert!(
+            codes.iter().any(|(c, p)| c == code && p == payload),
+            "no dead letter {code}: {codes:?}"
+        );
+    }
+    // Dead letters are kept in HOOKRELAY_DEAD, and intake goes on.
+    let js = jetstream::new(nats.clone());
+    let kept = js
+        .get_stream(subjects::DEAD_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(kept, cases.len() as u64);
+    nats.publish(
+        "hookrelay.ingest.acme.orders.created",
+        br#"{"data":{}}"#.as_ref().into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(published_soon(&app.env, 1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_rest_input_gets_the_contract_error_body() {
+    let app = app(&[]).await;
+    let db = app.env.db().await.unwrap();
+    let reader = insert_key(&db, "acme", &["deliveries:read"]).await;
+    let post = |token: &str, body: &[u8]| {
+        let (api, token, body) = (app.api.clone(), token.to_owned(), body.to_vec());
+        async move { api.raw(reqwest::Method::POST, "/v1/events", Some(&token), body).await }
+    };
+    let big = format!(
+        r#"{{"event":"orders/created","data":{{"blob":"{}"}}}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            &app.key,
+            br#"{"event": "orders/created", "data": "#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            &app.key,
+            b"{\"event\":\"orders/created\",\"data\":{\"a\":\"\xff\xfe\"}}".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            &app.key,
+            br#"{"event":"Orders Created!","data":{}}"#.to_vec(),
+            422,
+            "invalid_event_type",
+        ),
+        (
+            &app.key,
+            br#"{"event":"orders/created","data":"notanobject"}"#.to_vec(),
+            422,
+            "invalid_data",
+        ),
+        (&app.key, br#"{"event":"orders/created"}"#.to_vec(), 422, "missing_data"),
+        (
+            &app.key,
+            br#"{"event":"hookrelay/ping","data":{}}"#.to_vec(),
+            422,
+            "reserved_event_type",
+        ),
+        (
+            &app.key,
+            br#"{"event":"a/b","data":{},"extra":1}"#.to_vec(),
+            422,
+            "unknown_field",
+        ),
+        (
+            &app.key,
+            br#"{"event":"a/b","event_id":"no spaces","data":{}}"#.to_vec(),
+            422,
+            "invalid_event_id",
+        ),
+        (&app.key, big.into_bytes(), 413, "payload_too_large"),
+        (&app.key, vec![b'x'; 2 * 1024 * 1024], 413, "payload_too_large"),
+        (&reader, br#"{"event":"a/b","data":{}}"#.to_vec(), 403, "forbidden"),
+        (
+            "hr_not_a_key",
+            br#"{"event":"a/b","data":{}}"#.to_vec(),
+            401,
+            "unauthorized",
+        ),
+        (
+            ADMIN_TOKEN,
+            br#"{"event":"a/b","data":{}}"#.to_vec(),
+            400,
+            "tenant_required",
+        ),
+    ];
+    for (token, body, status, code) in cases {
+        let r = post(token, &body).await;
+        assert_eq!((r.status, r.code()), (status, code), "{:?}", r.body);
+        assert!(r.is_error_body(), "{:?}", r.body);
+    }
+    let r = app
+        .api
+        .call(
+            reqwest::Method::POST,
+            "/v1/events",
+            None,
+            Some(&json!({"event":"a/b","data":{}})),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.is_error_body());
+    let r = app
+        .api
+        .post(
+            "/v1/events?tenant_id=nobody",
+            ADMIN_TOKEN,
+            json!({"event":"a/b","data":{}}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = app
+        .api
+        .post(
+            "/v1/events?tenant_id=acme",
+            ADMIN_TOKEN,
+            json!({"event":"a/b","data":{}}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    // Nothing refused was stored or published.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(published(&app.env).await.len(), 1);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+}
+
+#[tokio::test]
+async fn events_stored_but_never_published_are_republished() {
+    let app = app(&[("HOOKRELAY_REPUBLISH_AFTER", "200ms")]).await;
+    let db = app.env.db().await.unwrap();
+    // As if ingest died between the insert and the publish.
+    sqlx::query(
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
+         VALUES ('acme', 'orphan', 'orders/created', now(), $1, now() - interval '1 minute')",
+    )
+    .bind(r#"{"event":"orders/created","event_id":"orphan","timestamp":"2024-03-15T14:30:00Z","data":{}}"#)
+    .execute(&db)
+    .await
+    .unwrap();
+    let got = published_soon(&app.env, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event_id, "orphan");
+    let published_at: Option<time::OffsetDateTime> =
+        sqlx::query_scalar("SELECT published_at FROM events WHERE event_id = 'orphan'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(published_at.is_some());
+}
+
+#[tokio::test]
+async fn events_published_while_ingest_is_down_are_accepted_when_it_returns() {
+    let app = app(&[]).await;
+    app.shutdown.cancel();
+    app.task.await.unwrap().unwrap();
+    let nats = app.env.nats().await.unwrap();
+    for i in 0..5 {
+        nats.publish(
+            "hookrelay.ingest.acme.orders.created",
+            format!(r#"{{"event_id":"down-{i}","data":{{}}}}"#).into(),
+        )
+        .await
+        .unwrap();
+    }
+    nats.flush().await.unwrap();
+    let (_api, _shutdown, _task) = start_ingest(&app.env, &[]).await;
+    let got = published_soon(&app.env, 5).await;
+    let mut ids: Vec<_> = got.iter().map(|e| e.event_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["down-0", "down-1", "down-2", "down-3", "down-4"]);
+}
+
+#[tokio::test]
+async fn readiness_turns_off_on_shutdown_and_metrics_are_prometheus_text() {
+    let app = app(&[]).await;
+    let health = app.api.call(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status, 200);
+    app.api
+        .post("/v1/events", &app.key, json!({"event": "orders/created", "data": {}}))
+        .await;
+    let text = reqwest::get(format!("{}/metrics", app.api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("# TYPE hookrelay_events_accepted_total counter"),
+        "{text}"
+    );
+    app.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), app.task)
+        .await
+        .expect("clean shutdown")
+        .unwrap()
+        .unwrap();
+}

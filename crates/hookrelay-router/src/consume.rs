@@ -1,0 +1,147 @@
+//! Reads HOOKRELAY_EVENTS (`hookrelay.events.>`, durable consumer `router`), publishes one
+//! `DeliveryJob` per matching endpoint to `hookrelay.deliveries.<tenant>.<endpoint>`
+//! (HOOKRELAY_DELIVERIES), and acks the event once JetStream has stored every job.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        AckKind, Message,
+        consumer::{AckPolicy, PullConsumer, pull},
+    },
+};
+use futures::StreamExt as _;
+use hookrelay_types::{DeliveryId, EventId, EventType, TenantId, messages, subjects};
+use prost::Message as _;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::warn;
+
+use crate::{Config, error::RouteError, matcher, store};
+
+const EVENTS_ROUTED: &str = "hookrelay_events_routed_total";
+const JOBS_PUBLISHED: &str = "hookrelay_delivery_jobs_published_total";
+const POISON: &str = "hookrelay_router_poison_messages_total";
+
+#[derive(Clone)]
+pub(crate) struct Router {
+    pub(crate) db: sqlx::PgPool,
+    pub(crate) js: async_nats::jetstream::Context,
+    pub(crate) cfg: Arc<Config>,
+}
+
+pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
+    let stream = js.get_stream(subjects::EVENTS_STREAM).await?;
+    Ok(stream
+        .get_or_create_consumer(
+            subjects::ROUTER_CONSUMER,
+            pull::Config {
+                durable_name: Some(subjects::ROUTER_CONSUMER.to_owned()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await?)
+}
+
+pub(crate) async fn run(router: Router, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(router.cfg.concurrency));
+    let mut messages = consumer.messages().await?;
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = messages.next() => match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(error)) => {
+                    warn!(%error, "event fetch failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let permit = permits.clone().acquire_owned().await?;
+        let router = router.clone();
+        tracker.spawn(async move {
+            let outcome = route(&router, &msg).await;
+            settle(&msg, outcome).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(router.cfg.common.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("events still being routed at the drain deadline; they will be redelivered");
+    }
+    Ok(())
+}
+
+/// Returns how many jobs were published.
+#[tracing::instrument(skip_all, fields(subject = %msg.subject))]
+async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
+    let event = messages::EventAccepted::decode(msg.payload.clone()).map_err(|e| RouteError::Poison(e.to_string()))?;
+    let tenant = TenantId::parse(&event.tenant_id).map_err(|e| RouteError::Poison(e.to_string()))?;
+    let event_id = EventId::parse(&event.event_id).map_err(|e| RouteError::Poison(e.to_string()))?;
+    let event_type = EventType::parse(&event.event_type).map_err(|e| RouteError::Poison(e.to_string()))?;
+
+    let rows = store::enabled_endpoints(&router.db, tenant.as_str()).await?;
+    let subs: Vec<_> = rows.iter().filter_map(matcher::Subscription::from_row).collect();
+    let targets = matcher::matching(&subs, &event_type, &event.envelope);
+
+    let mut acks = Vec::with_capacity(targets.len());
+    for endpoint in &targets {
+        let job = messages::DeliveryJob {
+            delivery_id: DeliveryId::generate().to_string(),
+            tenant_id: event.tenant_id.clone(),
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            endpoint_id: endpoint.to_string(),
+            envelope: event.envelope.clone(),
+            accepted_at_ms: event.accepted_at_ms,
+        };
+        let ack = hookrelay_runtime::nats::publish(
+            &router.js,
+            subjects::delivery(&tenant, endpoint),
+            &subjects::job_msg_id(&tenant, &event_id, endpoint),
+            HeaderMap::new(),
+            job.encode_to_vec().into(),
+        )
+        .await
+        .map_err(|e| RouteError::Publish(e.to_string()))?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.map_err(|e| RouteError::Publish(e.to_string()))?;
+    }
+    metrics::counter!(JOBS_PUBLISHED).increment(targets.len() as u64);
+    Ok(targets.len())
+}
+
+async fn settle(msg: &Message, outcome: Result<usize, RouteError>) {
+    let kind = match outcome {
+        Ok(_) => {
+            metrics::counter!(EVENTS_ROUTED).increment(1);
+            AckKind::Ack
+        }
+        Err(error @ RouteError::Poison(_)) => {
+            metrics::counter!(POISON).increment(1);
+            warn!(%error, subject = %msg.subject, "dropping an event message that cannot be routed");
+            AckKind::Term
+        }
+        Err(error) => {
+            // Jobs already published are de-duplicated on redelivery (Nats-Msg-Id, and the
+            // deliverer keeps one delivery per event and endpoint).
+            warn!(%error, "routing failed; the event will be redelivered");
+            AckKind::Nak(Some(Duration::from_secs(1)))
+        }
+    };
+    if let Err(error) = msg.ack_with(kind).await {
+        warn!(%error, "acknowledging an event failed; it will be redelivered");
+    }
+}

@@ -1,0 +1,10 @@
+//! `hookrelay-router`: the routing service on its own.
+
+use hookrelay_runtime::{config::Source, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = hookrelay_router::Config::from_source(&Source::from_env()?)?;
+    telemetry::init("hookrelay-router", cfg.common.otlp_endpoint.as_deref());
+    hookrelay_router::run(cfg, None, shutdown::on_signal()).await
+}
