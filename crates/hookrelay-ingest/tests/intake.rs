@@ -1,4 +1,5 @@
 //! Intake over REST and NATS against a real NATS server and a real database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
