@@ -4,17 +4,15 @@
 //! `hookrelay.dead.ingest` with `Hookrelay-Error-Code` / `Hookrelay-Error`; one we failed to
 //! handle (database or NATS trouble) is left unacknowledged and comes back.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use async_nats::jetstream::{
     AckKind, Message,
     consumer::{AckPolicy, PullConsumer, pull},
 };
-use futures::StreamExt as _;
 use hookrelay_types::{EventType, IncomingEnvelope, Invalid, TenantId, subjects};
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
@@ -43,38 +41,15 @@ pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Res
 }
 
 pub(crate) async fn run(ingest: Ingest, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(ingest.cfg.concurrency));
-    let mut messages = consumer.messages().await?;
-    loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => break,
-            next = messages.next() => match next {
-                Some(Ok(msg)) => msg,
-                Some(Err(error)) => {
-                    warn!(%error, "intake fetch failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                None => break,
-            },
-        };
-        let permit = permits.clone().acquire_owned().await?;
+    let (concurrency, drain) = (ingest.cfg.concurrency, ingest.cfg.common.drain_timeout);
+    hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
         let ingest = ingest.clone();
-        tracker.spawn(async move {
+        async move {
             let outcome = handle(&ingest, &msg).await;
             settle(&ingest, &msg, outcome).await;
-            drop(permit);
-        });
-    }
-    tracker.close();
-    if tokio::time::timeout(ingest.cfg.common.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("intake messages still in flight at the drain deadline; they will be redelivered");
-    }
-    Ok(())
+        }
+    })
+    .await
 }
 
 /// Reads the tenant and event type from the subject, validates, accepts.

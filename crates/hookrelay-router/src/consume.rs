@@ -11,11 +11,9 @@ use async_nats::{
         consumer::{AckPolicy, PullConsumer, pull},
     },
 };
-use futures::StreamExt as _;
 use hookrelay_types::{DeliveryId, EventId, EventType, TenantId, messages, subjects};
 use prost::Message as _;
-use tokio::sync::Semaphore;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{Config, error::RouteError, matcher, store};
@@ -48,38 +46,15 @@ pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Res
 }
 
 pub(crate) async fn run(router: Router, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(router.cfg.concurrency));
-    let mut messages = consumer.messages().await?;
-    loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => break,
-            next = messages.next() => match next {
-                Some(Ok(msg)) => msg,
-                Some(Err(error)) => {
-                    warn!(%error, "event fetch failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                None => break,
-            },
-        };
-        let permit = permits.clone().acquire_owned().await?;
+    let (concurrency, drain) = (router.cfg.concurrency, router.cfg.common.drain_timeout);
+    hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
         let router = router.clone();
-        tracker.spawn(async move {
+        async move {
             let outcome = route(&router, &msg).await;
             settle(&msg, outcome).await;
-            drop(permit);
-        });
-    }
-    tracker.close();
-    if tokio::time::timeout(router.cfg.common.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("events still being routed at the drain deadline; they will be redelivered");
-    }
-    Ok(())
+        }
+    })
+    .await
 }
 
 /// Returns how many jobs were published.

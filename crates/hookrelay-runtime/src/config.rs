@@ -40,6 +40,12 @@ impl Source {
         }
     }
 
+    /// The same source with `key` set to `value` (over whatever it had).
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.vars.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     pub fn raw(&self, key: &str) -> Option<&str> {
         self.vars.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }

@@ -100,3 +100,55 @@ pub async fn publish(
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     js.publish_with_headers(subject, headers, payload).await
 }
+
+/// The consumer loop every service uses: fetch, hand each message to `handle` on its own
+/// task (at most `concurrency` at once), stop fetching on `shutdown`, then give in-flight
+/// handlers `drain` to finish. `handle` settles the message itself (ack, nak or term); a
+/// message it never settles is redelivered after the consumer's ack wait. A fetch error
+/// never ends the loop.
+pub async fn consume<F, Fut>(
+    consumer: jetstream::consumer::PullConsumer,
+    concurrency: usize,
+    drain: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt as _;
+
+    let name = consumer.cached_info().name.clone();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut messages = consumer.messages().await?;
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = messages.next() => match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(error)) => {
+                    tracing::warn!(consumer = %name, %error, "fetch failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit?,
+        };
+        let work = handle(msg);
+        tracker.spawn(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(consumer = %name, "messages still in flight at the drain deadline; they will be redelivered");
+    }
+    Ok(())
+}
