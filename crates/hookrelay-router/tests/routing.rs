@@ -1,0 +1,184 @@
+//! Routing over a real NATS server and a real database: the test plays ingest (publishing
+//! `EventAccepted`) and query (writing `endpoints` rows), and reads the jobs the router
+//! publishes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, jetstream};
+use hookrelay_router::{Config, run};
+use hookrelay_testkit::{Api, TestEnv, eventually};
+use hookrelay_types::{
+    EndpointId, EventId, EventType, TenantId,
+    messages::{DeliveryJob, EventAccepted},
+    subjects,
+};
+use prost::Message as _;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+async fn start(env: &TestEnv) -> CancellationToken {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(
+        Config::from_source(&env.source(&[])).unwrap(),
+        Some(listener),
+        shutdown.clone(),
+    ));
+    let ready = eventually(Duration::from_secs(20), || async {
+        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+    shutdown
+}
+
+async fn endpoint(db: &sqlx::PgPool, events: &[&str], filter: Option<serde_json::Value>, enabled: bool) -> String {
+    let id = EndpointId::generate().to_string();
+    sqlx::query(
+        "INSERT INTO endpoints (id, tenant_id, url, events, filter, enabled, secret)
+         VALUES ($1, 'acme', 'http://127.0.0.1:9/x', $2, $3, $4, 'whsec_AAAA')",
+    )
+    .bind(&id)
+    .bind(events.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    .bind(filter)
+    .bind(enabled)
+    .execute(db)
+    .await
+    .unwrap();
+    id
+}
+
+async fn accept(js: &jetstream::Context, event_id: &str, event_type: &str, data: serde_json::Value) {
+    accept_as(js, event_id, event_type, data, "").await
+}
+
+/// `msg_id_suffix` makes JetStream take a repeat (as after its duplicate window).
+async fn accept_as(
+    js: &jetstream::Context,
+    event_id: &str,
+    event_type: &str,
+    data: serde_json::Value,
+    msg_id_suffix: &str,
+) {
+    let tenant = TenantId::parse("acme").unwrap();
+    let event = EventType::parse(event_type).unwrap();
+    let envelope =
+        json!({"event": event_type, "event_id": event_id, "timestamp": "2024-03-15T14:30:00Z", "data": data});
+    let msg = EventAccepted {
+        tenant_id: "acme".into(),
+        event_id: event_id.into(),
+        event_type: event_type.into(),
+        envelope: serde_json::to_vec(&envelope).unwrap(),
+        accepted_at_ms: 1,
+    };
+    let id = subjects::event_msg_id(&tenant, &EventId::parse(event_id).unwrap()) + msg_id_suffix;
+    hookrelay_runtime::nats::publish(
+        js,
+        subjects::event(&tenant, &event),
+        &id,
+        HeaderMap::new(),
+        msg.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+async fn jobs(js: &jetstream::Context) -> Vec<DeliveryJob> {
+    let stream = js.get_stream(subjects::DELIVERIES_STREAM).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(DeliveryJob::decode(m.payload).unwrap());
+        }
+    }
+    out
+}
+
+async fn jobs_soon(js: &jetstream::Context, n: usize) -> Vec<DeliveryJob> {
+    eventually(Duration::from_secs(10), || async {
+        let got = jobs(js).await;
+        (got.len() >= n).then_some(got)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn each_event_becomes_one_job_per_matching_enabled_endpoint() {
+    let env = TestEnv::start().await.unwrap();
+    let _stop = start(&env).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let orders = endpoint(&db, &["orders/*"], None, true).await;
+    let all = endpoint(&db, &["*"], None, true).await;
+    let acme_only = endpoint(
+        &db,
+        &["orders/created"],
+        Some(json!({"data.merchant": "Acme Corp"})),
+        true,
+    )
+    .await;
+    let _off = endpoint(&db, &["*"], None, false).await;
+    let _returns = endpoint(&db, &["returns/updated"], None, true).await;
+    let js = jetstream::new(env.nats().await.unwrap());
+
+    accept(&js, "e1", "orders/created", json!({"merchant": "Acme Corp"})).await;
+    let got = jobs_soon(&js, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_now = jobs(&js).await;
+    assert_eq!(got_now.len(), 3, "{got_now:?}");
+    let mut endpoints: Vec<_> = got.iter().map(|j| j.endpoint_id.clone()).collect();
+    endpoints.sort();
+    let mut want = vec![orders, all, acme_only];
+    want.sort();
+    assert_eq!(endpoints, want);
+    for job in &got {
+        assert!(job.delivery_id.starts_with("dlv_"));
+        assert_eq!(
+            (job.tenant_id.as_str(), job.event_id.as_str(), job.event_type.as_str()),
+            ("acme", "e1", "orders/created")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&job.envelope).unwrap();
+        assert_eq!(body["data"]["merchant"], "Acme Corp");
+    }
+    let ids: std::collections::HashSet<_> = got.iter().map(|j| j.delivery_id.clone()).collect();
+    assert_eq!(ids.len(), 3, "each job has its own delivery id");
+}
+
+#[tokio::test]
+async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
+    let env = TestEnv::start().await.unwrap();
+    let _stop = start(&env).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+        .execute(&db)
+        .await
+        .unwrap();
+    endpoint(&db, &["*"], None, true).await;
+    let nats = env.nats().await.unwrap();
+    let js = jetstream::new(nats.clone());
+    // Garbage on the events subject must not stop routing.
+    js.publish("hookrelay.events.acme.orders.created", "not protobuf \u{0}\u{1}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    accept(&js, "twice", "orders/created", json!({})).await;
+    accept_as(&js, "twice", "orders/created", json!({}), ":again").await;
+    accept(&js, "other", "orders/created", json!({})).await;
+    let got = jobs_soon(&js, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_now = jobs(&js).await;
+    assert_eq!(got_now.len(), 2, "{got:?}");
+    let mut events: Vec<_> = got_now.iter().map(|j| j.event_id.clone()).collect();
+    events.sort();
+    assert_eq!(events, ["other", "twice"]);
+}
