@@ -1,1 +1,62 @@
-//! placeholder
+//! hookrelay step 3, delivery. Consumes `DeliveryJob`s from HOOKRELAY_DELIVERIES, keeps one
+//! `deliveries` row per (event, endpoint), POSTs the signed envelope, records every attempt
+//! in `attempts`, and retries on the schedule from a Postgres-backed scheduler. Operator
+//! commands (retry, recover) arrive on HOOKRELAY_COMMANDS. It has no API; only `/healthz`,
+//! `/readyz` and `/metrics`.
+
+mod attempt;
+mod config;
+mod consume;
+mod deliver;
+mod error;
+mod retry;
+mod scheduler;
+mod store;
+mod target;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::DeliverError;
+use hookrelay_runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+/// Creates the `deliverer` and `deliverer-commands` consumers and starts the job consumer,
+/// the command consumer and the retry scheduler on `rt.tasks`. Returns no routes.
+pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+    let d = deliver::Deliverer {
+        db: rt.db.clone(),
+        sender: Arc::new(attempt::Sender::new(cfg).map_err(DeliverError::from)?),
+        cfg: Arc::new(cfg.clone()),
+        permits: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency)),
+    };
+    let jobs = consume::jobs_consumer(&rt.js).await?;
+    let commands = consume::commands_consumer(&rt.js).await?;
+
+    let (dj, stop) = (d.clone(), shutdown.clone());
+    rt.tasks.spawn(async move {
+        if let Err(error) = consume::run_jobs(dj, jobs, stop).await {
+            tracing::error!(%error, "delivery job consumer stopped");
+        }
+    });
+    let (dc, stop) = (d.clone(), shutdown.clone());
+    rt.tasks.spawn(async move {
+        if let Err(error) = consume::run_commands(dc, commands, stop).await {
+            tracing::error!(%error, "delivery command consumer stopped");
+        }
+    });
+    rt.tasks.spawn(scheduler::run(d, shutdown));
+    Ok(axum::Router::new())
+}
+
+/// Runs the deliverer alone until `shutdown`.
+pub async fn run(
+    cfg: Config,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let rt = Runtime::start(&cfg.common).await?;
+    let api = start(&cfg, &rt, shutdown.clone()).await?;
+    let listener = hookrelay_runtime::listener(listener, cfg.common.http_addr).await?;
+    hookrelay_runtime::serve(&rt, listener, api, shutdown, cfg.common.drain_timeout).await
+}

@@ -1,0 +1,388 @@
+//! One HTTP attempt: sign the envelope (Standard Webhooks), POST it with the contract's
+//! headers, read at most 64 KiB of the answer and turn it into an [`Outcome`] with a
+//! readable error. Reads and writes no subjects or tables.
+
+use std::{
+    error::Error as _,
+    time::{Duration, Instant},
+};
+
+use hookrelay_types::signature::{Secret, signature_header};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::{
+    Config,
+    target::{self, DnsError, NotPublic},
+};
+
+/// Read no more of a response than this; the rest is dropped with the connection.
+pub(crate) const READ_LIMIT: usize = 64 * 1024;
+/// Keep at most this much of a response body in the attempt record.
+pub(crate) const STORED_LIMIT: usize = 4 * 1024;
+
+pub(crate) const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
+
+/// Headers hookrelay sets itself; an endpoint's custom headers may not replace them, nor
+/// the ones that would break the request's framing.
+const RESERVED: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "user-agent",
+    "hookrelay-event",
+    "hookrelay-delivery-id",
+    "hookrelay-attempt",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+];
+
+/// What to send.
+pub(crate) struct Request<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) event_id: &'a str,
+    pub(crate) event_type: &'a str,
+    pub(crate) delivery_id: &'a str,
+    pub(crate) attempt: i32,
+    pub(crate) body: Vec<u8>,
+    /// Every secret that signs: the current one, then the previous one during its grace period.
+    pub(crate) secrets: &'a [Secret],
+    /// The endpoint's own headers, a JSON object of strings.
+    pub(crate) custom_headers: &'a Value,
+}
+
+/// What happened; becomes one `attempts` row.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub(crate) started_at: OffsetDateTime,
+    pub(crate) duration: Duration,
+    /// As sent (or as they would have been, when nothing was sent).
+    pub(crate) request_headers: Value,
+    pub(crate) response_code: Option<u16>,
+    pub(crate) response_body: Option<String>,
+    /// `None` exactly when the attempt succeeded.
+    pub(crate) error: Option<String>,
+    /// Whether a request went out (for the duration histogram).
+    pub(crate) sent: bool,
+}
+
+impl Outcome {
+    /// A failed attempt that sent nothing.
+    pub(crate) fn refused(error: impl Into<String>) -> Self {
+        Self {
+            started_at: OffsetDateTime::now_utc(),
+            duration: Duration::ZERO,
+            request_headers: Value::Object(Map::new()),
+            response_code: None,
+            response_body: None,
+            error: Some(error.into()),
+            sent: false,
+        }
+    }
+
+    pub(crate) fn succeeded(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// The shared HTTP client (keep-alive across attempts) and the rules every attempt follows.
+pub(crate) struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+    connect_timeout: Duration,
+    attempt_timeout: Duration,
+}
+
+impl Sender {
+    pub(crate) fn new(cfg: &Config) -> Result<Self, reqwest::Error> {
+        hookrelay_runtime::telemetry::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(cfg.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .dns_resolver(target::Resolver {
+                allow_private: cfg.allow_private_targets,
+            })
+            .build()?;
+        Ok(Self {
+            client,
+            allow_private: cfg.allow_private_targets,
+            connect_timeout: cfg.connect_timeout,
+            attempt_timeout: cfg.attempt_timeout,
+        })
+    }
+
+    pub(crate) async fn send(&self, req: Request<'_>) -> Outcome {
+        let started_at = OffsetDateTime::now_utc();
+        let start = Instant::now();
+        let timestamp = started_at.unix_timestamp();
+        let signature = signature_header(req.secrets, req.event_id, timestamp, &req.body);
+        let headers = headers(&req, timestamp, &signature);
+        let request_headers = headers_json(&headers);
+        let mut outcome = Outcome {
+            started_at,
+            duration: Duration::ZERO,
+            request_headers,
+            response_code: None,
+            response_body: None,
+            error: None,
+            sent: false,
+        };
+        let url = match target::check_url(req.url, self.allow_private) {
+            Ok(url) => url,
+            Err(error) => {
+                outcome.error = Some(error.to_string());
+                return outcome;
+            }
+        };
+        outcome.sent = true;
+        let deadline = tokio::time::Instant::from_std(start + self.attempt_timeout);
+        let sending = self.client.post(url).headers(headers).body(req.body).send();
+        match tokio::time::timeout_at(deadline, sending).await {
+            Err(_) => outcome.error = Some(format!("timeout after {}", human(self.attempt_timeout))),
+            Ok(Err(error)) => outcome.error = Some(self.describe(&error)),
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                // The status already answers; a slow or broken body only shortens what is kept.
+                let body = read_capped(response, deadline).await;
+                outcome.response_code = Some(status);
+                outcome.response_body = Some(cut_body(&body));
+                outcome.error = classify(status);
+            }
+        }
+        outcome.duration = start.elapsed();
+        outcome
+    }
+
+    /// A readable cause for a request that got no response.
+    fn describe(&self, error: &reqwest::Error) -> String {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
+        let mut innermost = error.to_string();
+        while let Some(e) = source {
+            if let Some(refused) = e.downcast_ref::<NotPublic>() {
+                return refused.to_string();
+            }
+            if let Some(dns) = e.downcast_ref::<DnsError>() {
+                return dns.to_string();
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                    std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                    _ => {}
+                }
+            }
+            innermost = e.to_string();
+            source = e.source();
+        }
+        if error.is_connect() && error.is_timeout() {
+            format!("connect timeout after {}", human(self.connect_timeout))
+        } else if error.is_timeout() {
+            format!("timeout after {}", human(self.attempt_timeout))
+        } else if error.is_connect() {
+            format!("connection error: {innermost}")
+        } else {
+            format!("request error: {innermost}")
+        }
+    }
+}
+
+/// `None` for a 2xx; otherwise why the status is a failure.
+pub(crate) fn classify(status: u16) -> Option<String> {
+    match status {
+        200..=299 => None,
+        300..=399 => Some(format!("redirect not followed (HTTP {status})")),
+        _ => Some(format!("HTTP {status}")),
+    }
+}
+
+/// The contract's headers, then the endpoint's own (never over the contract's).
+fn headers(req: &Request<'_>, timestamp: i64, signature: &str) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let fixed = [
+        ("webhook-id", req.event_id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature.to_owned()),
+        ("content-type", "application/json".to_owned()),
+        ("user-agent", USER_AGENT.to_owned()),
+        ("hookrelay-event", req.event_type.to_owned()),
+        ("hookrelay-delivery-id", req.delivery_id.to_owned()),
+        ("hookrelay-attempt", req.attempt.to_string()),
+    ];
+    for (name, value) in fixed {
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                map.insert(HeaderName::from_static(name), v);
+            }
+            Err(_) => tracing::warn!(header = name, "a header value is not valid; sending without it"),
+        }
+    }
+    for (name, value) in custom_headers(req.custom_headers) {
+        map.append(name, value);
+    }
+    map
+}
+
+/// The valid, non-reserved entries of an endpoint's `headers` object.
+fn custom_headers(custom: &Value) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(object) = custom.as_object() else {
+        return Vec::new();
+    };
+    object
+        .iter()
+        .filter_map(|(name, value)| {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => value.to_string(),
+                _ => return None,
+            };
+            let name = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok()?;
+            if RESERVED.contains(&name.as_str()) {
+                return None;
+            }
+            Some((name, HeaderValue::from_str(&text).ok()?))
+        })
+        .collect()
+}
+
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut object = Map::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        object.insert(name.as_str().to_owned(), Value::String(value));
+    }
+    Value::Object(object)
+}
+
+/// Up to [`READ_LIMIT`] bytes of the body; stops early at the deadline or an error.
+async fn read_capped(mut response: reqwest::Response, deadline: tokio::time::Instant) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < READ_LIMIT {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(READ_LIMIT);
+    body
+}
+
+/// A response body as stored: lossy UTF-8 without NUL (Postgres `text` refuses it), cut to
+/// at most [`STORED_LIMIT`] bytes on a character boundary.
+pub(crate) fn cut_body(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(body).replace('\0', "\u{fffd}");
+    if text.len() > STORED_LIMIT {
+        let mut end = STORED_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// `15s`, `1500ms`: how a configured duration reads in an error.
+pub(crate) fn human(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn only_2xx_confirms() {
+        assert_eq!(classify(200), None);
+        assert_eq!(classify(204), None);
+        assert_eq!(classify(299), None);
+        assert_eq!(classify(302).as_deref(), Some("redirect not followed (HTTP 302)"));
+        assert_eq!(classify(404).as_deref(), Some("HTTP 404"));
+        assert_eq!(classify(500).as_deref(), Some("HTTP 500"));
+        assert_eq!(classify(100).as_deref(), Some("HTTP 100"));
+    }
+
+    #[test]
+    fn durations_read_like_the_config() {
+        assert_eq!(human(Duration::from_secs(15)), "15s");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn custom_headers_never_override_the_contract_headers() {
+        let secret = Secret::generate();
+        let custom = json!({
+            "X-Team": "billing",
+            "webhook-id": "forged",
+            "Content-Type": "text/plain",
+            "User-Agent": "evil",
+            "hookrelay-attempt": "99",
+            "x-retries": 3,
+            "bad header": "x",
+            "x-object": {"a": 1},
+        });
+        let req = Request {
+            url: "http://example.com/",
+            event_id: "evt_1",
+            event_type: "orders/created",
+            delivery_id: "dlv_1",
+            attempt: 2,
+            body: b"{}".to_vec(),
+            secrets: std::slice::from_ref(&secret),
+            custom_headers: &custom,
+        };
+        let map = headers(&req, 1_700_000_000, "v1,sig");
+        let get = |n: &str| map.get_all(n).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
+        assert_eq!(get("webhook-id"), ["evt_1"]);
+        assert_eq!(get("content-type"), ["application/json"]);
+        assert_eq!(get("user-agent"), [USER_AGENT]);
+        assert_eq!(get("hookrelay-attempt"), ["2"]);
+        assert_eq!(get("webhook-timestamp"), ["1700000000"]);
+        assert_eq!(get("x-team"), ["billing"]);
+        assert_eq!(get("x-retries"), ["3"]);
+        assert!(map.get("x-object").is_none());
+        let recorded = headers_json(&map);
+        assert_eq!(recorded["webhook-signature"], "v1,sig");
+        assert_eq!(recorded["hookrelay-event"], "orders/created");
+    }
+
+    #[test]
+    fn stored_bodies_lose_nul_bytes() {
+        assert_eq!(cut_body(b"a\0b"), "a\u{fffd}b");
+        assert_eq!(cut_body(b"ok"), "ok");
+    }
+
+    proptest! {
+        #[test]
+        fn stored_bodies_are_at_most_4_kib_prefixes_of_the_text(
+            body in prop::collection::vec(any::<u8>(), 0..10_000),
+        ) {
+            let cut = cut_body(&body);
+            prop_assert!(cut.len() <= STORED_LIMIT);
+            let whole = String::from_utf8_lossy(&body).replace('\0', "\u{fffd}");
+            prop_assert!(whole.starts_with(&cut));
+            prop_assert!(whole.len() - cut.len() < 4 || cut.len() > STORED_LIMIT - 4);
+        }
+
+        #[test]
+        fn multibyte_text_is_cut_on_a_char_boundary(n in 0usize..5000) {
+            let body = "é€".repeat(n);
+            let cut = cut_body(body.as_bytes());
+            prop_assert!(cut.len() <= STORED_LIMIT);
+            prop_assert!(body.starts_with(&cut));
+        }
+    }
+}

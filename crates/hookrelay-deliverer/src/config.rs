@@ -1,0 +1,113 @@
+//! The deliverer's settings, from `HOOKRELAY_*` variables (see the contract). Reads no
+//! subjects or tables.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use hookrelay_runtime::config::Source;
+
+/// The contract's default retry schedule.
+pub(crate) const DEFAULT_RETRY_SCHEDULE: &str = "5s,30s,2m,15m,1h,4h,12h,24h";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: hookrelay_runtime::Config,
+    /// `HOOKRELAY_RETRY_SCHEDULE`: the wait before retry n is `retry_schedule[n-1]` (±20%);
+    /// an endpoint gets `retry_schedule.len() + 1` attempts in all.
+    pub retry_schedule: Vec<Duration>,
+    /// `HOOKRELAY_ALLOW_PRIVATE_TARGETS`: let endpoints point at loopback/private addresses.
+    pub allow_private_targets: bool,
+    /// `HOOKRELAY_DELIVERY_CONNECT_TIMEOUT`.
+    pub connect_timeout: Duration,
+    /// `HOOKRELAY_DELIVERY_TIMEOUT`: the whole attempt, connect to last body byte read.
+    pub attempt_timeout: Duration,
+    /// `HOOKRELAY_DELIVERER_CONCURRENCY`: attempts in flight at once (jobs and retries).
+    pub concurrency: usize,
+    /// `HOOKRELAY_SCHEDULER_INTERVAL`: how often due retries are claimed.
+    pub poll_interval: Duration,
+    /// `HOOKRELAY_ATTEMPT_LEASE`: how long a claimed delivery is held by one deliverer; if
+    /// its process dies, the delivery is attempted again once the lease runs out.
+    pub lease: Duration,
+}
+
+impl Config {
+    pub fn from_source(src: &Source) -> anyhow::Result<Self> {
+        let cfg = Self {
+            common: hookrelay_runtime::Config::from_source(src, ([127, 0, 0, 1], 8083).into())?,
+            retry_schedule: src.durations("HOOKRELAY_RETRY_SCHEDULE", DEFAULT_RETRY_SCHEDULE)?,
+            allow_private_targets: src.bool("HOOKRELAY_ALLOW_PRIVATE_TARGETS", false)?,
+            connect_timeout: src.duration("HOOKRELAY_DELIVERY_CONNECT_TIMEOUT", Duration::from_secs(5))?,
+            attempt_timeout: src.duration("HOOKRELAY_DELIVERY_TIMEOUT", Duration::from_secs(15))?,
+            concurrency: src.get("HOOKRELAY_DELIVERER_CONCURRENCY", 256)?,
+            poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_millis(100))?,
+            lease: src.duration("HOOKRELAY_ATTEMPT_LEASE", Duration::from_secs(60))?,
+        };
+        if cfg.concurrency == 0 {
+            bail!("HOOKRELAY_DELIVERER_CONCURRENCY must be at least 1");
+        }
+        if cfg.attempt_timeout.is_zero() {
+            bail!("HOOKRELAY_DELIVERY_TIMEOUT must be more than 0");
+        }
+        if cfg.connect_timeout.is_zero() {
+            bail!("HOOKRELAY_DELIVERY_CONNECT_TIMEOUT must be more than 0");
+        }
+        if cfg.poll_interval.is_zero() {
+            bail!("HOOKRELAY_SCHEDULER_INTERVAL must be more than 0");
+        }
+        // A lease that ends before the attempt could let a second deliverer start the same
+        // delivery while the first is still sending it.
+        if cfg.lease <= cfg.attempt_timeout {
+            bail!(
+                "HOOKRELAY_ATTEMPT_LEASE ({:?}) must be longer than HOOKRELAY_DELIVERY_TIMEOUT ({:?})",
+                cfg.lease,
+                cfg.attempt_timeout
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cfg = Config::from_source(&Source::default()).unwrap();
+        assert_eq!(cfg.retry_schedule.len(), 8);
+        assert_eq!(cfg.retry_schedule[0], Duration::from_secs(5));
+        assert_eq!(cfg.retry_schedule[7], Duration::from_secs(86_400));
+        assert!(!cfg.allow_private_targets);
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.attempt_timeout, Duration::from_secs(15));
+        assert_eq!(cfg.concurrency, 256);
+        assert_eq!(cfg.poll_interval, Duration::from_millis(100));
+        assert_eq!(cfg.lease, Duration::from_secs(60));
+        assert_eq!(cfg.common.http_addr.to_string(), "127.0.0.1:8083");
+    }
+
+    #[test]
+    fn a_lease_shorter_than_the_attempt_timeout_is_refused_by_name() {
+        let src = Source::from_pairs([
+            ("HOOKRELAY_DELIVERY_TIMEOUT", "30s"),
+            ("HOOKRELAY_ATTEMPT_LEASE", "10s"),
+        ]);
+        let e = Config::from_source(&src).unwrap_err().to_string();
+        assert!(e.contains("HOOKRELAY_ATTEMPT_LEASE"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (key, value) in [
+            ("HOOKRELAY_RETRY_SCHEDULE", "5s,later"),
+            ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "maybe"),
+            ("HOOKRELAY_DELIVERER_CONCURRENCY", "0"),
+            ("HOOKRELAY_DELIVERY_TIMEOUT", "fast"),
+        ] {
+            let e = Config::from_source(&Source::from_pairs([(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The deliverer's two NATS consumers.
+//! - Jobs: HOOKRELAY_DELIVERIES (`hookrelay.deliveries.<tenant>.<endpoint>`, durable
+//!   consumer `deliverer`). Each `DeliveryJob` becomes a `deliveries` row; the job is acked
+//!   once the row is stored, then attempt 1 is made at once.
+//! - Commands: HOOKRELAY_COMMANDS (`hookrelay.commands.deliverer.<tenant>`, durable
+//!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind, Message,
+    consumer::{AckPolicy, PullConsumer, pull},
+};
+use hookrelay_types::{
+    DeliveryId, EndpointId, EventId, TenantId,
+    messages::{DeliveryCommand, DeliveryJob, delivery_command::Action},
+    subjects,
+};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    deliver::{self, Deliverer},
+    error::DeliverError,
+    store::{self, Due},
+};
+
+const POISON: &str = "hookrelay_deliverer_poison_messages_total";
+const DUPLICATES: &str = "hookrelay_deliverer_duplicate_jobs_total";
+
+/// A message that failed for a passing reason comes back after this.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+async fn consumer(
+    js: &jetstream::Context,
+    stream: &'static str,
+    name: &'static str,
+) -> Result<PullConsumer, DeliverError> {
+    let failed = |e: &dyn std::fmt::Display| DeliverError::Consumer {
+        consumer: name,
+        message: e.to_string(),
+    };
+    let stream = js.get_stream(stream).await.map_err(|e| failed(&e))?;
+    stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| failed(&e))
+}
+
+pub(crate) async fn jobs_consumer(js: &jetstream::Context) -> Result<PullConsumer, DeliverError> {
+    consumer(js, subjects::DELIVERIES_STREAM, subjects::DELIVERER_CONSUMER).await
+}
+
+pub(crate) async fn commands_consumer(js: &jetstream::Context) -> Result<PullConsumer, DeliverError> {
+    consumer(js, subjects::COMMANDS_STREAM, subjects::DELIVERER_COMMANDS_CONSUMER).await
+}
+
+pub(crate) async fn run_jobs(d: Deliverer, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (concurrency, drain) = (d.cfg.concurrency, d.cfg.common.drain_timeout);
+    hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
+        let d = d.clone();
+        async move { on_job(&d, msg).await }
+    })
+    .await
+}
+
+pub(crate) async fn run_commands(
+    d: Deliverer,
+    consumer: PullConsumer,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let drain = d.cfg.common.drain_timeout;
+    hookrelay_runtime::nats::consume(consumer, 16, drain, shutdown, move |msg| {
+        let d = d.clone();
+        async move {
+            let outcome = on_command(&d, &msg).await;
+            settle(&msg, outcome.map(|()| AckKind::Ack), "command").await;
+        }
+    })
+    .await
+}
+
+fn decode_job(payload: &[u8]) -> Result<DeliveryJob, DeliverError> {
+    let poison = |e: &dyn std::fmt::Display| DeliverError::Poison(e.to_string());
+    let job = DeliveryJob::decode(payload).map_err(|e| poison(&e))?;
+    TenantId::parse(&job.tenant_id).map_err(|e| poison(&e))?;
+    EventId::parse(&job.event_id).map_err(|e| poison(&e))?;
+    EndpointId::parse(&job.endpoint_id).map_err(|e| poison(&e))?;
+    DeliveryId::parse(&job.delivery_id).map_err(|e| poison(&e))?;
+    if job.event_type.is_empty() || job.envelope.is_empty() {
+        return Err(DeliverError::Poison("a job without an event type or envelope".into()));
+    }
+    std::str::from_utf8(&job.envelope).map_err(|e| poison(&e))?;
+    Ok(job)
+}
+
+/// Stores the delivery, acks the job, then makes attempt 1.
+#[tracing::instrument(skip_all, fields(subject = %msg.subject))]
+async fn on_job(d: &Deliverer, msg: Message) {
+    let job = match decode_job(&msg.payload) {
+        Ok(job) => job,
+        Err(error) => return settle(&msg, Err(error), "job").await,
+    };
+    // Wait for room before storing the row, so its lease starts when the attempt can.
+    let Ok(permit) = d.permits.clone().acquire_owned().await else {
+        return;
+    };
+    let inserted = match store::insert_delivery(&d.db, &job, d.cfg.lease).await {
+        Ok(inserted) => inserted,
+        Err(error) => return settle(&msg, Err(error.into()), "job").await,
+    };
+    if inserted.is_none() {
+        let existing = store::existing_delivery(&d.db, &job.tenant_id, &job.event_id, &job.endpoint_id).await;
+        let outcome = match existing {
+            // Our own job again (its ack was lost): the row, and the scheduler, have it.
+            Ok(Some(id)) if id == job.delivery_id => Ok(AckKind::Ack),
+            Ok(Some(id)) => {
+                metrics::counter!(DUPLICATES).increment(1);
+                info!(delivery_id = %job.delivery_id, existing = %id, event_id = %job.event_id,
+                      "dropping a second job for an event and endpoint that already have a delivery");
+                Ok(AckKind::Ack)
+            }
+            Ok(None) => Err(DeliverError::Database(sqlx::Error::RowNotFound)),
+            Err(error) => Err(error.into()),
+        };
+        return settle(&msg, outcome, "job").await;
+    }
+    // From here Postgres holds the delivery: if this process dies before the attempt is
+    // recorded, the scheduler attempts it when the row's lease runs out.
+    settle(&msg, Ok(AckKind::Ack), "job").await;
+    let due = Due {
+        id: job.delivery_id,
+        tenant_id: job.tenant_id,
+        event_id: job.event_id,
+        event_type: job.event_type,
+        endpoint_id: job.endpoint_id,
+        attempt_count: 0,
+        manual_retry: false,
+        body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
+    };
+    deliver::deliver(d, due).await;
+    drop(permit);
+}
+
+#[tracing::instrument(skip_all, fields(subject = %msg.subject))]
+async fn on_command(d: &Deliverer, msg: &Message) -> Result<(), DeliverError> {
+    let poison = |e: &dyn std::fmt::Display| DeliverError::Poison(e.to_string());
+    let command = DeliveryCommand::decode(msg.payload.clone()).map_err(|e| poison(&e))?;
+    let tenant = TenantId::parse(&command.tenant_id).map_err(|e| poison(&e))?;
+    match command.action {
+        Some(Action::Retry(retry)) => {
+            let id = DeliveryId::parse(&retry.delivery_id).map_err(|e| poison(&e))?;
+            let n = store::requeue_delivery(&d.db, tenant.as_str(), id.as_str()).await?;
+            if n == 0 {
+                warn!(delivery_id = %id, tenant = %tenant, "retry asked for an unknown delivery; ignoring");
+            } else {
+                info!(delivery_id = %id, command_id = %command.command_id, "delivery requeued by an operator");
+            }
+        }
+        Some(Action::Recover(recover)) => {
+            let endpoint = EndpointId::parse(&recover.endpoint_id).map_err(|e| poison(&e))?;
+            let n = store::requeue_failed(&d.db, tenant.as_str(), endpoint.as_str(), recover.since_ms).await?;
+            info!(endpoint_id = %endpoint, requeued = n, command_id = %command.command_id,
+                  "failed deliveries requeued by an operator");
+        }
+        None => return Err(DeliverError::Poison("a command without an action".into())),
+    }
+    Ok(())
+}
+
+/// Acks, naks (passing trouble: the message comes back) or terminates (poison: counted,
+/// logged, never redelivered). Never ends the loop.
+async fn settle(msg: &Message, outcome: Result<AckKind, DeliverError>, what: &'static str) {
+    let kind = match outcome {
+        Ok(kind) => kind,
+        Err(error @ DeliverError::Poison(_)) => {
+            metrics::counter!(POISON).increment(1);
+            warn!(%error, subject = %msg.subject, what, "dropping a message that cannot be handled");
+            AckKind::Term
+        }
+        Err(error) => {
+            warn!(%error, subject = %msg.subject, what, "handling a message failed; it will be redelivered");
+            AckKind::Nak(Some(RETRY_DELAY))
+        }
+    };
+    if let Err(error) = msg.ack_with(kind).await {
+        warn!(%error, what, "settling a message failed; it may be redelivered");
+    }
+}

@@ -1,0 +1,140 @@
+//! One delivery's next attempt, end to end: read its endpoint (`endpoints`), make the
+//! attempt, record it in `attempts` and move the `deliveries` row on (delivered, retrying
+//! or failed). Shared by the jobs consumer (attempt 1) and the scheduler (every retry).
+
+use std::{sync::Arc, time::Duration};
+
+use hookrelay_types::signature::Secret;
+use tokio::sync::Semaphore;
+use tracing::{error, warn};
+
+use crate::{
+    Config,
+    attempt::{Outcome, Request, Sender},
+    retry::{self, Next},
+    store::{self, AttemptRow, Due},
+};
+
+const ATTEMPTS: &str = "hookrelay_delivery_attempts_total";
+const FINISHED: &str = "hookrelay_deliveries_finished_total";
+const ATTEMPT_DURATION: &str = "hookrelay_delivery_attempt_duration_seconds";
+
+/// How many times an attempt's record is written before giving up on it.
+const RECORD_TRIES: u32 = 5;
+
+/// Everything an attempt needs. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Deliverer {
+    pub(crate) db: sqlx::PgPool,
+    pub(crate) sender: Arc<Sender>,
+    pub(crate) cfg: Arc<Config>,
+    /// Attempts in flight, shared by the jobs consumer and the scheduler.
+    pub(crate) permits: Arc<Semaphore>,
+}
+
+/// Makes the next attempt of `due` and records it. Never fails: trouble is logged, and a
+/// delivery whose attempt could not be recorded comes due again when its lease runs out.
+#[tracing::instrument(skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
+pub(crate) async fn deliver(d: &Deliverer, due: Due) {
+    let Some((outcome, is_final)) = attempt(d, &due).await else {
+        return;
+    };
+    if let Some(error) = &outcome.error {
+        warn!(%error, endpoint_id = %due.endpoint_id, event_id = %due.event_id, "delivery attempt failed");
+    }
+    let decide = |number: i32| {
+        if is_final {
+            Next::Failed
+        } else {
+            let number = u32::try_from(number).unwrap_or(u32::MAX);
+            retry::next(
+                &d.cfg.retry_schedule,
+                number,
+                outcome.succeeded(),
+                retry::random_jitter(),
+            )
+        }
+    };
+    let row = AttemptRow {
+        trigger: if due.manual_retry { "manual" } else { "scheduled" },
+        started_at: outcome.started_at,
+        duration_ms: i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX),
+        request_headers: &outcome.request_headers,
+        response_code: outcome.response_code.map(i32::from),
+        response_body: outcome.response_body.as_deref(),
+        error: outcome.error.as_deref(),
+    };
+    let mut tries = 0;
+    let recorded = loop {
+        tries += 1;
+        match store::record(&d.db, &due.id, &row, &decide).await {
+            Ok(recorded) => break recorded,
+            Err(e) if tries < RECORD_TRIES => {
+                warn!(error = %e, tries, "recording an attempt failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200) * tries).await;
+            }
+            Err(e) => {
+                error!(
+                    error = %e,
+                    "ATTEMPT NOT RECORDED: the attempt was made but its record could not be written; \
+                     the delivery will be attempted again when its lease runs out"
+                );
+                return;
+            }
+        }
+    };
+    let outcome_label = if outcome.succeeded() { "success" } else { "failure" };
+    metrics::counter!(ATTEMPTS, "outcome" => outcome_label).increment(1);
+    if outcome.sent {
+        metrics::histogram!(ATTEMPT_DURATION).record(outcome.duration.as_secs_f64());
+    }
+    match recorded {
+        None => warn!("the delivery disappeared while it was attempted; the attempt is not recorded"),
+        Some((_, next @ (Next::Delivered | Next::Failed))) => {
+            metrics::counter!(FINISHED, "status" => next.status()).increment(1);
+        }
+        Some((_, Next::Retry(_))) => {}
+    }
+}
+
+/// The attempt's outcome, and whether it ends the delivery whatever the schedule says
+/// (nothing could ever be sent). `None` when the endpoint could not be read: nothing is
+/// sent or recorded, and the delivery comes due again when its lease runs out.
+async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool)> {
+    let Some(body) = &due.body else {
+        return Some((Outcome::refused("event payload no longer stored"), true));
+    };
+    let endpoint = match store::endpoint(&d.db, &due.tenant_id, &due.endpoint_id).await {
+        Ok(Some(endpoint)) => endpoint,
+        Ok(None) => return Some((Outcome::refused("endpoint deleted"), true)),
+        Err(e) => {
+            warn!(error = %e, "reading the endpoint failed; the delivery waits for its lease to run out");
+            return None;
+        }
+    };
+    if !endpoint.enabled {
+        return Some((Outcome::refused("endpoint disabled"), true));
+    }
+    let mut secrets = Vec::with_capacity(2);
+    match Secret::parse(&endpoint.secret) {
+        Ok(s) => secrets.push(s),
+        Err(_) => return Some((Outcome::refused("the endpoint's secret is not valid"), false)),
+    }
+    if let Some(previous) = endpoint.previous_secret.as_deref() {
+        match Secret::parse(previous) {
+            Ok(s) => secrets.push(s),
+            Err(_) => warn!("the endpoint's previous secret is not valid; signing with the current one only"),
+        }
+    }
+    let request = Request {
+        url: &endpoint.url,
+        event_id: &due.event_id,
+        event_type: &due.event_type,
+        delivery_id: &due.id,
+        attempt: due.attempt_count + 1,
+        body: body.as_bytes().to_vec(),
+        secrets: &secrets,
+        custom_headers: &endpoint.headers,
+    };
+    Some((d.sender.send(request).await, false))
+}

@@ -1,0 +1,14 @@
+//! The deliverer's failures: a message that can never be handled (poison), and trouble
+//! that passes (the database, the HTTP client).
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("undecodable message: {0}")]
+    Poison(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("building the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("NATS consumer {consumer}: {message}")]
+    Consumer { consumer: &'static str, message: String },
+}

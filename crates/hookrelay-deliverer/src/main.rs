@@ -1,0 +1,10 @@
+//! `hookrelay-deliverer`: the delivery service on its own.
+
+use hookrelay_runtime::{config::Source, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = hookrelay_deliverer::Config::from_source(&Source::from_env()?)?;
+    telemetry::init("hookrelay-deliverer", cfg.common.otlp_endpoint.as_deref());
+    hookrelay_deliverer::run(cfg, None, shutdown::on_signal()).await
+}

@@ -1,0 +1,215 @@
+//! All of the deliverer's SQL. It is the only writer of `deliveries` and `attempts`, and
+//! reads `endpoints` (written by query) and `events` (written by ingest).
+
+use std::time::Duration;
+
+use sqlx::{PgExecutor, PgPool};
+use time::OffsetDateTime;
+
+use crate::retry::Next;
+
+/// A delivery about to be attempted, with the body to send (`None`: the event row is gone).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Due {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) endpoint_id: String,
+    pub(crate) attempt_count: i32,
+    pub(crate) manual_retry: bool,
+    pub(crate) body: Option<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    pub(crate) headers: serde_json::Value,
+    pub(crate) secret: String,
+    /// Set only while the previous secret's grace period lasts.
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) enabled: bool,
+}
+
+/// One attempt as recorded.
+#[derive(Debug)]
+pub(crate) struct AttemptRow<'a> {
+    pub(crate) trigger: &'static str,
+    pub(crate) started_at: OffsetDateTime,
+    pub(crate) duration_ms: i32,
+    pub(crate) request_headers: &'a serde_json::Value,
+    pub(crate) response_code: Option<i32>,
+    pub(crate) response_body: Option<&'a str>,
+    pub(crate) error: Option<&'a str>,
+}
+
+/// The new delivery's id, or `None` when (tenant, event, endpoint) already has one. The row
+/// starts leased, so the scheduler leaves it alone while the first attempt runs.
+pub(crate) async fn insert_delivery(
+    db: impl PgExecutor<'_>,
+    job: &hookrelay_types::messages::DeliveryJob,
+    lease: Duration,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6))
+         ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&job.delivery_id)
+    .bind(&job.tenant_id)
+    .bind(&job.event_id)
+    .bind(&job.event_type)
+    .bind(&job.endpoint_id)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(db)
+    .await
+}
+
+/// The id of the delivery that already holds (tenant, event, endpoint).
+pub(crate) async fn existing_delivery(
+    db: impl PgExecutor<'_>,
+    tenant: &str,
+    event_id: &str,
+    endpoint_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM deliveries WHERE tenant_id = $1 AND event_id = $2 AND endpoint_id = $3")
+        .bind(tenant)
+        .bind(event_id)
+        .bind(endpoint_id)
+        .fetch_optional(db)
+        .await
+}
+
+pub(crate) async fn endpoint(db: impl PgExecutor<'_>, tenant: &str, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT url, headers, secret,
+                CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret,
+                enabled
+         FROM endpoints WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Claims up to `limit` due deliveries by pushing their `next_attempt_at` a lease ahead (so
+/// other deliverers skip them, and they come due again if this process dies), with each
+/// one's stored envelope.
+pub(crate) async fn claim_due(db: impl PgExecutor<'_>, limit: i64, lease: Duration) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH claimed AS (
+             UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
+             WHERE id IN (
+                 SELECT id FROM deliveries
+                 WHERE status IN ('pending', 'retrying') AND next_attempt_at <= now()
+                 ORDER BY next_attempt_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry)
+         SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
+                e.body
+         FROM claimed c
+         LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// In one transaction: numbers the attempt after the row's current count, stores it, and
+/// moves the delivery on as `decide(attempt number)` says. Returns the attempt number and
+/// the decision, or `None` if the delivery no longer exists.
+///
+/// Numbering at write time keeps attempts 1, 2, 3… even when two attempts overlap (an
+/// operator's retry makes a leased row due at once, so the scheduler starts a second one).
+pub(crate) async fn record(
+    db: &PgPool,
+    delivery_id: &str,
+    attempt: &AttemptRow<'_>,
+    decide: impl Fn(i32) -> Next,
+) -> Result<Option<(i32, Next)>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let count: Option<i32> = sqlx::query_scalar("SELECT attempt_count FROM deliveries WHERE id = $1 FOR UPDATE")
+        .bind(delivery_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(count) = count else {
+        return Ok(None);
+    };
+    let number = count + 1;
+    let next = decide(number);
+    sqlx::query(
+        "INSERT INTO attempts
+             (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(delivery_id)
+    .bind(number)
+    .bind(attempt.trigger)
+    .bind(attempt.started_at)
+    .bind(attempt.duration_ms)
+    .bind(attempt.request_headers)
+    .bind(attempt.response_code)
+    .bind(attempt.response_body)
+    .bind(attempt.error)
+    .execute(&mut *tx)
+    .await?;
+    let retry_in = match next {
+        Next::Retry(d) => Some(d.as_secs_f64()),
+        Next::Delivered | Next::Failed => None,
+    };
+    sqlx::query(
+        "UPDATE deliveries
+         SET status = $2, attempt_count = $3, last_response_code = $4, last_duration_ms = $5,
+             next_attempt_at = CASE WHEN $6::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $6) END,
+             manual_retry = false, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(delivery_id)
+    .bind(next.status())
+    .bind(number)
+    .bind(attempt.response_code)
+    .bind(attempt.duration_ms)
+    .bind(retry_in)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some((number, next)))
+}
+
+/// An operator's retry: due now, whatever its status. Returns how many rows changed (0 or 1).
+pub(crate) async fn requeue_delivery(db: impl PgExecutor<'_>, tenant: &str, id: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'retrying', next_attempt_at = now(), manual_retry = true, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// An operator's recover: every failed delivery of the endpoint created since `since_ms`
+/// (Unix milliseconds) is due now. Returns how many.
+pub(crate) async fn requeue_failed(
+    db: impl PgExecutor<'_>,
+    tenant: &str,
+    endpoint_id: &str,
+    since_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET status = 'retrying', next_attempt_at = now(), manual_retry = true, updated_at = now()
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND status = 'failed'
+           AND created_at >= to_timestamp($3::float8 / 1000.0)",
+    )
+    .bind(tenant)
+    .bind(endpoint_id)
+    .bind(since_ms)
+    .execute(db)
+    .await?
+    .rows_affected())
+}

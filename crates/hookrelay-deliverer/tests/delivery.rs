@@ -1,0 +1,906 @@
+//! Delivery over a real NATS server, a real database and real HTTP receivers. The test plays
+//! the other services: query (writing `tenants` and `endpoints`), ingest (writing `events`),
+//! the router (publishing `DeliveryJob`s) and query again (publishing `DeliveryCommand`s).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::{HeaderMap, jetstream};
+use hookrelay_deliverer::{Config, run};
+use hookrelay_testkit::{Receiver, TestEnv, eventually, verify};
+use hookrelay_types::{
+    DeliveryId, EndpointId, EventId, TenantId,
+    messages::{DeliveryCommand, DeliveryJob, RecoverEndpoint, RetryDelivery, delivery_command::Action},
+    signature::Secret,
+    subjects,
+};
+use prost::Message as _;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const TENANT: &str = "acme";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running deliverer.
+struct Running {
+    base: String,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
+        result.expect("run returns after shutdown").unwrap().unwrap();
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let cfg = Config::from_source(&env.source(extra)).unwrap();
+    let handle = tokio::spawn(run(cfg, Some(listener), shutdown.clone()));
+    let ready = eventually(WAIT, || async {
+        let status = reqwest::get(format!("{base}/readyz")).await.ok()?.status();
+        (status == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the deliverer never became ready");
+    Running { base, shutdown, handle }
+}
+
+/// Starts the deliverer and returns it with a database pool and a JetStream context.
+async fn setup(env: &TestEnv, extra: &[(&str, &str)]) -> (Running, sqlx::PgPool, jetstream::Context) {
+    let running = start(env, extra).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Acme')")
+        .bind(TENANT)
+        .execute(&db)
+        .await
+        .unwrap();
+    let js = jetstream::new(env.nats().await.unwrap());
+    (running, db, js)
+}
+
+/// An endpoint row as query writes it; returns its id and secret.
+async fn endpoint(db: &sqlx::PgPool, url: &str, headers: Value) -> (String, String) {
+    let id = EndpointId::generate().to_string();
+    let secret = Secret::generate().expose();
+    sqlx::query(
+        "INSERT INTO endpoints (id, tenant_id, url, events, headers, secret)
+         VALUES ($1, $2, $3, ARRAY['**'], $4, $5)",
+    )
+    .bind(&id)
+    .bind(TENANT)
+    .bind(url)
+    .bind(headers)
+    .bind(&secret)
+    .execute(db)
+    .await
+    .unwrap();
+    (id, secret)
+}
+
+struct Sent {
+    event_id: String,
+    delivery_id: String,
+    body: Vec<u8>,
+}
+
+fn envelope(event_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event": "orders/created",
+        "event_id": event_id,
+        "timestamp": "2024-03-15T14:30:00Z",
+        "data": {"order_id": "ord_9x8y7z", "items": 3, "merchant": "Acme Corp"},
+    }))
+    .unwrap()
+}
+
+/// Stores an event (as ingest) and publishes its job (as the router).
+async fn send_event(db: &sqlx::PgPool, js: &jetstream::Context, endpoint_id: &str) -> Sent {
+    let sent = store_event(db).await;
+    publish_job(js, &job(&sent, endpoint_id), "").await;
+    sent
+}
+
+/// Stores an event as ingest does, without routing it.
+async fn store_event(db: &sqlx::PgPool) -> Sent {
+    let event_id = EventId::generate().to_string();
+    let body = envelope(&event_id);
+    sqlx::query(
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, published_at)
+         VALUES ($1, $2, 'orders/created', now(), $3, now())",
+    )
+    .bind(TENANT)
+    .bind(&event_id)
+    .bind(std::str::from_utf8(&body).unwrap())
+    .execute(db)
+    .await
+    .unwrap();
+    Sent {
+        event_id,
+        delivery_id: DeliveryId::generate().to_string(),
+        body,
+    }
+}
+
+fn job(sent: &Sent, endpoint_id: &str) -> DeliveryJob {
+    DeliveryJob {
+        delivery_id: sent.delivery_id.clone(),
+        tenant_id: TENANT.into(),
+        event_id: sent.event_id.clone(),
+        event_type: "orders/created".into(),
+        endpoint_id: endpoint_id.into(),
+        envelope: sent.body.clone(),
+        accepted_at_ms: 1,
+    }
+}
+
+/// `msg_id_suffix` makes JetStream store a repeat (as after its duplicate window).
+async fn publish_job(js: &jetstream::Context, job: &DeliveryJob, msg_id_suffix: &str) {
+    let tenant = TenantId::parse(&job.tenant_id).unwrap();
+    let endpoint = EndpointId::parse(&job.endpoint_id).unwrap();
+    let msg_id = subjects::job_msg_id(&tenant, &EventId::parse(&job.event_id).unwrap(), &endpoint) + msg_id_suffix;
+    hookrelay_runtime::nats::publish(
+        js,
+        subjects::delivery(&tenant, &endpoint),
+        &msg_id,
+        HeaderMap::new(),
+        job.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+async fn publish_command(js: &jetstream::Context, action: Action) {
+    let command_id = ulid_like();
+    let command = DeliveryCommand {
+        tenant_id: TENANT.into(),
+        command_id: command_id.clone(),
+        action: Some(action),
+    };
+    hookrelay_runtime::nats::publish(
+        js,
+        subjects::deliverer_command(&TenantId::parse(TENANT).unwrap()),
+        &command_id,
+        HeaderMap::new(),
+        command.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+fn ulid_like() -> String {
+    DeliveryId::generate().to_string().replace("dlv_", "cmd_")
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct DeliveryRow {
+    status: String,
+    attempt_count: i32,
+    last_response_code: Option<i32>,
+    next_attempt_at: Option<time::OffsetDateTime>,
+    manual_retry: bool,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AttemptRow {
+    attempt: i32,
+    trigger: String,
+    duration_ms: i32,
+    request_headers: Value,
+    response_code: Option<i32>,
+    response_body: Option<String>,
+    error: Option<String>,
+}
+
+async fn delivery(db: &sqlx::PgPool, id: &str) -> Option<DeliveryRow> {
+    sqlx::query_as(
+        "SELECT status, attempt_count, last_response_code, next_attempt_at, manual_retry FROM deliveries WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+    .unwrap()
+}
+
+async fn attempts(db: &sqlx::PgPool, id: &str) -> Vec<AttemptRow> {
+    sqlx::query_as(
+        "SELECT attempt, trigger, duration_ms, request_headers, response_code, response_body, error
+         FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// Waits until the delivery has `status` and at least `min_attempts` recorded attempts.
+async fn wait_for(db: &sqlx::PgPool, id: &str, status: &str, min_attempts: usize) -> DeliveryRow {
+    let found = eventually(WAIT, || async {
+        let row = delivery(db, id).await?;
+        let n = attempts(db, id).await.len();
+        (row.status == status && n >= min_attempts).then_some(row)
+    })
+    .await;
+    match found {
+        Some(row) => row,
+        None => panic!(
+            "delivery {id} never reached {status} with {min_attempts} attempts: {:?} {:?}",
+            delivery(db, id).await,
+            attempts(db, id).await
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_delivered_signed_with_the_contract_headers() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let headers = json!({"X-Team": "billing", "webhook-id": "forged", "user-agent": "forged"});
+    let (ep, secret) = endpoint(&db, &receiver.url("ok/signed"), headers).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    let got = receiver.wait_for("ok/signed", &sent.event_id, 1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert_eq!(
+        req.body.as_ref(),
+        sent.body.as_slice(),
+        "the envelope goes out byte for byte"
+    );
+    verify(&secret, &req.headers, &req.body).unwrap();
+    assert_eq!(req.header("webhook-id"), Some(sent.event_id.as_str()));
+    let ts: i64 = req.header("webhook-timestamp").unwrap().parse().unwrap();
+    assert!((ts - time::OffsetDateTime::now_utc().unix_timestamp()).abs() < 30);
+    assert!(req.header("webhook-signature").unwrap().starts_with("v1,"));
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(
+        req.header("user-agent"),
+        Some(concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
+    );
+    assert_eq!(req.header("hookrelay-event"), Some("orders/created"));
+    assert_eq!(req.header("hookrelay-delivery-id"), Some(sent.delivery_id.as_str()));
+    assert_eq!(req.header("hookrelay-attempt"), Some("1"));
+    assert_eq!(req.header("x-team"), Some("billing"));
+    assert_eq!(req.headers.get_all("webhook-id").iter().count(), 1);
+
+    let row = wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    assert_eq!(row.attempt_count, 1);
+    assert_eq!(row.last_response_code, Some(200));
+    assert!(row.next_attempt_at.is_none());
+    let recorded = attempts(&db, &sent.delivery_id).await;
+    assert_eq!(recorded.len(), 1);
+    let a = &recorded[0];
+    assert_eq!(
+        (a.attempt, a.trigger.as_str(), a.response_code),
+        (1, "scheduled", Some(200))
+    );
+    assert_eq!(a.error, None);
+    assert_eq!(a.response_body.as_deref(), Some("ok"));
+    assert_eq!(
+        a.request_headers["webhook-signature"],
+        req.header("webhook-signature").unwrap()
+    );
+    assert_eq!(
+        a.request_headers["webhook-timestamp"],
+        req.header("webhook-timestamp").unwrap()
+    );
+    assert_eq!(a.request_headers["x-team"], "billing");
+
+    let metrics = running.metrics().await;
+    assert!(
+        metrics.contains("hookrelay_delivery_attempts_total{outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hookrelay_deliveries_finished_total{status=\"delivered\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hookrelay_delivery_attempt_duration_seconds"),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_on_the_schedule_then_succeeds() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "300ms,600ms,1s")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, secret) = endpoint(&db, &receiver.url("flaky/2/x"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "delivered", 3).await;
+    let recorded = attempts(&db, &sent.delivery_id).await;
+    let codes: Vec<_> = recorded.iter().map(|a| a.response_code).collect();
+    assert_eq!(codes, [Some(500), Some(500), Some(200)]);
+    let errors: Vec<_> = recorded.iter().map(|a| a.error.as_deref()).collect();
+    assert_eq!(errors, [Some("HTTP 500"), Some("HTTP 500"), None]);
+
+    let got = receiver.received_id("flaky/2/x", &sent.event_id);
+    assert_eq!(got.len(), 3);
+    let attempt_headers: Vec<_> = got.iter().map(|r| r.header("hookrelay-attempt").unwrap()).collect();
+    assert_eq!(attempt_headers, ["1", "2", "3"]);
+    for r in &got {
+        assert_eq!(
+            r.header("webhook-id"),
+            Some(sent.event_id.as_str()),
+            "the same id on every retry"
+        );
+        verify(&secret, &r.headers, &r.body).unwrap();
+    }
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(150),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+    assert!(
+        got[2].at - got[1].at >= Duration::from_millis(300),
+        "{:?}",
+        got[2].at - got[1].at
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn retries_are_exhausted_into_failed_with_every_attempt_recorded() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "100ms,200ms,400ms")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("fail/x"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    let row = wait_for(&db, &sent.delivery_id, "failed", 4).await;
+    assert_eq!(row.attempt_count, 4);
+    assert!(row.next_attempt_at.is_none());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recorded = attempts(&db, &sent.delivery_id).await;
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    for (i, a) in recorded.iter().enumerate() {
+        assert_eq!(a.attempt, i as i32 + 1);
+        assert_eq!(a.response_code, Some(500));
+        assert_eq!(a.error.as_deref(), Some("HTTP 500"));
+        assert_eq!(a.response_body.as_deref(), Some("receiver is down"));
+    }
+    assert_eq!(receiver.received_id("fail/x", &sent.event_id).len(), 4);
+    let metrics = running.metrics().await;
+    assert!(
+        metrics.contains("hookrelay_delivery_attempts_total{outcome=\"failure\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hookrelay_deliveries_finished_total{status=\"failed\"} 1"),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn connection_refused_and_timeouts_are_recorded_as_readable_errors() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(
+        &env,
+        &[("HOOKRELAY_RETRY_SCHEDULE", "1m"), ("HOOKRELAY_DELIVERY_TIMEOUT", "1s")],
+    )
+    .await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let receiver = Receiver::start().await.unwrap();
+    let (refused_ep, _) = endpoint(&db, &format!("http://127.0.0.1:{closed}/hook"), json!({})).await;
+    let (slow_ep, _) = endpoint(&db, &receiver.url("slow/3000/x"), json!({})).await;
+    let refused = send_event(&db, &js, &refused_ep).await;
+    let slow = send_event(&db, &js, &slow_ep).await;
+
+    wait_for(&db, &refused.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &refused.delivery_id).await[0];
+    assert_eq!(a.error.as_deref(), Some("connection refused"));
+    assert_eq!((a.response_code, a.response_body.as_deref()), (None, None));
+    assert_eq!(a.request_headers["webhook-id"], refused.event_id.as_str());
+
+    wait_for(&db, &slow.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &slow.delivery_id).await[0];
+    assert_eq!(a.error.as_deref(), Some("timeout after 1s"));
+    assert_eq!(a.response_code, None);
+    assert!((900..2500).contains(&a.duration_ms), "{}", a.duration_ms);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_job_for_the_same_event_and_endpoint_is_dropped() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("ok/once"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+
+    // The router routed the event again (another delivery id), and our own job came back.
+    let mut again = job(&sent, &ep);
+    again.delivery_id = DeliveryId::generate().to_string();
+    publish_job(&js, &again, ":again").await;
+    publish_job(&js, &job(&sent, &ep), ":redelivered").await;
+
+    let counted = eventually(WAIT, || async {
+        let m = running.metrics().await;
+        m.contains("hookrelay_deliverer_duplicate_jobs_total 1").then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "{}", running.metrics().await);
+    let drained = eventually(WAIT, || async {
+        let stream = js.get_stream(subjects::DELIVERIES_STREAM).await.ok()?;
+        (stream.get_info().await.ok()?.state.messages == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "both jobs are acked");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received_id("ok/once", &sent.event_id).len(), 1);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE event_id = $1")
+        .bind(&sent.event_id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(delivery(&db, &again.delivery_id).await.is_none());
+    assert_eq!(attempts(&db, &sent.delivery_id).await.len(), 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn poison_messages_do_not_stop_the_consumer() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("ok/after-poison"), json!({})).await;
+    let subject = subjects::delivery(&TenantId::parse(TENANT).unwrap(), &EndpointId::parse(&ep).unwrap());
+
+    // Not protobuf at all, then a well-formed job whose ids are nonsense.
+    hookrelay_runtime::nats::publish(&js, subject.clone(), "poison-1", HeaderMap::new(), vec![0xff; 7].into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let bad = DeliveryJob {
+        delivery_id: "not-an-id".into(),
+        tenant_id: TENANT.into(),
+        event_id: "evt_x".into(),
+        event_type: "orders/created".into(),
+        endpoint_id: ep.clone(),
+        envelope: b"{}".to_vec(),
+        accepted_at_ms: 1,
+    };
+    hookrelay_runtime::nats::publish(&js, subject, "poison-2", HeaderMap::new(), bad.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // And a command without an action.
+    let empty = DeliveryCommand {
+        tenant_id: TENANT.into(),
+        command_id: "c1".into(),
+        action: None,
+    };
+    hookrelay_runtime::nats::publish(
+        &js,
+        subjects::deliverer_command(&TenantId::parse(TENANT).unwrap()),
+        "poison-3",
+        HeaderMap::new(),
+        empty.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let sent = send_event(&db, &js, &ep).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    assert_eq!(receiver.received_id("ok/after-poison", &sent.event_id).len(), 1);
+    let counted = eventually(WAIT, || async {
+        let m = running.metrics().await;
+        m.contains("hookrelay_deliverer_poison_messages_total 3").then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "{}", running.metrics().await);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    running.stop().await;
+}
+
+/// A receiver for what the testkit's cannot do: huge bodies and redirects.
+async fn odd_receiver() -> (String, Arc<AtomicUsize>) {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
+    let target_hits = Arc::new(AtomicUsize::new(0));
+    let hits = target_hits.clone();
+    let app = Router::new()
+        .route("/big", post(|| async { "é".repeat(50_000) }))
+        .route(
+            "/redirect",
+            post(|| async { (StatusCode::FOUND, [("location", "/target")], "moved").into_response() }),
+        )
+        .route(
+            "/target",
+            post(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async { "reached" }
+            })
+            .get(|| async { "reached" }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, target_hits)
+}
+
+#[tokio::test]
+async fn response_bodies_are_cut_to_4_kib() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let (base, _) = odd_receiver().await;
+    let (ep, _) = endpoint(&db, &format!("{base}/big"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    let a = &attempts(&db, &sent.delivery_id).await[0];
+    let body = a.response_body.as_deref().unwrap();
+    assert!(body.len() <= 4096 && body.len() >= 4094, "{}", body.len());
+    assert!(body.chars().all(|c| c == 'é'), "cut on a character boundary");
+    assert_eq!(a.response_code, Some(200));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn redirects_are_failures_and_never_followed() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "100ms")]).await;
+    let (base, target_hits) = odd_receiver().await;
+    let (ep, _) = endpoint(&db, &format!("{base}/redirect"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "failed", 2).await;
+    for a in attempts(&db, &sent.delivery_id).await {
+        assert_eq!(a.error.as_deref(), Some("redirect not followed (HTTP 302)"));
+        assert_eq!(a.response_code, Some(302));
+    }
+    assert_eq!(target_hits.load(Ordering::SeqCst), 0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_survives_a_deliverer_restart() {
+    let env = TestEnv::start().await.unwrap();
+    let extra = [("HOOKRELAY_RETRY_SCHEDULE", "2s")];
+    let (running, db, js) = setup(&env, &extra).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("flaky/1/restart"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    let row = wait_for(&db, &sent.delivery_id, "retrying", 1).await;
+    assert!(row.next_attempt_at.is_some());
+    running.stop().await;
+    assert_eq!(receiver.received_id("flaky/1/restart", &sent.event_id).len(), 1);
+
+    let running = start(&env, &extra).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 2).await;
+    let got = receiver.received_id("flaky/1/restart", &sent.event_id);
+    assert_eq!(got.len(), 2);
+    assert!(got[1].at - got[0].at >= Duration::from_millis(1500));
+    let codes: Vec<_> = attempts(&db, &sent.delivery_id)
+        .await
+        .iter()
+        .map(|a| a.response_code)
+        .collect();
+    assert_eq!(codes, [Some(500), Some(200)]);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn manual_retry_and_recover_commands_requeue_failed_deliveries() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "100ms")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (a_ep, _) = endpoint(&db, &receiver.url("fail/a"), json!({})).await;
+    let (b_ep, _) = endpoint(&db, &receiver.url("fail/b"), json!({})).await;
+    let one = send_event(&db, &js, &a_ep).await;
+    let two = send_event(&db, &js, &b_ep).await;
+    let three = send_event(&db, &js, &b_ep).await;
+    for sent in [&one, &two, &three] {
+        wait_for(&db, &sent.delivery_id, "failed", 2).await;
+    }
+
+    // The receivers are fixed (as an operator would, through query).
+    for (ep, path) in [(&a_ep, "ok/a"), (&b_ep, "ok/b")] {
+        sqlx::query("UPDATE endpoints SET url = $2 WHERE id = $1")
+            .bind(ep)
+            .bind(receiver.url(path))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    publish_command(
+        &js,
+        Action::Retry(RetryDelivery {
+            delivery_id: one.delivery_id.clone(),
+        }),
+    )
+    .await;
+    let row = wait_for(&db, &one.delivery_id, "delivered", 3).await;
+    assert!(!row.manual_retry);
+    let recorded = attempts(&db, &one.delivery_id).await;
+    let triggers: Vec<_> = recorded.iter().map(|a| a.trigger.as_str()).collect();
+    assert_eq!(triggers, ["scheduled", "scheduled", "manual"]);
+    assert_eq!(recorded[2].request_headers["hookrelay-attempt"], "3");
+    assert!(delivery(&db, &two.delivery_id).await.unwrap().status == "failed");
+
+    let since_ms = (time::OffsetDateTime::now_utc().unix_timestamp() - 3600) * 1000;
+    publish_command(
+        &js,
+        Action::Recover(RecoverEndpoint {
+            endpoint_id: b_ep.clone(),
+            since_ms,
+        }),
+    )
+    .await;
+    for sent in [&two, &three] {
+        wait_for(&db, &sent.delivery_id, "delivered", 3).await;
+        assert_eq!(attempts(&db, &sent.delivery_id).await[2].trigger, "manual");
+        assert_eq!(receiver.received_id("ok/b", &sent.event_id).len(), 1);
+    }
+    // A recover from the future requeues nothing.
+    let later = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
+    let four = send_event(&db, &js, &a_ep).await;
+    wait_for(&db, &four.delivery_id, "delivered", 1).await;
+    sqlx::query("UPDATE endpoints SET url = $2 WHERE id = $1")
+        .bind(&b_ep)
+        .bind(receiver.url("fail/b"))
+        .execute(&db)
+        .await
+        .unwrap();
+    let five = send_event(&db, &js, &b_ep).await;
+    wait_for(&db, &five.delivery_id, "failed", 2).await;
+    publish_command(
+        &js,
+        Action::Recover(RecoverEndpoint {
+            endpoint_id: b_ep.clone(),
+            since_ms: later,
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(attempts(&db, &five.delivery_id).await.len(), 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_signs_with_both_secrets_during_the_grace_period() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (rotating, new_secret) = endpoint(&db, &receiver.url("ok/rotating"), json!({})).await;
+    let (expired, current) = endpoint(&db, &receiver.url("ok/expired"), json!({})).await;
+    let old_secret = Secret::generate().expose();
+    for (ep, expiry) in [(&rotating, "1 hour"), (&expired, "-1 minute")] {
+        sqlx::query(
+            "UPDATE endpoints SET previous_secret = $2, previous_secret_expires_at = now() + $3::interval WHERE id = $1",
+        )
+        .bind(ep)
+        .bind(&old_secret)
+        .bind(expiry)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let a = send_event(&db, &js, &rotating).await;
+    let b = send_event(&db, &js, &expired).await;
+
+    let got = receiver.wait_for("ok/rotating", &a.event_id, 1, WAIT).await;
+    let req = &got[0];
+    assert_eq!(req.header("webhook-signature").unwrap().split(' ').count(), 2);
+    verify(&new_secret, &req.headers, &req.body).unwrap();
+    verify(&old_secret, &req.headers, &req.body).unwrap();
+
+    let got = receiver.wait_for("ok/expired", &b.event_id, 1, WAIT).await;
+    let req = &got[0];
+    assert_eq!(req.header("webhook-signature").unwrap().split(' ').count(), 1);
+    verify(&current, &req.headers, &req.body).unwrap();
+    assert!(verify(&old_secret, &req.headers, &req.body).is_err());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn private_targets_are_refused_unless_allowed() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(
+        &env,
+        &[
+            ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "false"),
+            ("HOOKRELAY_RETRY_SCHEDULE", "1m"),
+        ],
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    let port = receiver.addr.port();
+    let (literal, _) = endpoint(&db, &format!("http://127.0.0.1:{port}/ok/literal"), json!({})).await;
+    let (named, _) = endpoint(&db, &format!("http://localhost:{port}/ok/named"), json!({})).await;
+    let by_literal = send_event(&db, &js, &literal).await;
+    let by_name = send_event(&db, &js, &named).await;
+
+    wait_for(&db, &by_literal.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &by_literal.delivery_id).await[0];
+    assert_eq!(a.error.as_deref(), Some("target address 127.0.0.1 is not public"));
+    assert_eq!(a.response_code, None);
+
+    wait_for(&db, &by_name.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &by_name.delivery_id).await[0];
+    let error = a.error.as_deref().unwrap();
+    assert!(
+        error.starts_with("target address ") && error.ends_with(" is not public"),
+        "{error}"
+    );
+    assert!(receiver.received("ok/literal").is_empty() && receiver.received("ok/named").is_empty());
+    running.stop().await;
+
+    // The same endpoints work where private targets are allowed (local work, tests).
+    let running = start(&env, &[("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")]).await;
+    let sent = send_event(&db, &js, &literal).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_and_disabled_endpoints_fail_the_delivery_at_once() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (disabled, _) = endpoint(&db, &receiver.url("ok/disabled"), json!({})).await;
+    sqlx::query("UPDATE endpoints SET enabled = false WHERE id = $1")
+        .bind(&disabled)
+        .execute(&db)
+        .await
+        .unwrap();
+    let gone = EndpointId::generate().to_string();
+    let a = send_event(&db, &js, &disabled).await;
+    let b = send_event(&db, &js, &gone).await;
+
+    for (sent, error) in [(&a, "endpoint disabled"), (&b, "endpoint deleted")] {
+        let row = wait_for(&db, &sent.delivery_id, "failed", 1).await;
+        assert_eq!(row.attempt_count, 1);
+        let recorded = attempts(&db, &sent.delivery_id).await;
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].error.as_deref(), Some(error));
+    }
+    assert!(receiver.received("ok/disabled").is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_whose_event_is_no_longer_stored_fails_readably() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "100ms,100ms")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("fail/gone"), json!({})).await;
+    let sent = store_event(&db).await;
+    sqlx::query("DELETE FROM events WHERE event_id = $1")
+        .bind(&sent.event_id)
+        .execute(&db)
+        .await
+        .unwrap();
+    publish_job(&js, &job(&sent, &ep), "").await;
+
+    wait_for(&db, &sent.delivery_id, "failed", 2).await;
+    let errors: Vec<_> = attempts(&db, &sent.delivery_id)
+        .await
+        .into_iter()
+        .map(|a| a.error)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            Some("HTTP 500".to_owned()),
+            Some("event payload no longer stored".to_owned())
+        ]
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_claimed_attempt_whose_process_died_is_retried_when_its_lease_runs_out() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, _js) = setup(
+        &env,
+        &[("HOOKRELAY_ATTEMPT_LEASE", "3s"), ("HOOKRELAY_DELIVERY_TIMEOUT", "1s")],
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("ok/leased"), json!({})).await;
+    let sent = store_event(&db).await;
+    // As a deliverer that stored the job and died before attempting it leaves the row.
+    sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at)
+         VALUES ($1, $2, $3, 'orders/created', $4, 'pending', now() + interval '1 second')",
+    )
+    .bind(&sent.delivery_id)
+    .bind(TENANT)
+    .bind(&sent.event_id)
+    .bind(&ep)
+    .execute(&db)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let got = receiver.received_id("ok/leased", &sent.event_id);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].body.as_ref(),
+        sent.body.as_slice(),
+        "the stored envelope is sent"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_asked_for_during_an_attempt_is_not_lost() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("slow/1500/x"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    // The receiver logs a request as it arrives, then takes 1.5s to answer.
+    receiver.wait_for("slow/1500/x", &sent.event_id, 1, WAIT).await;
+    publish_command(
+        &js,
+        Action::Retry(RetryDelivery {
+            delivery_id: sent.delivery_id.clone(),
+        }),
+    )
+    .await;
+    wait_for(&db, &sent.delivery_id, "delivered", 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let recorded = attempts(&db, &sent.delivery_id).await;
+    let mut seen: Vec<_> = recorded.iter().map(|a| (a.trigger.as_str(), a.response_code)).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("manual", Some(200)), ("scheduled", Some(200))],
+        "exactly one more attempt"
+    );
+    let numbers: Vec<_> = recorded.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1, 2]);
+    let row = delivery(&db, &sent.delivery_id).await.unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.attempt_count, row.manual_retry),
+        ("delivered", 2, false)
+    );
+    assert_eq!(receiver.received_id("slow/1500/x", &sent.event_id).len(), 2);
+    running.stop().await;
+}
