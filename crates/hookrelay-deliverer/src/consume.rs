@@ -7,10 +7,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self, AckKind, Message,
-    consumer::{AckPolicy, PullConsumer, pull},
-};
+use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
     messages::{DeliveryCommand, DeliveryJob, delivery_command::Action},
@@ -37,24 +34,12 @@ async fn consumer(
     stream: &'static str,
     name: &'static str,
 ) -> Result<PullConsumer, DeliverError> {
-    let failed = |e: &dyn std::fmt::Display| DeliverError::Consumer {
-        consumer: name,
-        message: e.to_string(),
-    };
-    let stream = js.get_stream(stream).await.map_err(|e| failed(&e))?;
-    stream
-        .get_or_create_consumer(
-            name,
-            pull::Config {
-                durable_name: Some(name.to_owned()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
+    hookrelay_runtime::nats::durable_consumer(js, stream, name)
         .await
-        .map_err(|e| failed(&e))
+        .map_err(|e| DeliverError::Consumer {
+            consumer: name,
+            message: e.to_string(),
+        })
 }
 
 pub(crate) async fn jobs_consumer(js: &jetstream::Context) -> Result<PullConsumer, DeliverError> {

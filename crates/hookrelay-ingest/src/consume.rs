@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    AckKind, Message,
-    consumer::{AckPolicy, PullConsumer, pull},
-};
+use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
 use hookrelay_types::{EventType, IncomingEnvelope, Invalid, TenantId, subjects};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -24,20 +21,7 @@ use crate::{
 pub(crate) const DEAD_LETTERS: &str = "hookrelay_dead_letters_total";
 
 pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
-    let stream = js.get_stream(subjects::INGEST_STREAM).await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            subjects::INGEST_CONSUMER,
-            pull::Config {
-                durable_name: Some(subjects::INGEST_CONSUMER.to_owned()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await?;
-    Ok(consumer)
+    hookrelay_runtime::nats::durable_consumer(js, subjects::INGEST_STREAM, subjects::INGEST_CONSUMER).await
 }
 
 pub(crate) async fn run(ingest: Ingest, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {

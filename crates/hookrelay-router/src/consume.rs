@@ -6,10 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_nats::{
     HeaderMap,
-    jetstream::{
-        AckKind, Message,
-        consumer::{AckPolicy, PullConsumer, pull},
-    },
+    jetstream::{AckKind, Message, consumer::PullConsumer},
 };
 use hookrelay_types::{DeliveryId, EventId, EventType, TenantId, messages, subjects};
 use prost::Message as _;
@@ -30,19 +27,7 @@ pub(crate) struct Router {
 }
 
 pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
-    let stream = js.get_stream(subjects::EVENTS_STREAM).await?;
-    Ok(stream
-        .get_or_create_consumer(
-            subjects::ROUTER_CONSUMER,
-            pull::Config {
-                durable_name: Some(subjects::ROUTER_CONSUMER.to_owned()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await?)
+    hookrelay_runtime::nats::durable_consumer(js, subjects::EVENTS_STREAM, subjects::ROUTER_CONSUMER).await
 }
 
 pub(crate) async fn run(router: Router, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {

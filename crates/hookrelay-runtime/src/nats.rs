@@ -152,3 +152,30 @@ where
     }
     Ok(())
 }
+
+/// The durable pull consumer `name` on `stream` (created if missing): explicit acks, a 30 s
+/// ack wait, up to 10,000 messages in flight.
+pub async fn durable_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    use jetstream::consumer::{AckPolicy, pull};
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer {name} on {stream}: {e}"))?;
+    Ok(consumer)
+}
