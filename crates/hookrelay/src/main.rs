@@ -1,1 +1,53 @@
-fn main() {}
+//! `hookrelay`: `all`, each service alone, `migrate`, `demo`.
+
+use clap::{Parser, Subcommand};
+use hookrelay_runtime::{config::Source, shutdown, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "hookrelay",
+    version,
+    about = "Webhook delivery: NATS/REST in, signed HTTP out, every attempt logged"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest, router, deliverer and query in one process; both APIs on HOOKRELAY_HTTP_ADDR.
+    All,
+    /// REST + NATS intake alone.
+    Ingest,
+    /// Event → delivery jobs alone.
+    Router,
+    /// Signed POSTs, retries and attempt records alone.
+    Deliverer,
+    /// Control plane, delivery log and stats alone.
+    Query,
+    /// Apply database migrations and create the JetStream streams, then exit.
+    Migrate,
+    /// Run everything with a demo receiver, tenant, key and endpoint, and send sample events.
+    Demo,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let src = Source::from_env()?;
+    let otlp = src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned);
+    telemetry::init("hookrelay", otlp.as_deref());
+    let stop = shutdown::on_signal();
+    match cli.command {
+        Command::All => hookrelay::run_all(&src, None, stop).await,
+        Command::Ingest => hookrelay_ingest::run(hookrelay_ingest::Config::from_source(&src)?, None, stop).await,
+        Command::Router => hookrelay_router::run(hookrelay_router::Config::from_source(&src)?, None, stop).await,
+        Command::Deliverer => {
+            hookrelay_deliverer::run(hookrelay_deliverer::Config::from_source(&src)?, None, stop).await
+        }
+        Command::Query => hookrelay_query::run(hookrelay_query::Config::from_source(&src)?, None, stop).await,
+        Command::Migrate => hookrelay::migrate(&src).await,
+        Command::Demo => hookrelay::demo::run(src, stop).await,
+    }
+}

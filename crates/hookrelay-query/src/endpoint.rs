@@ -1,0 +1,326 @@
+//! An endpoint's definition as a tenant writes it (`POST`/`PATCH /v1/endpoints`), checked
+//! field by field so every refusal names its field. Pure: reads no tables or subjects.
+
+use axum::http::{HeaderName, HeaderValue};
+use hookrelay_types::{Invalid, Pattern, filter::Filter};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::target;
+
+pub(crate) const MAX_PATTERNS: usize = 100;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 1000;
+pub(crate) const MAX_HEADERS: usize = 50;
+
+/// Headers hookrelay sets itself; an endpoint may not override them.
+const RESERVED_HEADERS: [&str; 7] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+];
+
+/// The body of `POST` and `PATCH /v1/endpoints`. Every field is kept as raw JSON so a bad
+/// one is refused with its own name; `null` is kept apart from an absent field (`PATCH`
+/// with `"filter": null` removes the filter).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EndpointInput {
+    #[serde(default, deserialize_with = "present")]
+    url: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    events: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    filter: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    headers: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    enabled: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit_per_sec: Option<Value>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// A valid endpoint definition: exactly what is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EndpointSpec {
+    pub(crate) url: String,
+    pub(crate) events: Vec<String>,
+    pub(crate) filter: Option<Value>,
+    pub(crate) headers: Map<String, Value>,
+    pub(crate) description: String,
+    pub(crate) enabled: bool,
+    pub(crate) rate_limit_per_sec: Option<i32>,
+}
+
+impl EndpointInput {
+    /// A new endpoint: `url` and `events` are required, the rest have defaults.
+    pub(crate) fn create(self, allow_private: bool) -> Result<EndpointSpec, Invalid> {
+        for (field, value) in [("url", &self.url), ("events", &self.events)] {
+            if value.is_none() {
+                return Err(Invalid::new("missing_field", format!("{field} is required")));
+            }
+        }
+        let blank = EndpointSpec {
+            url: String::new(),
+            events: Vec::new(),
+            filter: None,
+            headers: Map::new(),
+            description: String::new(),
+            enabled: true,
+            rate_limit_per_sec: None,
+        };
+        self.apply(blank, allow_private)
+    }
+
+    /// `current` with the fields this input names replaced; the same rules as `create`.
+    pub(crate) fn apply(self, current: EndpointSpec, allow_private: bool) -> Result<EndpointSpec, Invalid> {
+        let mut spec = current;
+        if let Some(v) = self.url {
+            let Value::String(raw) = v else {
+                return Err(Invalid::new("invalid_url", "url must be a string"));
+            };
+            spec.url = target::check_url(&raw, allow_private)?.to_string();
+        }
+        if let Some(v) = self.events {
+            spec.events = events(v)?;
+        }
+        if let Some(v) = self.filter {
+            spec.filter = match v {
+                Value::Null => None,
+                v => {
+                    Filter::parse(&v)?;
+                    Some(v)
+                }
+            };
+        }
+        if let Some(v) = self.headers {
+            spec.headers = headers(v)?;
+        }
+        if let Some(v) = self.description {
+            spec.description = match v {
+                Value::Null => String::new(),
+                Value::String(s) if s.chars().count() <= MAX_DESCRIPTION_CHARS => s,
+                _ => {
+                    return Err(Invalid::new(
+                        "invalid_description",
+                        format!("description must be a string of at most {MAX_DESCRIPTION_CHARS} characters"),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = self.enabled {
+            let Value::Bool(b) = v else {
+                return Err(Invalid::new("invalid_enabled", "enabled must be true or false"));
+            };
+            spec.enabled = b;
+        }
+        if let Some(v) = self.rate_limit_per_sec {
+            spec.rate_limit_per_sec = match v {
+                Value::Null => None,
+                v => Some(
+                    v.as_i64()
+                        .filter(|n| *n >= 1)
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| {
+                            Invalid::new(
+                                "invalid_rate_limit",
+                                "rate_limit_per_sec must be a whole number of at least 1 (or null for no limit)",
+                            )
+                        })?,
+                ),
+            };
+        }
+        Ok(spec)
+    }
+}
+
+fn events(v: Value) -> Result<Vec<String>, Invalid> {
+    let bad_list = || {
+        Invalid::new(
+            "invalid_events",
+            format!("events must be a list of 1 to {MAX_PATTERNS} patterns such as \"orders/*\""),
+        )
+    };
+    let Value::Array(items) = v else { return Err(bad_list()) };
+    if items.is_empty() || items.len() > MAX_PATTERNS {
+        return Err(bad_list());
+    }
+    let mut patterns: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::String(s) = item else {
+            return Err(Invalid::new("invalid_events", format!("events[{i}] must be a string")));
+        };
+        let pattern = Pattern::parse(&s).map_err(|e| Invalid::new(e.code, format!("events[{i}]: {}", e.message)))?;
+        if !patterns.iter().any(|p| p == pattern.as_str()) {
+            patterns.push(pattern.as_str().to_owned());
+        }
+    }
+    Ok(patterns)
+}
+
+fn headers(v: Value) -> Result<Map<String, Value>, Invalid> {
+    let bad = |message: String| Invalid::new("invalid_headers", format!("headers: {message}"));
+    let map = match v {
+        Value::Null => return Ok(Map::new()),
+        Value::Object(map) => map,
+        _ => return Err(bad("must be an object of header names to string values".into())),
+    };
+    if map.len() > MAX_HEADERS {
+        return Err(bad(format!("at most {MAX_HEADERS} headers")));
+    }
+    for (name, value) in &map {
+        let lower = name.to_ascii_lowercase();
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(bad(format!("`{name}` is not a valid header name")));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("hookrelay-") {
+            return Err(bad(format!("`{name}` is set by hookrelay and cannot be overridden")));
+        }
+        let Value::String(text) = value else {
+            return Err(bad(format!("the value of `{name}` must be a string")));
+        };
+        if HeaderValue::from_str(text).is_err() {
+            return Err(bad(format!("the value of `{name}` is not a valid header value")));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn input(v: Value) -> EndpointInput {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn create(v: Value) -> Result<EndpointSpec, Invalid> {
+        input(v).create(false)
+    }
+
+    fn code(v: Value) -> &'static str {
+        create(v).unwrap_err().code
+    }
+
+    #[test]
+    fn a_minimal_endpoint_gets_defaults() {
+        let spec = create(json!({"url": "https://example.com/hook", "events": ["orders/*"]})).unwrap();
+        assert_eq!(spec.url, "https://example.com/hook");
+        assert_eq!(spec.events, ["orders/*"]);
+        assert!(spec.enabled && spec.filter.is_none() && spec.headers.is_empty());
+        assert_eq!(spec.rate_limit_per_sec, None);
+    }
+
+    #[test]
+    fn url_and_events_are_required() {
+        assert_eq!(code(json!({"events": ["a/b"]})), "missing_field");
+        assert_eq!(code(json!({"url": "https://example.com"})), "missing_field");
+    }
+
+    #[test]
+    fn each_bad_field_names_itself() {
+        let base = || json!({"url": "https://example.com", "events": ["a/b"]});
+        let with = |k: &str, v: Value| {
+            let mut b = base();
+            b[k] = v;
+            create(b).unwrap_err()
+        };
+        let e = with("events", json!([]));
+        assert_eq!(e.code, "invalid_events");
+        let e = with("events", json!(["a/b", "Bad"]));
+        assert_eq!(e.code, "invalid_pattern");
+        assert!(e.message.starts_with("events[1]"), "{}", e.message);
+        assert_eq!(with("events", json!(vec!["a/b"; 101])).code, "invalid_events");
+        assert_eq!(
+            with("filter", json!({"data.x": {"$regex": "a"}})).code,
+            "invalid_filter"
+        );
+        assert_eq!(with("filter", json!([1])).code, "invalid_filter");
+        assert_eq!(
+            with("headers", json!({"webhook-signature": "x"})).code,
+            "invalid_headers"
+        );
+        assert_eq!(
+            with("headers", json!({"Hookrelay-Attempt": "1"})).code,
+            "invalid_headers"
+        );
+        assert_eq!(with("headers", json!({"User-Agent": "x"})).code, "invalid_headers");
+        assert_eq!(with("headers", json!({"bad name": "x"})).code, "invalid_headers");
+        assert_eq!(with("headers", json!({"x-n": 1})).code, "invalid_headers");
+        assert_eq!(with("headers", json!({"x-n": "a\nb"})).code, "invalid_headers");
+        assert_eq!(with("headers", json!(["x"])).code, "invalid_headers");
+        assert_eq!(with("rate_limit_per_sec", json!(0)).code, "invalid_rate_limit");
+        assert_eq!(with("rate_limit_per_sec", json!(1.5)).code, "invalid_rate_limit");
+        assert_eq!(with("description", json!("x".repeat(1001))).code, "invalid_description");
+        assert_eq!(with("enabled", json!("yes")).code, "invalid_enabled");
+        assert_eq!(with("url", json!(5)).code, "invalid_url");
+        assert_eq!(with("url", json!("http://10.0.0.1/")).code, "invalid_url");
+        for e in [
+            with("headers", json!({"host": "x"})),
+            with("rate_limit_per_sec", json!(0)),
+        ] {
+            let field = if e.code == "invalid_headers" {
+                "headers"
+            } else {
+                "rate_limit_per_sec"
+            };
+            assert!(e.message.contains(field), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn good_optional_fields_are_kept() {
+        let spec = create(json!({
+            "url": "https://example.com", "events": ["a/b", "a/b", "*"],
+            "filter": {"data.merchant": "Acme"}, "headers": {"X-Token": "t"},
+            "description": "é".repeat(1000), "enabled": false, "rate_limit_per_sec": 5,
+        }))
+        .unwrap();
+        assert_eq!(spec.events, ["a/b", "*"]);
+        assert_eq!(spec.filter, Some(json!({"data.merchant": "Acme"})));
+        assert_eq!(spec.headers["X-Token"], "t");
+        assert!(!spec.enabled);
+        assert_eq!(spec.rate_limit_per_sec, Some(5));
+    }
+
+    #[test]
+    fn a_patch_changes_only_what_it_names_and_null_clears() {
+        let spec = create(json!({
+            "url": "https://example.com", "events": ["a/b"], "filter": {"data.x": 1},
+            "rate_limit_per_sec": 3, "description": "d",
+        }))
+        .unwrap();
+        let patched = input(json!({"filter": null, "enabled": false}))
+            .apply(spec.clone(), false)
+            .unwrap();
+        assert_eq!(patched.filter, None);
+        assert!(!patched.enabled);
+        assert_eq!(patched.url, spec.url);
+        assert_eq!(patched.rate_limit_per_sec, Some(3));
+        assert_eq!(patched.description, "d");
+        let cleared = input(json!({"rate_limit_per_sec": null, "description": null}))
+            .apply(spec.clone(), false)
+            .unwrap();
+        assert_eq!((cleared.rate_limit_per_sec, cleared.description.as_str()), (None, ""));
+        assert_eq!(
+            input(json!({"events": null})).apply(spec, false).unwrap_err().code,
+            "invalid_events"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_value::<EndpointInput>(json!({"url": "x", "secret": "y"})).is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! `/v1/deliveries` and `POST /v1/endpoints/{id}/recover`: the delivery log and operator
+//! actions on it. Reads `deliveries`, `attempts` and `events`; retry and recover publish a
+//! `DeliveryCommand` on `hookrelay.commands.deliverer.<tenant>` (the deliverer writes the
+//! rows).
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::Response,
+};
+use hookrelay_runtime::{
+    auth::{Principal, Scope},
+    http::{ApiError, AppJson, AppQuery, Page, json},
+};
+use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, Invalid, TenantId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{AppState, bad_query, cursor, endpoints, paginate, rfc3339};
+use crate::{error::QueryError, publish, store};
+
+pub(crate) const STATUSES: [&str; 4] = ["pending", "delivered", "retrying", "failed"];
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogParams {
+    tenant_id: Option<String>,
+    endpoint_id: Option<String>,
+    event_type: Option<String>,
+    event_id: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    #[serde(default, deserialize_with = "hookrelay_runtime::http::de_number")]
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// The filters of the log from its query parameters; each bad one is named.
+fn filter(p: &LogParams) -> Result<store::DeliveryFilter, Invalid> {
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let mut f = store::DeliveryFilter::default();
+    if let Some(v) = given(&p.endpoint_id) {
+        f.endpoint_id = Some(EndpointId::parse(&v).map_err(|e| Invalid::new(e.code, format!("endpoint_id: {e}")))?);
+    }
+    if let Some(v) = given(&p.event_type) {
+        f.event_type = Some(
+            EventType::parse(&v)
+                .map_err(|e| Invalid::new(e.code, format!("event_type: {e}")))?
+                .to_string(),
+        );
+    }
+    if let Some(v) = given(&p.event_id) {
+        f.event_id = Some(EventId::parse(&v).map_err(|e| Invalid::new(e.code, format!("event_id: {e}")))?);
+    }
+    if let Some(v) = given(&p.status) {
+        let status = STATUSES.iter().find(|s| **s == v).ok_or_else(|| {
+            Invalid::new(
+                "invalid_status",
+                format!("status `{v}` is not one of {}", STATUSES.join(", ")),
+            )
+        })?;
+        f.status = Some(status);
+    }
+    if let Some(v) = given(&p.since) {
+        f.since = Some(rfc3339("since", "invalid_since", &v)?);
+    }
+    if let Some(v) = given(&p.until) {
+        f.until = Some(rfc3339("until", "invalid_until", &v)?);
+    }
+    Ok(f)
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(params): AppQuery<LogParams>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DeliveriesRead)?;
+    let tenant = principal.tenant(params.tenant_id.as_deref())?;
+    let page = Page {
+        limit: params.limit,
+        cursor: params.cursor.clone(),
+    };
+    let limit = page.limit()?;
+    let before = cursor(&page, DeliveryId::parse)?;
+    let filter = filter(&params).map_err(bad_query)?;
+    let rows = store::deliveries(&state.db, &tenant, &filter, before.as_ref(), limit + 1).await?;
+    Ok(json(StatusCode::OK, paginate(rows, limit, |d| &d.id)))
+}
+
+#[derive(Serialize)]
+struct Detail {
+    #[serde(flatten)]
+    delivery: store::Delivery,
+    /// The envelope as delivered; null if its event is gone.
+    payload: Value,
+    attempts: Vec<store::Attempt>,
+}
+
+/// The delivery `raw` names, if the principal may see it.
+async fn find(state: &AppState, principal: &Principal, raw: &str) -> Result<store::Delivery, QueryError> {
+    let id = DeliveryId::parse(raw).map_err(|_| QueryError::NotFound("delivery"))?;
+    store::delivery(&state.db, &id, principal.tenant_scope())
+        .await?
+        .ok_or(QueryError::NotFound("delivery"))
+}
+
+fn tenant_of_row(tenant_id: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(tenant_id).map_err(ApiError::internal)
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DeliveriesRead)?;
+    let delivery = find(&state, &principal, &id).await?;
+    let tenant = tenant_of_row(&delivery.tenant_id)?;
+    let id = DeliveryId::parse(&delivery.id).map_err(ApiError::internal)?;
+    let event_id = EventId::parse(&delivery.event_id).map_err(ApiError::internal)?;
+    let body = store::event_body(&state.db, &tenant, &event_id).await?;
+    let payload = match body {
+        Some(text) => serde_json::from_str(&text).map_err(ApiError::internal)?,
+        None => Value::Null,
+    };
+    let attempts = store::attempts(&state.db, &id).await?;
+    Ok(json(
+        StatusCode::OK,
+        Detail {
+            delivery,
+            payload,
+            attempts,
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct Queued {
+    id: String,
+    status: &'static str,
+}
+
+/// Asks the deliverer to attempt the delivery again now, whatever its status.
+#[tracing::instrument(skip_all, fields(delivery_id = %id))]
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DeliveriesWrite)?;
+    let delivery = find(&state, &principal, &id).await?;
+    let tenant = tenant_of_row(&delivery.tenant_id)?;
+    let id = DeliveryId::parse(&delivery.id).map_err(ApiError::internal)?;
+    publish::retry(&state.js, &tenant, &id).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        Queued {
+            id: delivery.id,
+            status: "queued",
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Recover {
+    since: String,
+}
+
+#[derive(Serialize)]
+struct Requeued {
+    requeued: i64,
+}
+
+/// Asks the deliverer to requeue the endpoint's failed deliveries created since `since`.
+/// `requeued` counts them as of now; the deliverer acts on the same rule.
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+pub(crate) async fn recover(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<Recover>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DeliveriesWrite)?;
+    let endpoint = endpoints::find(&state, &principal, &id).await?;
+    // To the millisecond, as the command carries it, so the count matches what is requeued.
+    let since = rfc3339("since", "invalid_since", &body.since)?;
+    let since = since.truncate_to_millisecond();
+    let tenant = tenant_of_row(&endpoint.tenant_id)?;
+    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
+    let requeued = store::count_failed_since(&state.db, &tenant, &id, since).await?;
+    publish::recover(&state.js, &tenant, &id, since).await?;
+    Ok(json(StatusCode::ACCEPTED, Requeued { requeued }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> LogParams {
+        let map: serde_json::Map<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        serde_json::from_value(Value::Object(map)).unwrap()
+    }
+
+    #[test]
+    fn each_bad_filter_is_named() {
+        for (key, value, code) in [
+            ("status", "done", "invalid_status"),
+            ("since", "yesterday", "invalid_since"),
+            ("until", "2024-13-01T00:00:00Z", "invalid_until"),
+            ("endpoint_id", "ep_nope", "invalid_endpoint_id"),
+            ("event_type", "Orders", "invalid_event_type"),
+            ("event_id", "has space", "invalid_event_id"),
+        ] {
+            let e = filter(&params(&[(key, value)])).unwrap_err();
+            assert_eq!(e.code, code, "{key}={value}");
+            assert!(e.message.contains(key), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn good_filters_are_kept_and_empty_ones_ignored() {
+        let f = filter(&params(&[
+            ("status", "retrying"),
+            ("event_type", "orders/created"),
+            ("since", "2024-03-15T14:30:00Z"),
+            ("endpoint_id", ""),
+        ]))
+        .unwrap();
+        assert_eq!(f.status, Some("retrying"));
+        assert_eq!(f.event_type.as_deref(), Some("orders/created"));
+        assert!(f.since.is_some() && f.endpoint_id.is_none());
+    }
+}

@@ -1,0 +1,160 @@
+//! `/v1/endpoints`: where a tenant's webhooks go. Writes and reads `endpoints` (the router
+//! and deliverer read it). The secret is shown at creation, by `GET …/secret` and on
+//! rotation, never in an endpoint's JSON.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use hookrelay_runtime::{
+    auth::{Principal, Scope},
+    http::{ApiError, AppJson, AppQuery, json},
+};
+use hookrelay_types::{EndpointId, Invalid, signature::Secret};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, ListParams, TenantParam, cursor, paginate};
+use crate::{endpoint::EndpointInput, error::QueryError, store};
+
+/// The rotation grace period when none is given: one day.
+pub(crate) const DEFAULT_GRACE_SECS: i64 = 86_400;
+pub(crate) const MAX_GRACE_SECS: i64 = 7 * 86_400;
+
+#[derive(Serialize)]
+struct WithSecret {
+    #[serde(flatten)]
+    endpoint: store::Endpoint,
+    secret: String,
+}
+
+#[derive(Serialize)]
+struct SecretOnly {
+    secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Rotate {
+    grace_period_seconds: Option<i64>,
+}
+
+/// An id from the path; one that cannot be an endpoint's is simply not found.
+pub(super) fn endpoint_id(raw: &str) -> Result<EndpointId, QueryError> {
+    EndpointId::parse(raw).map_err(|_| QueryError::NotFound("endpoint"))
+}
+
+/// The endpoint `raw` names, if the principal may see it.
+pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> Result<store::Endpoint, QueryError> {
+    let id = endpoint_id(raw)?;
+    store::endpoint(&state.db, &id, principal.tenant_scope())
+        .await?
+        .ok_or(QueryError::NotFound("endpoint"))
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(param): AppQuery<TenantParam>,
+    AppJson(input): AppJson<EndpointInput>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsWrite)?;
+    let tenant = principal.tenant(param.tenant_id.as_deref())?;
+    let spec = input.create(state.cfg.allow_private_targets)?;
+    let secret = Secret::generate().expose();
+    let endpoint = store::insert_endpoint(&state.db, &EndpointId::generate(), &tenant, &spec, &secret).await?;
+    Ok(json(StatusCode::CREATED, WithSecret { endpoint, secret }))
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(params): AppQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsRead)?;
+    let tenant = principal.tenant(params.tenant_id.as_deref())?;
+    let page = params.page();
+    let limit = page.limit()?;
+    let before = cursor(&page, EndpointId::parse)?;
+    let rows = store::endpoints(&state.db, &tenant, before.as_ref(), limit + 1).await?;
+    Ok(json(StatusCode::OK, paginate(rows, limit, |e| &e.id)))
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsRead)?;
+    Ok(json(StatusCode::OK, find(&state, &principal, &id).await?))
+}
+
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    AppJson(input): AppJson<EndpointInput>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsWrite)?;
+    let id = endpoint_id(&id)?;
+    let mut tx = state.db.begin().await?;
+    let current = store::endpoint_for_update(&mut *tx, &id, principal.tenant_scope())
+        .await?
+        .ok_or(QueryError::NotFound("endpoint"))?;
+    let spec = input.apply(current.spec(), state.cfg.allow_private_targets)?;
+    let endpoint = store::update_endpoint(&mut *tx, &id, &spec).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, endpoint))
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsWrite)?;
+    let id = endpoint_id(&id)?;
+    if !store::delete_endpoint(&state.db, &id, principal.tenant_scope()).await? {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(crate) async fn secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsWrite)?;
+    let endpoint = find(&state, &principal, &id).await?;
+    Ok(json(
+        StatusCode::OK,
+        SecretOnly {
+            secret: endpoint.secret,
+        },
+    ))
+}
+
+/// A new secret; the old one keeps signing for the grace period so receivers can switch.
+pub(crate) async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<Rotate>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsWrite)?;
+    let id = endpoint_id(&id)?;
+    let grace = body.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECS);
+    if !(0..=MAX_GRACE_SECS).contains(&grace) {
+        return Err(Invalid::new(
+            "invalid_grace_period",
+            format!("grace_period_seconds must be from 0 to {MAX_GRACE_SECS} (7 days)"),
+        )
+        .into());
+    }
+    let secret = Secret::generate().expose();
+    if !store::rotate_secret(&state.db, &id, principal.tenant_scope(), &secret, grace).await? {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    Ok(json(StatusCode::OK, SecretOnly { secret }))
+}

@@ -1,0 +1,47 @@
+//! `GET /v1/events/{event_id}`: one stored event and its deliveries. Reads `events`
+//! (written by ingest) and `deliveries`. (`POST /v1/events` is ingest's.)
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::Response,
+};
+use hookrelay_runtime::{
+    auth::{Principal, Scope},
+    http::{ApiError, AppQuery, Page, json},
+};
+use hookrelay_types::EventId;
+use serde_json::Value;
+
+use super::{AppState, TenantParam};
+use crate::{error::QueryError, store};
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(param): AppQuery<TenantParam>,
+    Path(event_id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DeliveriesRead)?;
+    let tenant = principal.tenant(param.tenant_id.as_deref())?;
+    let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
+    let body = store::event_body(&state.db, &tenant, &event_id)
+        .await?
+        .ok_or(QueryError::NotFound("event"))?;
+    // The envelope's own key order is kept (serde_json's `preserve_order`).
+    let Value::Object(mut event) = serde_json::from_str(&body).map_err(ApiError::internal)? else {
+        return Err(ApiError::internal(format!(
+            "event {event_id}: stored body is not an object"
+        )));
+    };
+    let filter = store::DeliveryFilter {
+        event_id: Some(event_id),
+        ..Default::default()
+    };
+    let deliveries = store::deliveries(&state.db, &tenant, &filter, None, Page::MAX_LIMIT).await?;
+    event.insert(
+        "deliveries".into(),
+        serde_json::to_value(deliveries).map_err(ApiError::internal)?,
+    );
+    Ok(json(StatusCode::OK, Value::Object(event)))
+}

@@ -1,0 +1,142 @@
+//! `/v1/api-keys`: tenants' API keys. Writes and reads `api_keys` (reads `tenants`). A key
+//! is shown once, at creation; only its SHA-256 is stored.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use hookrelay_runtime::{
+    auth::{Principal, Scope, new_api_key},
+    http::{ApiError, AppJson, AppQuery, json},
+};
+use hookrelay_types::{ApiKeyId, Invalid, TenantId};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, ListParams, cursor, paginate, tenants::check_name};
+use crate::{error::QueryError, store};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewKey {
+    tenant_id: Option<String>,
+    name: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Created {
+    #[serde(flatten)]
+    key: store::ApiKey,
+    /// The secret, shown this once.
+    #[serde(rename = "key")]
+    secret: String,
+}
+
+/// The scopes named, deduplicated; at least one, each a contract scope.
+fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, Invalid> {
+    if names.is_empty() {
+        return Err(Invalid::new("invalid_scopes", "scopes must name at least one scope"));
+    }
+    let mut scopes = Vec::with_capacity(names.len());
+    for name in names {
+        let scope = Scope::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+            Invalid::new(
+                "invalid_scope",
+                format!("scopes: `{name}` is not a scope (use {})", known.join(", ")),
+            )
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    Ok(scopes)
+}
+
+/// A tenant key may only hand out scopes it holds itself.
+fn may_grant(principal: &Principal, scopes: &[Scope]) -> Result<(), ApiError> {
+    scopes.iter().try_for_each(|s| principal.require(*s))
+}
+
+/// The tenant a key request is about: the admin must name it.
+fn tenant_of(principal: &Principal, requested: Option<&str>) -> Result<TenantId, ApiError> {
+    match (principal, requested) {
+        (Principal::Admin, None) => Err(Invalid::new("missing_field", "tenant_id is required").into()),
+        (p, r) => p.tenant(r),
+    }
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppJson(body): AppJson<NewKey>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::KeysWrite)?;
+    let tenant = tenant_of(&principal, body.tenant_id.as_deref())?;
+    let name = check_name(&body.name)?;
+    let scopes = parse_scopes(&body.scopes)?;
+    may_grant(&principal, &scopes)?;
+    let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+    let (secret, hash) = new_api_key();
+    let key = store::insert_api_key(&state.db, &ApiKeyId::generate(), &tenant, name, &scopes, &hash).await?;
+    Ok(json(StatusCode::CREATED, Created { key, secret }))
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(params): AppQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::KeysWrite)?;
+    let tenant = principal.tenant(params.tenant_id.as_deref())?;
+    let page = params.page();
+    let limit = page.limit()?;
+    let before = cursor(&page, ApiKeyId::parse)?;
+    if principal.tenant_scope().is_none() && store::tenant(&state.db, &tenant).await?.is_none() {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let rows = store::api_keys(&state.db, &tenant, before.as_ref(), limit + 1).await?;
+    Ok(json(StatusCode::OK, paginate(rows, limit, |k| &k.id)))
+}
+
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::KeysWrite)?;
+    let id = ApiKeyId::parse(&id).map_err(|_| QueryError::NotFound("API key"))?;
+    if !store::revoke_api_key(&state.db, &id, principal.tenant_scope()).await? {
+        return Err(ApiError::not_found("API key"));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_must_be_known_and_are_deduplicated() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_scopes(&names(&["endpoints:read", "endpoints:read", "keys:write"])).unwrap(),
+            [Scope::EndpointsRead, Scope::KeysWrite]
+        );
+        assert_eq!(parse_scopes(&names(&["root"])).unwrap_err().code, "invalid_scope");
+        assert_eq!(parse_scopes(&[]).unwrap_err().code, "invalid_scopes");
+    }
+
+    #[test]
+    fn a_key_cannot_grant_more_than_it_holds() {
+        let key = Principal::Key {
+            id: ApiKeyId::generate(),
+            tenant: TenantId::parse("acme").unwrap(),
+            scopes: vec![Scope::KeysWrite, Scope::EndpointsRead],
+        };
+        assert!(may_grant(&key, &[Scope::EndpointsRead]).is_ok());
+        assert_eq!(may_grant(&key, &[Scope::DeliveriesWrite]).unwrap_err().status, 403);
+        assert!(may_grant(&Principal::Admin, &Scope::ALL).is_ok());
+    }
+}

@@ -1,0 +1,60 @@
+//! Operator commands to the deliverer: `DeliveryCommand` on
+//! `hookrelay.commands.deliverer.<tenant>` (stream HOOKRELAY_COMMANDS). Each carries a fresh
+//! ULID as `command_id` and `Nats-Msg-Id`, and is acknowledged by JetStream before the API
+//! answers, so a `202` means the deliverer will see it.
+
+use async_nats::{HeaderMap, jetstream};
+use hookrelay_types::{
+    DeliveryId, EndpointId, TenantId,
+    messages::{DeliveryCommand, RecoverEndpoint, RetryDelivery, delivery_command::Action},
+    subjects,
+};
+use prost::Message as _;
+use time::OffsetDateTime;
+
+use crate::error::QueryError;
+
+/// Commands published, by `action` (`retry`, `recover`).
+pub(crate) const COMMANDS_PUBLISHED: &str = "hookrelay_query_commands_published_total";
+
+pub(crate) async fn retry(js: &jetstream::Context, tenant: &TenantId, delivery: &DeliveryId) -> Result<(), QueryError> {
+    let action = Action::Retry(RetryDelivery {
+        delivery_id: delivery.to_string(),
+    });
+    command(js, tenant, action, "retry").await
+}
+
+pub(crate) async fn recover(
+    js: &jetstream::Context,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    since: OffsetDateTime,
+) -> Result<(), QueryError> {
+    let action = Action::Recover(RecoverEndpoint {
+        endpoint_id: endpoint.to_string(),
+        since_ms: i64::try_from(since.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MIN),
+    });
+    command(js, tenant, action, "recover").await
+}
+
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, action = name))]
+async fn command(
+    js: &jetstream::Context,
+    tenant: &TenantId,
+    action: Action,
+    name: &'static str,
+) -> Result<(), QueryError> {
+    let command_id = ulid::Ulid::generate().to_string();
+    let msg = DeliveryCommand {
+        tenant_id: tenant.to_string(),
+        command_id: command_id.clone(),
+        action: Some(action),
+    };
+    let subject = subjects::deliverer_command(tenant);
+    let ack = hookrelay_runtime::nats::publish(js, subject, &command_id, HeaderMap::new(), msg.encode_to_vec().into())
+        .await
+        .map_err(|e| QueryError::Publish(e.to_string()))?;
+    ack.await.map_err(|e| QueryError::Publish(e.to_string()))?;
+    metrics::counter!(COMMANDS_PUBLISHED, "action" => name).increment(1);
+    Ok(())
+}

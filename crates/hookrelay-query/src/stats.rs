@@ -1,0 +1,195 @@
+//! An endpoint's numbers and health, from rows `store` reads out of `deliveries` and
+//! `attempts`. Pure: no I/O.
+//!
+//! Computed per request over the window's rows; rollup tables will replace the scan when
+//! windows of a busy endpoint grow large.
+
+use std::time::Duration;
+
+use hookrelay_types::Invalid;
+use serde::Serialize;
+
+/// The longest window `?window=` may ask for.
+pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+pub(crate) const DEFAULT_WINDOW: &str = "24h";
+/// This many failed attempts in a row make an endpoint `failing`.
+pub(crate) const FAILING_STREAK: usize = 5;
+/// Any failure among this many latest attempts makes an endpoint `degraded`.
+pub(crate) const DEGRADED_SPAN: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Health {
+    Healthy,
+    Degraded,
+    Failing,
+    Disabled,
+}
+
+/// `recent_ok`: whether each of the endpoint's latest attempts succeeded, newest first
+/// (at least [`DEGRADED_SPAN`] of them when there are that many). `last_finished_failed`:
+/// its most recently finished delivery exhausted its retries.
+pub(crate) fn health(enabled: bool, recent_ok: &[bool], last_finished_failed: bool) -> Health {
+    let streak = recent_ok.iter().take(FAILING_STREAK);
+    if !enabled {
+        Health::Disabled
+    } else if last_finished_failed || (recent_ok.len() >= FAILING_STREAK && streak.clone().all(|ok| !ok)) {
+        Health::Failing
+    } else if recent_ok.iter().take(DEGRADED_SPAN).any(|ok| !ok) {
+        Health::Degraded
+    } else {
+        Health::Healthy
+    }
+}
+
+/// `?window=`: a duration such as `1h`, `24h` or `7d`, above zero and at most 30 days.
+pub(crate) fn parse_window(s: &str) -> Result<Duration, Invalid> {
+    let bad = |why: String| Invalid::new("invalid_window", format!("window `{s}`: {why}"));
+    let d = hookrelay_runtime::config::parse_duration(s).map_err(bad)?;
+    if d.is_zero() || d > MAX_WINDOW {
+        return Err(bad("must be more than zero and at most 30d".into()));
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Counts {
+    pub(crate) delivered: i64,
+    pub(crate) failed: i64,
+    /// `pending` and `retrying`: not finished yet.
+    pub(crate) pending: i64,
+}
+
+impl Counts {
+    /// From `(status, count)` rows.
+    pub(crate) fn from_rows<'a>(rows: impl IntoIterator<Item = (&'a str, i64)>) -> Self {
+        let mut c = Self::default();
+        for (status, n) in rows {
+            match status {
+                "delivered" => c.delivered += n,
+                "failed" => c.failed += n,
+                _ => c.pending += n,
+            }
+        }
+        c
+    }
+
+    /// delivered ÷ (delivered + failed), from 0 to 1; `None` before anything finished.
+    pub(crate) fn delivery_rate(&self) -> Option<f64> {
+        let finished = self.delivered + self.failed;
+        (finished > 0).then(|| self.delivered as f64 / finished as f64)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) p50: Option<i64>,
+    pub(crate) p95: Option<i64>,
+    pub(crate) p99: Option<i64>,
+}
+
+impl Latency {
+    /// From attempt durations in milliseconds, sorted ascending.
+    pub(crate) fn from_sorted(sorted: &[i64]) -> Self {
+        Self {
+            p50: percentile(sorted, 50),
+            p95: percentile(sorted, 95),
+            p99: percentile(sorted, 99),
+        }
+    }
+}
+
+/// The nearest-rank percentile: the smallest value with at least `p`% of values at or below
+/// it. Always one of the observed values; `None` when there are none.
+pub(crate) fn percentile(sorted: &[i64], p: u32) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (sorted.len() * p as usize).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn health_follows_the_contract() {
+        let ok = [true; 20];
+        assert_eq!(health(true, &ok, false), Health::Healthy);
+        assert_eq!(health(true, &[], false), Health::Healthy);
+        assert_eq!(health(false, &[false; 20], true), Health::Disabled);
+        let mut one_old_failure = ok;
+        one_old_failure[19] = false;
+        assert_eq!(health(true, &one_old_failure, false), Health::Degraded);
+        let mut beyond_span = vec![true; 20];
+        beyond_span.push(false);
+        assert_eq!(health(true, &beyond_span, false), Health::Healthy);
+        assert_eq!(
+            health(true, &[false, false, false, false, false, true], false),
+            Health::Failing
+        );
+        assert_eq!(
+            health(true, &[false, false, false, false, true], false),
+            Health::Degraded
+        );
+        assert_eq!(health(true, &[false; 4], false), Health::Degraded);
+        assert_eq!(health(true, &[true; 5], true), Health::Failing);
+    }
+
+    #[test]
+    fn windows_are_bounded() {
+        assert_eq!(parse_window("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_window("30d").unwrap(), MAX_WINDOW);
+        for bad in ["31d", "0s", "", "soon", "5"] {
+            assert_eq!(parse_window(bad).unwrap_err().code, "invalid_window", "{bad}");
+        }
+    }
+
+    #[test]
+    fn counts_and_rate() {
+        let c = Counts::from_rows([("delivered", 3), ("failed", 1), ("pending", 2), ("retrying", 1)]);
+        assert_eq!(
+            c,
+            Counts {
+                delivered: 3,
+                failed: 1,
+                pending: 3
+            }
+        );
+        assert_eq!(c.delivery_rate(), Some(0.75));
+        assert_eq!(Counts::from_rows([("pending", 2)]).delivery_rate(), None);
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(
+            Latency::from_sorted(&v),
+            Latency {
+                p50: Some(50),
+                p95: Some(95),
+                p99: Some(99)
+            }
+        );
+        assert_eq!(percentile(&[7], 99), Some(7));
+        assert_eq!(percentile(&[10, 20, 30, 40], 50), Some(20));
+        assert_eq!(percentile(&[10, 20, 30, 40], 95), Some(40));
+        assert_eq!(percentile(&[], 50), None);
+    }
+
+    proptest! {
+        #[test]
+        fn percentiles_are_observed_and_ordered(mut v in prop::collection::vec(0i64..10_000, 1..200)) {
+            v.sort_unstable();
+            let l = Latency::from_sorted(&v);
+            let (p50, p95, p99) = (l.p50.unwrap(), l.p95.unwrap(), l.p99.unwrap());
+            prop_assert!(v.contains(&p50) && v.contains(&p95) && v.contains(&p99));
+            prop_assert!(p50 <= p95 && p95 <= p99 && p99 <= *v.last().unwrap());
+            let at_or_below = v.iter().filter(|x| **x <= p50).count();
+            prop_assert!(at_or_below * 2 >= v.len());
+        }
+    }
+}

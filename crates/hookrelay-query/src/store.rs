@@ -1,0 +1,532 @@
+//! All of query's SQL. Writes `tenants`, `api_keys` and `endpoints` (query is their only
+//! writer); reads `events` (ingest's), `deliveries` and `attempts` (the deliverer's).
+//! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
+//! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
+
+use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+
+use crate::{endpoint::EndpointSpec, error::QueryError};
+
+type Result<T> = std::result::Result<T, QueryError>;
+
+// --- tenants -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub(crate) struct Tenant {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+}
+
+#[tracing::instrument(skip_all, fields(tenant_id = %id))]
+pub(crate) async fn insert_tenant(db: impl PgExecutor<'_>, id: &TenantId, name: &str) -> Result<Tenant> {
+    Ok(
+        sqlx::query_as("INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
+            .bind(id.as_str())
+            .bind(name)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+pub(crate) async fn tenant(db: impl PgExecutor<'_>, id: &TenantId) -> Result<Option<Tenant>> {
+    Ok(sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(db)
+        .await?)
+}
+
+/// Tenants in id order, after `after`; `limit` rows at most.
+pub(crate) async fn tenants(db: impl PgExecutor<'_>, after: Option<&TenantId>, limit: i64) -> Result<Vec<Tenant>> {
+    Ok(sqlx::query_as(
+        "SELECT id, name, created_at FROM tenants WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+    )
+    .bind(after.map(TenantId::as_str))
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+// --- API keys ------------------------------------------------------------------------------
+
+/// An API key as listed: never its secret or hash.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub(crate) struct ApiKey {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) name: String,
+    pub(crate) scopes: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) last_used_at: Option<OffsetDateTime>,
+}
+
+const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, created_at, last_used_at";
+
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, key_id = %id))]
+pub(crate) async fn insert_api_key(
+    db: impl PgExecutor<'_>,
+    id: &ApiKeyId,
+    tenant: &TenantId,
+    name: &str,
+    scopes: &[String],
+    key_hash: &[u8],
+) -> Result<ApiKey> {
+    Ok(sqlx::query_as(
+        "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, tenant_id, name, scopes, created_at, last_used_at",
+    )
+    .bind(id.as_str())
+    .bind(tenant.as_str())
+    .bind(name)
+    .bind(scopes)
+    .bind(key_hash)
+    .fetch_one(db)
+    .await?)
+}
+
+/// A tenant's unrevoked keys, newest first, before the cursor `before`.
+pub(crate) async fn api_keys(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    before: Option<&ApiKeyId>,
+    limit: i64,
+) -> Result<Vec<ApiKey>> {
+    let mut q = QueryBuilder::<Postgres>::new("SELECT ");
+    q.push(API_KEY_COLUMNS)
+        .push(" FROM api_keys WHERE revoked_at IS NULL AND tenant_id = ")
+        .push_bind(tenant.as_str());
+    if let Some(before) = before {
+        q.push(" AND id < ").push_bind(before.as_str());
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+/// Revokes a key (it stops working at once: every request reads `api_keys`). `false` when
+/// there is no such unrevoked key in `tenant`.
+#[tracing::instrument(skip_all, fields(key_id = %id))]
+pub(crate) async fn revoke_api_key(db: impl PgExecutor<'_>, id: &ApiKeyId, tenant: Option<&TenantId>) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now()
+         WHERE id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(id.as_str())
+    .bind(tenant.map(TenantId::as_str))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+// --- endpoints -----------------------------------------------------------------------------
+
+/// An endpoint as shown: the secrets are never serialized.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub(crate) struct Endpoint {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) url: String,
+    pub(crate) events: Vec<String>,
+    pub(crate) filter: Option<Value>,
+    pub(crate) headers: Value,
+    pub(crate) description: String,
+    pub(crate) enabled: bool,
+    pub(crate) rate_limit_per_sec: Option<i32>,
+    #[serde(skip)]
+    pub(crate) secret: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) updated_at: OffsetDateTime,
+}
+
+impl Endpoint {
+    pub(crate) fn spec(&self) -> EndpointSpec {
+        EndpointSpec {
+            url: self.url.clone(),
+            events: self.events.clone(),
+            filter: self.filter.clone(),
+            headers: self.headers.as_object().cloned().unwrap_or_default(),
+            description: self.description.clone(),
+            enabled: self.enabled,
+            rate_limit_per_sec: self.rate_limit_per_sec,
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, endpoint_id = %id))]
+pub(crate) async fn insert_endpoint(
+    db: impl PgExecutor<'_>,
+    id: &EndpointId,
+    tenant: &TenantId,
+    spec: &EndpointSpec,
+    secret: &str,
+) -> Result<Endpoint> {
+    Ok(sqlx::query_as(
+        "INSERT INTO endpoints
+           (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+                   secret, created_at, updated_at",
+    )
+    .bind(id.as_str())
+    .bind(tenant.as_str())
+    .bind(&spec.url)
+    .bind(&spec.events)
+    .bind(&spec.filter)
+    .bind(Value::Object(spec.headers.clone()))
+    .bind(&spec.description)
+    .bind(spec.enabled)
+    .bind(spec.rate_limit_per_sec)
+    .bind(secret)
+    .fetch_one(db)
+    .await?)
+}
+
+pub(crate) async fn endpoint(
+    db: impl PgExecutor<'_>,
+    id: &EndpointId,
+    tenant: Option<&TenantId>,
+) -> Result<Option<Endpoint>> {
+    Ok(sqlx::query_as(
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+                secret, created_at, updated_at
+         FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(id.as_str())
+    .bind(tenant.map(TenantId::as_str))
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The endpoint, locked until the transaction ends (for read-modify-write).
+pub(crate) async fn endpoint_for_update(
+    db: impl PgExecutor<'_>,
+    id: &EndpointId,
+    tenant: Option<&TenantId>,
+) -> Result<Option<Endpoint>> {
+    Ok(sqlx::query_as(
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+                secret, created_at, updated_at
+         FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) FOR UPDATE",
+    )
+    .bind(id.as_str())
+    .bind(tenant.map(TenantId::as_str))
+    .fetch_optional(db)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, spec: &EndpointSpec) -> Result<Endpoint> {
+    Ok(sqlx::query_as(
+        "UPDATE endpoints SET url = $2, events = $3, filter = $4, headers = $5, description = $6,
+                enabled = $7, rate_limit_per_sec = $8, updated_at = now()
+         WHERE id = $1
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+                   secret, created_at, updated_at",
+    )
+    .bind(id.as_str())
+    .bind(&spec.url)
+    .bind(&spec.events)
+    .bind(&spec.filter)
+    .bind(Value::Object(spec.headers.clone()))
+    .bind(&spec.description)
+    .bind(spec.enabled)
+    .bind(spec.rate_limit_per_sec)
+    .fetch_one(db)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+pub(crate) async fn delete_endpoint(
+    db: impl PgExecutor<'_>,
+    id: &EndpointId,
+    tenant: Option<&TenantId>,
+) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)")
+        .bind(id.as_str())
+        .bind(tenant.map(TenantId::as_str))
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A tenant's endpoints, newest first, before the cursor `before`.
+pub(crate) async fn endpoints(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    before: Option<&EndpointId>,
+    limit: i64,
+) -> Result<Vec<Endpoint>> {
+    let mut q = QueryBuilder::<Postgres>::new(
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+                secret, created_at, updated_at
+         FROM endpoints WHERE tenant_id = ",
+    );
+    q.push_bind(tenant.as_str());
+    if let Some(before) = before {
+        q.push(" AND id < ").push_bind(before.as_str());
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+/// Makes `new_secret` the signing secret; the old one keeps signing for `grace_secs`
+/// (none at all when 0). `false` when there is no such endpoint in `tenant`.
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+pub(crate) async fn rotate_secret(
+    db: impl PgExecutor<'_>,
+    id: &EndpointId,
+    tenant: Option<&TenantId>,
+    new_secret: &str,
+    grace_secs: i64,
+) -> Result<bool> {
+    // On the right of SET, `secret` is still the old value.
+    let done = sqlx::query(
+        "UPDATE endpoints SET
+             previous_secret = CASE WHEN $4 > 0 THEN secret END,
+             previous_secret_expires_at = CASE WHEN $4 > 0 THEN now() + $4 * interval '1 second' END,
+             secret = $3,
+             updated_at = now()
+         WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(id.as_str())
+    .bind(tenant.map(TenantId::as_str))
+    .bind(new_secret)
+    .bind(grace_secs)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+// --- deliveries, attempts, events (read only) ----------------------------------------------
+
+/// A delivery as listed.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub(crate) struct Delivery {
+    pub(crate) id: String,
+    #[serde(skip)]
+    pub(crate) tenant_id: String,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) endpoint_id: String,
+    pub(crate) status: String,
+    pub(crate) attempt_count: i32,
+    pub(crate) last_response_code: Option<i32>,
+    pub(crate) last_duration_ms: Option<i32>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) updated_at: OffsetDateTime,
+}
+
+const DELIVERY_COLUMNS: &str = "id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, \
+     last_response_code, last_duration_ms, next_attempt_at, created_at, updated_at";
+
+/// The filters of `GET /v1/deliveries`; each is optional.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeliveryFilter {
+    pub(crate) endpoint_id: Option<EndpointId>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) event_id: Option<EventId>,
+    pub(crate) status: Option<&'static str>,
+    /// `created_at >= since`
+    pub(crate) since: Option<OffsetDateTime>,
+    /// `created_at < until`
+    pub(crate) until: Option<OffsetDateTime>,
+}
+
+/// A tenant's deliveries, newest first (ids are `dlv_` + ULID), strictly before `before`.
+pub(crate) async fn deliveries(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    filter: &DeliveryFilter,
+    before: Option<&DeliveryId>,
+    limit: i64,
+) -> Result<Vec<Delivery>> {
+    let mut q = QueryBuilder::<Postgres>::new("SELECT ");
+    q.push(DELIVERY_COLUMNS)
+        .push(" FROM deliveries WHERE tenant_id = ")
+        .push_bind(tenant.as_str());
+    if let Some(v) = &filter.endpoint_id {
+        q.push(" AND endpoint_id = ").push_bind(v.as_str());
+    }
+    if let Some(v) = &filter.event_type {
+        q.push(" AND event_type = ").push_bind(v.as_str());
+    }
+    if let Some(v) = &filter.event_id {
+        q.push(" AND event_id = ").push_bind(v.as_str());
+    }
+    if let Some(v) = filter.status {
+        q.push(" AND status = ").push_bind(v);
+    }
+    if let Some(v) = filter.since {
+        q.push(" AND created_at >= ").push_bind(v);
+    }
+    if let Some(v) = filter.until {
+        q.push(" AND created_at < ").push_bind(v);
+    }
+    if let Some(v) = before {
+        q.push(" AND id < ").push_bind(v.as_str());
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+pub(crate) async fn delivery(
+    db: impl PgExecutor<'_>,
+    id: &DeliveryId,
+    tenant: Option<&TenantId>,
+) -> Result<Option<Delivery>> {
+    let mut q = QueryBuilder::<Postgres>::new("SELECT ");
+    q.push(DELIVERY_COLUMNS)
+        .push(" FROM deliveries WHERE id = ")
+        .push_bind(id.as_str());
+    if let Some(tenant) = tenant {
+        q.push(" AND tenant_id = ").push_bind(tenant.as_str());
+    }
+    Ok(q.build_query_as().fetch_optional(db).await?)
+}
+
+/// One attempt of a delivery, as recorded by the deliverer.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub(crate) struct Attempt {
+    pub(crate) attempt: i32,
+    pub(crate) trigger: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) started_at: OffsetDateTime,
+    pub(crate) duration_ms: i32,
+    pub(crate) request_headers: Value,
+    pub(crate) response_code: Option<i32>,
+    pub(crate) response_body: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+pub(crate) async fn attempts(db: impl PgExecutor<'_>, delivery: &DeliveryId) -> Result<Vec<Attempt>> {
+    Ok(sqlx::query_as(
+        "SELECT attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error
+         FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
+    )
+    .bind(delivery.as_str())
+    .fetch_all(db)
+    .await?)
+}
+
+/// The stored envelope (`events.body`, compact JSON text) of an event.
+pub(crate) async fn event_body(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    event_id: &EventId,
+) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT body FROM events WHERE tenant_id = $1 AND event_id = $2")
+            .bind(tenant.as_str())
+            .bind(event_id.as_str())
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+// --- stats and recovery --------------------------------------------------------------------
+
+/// `(status, count)` of an endpoint's deliveries created since `since`.
+pub(crate) async fn status_counts(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    since: OffsetDateTime,
+) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT status, count(*) FROM deliveries
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND created_at >= $3 GROUP BY status",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .bind(since)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Durations (ms, ascending) of the successful attempts of an endpoint's deliveries created
+/// since `since`.
+pub(crate) async fn success_durations(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    since: OffsetDateTime,
+) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT a.duration_ms::bigint FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND d.created_at >= $3
+           AND a.error IS NULL AND a.response_code BETWEEN 200 AND 299
+         ORDER BY a.duration_ms",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .bind(since)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Whether each of an endpoint's latest `n` attempts succeeded, newest first.
+pub(crate) async fn recent_outcomes(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    n: i64,
+) -> Result<Vec<bool>> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(a.error IS NULL AND a.response_code BETWEEN 200 AND 299, false)
+         FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.tenant_id = $1 AND d.endpoint_id = $2
+         ORDER BY a.started_at DESC, a.attempt DESC LIMIT $3",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .bind(n)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The status of the endpoint's most recently finished (`delivered` or `failed`) delivery.
+pub(crate) async fn last_finished_status(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT status FROM deliveries
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND status IN ('delivered', 'failed')
+         ORDER BY updated_at DESC, id DESC LIMIT 1",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .fetch_optional(db)
+    .await?)
+}
+
+/// How many of an endpoint's deliveries created at or after `since` are `failed`.
+pub(crate) async fn count_failed_since(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    since: OffsetDateTime,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND status = 'failed' AND created_at >= $3",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .bind(since)
+    .fetch_one(db)
+    .await?)
+}

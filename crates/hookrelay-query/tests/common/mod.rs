@@ -1,0 +1,247 @@
+//! A running query service over a private NATS server and database, with tenants `acme`
+//! and `globex`, and fixtures that play ingest and the deliverer (rows written directly).
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use hookrelay_query::{Config, run};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Reply, TestEnv, eventually};
+use hookrelay_types::{DeliveryId, messages::DeliveryCommand, subjects};
+use prost::Message as _;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN: &str = ADMIN_TOKEN;
+
+pub struct App {
+    pub api: Api,
+    pub db: sqlx::PgPool,
+    pub shutdown: CancellationToken,
+    // Dropped last: it owns the NATS server and the database.
+    pub env: TestEnv,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Query with the test environment's settings plus `extra`.
+pub async fn app_with(extra: &[(&str, &str)]) -> App {
+    let env = TestEnv::start().await.unwrap();
+    let cfg = Config::from_source(&env.source(extra)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(cfg, Some(listener), shutdown.clone()));
+    let ready = eventually(Duration::from_secs(30), || async {
+        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "query never became ready");
+    let db = env.db().await.unwrap();
+    let app = App { api, db, shutdown, env };
+    for (id, name) in [("acme", "Acme Corp"), ("globex", "Globex")] {
+        let r = app
+            .api
+            .post("/v1/tenants", ADMIN, json!({"id": id, "name": name}))
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    app
+}
+
+pub async fn app() -> App {
+    app_with(&[]).await
+}
+
+impl App {
+    /// A new key of `tenant` with `scopes`, made by the admin.
+    pub async fn key(&self, tenant: &str, scopes: &[&str]) -> String {
+        let r = self
+            .api
+            .post(
+                "/v1/api-keys",
+                ADMIN,
+                json!({"tenant_id": tenant, "name": "test", "scopes": scopes}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["key"].as_str().unwrap().to_owned()
+    }
+
+    /// A key of `tenant` with every scope.
+    pub async fn full_key(&self, tenant: &str) -> String {
+        self.key(
+            tenant,
+            &[
+                "events:write",
+                "endpoints:read",
+                "endpoints:write",
+                "deliveries:read",
+                "deliveries:write",
+                "keys:write",
+            ],
+        )
+        .await
+    }
+
+    /// Creates an endpoint and returns its JSON (with `secret`).
+    pub async fn endpoint(&self, token: &str, body: Value) -> Value {
+        let r = self.api.post("/v1/endpoints", token, body).await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body
+    }
+
+    pub async fn simple_endpoint(&self, token: &str) -> String {
+        let ep = self
+            .endpoint(
+                token,
+                json!({"url": "https://example.com/hook", "events": ["orders/*"]}),
+            )
+            .await;
+        ep["id"].as_str().unwrap().to_owned()
+    }
+
+    /// An `events` row, as ingest writes it; returns the body.
+    pub async fn event(&self, tenant: &str, event_id: &str, event_type: &str) -> String {
+        let body = format!(
+            r#"{{"event":"{event_type}","event_id":"{event_id}","timestamp":"2024-03-15T14:30:00Z","data":{{"zeta":1,"alpha":{{"order_id":"ord_1"}},"merchant":"Acme Corp"}}}}"#
+        );
+        sqlx::query(
+            "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, published_at)
+             VALUES ($1, $2, $3, '2024-03-15T14:30:00Z', $4, now())",
+        )
+        .bind(tenant)
+        .bind(event_id)
+        .bind(event_type)
+        .bind(&body)
+        .execute(&self.db)
+        .await
+        .unwrap();
+        body
+    }
+
+    /// A `deliveries` row, as the deliverer writes it, created `age_secs` ago.
+    pub async fn delivery(&self, d: Dlv<'_>) -> String {
+        let id = DeliveryId::generate().to_string();
+        sqlx::query(
+            "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count,
+                                     last_response_code, last_duration_ms, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                     CASE WHEN $6 IN ('pending', 'retrying') THEN now() + interval '1 minute' END,
+                     now() - $10 * interval '1 second', now() - $10 * interval '1 second')",
+        )
+        .bind(&id)
+        .bind(d.tenant)
+        .bind(d.event_id)
+        .bind(d.event_type)
+        .bind(d.endpoint_id)
+        .bind(d.status)
+        .bind(d.attempts)
+        .bind(d.code)
+        .bind(d.code.map(|_| 120))
+        .bind(d.age_secs)
+        .execute(&self.db)
+        .await
+        .unwrap();
+        id
+    }
+
+    /// An `attempts` row; `code` 2xx is a success, anything else a failure.
+    pub async fn attempt(&self, delivery: &str, n: i32, code: Option<i32>, duration_ms: i32, age_secs: i64) {
+        let ok = code.is_some_and(|c| (200..300).contains(&c));
+        let error = if ok {
+            None
+        } else {
+            Some(code.map_or("connection refused".to_owned(), |c| format!("HTTP {c}")))
+        };
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, trigger, started_at, duration_ms, request_headers,
+                                   response_code, response_body, error)
+             VALUES ($1, $2, 'scheduled', now() - $3 * interval '1 second', $4, $5, $6, $7, $8)",
+        )
+        .bind(delivery)
+        .bind(n)
+        .bind(age_secs)
+        .bind(duration_ms)
+        .bind(json!({"webhook-id": "evt_1", "webhook-signature": "v1,abc"}))
+        .bind(code)
+        .bind(code.map(|c| format!("status {c}")))
+        .bind(error)
+        .execute(&self.db)
+        .await
+        .unwrap();
+    }
+
+    /// Every `DeliveryCommand` on HOOKRELAY_COMMANDS, with its subject and `Nats-Msg-Id`.
+    pub async fn commands(&self) -> Vec<(String, String, DeliveryCommand)> {
+        let js = jetstream::new(self.env.nats().await.unwrap());
+        let stream = js.get_stream(subjects::COMMANDS_STREAM).await.unwrap();
+        let last = stream.get_info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let msg_id = m
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                out.push((
+                    m.subject.to_string(),
+                    msg_id,
+                    DeliveryCommand::decode(m.payload).unwrap(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A delivery fixture; `Dlv::new` fills the usual values.
+#[derive(Clone, Copy)]
+pub struct Dlv<'a> {
+    pub tenant: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub endpoint_id: &'a str,
+    pub status: &'a str,
+    pub attempts: i32,
+    pub code: Option<i32>,
+    pub age_secs: i64,
+}
+
+impl<'a> Dlv<'a> {
+    pub fn new(tenant: &'a str, event_id: &'a str, endpoint_id: &'a str, status: &'a str) -> Self {
+        Self {
+            tenant,
+            event_id,
+            event_type: "orders/created",
+            endpoint_id,
+            status,
+            attempts: 1,
+            code: Some(if status == "delivered" { 200 } else { 500 }),
+            age_secs: 60,
+        }
+    }
+}
+
+/// The ids of a list reply's `data`.
+pub fn ids(r: &Reply) -> Vec<String> {
+    r.body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {r:?}"))
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts an error reply: status, code and the contract's body.
+#[track_caller]
+pub fn assert_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.code(), code, "{r:?}");
+    assert!(r.is_error_body(), "{r:?}");
+}

@@ -1,0 +1,520 @@
+//! The whole path over real NATS, Postgres and loopback receivers: an event in (REST or
+//! NATS) becomes a signed, retried, logged webhook delivery.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, verify};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct System {
+    env: TestEnv,
+    api: Api,
+    rx: Receiver,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_all(env: &TestEnv) -> (Api, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let src = env.source(&[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { hookrelay::run_all(&src, Some(listener), stop).await });
+    wait_ready(&api).await;
+    (api, shutdown, task)
+}
+
+async fn wait_ready(api: &Api) {
+    let ready = eventually(Duration::from_secs(30), || async {
+        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "never ready at {}", api.base);
+}
+
+async fn system() -> System {
+    let env = TestEnv::start().await.unwrap();
+    let (api, shutdown, task) = start_all(&env).await;
+    System {
+        env,
+        api,
+        rx: Receiver::start().await.unwrap(),
+        shutdown,
+        task,
+    }
+}
+
+const ALL_SCOPES: [&str; 5] = [
+    "events:write",
+    "endpoints:read",
+    "endpoints:write",
+    "deliveries:read",
+    "deliveries:write",
+];
+
+/// A tenant and an all-scopes key for it.
+async fn tenant(api: &Api, id: &str) -> String {
+    let r = api
+        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": id, "name": id}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = api
+        .post(
+            "/v1/api-keys",
+            ADMIN_TOKEN,
+            json!({"tenant_id": id, "name": "flow", "scopes": ALL_SCOPES}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.body["key"].as_str().unwrap().to_owned()
+}
+
+/// Returns (id, secret).
+async fn endpoint(api: &Api, key: &str, url: String, events: Value) -> (String, String) {
+    let r = api
+        .post("/v1/endpoints", key, json!({"url": url, "events": events}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    (
+        r.body["id"].as_str().unwrap().to_owned(),
+        r.body["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn send(api: &Api, key: &str, body: Value) -> String {
+    let r = api.post("/v1/events", key, body).await;
+    assert!(r.status == 202 || r.status == 200, "{:?}", r.body);
+    r.body["event_id"].as_str().unwrap().to_owned()
+}
+
+/// The delivery of `event_id` to `endpoint_id` once it reaches `status`.
+async fn delivery_with_status(api: &Api, key: &str, event_id: &str, endpoint_id: &str, status: &str) -> Value {
+    let path = format!("/v1/deliveries?event_id={event_id}&endpoint_id={endpoint_id}");
+    let found = eventually(Duration::from_secs(20), || async {
+        let r = api.get(&path, key).await;
+        r.body["data"]
+            .as_array()
+            .and_then(|d| d.first().cloned())
+            .filter(|d| d["status"] == status)
+    })
+    .await;
+    match found {
+        Some(d) => d,
+        None => panic!("no {status} delivery after 20 s: {:?}", api.get(&path, key).await.body),
+    }
+}
+
+#[tokio::test]
+async fn an_event_posted_over_rest_arrives_signed_and_is_logged_with_every_attempt() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    let (ep, secret) = endpoint(&s.api, &key, s.rx.url("ok/main"), json!(["orders/*"])).await;
+    let data = json!({"order_id": "ord_9x8y7z", "items": 3, "merchant": "Acme Corp"});
+    let id = send(&s.api, &key, json!({"event": "orders/created", "data": data})).await;
+
+    let got = s.rx.wait_for("ok/main", &id, 1, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1, "not delivered");
+    let hit = &got[0];
+    verify(&secret, &hit.headers, &hit.body).expect("a receiver accepts the signature");
+    let body = hit.json();
+    assert_eq!(
+        (body["event"].as_str(), body["event_id"].as_str()),
+        (Some("orders/created"), Some(id.as_str()))
+    );
+    assert_eq!(body["data"], data);
+    assert_eq!(hit.header("hookrelay-attempt"), Some("1"));
+    assert_eq!(hit.header("hookrelay-event"), Some("orders/created"));
+    assert_eq!(hit.header("content-type"), Some("application/json"));
+    assert!(hit.header("user-agent").unwrap().starts_with("hookrelay/"));
+
+    let d = delivery_with_status(&s.api, &key, &id, &ep, "delivered").await;
+    assert_eq!(hit.header("hookrelay-delivery-id"), d["id"].as_str());
+    let full = s
+        .api
+        .get(&format!("/v1/deliveries/{}", d["id"].as_str().unwrap()), &key)
+        .await;
+    assert_eq!(full.status, 200);
+    assert_eq!(full.body["payload"], body, "the log shows the payload as delivered");
+    let attempts = full.body["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["response_code"], 200);
+    assert_eq!(attempts[0]["error"], Value::Null);
+    assert_eq!(
+        attempts[0]["request_headers"]["webhook-signature"].as_str(),
+        hit.header("webhook-signature")
+    );
+
+    let event = s.api.get(&format!("/v1/events/{id}"), &key).await;
+    assert_eq!(event.status, 200);
+    assert_eq!(event.body["data"], data);
+    assert_eq!(event.body["deliveries"][0]["id"], d["id"]);
+}
+
+#[tokio::test]
+async fn an_event_published_on_nats_arrives_signed_with_its_type_from_the_subject() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    let (ep, secret) = endpoint(&s.api, &key, s.rx.url("ok/nats"), json!(["returns/updated"])).await;
+    let nats = s.env.nats().await.unwrap();
+    nats.publish(
+        "hookrelay.ingest.acme.returns.updated",
+        br#"{"event_id":"ret_1","data":{"return_id":"r1"}}"#.as_ref().into(),
+    )
+    .await
+    .unwrap();
+    let got = s.rx.wait_for("ok/nats", "ret_1", 1, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1, "not delivered");
+    verify(&secret, &got[0].headers, &got[0].body).unwrap();
+    assert_eq!(got[0].json()["event"], "returns/updated");
+    let d = delivery_with_status(&s.api, &key, "ret_1", &ep, "delivered").await;
+    assert_eq!(d["attempt_count"], 1);
+}
+
+#[tokio::test]
+async fn failing_endpoints_are_retried_on_the_schedule_until_success_or_exhaustion() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    let (flaky, _) = endpoint(&s.api, &key, s.rx.url("flaky/2/f"), json!(["orders/created"])).await;
+    let (dead, _) = endpoint(&s.api, &key, s.rx.url("fail/d"), json!(["orders/created"])).await;
+    let id = send(&s.api, &key, json!({"event": "orders/created", "data": {"n": 1}})).await;
+
+    let d = delivery_with_status(&s.api, &key, &id, &flaky, "delivered").await;
+    let full = s
+        .api
+        .get(&format!("/v1/deliveries/{}", d["id"].as_str().unwrap()), &key)
+        .await;
+    let codes: Vec<_> = full.body["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["response_code"].clone())
+        .collect();
+    assert_eq!(codes, [json!(500), json!(500), json!(200)]);
+    let times: Vec<_> = s.rx.received_id("flaky/2/f", &id).iter().map(|r| r.at).collect();
+    let gaps: Vec<_> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(70) && gaps[1] >= Duration::from_millis(140),
+        "gaps {gaps:?}"
+    );
+    let attempts: Vec<_> =
+        s.rx.received_id("flaky/2/f", &id)
+            .iter()
+            .map(|r| r.header("hookrelay-attempt").unwrap().to_owned())
+            .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    let ids: Vec<_> =
+        s.rx.received_id("flaky/2/f", &id)
+            .iter()
+            .map(|r| r.header("webhook-id").unwrap().to_owned())
+            .collect();
+    assert!(ids.iter().all(|i| *i == id), "webhook-id is the same on every retry");
+
+    let d = delivery_with_status(&s.api, &key, &id, &dead, "failed").await;
+    assert_eq!(d["attempt_count"], 4, "1 attempt + 3 retries for a 3-step schedule");
+    assert_eq!(d["last_response_code"], 500);
+    let full = s
+        .api
+        .get(&format!("/v1/deliveries/{}", d["id"].as_str().unwrap()), &key)
+        .await;
+    for a in full.body["attempts"].as_array().unwrap() {
+        assert_eq!(a["error"], "HTTP 500");
+        assert_eq!(a["response_body"], "receiver is down");
+    }
+    assert_eq!(s.rx.received_id("fail/d", &id).len(), 4);
+}
+
+#[tokio::test]
+async fn a_duplicate_event_over_rest_and_nats_is_delivered_once() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    let (ep, _) = endpoint(&s.api, &key, s.rx.url("ok/dup"), json!(["orders/created"])).await;
+    let body = json!({"event": "orders/created", "event_id": "evt_dup_1", "data": {}});
+    assert_eq!(s.api.post("/v1/events", &key, body.clone()).await.status, 202);
+    let again = s.api.post("/v1/events", &key, body).await;
+    assert_eq!((again.status, again.body["duplicate"].clone()), (200, json!(true)));
+    let nats = s.env.nats().await.unwrap();
+    nats.publish(
+        "hookrelay.ingest.acme.orders.created",
+        br#"{"event_id":"evt_dup_1","data":{}}"#.as_ref().into(),
+    )
+    .await
+    .unwrap();
+    delivery_with_status(&s.api, &key, "evt_dup_1", &ep, "delivered").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.rx.received_id("ok/dup", "evt_dup_1").len(), 1);
+}
+
+#[tokio::test]
+async fn events_reach_only_the_endpoints_whose_patterns_and_filters_match() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    endpoint(&s.api, &key, s.rx.url("ok/orders"), json!(["orders/*"])).await;
+    endpoint(&s.api, &key, s.rx.url("ok/updated"), json!(["*/updated"])).await;
+    endpoint(&s.api, &key, s.rx.url("ok/everything"), json!(["*"])).await;
+    endpoint(&s.api, &key, s.rx.url("ok/deep"), json!(["product-stock/**"])).await;
+    let r = s
+        .api
+        .post(
+            "/v1/endpoints",
+            &key,
+            json!({"url": s.rx.url("ok/acme"), "events": ["orders/created"], "filter": {"data.merchant": "Acme Corp", "data.items": {"$gte": 2}}}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let disabled = s
+        .api
+        .post(
+            "/v1/endpoints",
+            &key,
+            json!({"url": s.rx.url("ok/off"), "events": ["*"], "enabled": false}),
+        )
+        .await;
+    assert_eq!(disabled.status, 201);
+
+    let created = send(
+        &s.api,
+        &key,
+        json!({"event": "orders/created", "data": {"merchant": "Acme Corp", "items": 3}}),
+    )
+    .await;
+    let small = send(
+        &s.api,
+        &key,
+        json!({"event": "orders/created", "data": {"merchant": "Acme Corp", "items": 1}}),
+    )
+    .await;
+    let stock = send(
+        &s.api,
+        &key,
+        json!({"event": "product-stock/updated", "data": {"sku": "S1"}}),
+    )
+    .await;
+    let nested = send(&s.api, &key, json!({"event": "product-stock/updated/eu", "data": {}})).await;
+
+    let everything = s.rx.clone();
+    let all_four = eventually(Duration::from_secs(15), || async {
+        (everything.received("ok/everything").len() >= 4).then_some(())
+    })
+    .await;
+    assert!(all_four.is_some(), "`*` endpoint did not get all four");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids = |path: &str| -> Vec<String> {
+        let mut v: Vec<_> =
+            s.rx.received(path)
+                .iter()
+                .map(|r| r.header("webhook-id").unwrap().to_owned())
+                .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(ids("ok/orders"), sorted(vec![created.clone(), small.clone()]));
+    assert_eq!(ids("ok/updated"), vec![stock.clone()]);
+    assert_eq!(ids("ok/deep"), sorted(vec![stock, nested]));
+    assert_eq!(ids("ok/acme"), vec![created]);
+    assert!(ids("ok/off").is_empty(), "a disabled endpoint receives nothing");
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own_endpoints_events_and_deliveries() {
+    let s = system().await;
+    let acme = tenant(&s.api, "acme").await;
+    let globex = tenant(&s.api, "globex").await;
+    let (ep, _) = endpoint(&s.api, &acme, s.rx.url("ok/acme"), json!(["*"])).await;
+    let id = send(&s.api, &acme, json!({"event": "orders/created", "data": {}})).await;
+    let d = delivery_with_status(&s.api, &acme, &id, &ep, "delivered").await;
+
+    for path in [
+        format!("/v1/endpoints/{ep}"),
+        format!("/v1/events/{id}"),
+        format!("/v1/deliveries/{}", d["id"].as_str().unwrap()),
+    ] {
+        let r = s.api.get(&path, &globex).await;
+        assert_eq!(r.status, 404, "{path}: {:?}", r.body);
+        assert!(r.is_error_body());
+    }
+    let list = s.api.get("/v1/deliveries", &globex).await;
+    assert_eq!(list.body["data"], json!([]));
+    let list = s.api.get("/v1/endpoints", &globex).await;
+    assert_eq!(list.body["data"], json!([]));
+    // An event with the same id in another tenant is a different event.
+    let r = s
+        .api
+        .post(
+            "/v1/events",
+            &globex,
+            json!({"event": "orders/created", "event_id": id, "data": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+}
+
+#[tokio::test]
+async fn a_pending_retry_survives_a_restart_of_everything() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    // The first attempt fails; the retry is due after 100 ms but the system stops first.
+    let (ep, secret) = endpoint(&s.api, &key, s.rx.url("flaky/1/r"), json!(["orders/created"])).await;
+    let id = send(&s.api, &key, json!({"event": "orders/created", "data": {}})).await;
+    let first = s.rx.wait_for("flaky/1/r", &id, 1, Duration::from_secs(15)).await;
+    assert_eq!(first.len(), 1);
+    s.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), s.task)
+        .await
+        .expect("stops within the drain deadline")
+        .unwrap()
+        .unwrap();
+
+    let (api, _stop, _task) = start_all(&s.env).await;
+    let got = s.rx.wait_for("flaky/1/r", &id, 2, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 2, "the retry was not made after the restart");
+    verify(&secret, &got[1].headers, &got[1].body).unwrap();
+    let d = delivery_with_status(&api, &key, &id, &ep, "delivered").await;
+    assert_eq!(d["attempt_count"], 2);
+}
+
+#[tokio::test]
+async fn the_four_services_run_as_separate_processes_deliver_end_to_end() {
+    let env = TestEnv::start().await.unwrap();
+    let src = env.source(&[]);
+    let shutdown = CancellationToken::new();
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let (li, lq, lr, ld) = (bind().await, bind().await, bind().await, bind().await);
+    let ingest = Api::new(format!("http://{}", li.local_addr().unwrap()));
+    let query = Api::new(format!("http://{}", lq.local_addr().unwrap()));
+    let workers = [
+        Api::new(format!("http://{}", lr.local_addr().unwrap())),
+        Api::new(format!("http://{}", ld.local_addr().unwrap())),
+    ];
+    tokio::spawn(hookrelay_ingest::run(
+        hookrelay_ingest::Config::from_source(&src).unwrap(),
+        Some(li),
+        shutdown.clone(),
+    ));
+    tokio::spawn(hookrelay_query::run(
+        hookrelay_query::Config::from_source(&src).unwrap(),
+        Some(lq),
+        shutdown.clone(),
+    ));
+    tokio::spawn(hookrelay_router::run(
+        hookrelay_router::Config::from_source(&src).unwrap(),
+        Some(lr),
+        shutdown.clone(),
+    ));
+    tokio::spawn(hookrelay_deliverer::run(
+        hookrelay_deliverer::Config::from_source(&src).unwrap(),
+        Some(ld),
+        shutdown.clone(),
+    ));
+    for api in [&ingest, &query, &workers[0], &workers[1]] {
+        wait_ready(api).await;
+    }
+    let rx = Receiver::start().await.unwrap();
+    let key = tenant(&query, "acme").await;
+    let (ep, secret) = endpoint(&query, &key, rx.url("ok/split"), json!(["shipping-labels/created"])).await;
+    let id = send(
+        &ingest,
+        &key,
+        json!({"event": "shipping-labels/created", "data": {"label_id": "lbl_1"}}),
+    )
+    .await;
+    let got = rx.wait_for("ok/split", &id, 1, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1);
+    verify(&secret, &got[0].headers, &got[0].body).unwrap();
+    delivery_with_status(&query, &key, &id, &ep, "delivered").await;
+    shutdown.cancel();
+}
+
+/// The real `hookrelay` binary with this environment's variables.
+fn binary(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOOKRELAY_NATS_URL", &env.nats_url)
+        .env("HOOKRELAY_DATABASE_URL", &env.database_url)
+        .env("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[tokio::test]
+async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
+    let env = TestEnv::start().await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = binary(&env, &["all"], &[("HOOKRELAY_HTTP_ADDR", &addr)])
+        .spawn()
+        .unwrap();
+    wait_ready(&Api::new(format!("http://{addr}"))).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = eventually(Duration::from_secs(15), || {
+        let done = child.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    assert_eq!(
+        exited.map(|s| s.code()),
+        Some(Some(0)),
+        "did not exit cleanly on SIGTERM"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_the_binary_with_a_message_naming_the_variable() {
+    let env = TestEnv::start().await.unwrap();
+    let out = binary(&env, &["all"], &[("HOOKRELAY_RETRY_SCHEDULE", "5s,soon")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HOOKRELAY_RETRY_SCHEDULE"), "{err}");
+    let out = binary(&env, &["query"], &[])
+        .env_remove("HOOKRELAY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOOKRELAY_ADMIN_TOKEN"));
+}
+
+#[tokio::test]
+async fn migrate_prepares_the_database_and_streams_then_exits() {
+    let env = TestEnv::start().await.unwrap();
+    let out = binary(&env, &["migrate"], &[]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db = env.db().await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('tenants','api_keys','endpoints','events','deliveries','attempts')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(tables, 6);
+    let js = async_nats::jetstream::new(env.nats().await.unwrap());
+    for stream in [
+        hookrelay_types::subjects::INGEST_STREAM,
+        hookrelay_types::subjects::EVENTS_STREAM,
+        hookrelay_types::subjects::DELIVERIES_STREAM,
+        hookrelay_types::subjects::COMMANDS_STREAM,
+        hookrelay_types::subjects::DEAD_STREAM,
+    ] {
+        assert!(js.get_stream(stream).await.is_ok(), "{stream} missing");
+    }
+}
