@@ -3,7 +3,9 @@
 //! public. Names are judged again by the deliverer when they resolve. Reads no tables or
 //! subjects.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+use hookrelay_types::address::is_public;
 
 use hookrelay_types::Invalid;
 
@@ -39,49 +41,6 @@ pub(crate) fn check_url(raw: &str, allow_private: bool) -> Result<url::Url, Inva
         return Err(bad(format!("{ip} is not a public address")));
     }
     Ok(url)
-}
-
-/// Whether `ip` is a globally reachable unicast address (the deliverer's rule).
-pub(crate) fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => is_public_v6(v6),
-    }
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || a == 0 // "this network", 0.0.0.0/8
-        || ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64.0.0/10
-        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments 192.0.0.0/24
-        || ip.is_documentation()
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18.0.0/15
-        || ip.is_multicast()
-        || a >= 240) // reserved 240.0.0.0/4 and broadcast
-}
-
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
-        return false;
-    }
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_public_v4(v4);
-    }
-    let s = ip.segments();
-    // NAT64 (64:ff9b::/96) and the IPv4-compatible form (::a.b.c.d) embed an IPv4 address.
-    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) || s[..6] == [0; 6] {
-        let [a, b] = s[6].to_be_bytes();
-        let [c, d] = s[7].to_be_bytes();
-        return is_public_v4(Ipv4Addr::new(a, b, c, d));
-    }
-    !(ip.is_unique_local() // fc00::/7
-        || ip.is_unicast_link_local() // fe80::/10
-        || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
-        || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation 2001:db8::/32
 }
 
 #[cfg(test)]

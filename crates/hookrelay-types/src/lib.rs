@@ -2,6 +2,7 @@
 //! and subscription patterns, payload filters, NATS subjects and stream names, the internal
 //! messages generated from `proto-schemas/`, and the Standard Webhooks signature scheme.
 
+pub mod address;
 pub mod envelope;
 pub mod event_type;
 pub mod filter;
