@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::{
     Config,
+    retry::{self, Backoff},
     target::{self, DnsError, NotPublic},
 };
 
@@ -21,6 +22,9 @@ use crate::{
 pub(crate) const READ_LIMIT: usize = 64 * 1024;
 /// Keep at most this much of a response body in the attempt record.
 pub(crate) const STORED_LIMIT: usize = 4 * 1024;
+
+/// A receiver's answer that ends the delivery at once.
+const GONE: u16 = 410;
 
 pub(crate) const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
 
@@ -70,6 +74,8 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<String>,
     /// Whether a request went out (for the duration histogram).
     pub(crate) sent: bool,
+    /// When the receiver wants the next try (429, 503, timeouts).
+    pub(crate) backoff: Backoff,
 }
 
 impl Outcome {
@@ -83,11 +89,17 @@ impl Outcome {
             response_body: None,
             error: Some(error.into()),
             sent: false,
+            backoff: Backoff::default(),
         }
     }
 
     pub(crate) fn succeeded(&self) -> bool {
         self.error.is_none()
+    }
+
+    /// The receiver says the endpoint is gone for good (410): no retry can succeed.
+    pub(crate) fn gone(&self) -> bool {
+        self.response_code == Some(GONE)
     }
 }
 
@@ -134,6 +146,7 @@ impl Sender {
             response_body: None,
             error: None,
             sent: false,
+            backoff: Backoff::default(),
         };
         let url = match target::check_url(req.url, self.allow_private) {
             Ok(url) => url,
@@ -146,10 +159,17 @@ impl Sender {
         let deadline = tokio::time::Instant::from_std(start + self.attempt_timeout);
         let sending = self.client.post(url).headers(headers).body(req.body).send();
         match tokio::time::timeout_at(deadline, sending).await {
-            Err(_) => outcome.error = Some(format!("timeout after {}", human(self.attempt_timeout))),
-            Ok(Err(error)) => outcome.error = Some(self.describe(&error)),
+            Err(_) => {
+                outcome.error = Some(format!("timeout after {}", human(self.attempt_timeout)));
+                outcome.backoff.floored = true;
+            }
+            Ok(Err(error)) => {
+                outcome.error = Some(self.describe(&error));
+                outcome.backoff.floored = error.is_timeout();
+            }
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
+                outcome.backoff = backoff(status, response.headers());
                 // The status already answers; a slow or broken body only shortens what is kept.
                 let body = read_capped(response, deadline).await;
                 outcome.response_code = Some(status);
@@ -199,7 +219,23 @@ pub(crate) fn classify(status: u16) -> Option<String> {
     match status {
         200..=299 => None,
         300..=399 => Some(format!("redirect not followed (HTTP {status})")),
+        GONE => Some(format!("HTTP {GONE} (endpoint gone)")),
         _ => Some(format!("HTTP {status}")),
+    }
+}
+
+/// What a response's status and `Retry-After` say about the next try.
+fn backoff(status: u16, headers: &HeaderMap) -> Backoff {
+    let retry_after = match status {
+        429 | 503 => headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, OffsetDateTime::now_utc())),
+        _ => None,
+    };
+    Backoff {
+        retry_after,
+        floored: status == 429,
     }
 }
 
@@ -311,8 +347,38 @@ mod tests {
         assert_eq!(classify(299), None);
         assert_eq!(classify(302).as_deref(), Some("redirect not followed (HTTP 302)"));
         assert_eq!(classify(404).as_deref(), Some("HTTP 404"));
+        assert_eq!(classify(410).as_deref(), Some("HTTP 410 (endpoint gone)"));
         assert_eq!(classify(500).as_deref(), Some("HTTP 500"));
         assert_eq!(classify(100).as_deref(), Some("HTTP 100"));
+    }
+
+    #[test]
+    fn retry_after_counts_on_429_and_503_only_and_429_is_floored() {
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        let seven = Some(Duration::from_secs(7));
+        assert_eq!(
+            backoff(429, &headers),
+            Backoff {
+                retry_after: seven,
+                floored: true
+            }
+        );
+        assert_eq!(
+            backoff(503, &headers),
+            Backoff {
+                retry_after: seven,
+                floored: false
+            }
+        );
+        assert_eq!(backoff(500, &headers), Backoff::default());
+        assert_eq!(
+            backoff(429, &HeaderMap::new()),
+            Backoff {
+                retry_after: None,
+                floored: true
+            }
+        );
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct Config {
     pub attempt_timeout: Duration,
     /// `HOOKRELAY_DELIVERER_CONCURRENCY`: attempts in flight at once (jobs and retries).
     pub concurrency: usize,
+    /// `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`: attempts in flight at once to one endpoint, so a
+    /// slow endpoint cannot hold every slot of `concurrency`.
+    pub endpoint_max_in_flight: usize,
+    /// `HOOKRELAY_RETRY_FLOOR`: the least wait before retrying after a 429 or a timeout.
+    pub retry_floor: Duration,
     /// `HOOKRELAY_SCHEDULER_INTERVAL`: how often due retries are claimed.
     pub poll_interval: Duration,
     /// `HOOKRELAY_ATTEMPT_LEASE`: how long a claimed delivery is held by one deliverer; if
@@ -39,11 +44,16 @@ impl Config {
             connect_timeout: src.duration("HOOKRELAY_DELIVERY_CONNECT_TIMEOUT", Duration::from_secs(5))?,
             attempt_timeout: src.duration("HOOKRELAY_DELIVERY_TIMEOUT", Duration::from_secs(15))?,
             concurrency: src.get("HOOKRELAY_DELIVERER_CONCURRENCY", 256)?,
+            endpoint_max_in_flight: src.get("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", 8)?,
+            retry_floor: src.duration("HOOKRELAY_RETRY_FLOOR", Duration::from_secs(1))?,
             poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_millis(100))?,
             lease: src.duration("HOOKRELAY_ATTEMPT_LEASE", Duration::from_secs(60))?,
         };
         if cfg.concurrency == 0 {
             bail!("HOOKRELAY_DELIVERER_CONCURRENCY must be at least 1");
+        }
+        if cfg.endpoint_max_in_flight == 0 {
+            bail!("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT must be at least 1");
         }
         if cfg.attempt_timeout.is_zero() {
             bail!("HOOKRELAY_DELIVERY_TIMEOUT must be more than 0");
@@ -81,6 +91,8 @@ mod tests {
         assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
         assert_eq!(cfg.attempt_timeout, Duration::from_secs(15));
         assert_eq!(cfg.concurrency, 256);
+        assert_eq!(cfg.endpoint_max_in_flight, 8);
+        assert_eq!(cfg.retry_floor, Duration::from_secs(1));
         assert_eq!(cfg.poll_interval, Duration::from_millis(100));
         assert_eq!(cfg.lease, Duration::from_secs(60));
         assert_eq!(cfg.common.http_addr.to_string(), "127.0.0.1:8083");
@@ -103,6 +115,9 @@ mod tests {
             ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "maybe"),
             ("HOOKRELAY_DELIVERER_CONCURRENCY", "0"),
             ("HOOKRELAY_DELIVERY_TIMEOUT", "fast"),
+            ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "0"),
+            ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "many"),
+            ("HOOKRELAY_RETRY_FLOOR", "soon"),
         ] {
             let e = Config::from_source(&Source::from_pairs([(key, value)]))
                 .unwrap_err()

@@ -1,7 +1,8 @@
 //! The deliverer's two NATS consumers.
 //! - Jobs: HOOKRELAY_DELIVERIES (`hookrelay.deliveries.<tenant>.<endpoint>`, durable
 //!   consumer `deliverer`). Each `DeliveryJob` becomes a `deliveries` row; the job is acked
-//!   once the row is stored, then attempt 1 is made at once.
+//!   once the row is stored, then attempt 1 is made at once, unless the endpoint already
+//!   has its cap of attempts in flight: then the row is stored due now for the scheduler.
 //! - Commands: HOOKRELAY_COMMANDS (`hookrelay.commands.deliverer.<tenant>`, durable
 //!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows.
 
@@ -100,7 +101,11 @@ async fn on_job(d: &Deliverer, msg: Message) {
     let Ok(permit) = d.permits.clone().acquire_owned().await else {
         return;
     };
-    let inserted = match store::insert_delivery(&d.db, &job, d.cfg.lease).await {
+    // An endpoint at its cap gets its row due now instead: the scheduler claims it when a
+    // slot frees, and this job's permit goes back at once.
+    let slot = d.in_flight.try_acquire(&job.endpoint_id);
+    let lease = if slot.is_some() { d.cfg.lease } else { Duration::ZERO };
+    let inserted = match store::insert_delivery(&d.db, &job, lease).await {
         Ok(inserted) => inserted,
         Err(error) => return settle(&msg, Err(error.into()), "job").await,
     };
@@ -123,6 +128,9 @@ async fn on_job(d: &Deliverer, msg: Message) {
     // From here Postgres holds the delivery: if this process dies before the attempt is
     // recorded, the scheduler attempts it when the row's lease runs out.
     settle(&msg, Ok(AckKind::Ack), "job").await;
+    let Some(slot) = slot else {
+        return;
+    };
     let due = Due {
         id: job.delivery_id,
         tenant_id: job.tenant_id,
@@ -134,7 +142,7 @@ async fn on_job(d: &Deliverer, msg: Message) {
         body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
     };
     deliver::deliver(d, due).await;
-    drop(permit);
+    drop((slot, permit));
 }
 
 #[tracing::instrument(skip_all, fields(subject = %msg.subject))]

@@ -1,6 +1,7 @@
 //! One delivery's next attempt, end to end: read its endpoint (`endpoints`), make the
 //! attempt, record it in `attempts` and move the `deliveries` row on (delivered, retrying
-//! or failed). Shared by the jobs consumer (attempt 1) and the scheduler (every retry).
+//! or failed; a 410 fails it at once). Shared by the jobs consumer (attempt 1) and the
+//! scheduler (every retry).
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +12,7 @@ use tracing::{error, warn};
 use crate::{
     Config,
     attempt::{Outcome, Request, Sender},
+    in_flight::InFlight,
     retry::{self, Next},
     store::{self, AttemptRow, Due},
 };
@@ -30,6 +32,8 @@ pub(crate) struct Deliverer {
     pub(crate) cfg: Arc<Config>,
     /// Attempts in flight, shared by the jobs consumer and the scheduler.
     pub(crate) permits: Arc<Semaphore>,
+    /// Attempts in flight per endpoint, capped so a slow endpoint leaves room for the rest.
+    pub(crate) in_flight: Arc<InFlight>,
 }
 
 /// Makes the next attempt of `due` and records it. Never fails: trouble is logged, and a
@@ -43,16 +47,18 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due) {
         warn!(%error, endpoint_id = %due.endpoint_id, event_id = %due.event_id, "delivery attempt failed");
     }
     let decide = |number: i32| {
-        if is_final {
-            Next::Failed
-        } else {
-            let number = u32::try_from(number).unwrap_or(u32::MAX);
-            retry::next(
-                &d.cfg.retry_schedule,
-                number,
-                outcome.succeeded(),
-                retry::random_jitter(),
-            )
+        if is_final || outcome.gone() {
+            return Next::Failed;
+        }
+        let number = u32::try_from(number).unwrap_or(u32::MAX);
+        match retry::next(
+            &d.cfg.retry_schedule,
+            number,
+            outcome.succeeded(),
+            retry::random_jitter(),
+        ) {
+            Next::Retry(wait) => Next::Retry(retry::stretch(wait, outcome.backoff, d.cfg.retry_floor)),
+            next => next,
         }
     };
     let row = AttemptRow {

@@ -9,6 +9,7 @@ mod config;
 mod consume;
 mod deliver;
 mod error;
+mod in_flight;
 mod retry;
 mod scheduler;
 mod store;
@@ -29,6 +30,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         sender: Arc::new(attempt::Sender::new(cfg).map_err(DeliverError::from)?),
         cfg: Arc::new(cfg.clone()),
         permits: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency)),
+        in_flight: in_flight::InFlight::new(cfg.endpoint_max_in_flight),
     };
     let jobs = consume::jobs_consumer(&rt.js).await?;
     let commands = consume::commands_consumer(&rt.js).await?;

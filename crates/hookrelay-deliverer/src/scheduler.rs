@@ -2,6 +2,13 @@
 //! SKIP LOCKED`, leased by pushing `next_attempt_at` forward), reads each one's envelope
 //! from `events`, and attempts them concurrently within the shared in-flight limit. This is
 //! how retries survive restarts and how several deliverers share the work.
+//!
+//! Head-of-line blocking: the claim takes no more of an endpoint's rows than its free
+//! per-endpoint slots (`HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT` minus what is in flight here),
+//! using a window function over the due rows; an endpoint's excess stays due and
+//! unclaimed, costing neither an attempt nor a lease. So a dead endpoint with a large
+//! backlog holds at most its cap of the `HOOKRELAY_DELIVERER_CONCURRENCY` slots, and the
+//! rest serve healthy endpoints.
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::warn;
@@ -36,7 +43,9 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
             continue;
         }
         let limit = i64::try_from(free).unwrap_or(1);
-        let due = match store::claim_due(&d.db, limit, d.cfg.lease).await {
+        let cap = i32::try_from(d.in_flight.cap()).unwrap_or(i32::MAX);
+        let busy = d.in_flight.snapshot();
+        let due = match store::claim_due(&d.db, limit, d.cfg.lease, cap, &busy).await {
             Ok(due) => due,
             Err(error) => {
                 warn!(%error, "claiming due deliveries failed");
@@ -45,13 +54,20 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
         };
         more = due.len() == free;
         for row in due {
+            // The job path may have taken the endpoint's last slot since the snapshot.
+            let Some(slot) = d.in_flight.try_acquire(&row.endpoint_id) else {
+                if let Err(error) = store::release(&d.db, &row.id).await {
+                    warn!(%error, delivery_id = %row.id, "releasing a claimed delivery failed; it runs when its lease ends");
+                }
+                continue;
+            };
             let Ok(permit) = d.permits.clone().acquire_owned().await else {
                 break;
             };
             let d = d.clone();
             tracker.spawn(async move {
                 deliver::deliver(&d, row).await;
-                drop(permit);
+                drop((slot, permit));
             });
         }
     }

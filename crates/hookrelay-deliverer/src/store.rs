@@ -44,7 +44,8 @@ pub(crate) struct AttemptRow<'a> {
 }
 
 /// The new delivery's id, or `None` when (tenant, event, endpoint) already has one. The row
-/// starts leased, so the scheduler leaves it alone while the first attempt runs.
+/// starts leased, so the scheduler leaves it alone while the first attempt runs; with a
+/// zero `lease` it starts due now, for the scheduler to attempt.
 pub(crate) async fn insert_delivery(
     db: impl PgExecutor<'_>,
     job: &hookrelay_types::messages::DeliveryJob,
@@ -97,13 +98,35 @@ pub(crate) async fn endpoint(db: impl PgExecutor<'_>, tenant: &str, id: &str) ->
 /// Claims up to `limit` due deliveries by pushing their `next_attempt_at` a lease ahead (so
 /// other deliverers skip them, and they come due again if this process dies), with each
 /// one's stored envelope.
-pub(crate) async fn claim_due(db: impl PgExecutor<'_>, limit: i64, lease: Duration) -> Result<Vec<Due>, sqlx::Error> {
+///
+/// No endpoint gets more than `cap` minus its `busy` count (attempts this process already
+/// has in flight to it): a window function ranks each endpoint's due rows oldest first and
+/// only the free ranks are claimed. The rest stay due and untouched (no attempt counted,
+/// no lease), so a dead endpoint's backlog never crowds out other endpoints' rows, and it
+/// is claimed as its own attempts finish. Ranking reads every due row; the claim then locks
+/// only what it takes.
+pub(crate) async fn claim_due(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+    lease: Duration,
+    cap: i32,
+    busy: &[(String, i32)],
+) -> Result<Vec<Due>, sqlx::Error> {
+    let (busy_ids, busy_counts): (Vec<&str>, Vec<i32>) = busy.iter().map(|(id, n)| (id.as_str(), *n)).unzip();
     sqlx::query_as(
-        "WITH claimed AS (
+        "WITH busy AS (
+             SELECT * FROM unnest($4::text[], $5::int4[]) AS b(endpoint_id, in_flight)),
+         ranked AS (
+             SELECT d.id, $3::int4 - COALESCE(b.in_flight, 0) AS free,
+                    row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rank
+             FROM deliveries d LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
+             WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()),
+         claimed AS (
              UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
              WHERE id IN (
                  SELECT id FROM deliveries
-                 WHERE status IN ('pending', 'retrying') AND next_attempt_at <= now()
+                 WHERE id IN (SELECT id FROM ranked WHERE rank <= free)
+                   AND status IN ('pending', 'retrying') AND next_attempt_at <= now()
                  ORDER BY next_attempt_at
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
@@ -115,8 +138,23 @@ pub(crate) async fn claim_due(db: impl PgExecutor<'_>, limit: i64, lease: Durati
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
+    .bind(cap)
+    .bind(busy_ids)
+    .bind(busy_counts)
     .fetch_all(db)
     .await
+}
+
+/// Gives a claimed delivery back unattempted: due now, for whichever deliverer has room.
+pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = now()
+         WHERE id = $1 AND status IN ('pending', 'retrying')",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// In one transaction: numbers the attempt after the row's current count, stores it, and

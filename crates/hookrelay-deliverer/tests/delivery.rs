@@ -904,3 +904,223 @@ async fn a_retry_asked_for_during_an_attempt_is_not_lost() {
     assert_eq!(receiver.received_id("slow/1500/x", &sent.event_id).len(), 2);
     running.stop().await;
 }
+
+/// Publishes `n` events to `path` of the receiver one after another and returns each one's
+/// time from publish to arrival, sorted.
+async fn healthy_latencies(
+    db: &sqlx::PgPool,
+    js: &jetstream::Context,
+    receiver: &Receiver,
+    path: &str,
+    n: usize,
+) -> Vec<Duration> {
+    let (ep, _) = endpoint(db, &receiver.url(path), json!({})).await;
+    let mut sent = Vec::with_capacity(n);
+    for _ in 0..n {
+        let event = store_event(db).await;
+        let at = Instant::now();
+        publish_job(js, &job(&event, &ep), "").await;
+        sent.push((event.event_id, at));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for (event_id, at) in sent {
+        let got = receiver.wait_for(path, &event_id, 1, WAIT).await;
+        assert_eq!(got.len(), 1, "{event_id} never arrived at {path}");
+        latencies.push(got[0].at.saturating_duration_since(at));
+    }
+    latencies.sort();
+    latencies
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+#[tokio::test]
+async fn a_dead_endpoints_backlog_does_not_delay_healthy_endpoints() {
+    const BACKLOG: i32 = 400;
+    let env = TestEnv::start().await.unwrap();
+    // 16 slots; the dead endpoint may hold its cap of 8 of them, each for the whole 2s timeout.
+    let (running, db, js) = setup(
+        &env,
+        &[
+            ("HOOKRELAY_DELIVERER_CONCURRENCY", "16"),
+            ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
+            ("HOOKRELAY_RETRY_SCHEDULE", "1m"),
+        ],
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    // The first deliveries after start pay for connections and the consumer's first pull.
+    healthy_latencies(&db, &js, &receiver, "ok/warm-up", 5).await;
+    let baseline = healthy_latencies(&db, &js, &receiver, "ok/baseline", 50).await;
+
+    let (dead, _) = endpoint(&db, &receiver.url("slow/3000/dead"), json!({})).await;
+    let backlog_started = Instant::now();
+    sqlx::query(
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, published_at)
+         SELECT $1, 'evt_backlog_' || g, 'orders/created', now(), '{}', now() FROM generate_series(1, $2) g",
+    )
+    .bind(TENANT)
+    .bind(BACKLOG)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, next_attempt_at)
+         SELECT 'dlv_backlog_' || g, $1, 'evt_backlog_' || g, 'orders/created', $3, 'retrying', 1, now()
+         FROM generate_series(1, $2) g",
+    )
+    .bind(TENANT)
+    .bind(BACKLOG)
+    .bind(&dead)
+    .execute(&db)
+    .await
+    .unwrap();
+    let saturated = eventually(WAIT, || async {
+        (receiver.received("slow/3000/dead").len() >= 8).then_some(())
+    })
+    .await;
+    assert!(saturated.is_some(), "the dead endpoint's backlog never started");
+
+    let loaded = healthy_latencies(&db, &js, &receiver, "ok/healthy", 50).await;
+    eprintln!(
+        "healthy latency: without backlog p50 {:?} p99 {:?}; with a dead endpoint's backlog p50 {:?} p99 {:?}",
+        percentile(&baseline, 50),
+        percentile(&baseline, 99),
+        percentile(&loaded, 50),
+        percentile(&loaded, 99),
+    );
+    // Without the cap every slot holds a dead attempt for up to 2s, and a healthy job waits
+    // for one of them to time out.
+    let worst = *loaded.last().unwrap();
+    assert!(
+        worst < Duration::from_millis(1000),
+        "slowest healthy delivery took {worst:?}"
+    );
+    // At most 8 at a time, each held for the 2s timeout (one wave of slack for timing).
+    let dead_attempts = receiver.received("slow/3000/dead").len();
+    let waves = (backlog_started.elapsed().as_secs_f64() / 2.0).floor() as usize + 2;
+    assert!(
+        dead_attempts <= 8 * waves,
+        "{dead_attempts} dead attempts in {waves} waves: past the cap"
+    );
+    running.stop().await;
+}
+
+/// Answers the first request with 429 `Retry-After: 2`, every later one with 200; records when.
+async fn busy_receiver() -> (String, Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = Router::new().route(
+        "/busy",
+        post(move || {
+            let mut log = log.lock().unwrap();
+            log.push(Instant::now());
+            let first = log.len() == 1;
+            async move {
+                if first {
+                    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")], "slow down").into_response()
+                } else {
+                    "ok".into_response()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, seen)
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "100ms,100ms")]).await;
+    let (base, seen) = busy_receiver().await;
+    let (ep, _) = endpoint(&db, &format!("{base}/busy"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "delivered", 2).await;
+    let codes: Vec<_> = attempts(&db, &sent.delivery_id)
+        .await
+        .iter()
+        .map(|a| a.response_code)
+        .collect();
+    assert_eq!(codes, [Some(429), Some(200)]);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1] - seen[0];
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "retried after {gap:?}, asked for 2s"
+    );
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_410_fails_the_delivery_at_once() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "100ms,100ms,100ms")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("status/410/gone"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    let row = wait_for(&db, &sent.delivery_id, "failed", 1).await;
+    assert_eq!((row.attempt_count, row.last_response_code), (1, Some(410)));
+    assert!(row.next_attempt_at.is_none());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let recorded = attempts(&db, &sent.delivery_id).await;
+    assert_eq!(recorded.len(), 1, "no retry after a 410: {recorded:?}");
+    assert_eq!(recorded[0].error.as_deref(), Some("HTTP 410 (endpoint gone)"));
+    assert_eq!(receiver.received_id("status/410/gone", &sent.event_id).len(), 1);
+    let enabled: bool = sqlx::query_scalar("SELECT enabled FROM endpoints WHERE id = $1")
+        .bind(&ep)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(enabled, "the endpoint itself is left alone");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_for_an_endpoint_at_its_cap_is_left_due_for_the_scheduler() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "1")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("slow/1500/capped"), json!({})).await;
+    let first = send_event(&db, &js, &ep).await;
+    receiver.wait_for("slow/1500/capped", &first.event_id, 1, WAIT).await;
+    let second = send_event(&db, &js, &ep).await;
+
+    // Stored, unattempted and due now while the first attempt holds the endpoint's one slot.
+    let waiting = eventually(WAIT, || async {
+        let due: Option<bool> = sqlx::query_scalar(
+            "SELECT next_attempt_at <= now() FROM deliveries
+             WHERE id = $1 AND status = 'pending' AND attempt_count = 0",
+        )
+        .bind(&second.delivery_id)
+        .fetch_optional(&db)
+        .await
+        .unwrap();
+        due.filter(|due| *due)
+    })
+    .await;
+    assert!(waiting.is_some(), "{:?}", delivery(&db, &second.delivery_id).await);
+    assert!(receiver.received_id("slow/1500/capped", &second.event_id).is_empty());
+
+    wait_for(&db, &first.delivery_id, "delivered", 1).await;
+    wait_for(&db, &second.delivery_id, "delivered", 1).await;
+    let a = &receiver.received_id("slow/1500/capped", &first.event_id)[0];
+    let b = &receiver.received_id("slow/1500/capped", &second.event_id)[0];
+    assert!(
+        b.at - a.at >= Duration::from_millis(1400),
+        "overlapped: {:?}",
+        b.at - a.at
+    );
+    let recorded = attempts(&db, &second.delivery_id).await;
+    assert_eq!(recorded.len(), 1, "waiting for a slot costs no attempt");
+    running.stop().await;
+}
