@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, verify};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, spawn_service, verify};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -18,21 +18,8 @@ struct System {
 
 async fn start_all(env: &TestEnv) -> (Api, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let src = env.source(&[]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move { hookrelay::run_all(&src, Some(listener), stop).await });
-    wait_ready(&api).await;
-    (api, shutdown, task)
-}
-
-async fn wait_ready(api: &Api) {
-    let ready = eventually(Duration::from_secs(30), || async {
-        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "never ready at {}", api.base);
+    let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
+    (s.api, s.shutdown, s.task)
 }
 
 async fn system() -> System {
@@ -413,7 +400,7 @@ async fn the_four_services_run_as_separate_processes_deliver_end_to_end() {
         shutdown.clone(),
     ));
     for api in [&ingest, &query, &workers[0], &workers[1]] {
-        wait_ready(api).await;
+        api.wait_ready().await;
     }
     let rx = Receiver::start().await.unwrap();
     let key = tenant(&query, "acme").await;
@@ -459,7 +446,7 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
     let mut child = binary(&env, &["all"], &[("HOOKRELAY_HTTP_ADDR", &addr)])
         .spawn()
         .unwrap();
-    wait_ready(&Api::new(format!("http://{addr}"))).await;
+    Api::new(format!("http://{addr}")).wait_ready().await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

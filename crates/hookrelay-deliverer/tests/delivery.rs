@@ -13,7 +13,7 @@ use std::{
 
 use async_nats::{HeaderMap, jetstream};
 use hookrelay_deliverer::{Config, run};
-use hookrelay_testkit::{Receiver, TestEnv, eventually, verify};
+use hookrelay_testkit::{Receiver, TestEnv, eventually, spawn_service, verify};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
     messages::{DeliveryCommand, DeliveryJob, RecoverEndpoint, RetryDelivery, delivery_command::Action},
@@ -52,18 +52,13 @@ impl Running {
 }
 
 async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
     let cfg = Config::from_source(&env.source(extra)).unwrap();
-    let handle = tokio::spawn(run(cfg, Some(listener), shutdown.clone()));
-    let ready = eventually(WAIT, || async {
-        let status = reqwest::get(format!("{base}/readyz")).await.ok()?.status();
-        (status == 200).then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "the deliverer never became ready");
-    Running { base, shutdown, handle }
+    let s = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
+    Running {
+        base: s.api.base,
+        shutdown: s.shutdown,
+        handle: s.task,
+    }
 }
 
 /// Starts the deliverer and returns it with a database pool and a JetStream context.

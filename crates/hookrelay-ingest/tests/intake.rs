@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use hookrelay_ingest::{Config, run};
 use hookrelay_runtime::auth::new_api_key;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, TestEnv, eventually};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, TestEnv, eventually, spawn_service};
 use hookrelay_types::{messages::EventAccepted, subjects};
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -25,16 +25,8 @@ async fn start_ingest(
     extra: &[(&str, &str)],
 ) -> (Api, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let cfg = Config::from_source(&env.source(extra)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run(cfg, Some(listener), shutdown.clone()));
-    let ready = eventually(Duration::from_secs(20), || async {
-        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "ingest never became ready");
-    (api, shutdown, task)
+    let s = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
+    (s.api, s.shutdown, s.task)
 }
 
 /// A running ingest with tenant `acme` (and `globex`) and an `events:write` key for acme.
@@ -445,7 +437,7 @@ async fn events_published_while_ingest_is_down_are_accepted_when_it_returns() {
 }
 
 #[tokio::test]
-async fn readiness_turns_off_on_shutdown_and_metrics_are_prometheus_text() {
+async fn metrics_are_prometheus_text_and_sigterm_stops_ingest_cleanly() {
     let app = app(&[]).await;
     let health = app.api.call(reqwest::Method::GET, "/healthz", None, None).await;
     assert_eq!(health.status, 200);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
 use hookrelay_router::{Config, run};
-use hookrelay_testkit::{Api, TestEnv, eventually};
+use hookrelay_testkit::{TestEnv, eventually, spawn_service};
 use hookrelay_types::{
     EndpointId, EventId, EventType, TenantId,
     messages::{DeliveryJob, EventAccepted},
@@ -18,20 +18,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 async fn start(env: &TestEnv) -> CancellationToken {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(run(
-        Config::from_source(&env.source(&[])).unwrap(),
-        Some(listener),
-        shutdown.clone(),
-    ));
-    let ready = eventually(Duration::from_secs(20), || async {
-        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
-    })
-    .await;
-    assert!(ready.is_some());
-    shutdown
+    let cfg = Config::from_source(&env.source(&[])).unwrap();
+    spawn_service(|listener, stop| run(cfg, Some(listener), stop))
+        .await
+        .shutdown
 }
 
 async fn endpoint(db: &sqlx::PgPool, events: &[&str], filter: Option<serde_json::Value>, enabled: bool) -> String {

@@ -13,10 +13,12 @@
 mod api;
 mod env;
 mod receiver;
+mod service;
 
 pub use api::{Api, Reply};
 pub use env::{ADMIN_TOKEN, TestEnv};
 pub use receiver::{Received, Receiver};
+pub use service::{Service, spawn_service};
 
 /// Verifies a delivery with the `standardwebhooks` library (which also rejects timestamps
 /// more than 5 minutes off).

@@ -2,11 +2,9 @@
 //! and `globex`, and fixtures that play ingest and the deliverer (rows written directly).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unreachable_pub)]
 
-use std::time::Duration;
-
 use async_nats::jetstream;
 use hookrelay_query::{Config, run};
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Reply, TestEnv, eventually};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Reply, Service, TestEnv, spawn_service};
 use hookrelay_types::{DeliveryId, messages::DeliveryCommand, subjects};
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -32,15 +30,7 @@ impl Drop for App {
 pub async fn app_with(extra: &[(&str, &str)]) -> App {
     let env = TestEnv::start().await.unwrap();
     let cfg = Config::from_source(&env.source(extra)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = Api::new(format!("http://{}", listener.local_addr().unwrap()));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(run(cfg, Some(listener), shutdown.clone()));
-    let ready = eventually(Duration::from_secs(30), || async {
-        (api.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "query never became ready");
+    let Service { api, shutdown, .. } = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
     let db = env.db().await.unwrap();
     let app = App { api, db, shutdown, env };
     for (id, name) in [("acme", "Acme Corp"), ("globex", "Globex")] {
