@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hookrelay/v1/ingest_to_router.proto",
         "hookrelay/v1/router_to_deliverer.proto",
         "hookrelay/v1/query_to_deliverer.proto",
+        "hookrelay/v1/system_to_ingest.proto",
     ];
     let descriptors = protox::compile(files, [&root])?;
     prost_build::Config::new().compile_fds(descriptors)?;

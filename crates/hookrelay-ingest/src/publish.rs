@@ -23,6 +23,7 @@ pub(crate) async fn event_accepted(
         event_type: event_type.to_string(),
         envelope,
         accepted_at_ms: (accepted_at.unix_timestamp_nanos() / 1_000_000) as i64,
+        only_endpoint_id: String::new(),
     };
     let subject = subjects::event(tenant, event_type);
     let msg_id = subjects::event_msg_id(tenant, event_id);

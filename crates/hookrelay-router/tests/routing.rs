@@ -62,6 +62,7 @@ async fn accept_as(
         event_type: event_type.into(),
         envelope: serde_json::to_vec(&envelope).unwrap(),
         accepted_at_ms: 1,
+        only_endpoint_id: String::new(),
     };
     let id = subjects::event_msg_id(&tenant, &EventId::parse(event_id).unwrap()) + msg_id_suffix;
     hookrelay_runtime::nats::publish(

@@ -6,6 +6,7 @@
 //! | `HOOKRELAY_EVENTS` | `hookrelay.events.>` | limits, 3 days | router |
 //! | `HOOKRELAY_DELIVERIES` | `hookrelay.deliveries.>` | work queue | deliverer |
 //! | `HOOKRELAY_COMMANDS` | `hookrelay.commands.>` | work queue | deliverer |
+//! | `HOOKRELAY_SYSTEM` | `hookrelay.system.>` | work queue | ingest (reserved `hookrelay/` events) |
 //! | `HOOKRELAY_DEAD` | `hookrelay.dead.>` | limits, 14 days | operators |
 //!
 //! The intake stream captures core publishes too, so a producer's plain `PUBLISH` is stored
@@ -69,6 +70,12 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), anyhow::Error
         stream_config(
             subjects::COMMANDS_STREAM,
             subjects::COMMANDS_SUBJECTS,
+            RetentionPolicy::WorkQueue,
+            Duration::ZERO,
+        ),
+        stream_config(
+            subjects::SYSTEM_STREAM,
+            subjects::SYSTEM_SUBJECTS,
             RetentionPolicy::WorkQueue,
             Duration::ZERO,
         ),

@@ -7,7 +7,14 @@
 //! ingest   ──hookrelay.events.<tenant>.<event tokens>──▶ HOOKRELAY_EVENTS ──▶ router
 //! router   ──hookrelay.deliveries.<tenant>.<endpoint>──▶ HOOKRELAY_DELIVERIES ──▶ deliverer
 //! query    ──hookrelay.commands.deliverer.<tenant>─────▶ HOOKRELAY_COMMANDS ──▶ deliverer
+//! query, deliverer ──hookrelay.system.<tenant>─────────▶ HOOKRELAY_SYSTEM ──▶ ingest
+//! query, deliverer ──hookrelay.control.endpoints.<tenant> (core NATS)──▶ routers
+//! query    ──hookrelay.control.event-types.<tenant> (core NATS)──────▶ ingest
 //! ```
+//!
+//! `hookrelay.control.>` subjects are plain NATS notifications ("this changed, reload it"),
+//! not streams: a subscriber that reconnects reloads everything, so a missed one costs
+//! nothing.
 
 use crate::{EndpointId, EventType, TenantId};
 
@@ -31,6 +38,25 @@ pub const DELIVERER_CONSUMER: &str = "deliverer";
 pub const COMMANDS_STREAM: &str = "HOOKRELAY_COMMANDS";
 pub const COMMANDS_SUBJECTS: &str = "hookrelay.commands.>";
 pub const DELIVERER_COMMANDS_CONSUMER: &str = "deliverer-commands";
+
+/// Events hookrelay emits itself (`hookrelay/…`), published by query and the deliverer as
+/// `SystemEvent`s and accepted only by ingest.
+pub const SYSTEM_STREAM: &str = "HOOKRELAY_SYSTEM";
+pub const SYSTEM_SUBJECTS: &str = "hookrelay.system.>";
+pub const INGEST_SYSTEM_CONSUMER: &str = "ingest-system";
+
+/// Change notifications: the payload is the changed item's id (an endpoint id, an event
+/// type name).
+pub const CONTROL_ENDPOINTS_ALL: &str = "hookrelay.control.endpoints.>";
+pub const CONTROL_EVENT_TYPES_ALL: &str = "hookrelay.control.event-types.>";
+
+pub fn endpoint_changed(tenant: &TenantId) -> String {
+    format!("hookrelay.control.endpoints.{tenant}")
+}
+
+pub fn event_type_changed(tenant: &TenantId) -> String {
+    format!("hookrelay.control.event-types.{tenant}")
+}
 
 /// Headers on dead letters.
 pub const HEADER_ERROR_CODE: &str = "Hookrelay-Error-Code";
@@ -62,6 +88,10 @@ pub fn delivery(tenant: &TenantId, endpoint: &EndpointId) -> String {
 
 pub fn deliverer_command(tenant: &TenantId) -> String {
     format!("hookrelay.commands.deliverer.{tenant}")
+}
+
+pub fn system(tenant: &TenantId) -> String {
+    format!("hookrelay.system.{tenant}")
 }
 
 /// `Nats-Msg-Id` of an accepted event: one per event per tenant.
