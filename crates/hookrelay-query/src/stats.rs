@@ -81,6 +81,39 @@ impl Counts {
     }
 }
 
+/// A tenant's pipeline over a window, stage by stage: events `ingested`, delivery jobs
+/// `routed` (one per matching endpoint), and those jobs by where they are now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Pipeline {
+    pub(crate) ingested: i64,
+    pub(crate) routed: i64,
+    pub(crate) delivered: i64,
+    pub(crate) retrying: i64,
+    pub(crate) failed: i64,
+    /// Waiting for a first attempt.
+    pub(crate) pending: i64,
+}
+
+impl Pipeline {
+    /// From the window's event count and its deliveries' `(status, count)` rows.
+    pub(crate) fn from_rows<'a>(ingested: i64, rows: impl IntoIterator<Item = (&'a str, i64)>) -> Self {
+        let mut p = Self {
+            ingested,
+            ..Self::default()
+        };
+        for (status, n) in rows {
+            p.routed += n;
+            match status {
+                "delivered" => p.delivered += n,
+                "retrying" => p.retrying += n,
+                "failed" => p.failed += n,
+                _ => p.pending += n,
+            }
+        }
+        p
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub(crate) struct Latency {
     pub(crate) p50: Option<i64>,
@@ -161,6 +194,23 @@ mod tests {
         );
         assert_eq!(c.delivery_rate(), Some(0.75));
         assert_eq!(Counts::from_rows([("pending", 2)]).delivery_rate(), None);
+    }
+
+    #[test]
+    fn every_routed_job_is_in_exactly_one_later_stage() {
+        let p = Pipeline::from_rows(4, [("delivered", 3), ("retrying", 2), ("failed", 1), ("pending", 1)]);
+        assert_eq!(
+            p,
+            Pipeline {
+                ingested: 4,
+                routed: 7,
+                delivered: 3,
+                retrying: 2,
+                failed: 1,
+                pending: 1
+            }
+        );
+        assert_eq!(Pipeline::from_rows(0, []), Pipeline::default());
     }
 
     #[test]

@@ -513,6 +513,38 @@ pub(crate) async fn last_finished_status(
     .await?)
 }
 
+/// Events the tenant's intake accepted since `since`.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
+pub(crate) async fn events_received_since(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    since: OffsetDateTime,
+) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1 AND received_at >= $2")
+            .bind(tenant.as_str())
+            .bind(since)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// The tenant's deliveries created since `since`, counted by status.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
+pub(crate) async fn tenant_status_counts(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    since: OffsetDateTime,
+) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT status, count(*) FROM deliveries WHERE tenant_id = $1 AND created_at >= $2 GROUP BY status",
+    )
+    .bind(tenant.as_str())
+    .bind(since)
+    .fetch_all(db)
+    .await?)
+}
+
 /// How many of an endpoint's deliveries created at or after `since` are `failed`.
 pub(crate) async fn count_failed_since(
     db: impl PgExecutor<'_>,

@@ -425,6 +425,62 @@ async fn stats_count_the_window_and_report_health() {
 }
 
 #[tokio::test]
+async fn pipeline_stats_count_the_tenants_window_by_stage() {
+    let f = fixture().await;
+    let app = &f.app;
+    for e in ["evt_a", "evt_b", "evt_c"] {
+        app.event("acme", e, "orders/created").await;
+    }
+    app.event("globex", "evt_g", "orders/created").await;
+    sqlx::query("UPDATE events SET received_at = now() - interval '2 hours' WHERE event_id = 'evt_c'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    for (event, ep, status) in [
+        ("evt_a", &f.ep1, "delivered"),
+        ("evt_a", &f.ep2, "failed"),
+        ("evt_b", &f.ep1, "retrying"),
+        ("evt_b", &f.ep2, "pending"),
+    ] {
+        app.delivery(Dlv::new("acme", event, ep, status)).await;
+    }
+    app.delivery(Dlv {
+        age_secs: 2 * 3_600,
+        ..Dlv::new("acme", "evt_c", &f.ep1, "delivered")
+    })
+    .await;
+    app.delivery(Dlv::new("globex", "evt_g", &f.globex_ep, "delivered"))
+        .await;
+
+    let r = app.api.get("/v1/stats", &f.key).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body,
+        json!({"window": "1h", "ingested": 2, "routed": 4, "delivered": 1, "retrying": 1,
+               "failed": 1, "pending": 1})
+    );
+    let day = app.api.get("/v1/stats?window=24h", &f.key).await;
+    assert_eq!(
+        (day.body["ingested"].as_i64(), day.body["routed"].as_i64()),
+        (Some(3), Some(5))
+    );
+    let admin = app.api.get("/v1/stats?tenant_id=globex", ADMIN).await;
+    assert_eq!(
+        (admin.body["ingested"].as_i64(), admin.body["delivered"].as_i64()),
+        (Some(1), Some(1))
+    );
+
+    assert_error(
+        &app.api.get("/v1/stats?window=31d", &f.key).await,
+        400,
+        "invalid_window",
+    );
+    assert_error(&app.api.get("/v1/stats", ADMIN).await, 400, "tenant_required");
+    let no_scope = app.key("acme", &["endpoints:read"]).await;
+    assert_error(&app.api.get("/v1/stats", &no_scope).await, 403, "forbidden");
+}
+
+#[tokio::test]
 async fn retry_publishes_a_command_for_the_deliverer() {
     let f = fixture().await;
     let app = &f.app;

@@ -1,5 +1,7 @@
-//! `GET /v1/endpoints/{id}/stats`: an endpoint's numbers over a window and its health.
-//! Reads `endpoints`, `deliveries` and `attempts`; the arithmetic is in `crate::stats`.
+//! `GET /v1/endpoints/{id}/stats`: an endpoint's numbers over a window and its health;
+//! `GET /v1/stats`: the tenant's pipeline, stage by stage (the dashboard's overview).
+//! Reads `events`, `endpoints`, `deliveries` and `attempts`; the arithmetic is in
+//! `crate::stats`.
 
 use axum::{
     extract::{Path, State},
@@ -16,13 +18,24 @@ use time::OffsetDateTime;
 
 use super::{AppState, bad_query, endpoints};
 use crate::{
-    stats::{self, Counts, Health, Latency},
+    stats::{self, Counts, Health, Latency, Pipeline},
     store,
 };
 
 #[derive(Deserialize)]
 pub(crate) struct StatsParams {
     window: Option<String>,
+    tenant_id: Option<String>,
+}
+
+/// The pipeline's window when none is given.
+const PIPELINE_WINDOW: &str = "1h";
+
+#[derive(Serialize)]
+struct PipelineStats {
+    window: String,
+    #[serde(flatten)]
+    pipeline: Pipeline,
 }
 
 #[derive(Serialize)]
@@ -66,4 +79,20 @@ pub(crate) async fn endpoint_stats(
             health,
         },
     ))
+}
+
+/// Events received and deliveries created within the window, by stage.
+pub(crate) async fn tenant_stats(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(params): AppQuery<StatsParams>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DeliveriesRead)?;
+    let tenant = principal.tenant(params.tenant_id.as_deref())?;
+    let window = params.window.unwrap_or_else(|| PIPELINE_WINDOW.to_owned());
+    let since = OffsetDateTime::now_utc() - stats::parse_window(&window).map_err(bad_query)?;
+    let ingested = store::events_received_since(&state.db, &tenant, since).await?;
+    let rows = store::tenant_status_counts(&state.db, &tenant, since).await?;
+    let pipeline = Pipeline::from_rows(ingested, rows.iter().map(|(s, n)| (s.as_str(), *n)));
+    Ok(json(StatusCode::OK, PipelineStats { window, pipeline }))
 }
