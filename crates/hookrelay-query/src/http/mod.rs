@@ -1,6 +1,8 @@
 //! Query's REST API (axum), one module per resource. Handlers are thin: parse, check the
 //! principal, call a pure function, run the store, answer. Errors use the contract's body.
+//! The dashboard's page is served beside them, at `/` and `/ui`.
 
+mod dashboard;
 mod deliveries;
 mod endpoints;
 mod events;
@@ -67,6 +69,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/v1/stats", get(stats::tenant_stats))
         .route_layer(middleware::from_fn(count_requests))
         .with_state(state)
+        .merge(dashboard::routes())
 }
 
 async fn count_requests(req: Request, next: Next) -> Response {
