@@ -33,7 +33,9 @@ const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
 page.setDefaultTimeout(20_000);
 const offOrigin = [];
 page.on("request", (r) => { if (!r.url().startsWith(base)) offOrigin.push(r.url()); });
-page.on("pageerror", (e) => console.error("page error:", e.message));
+const pageErrors = [];
+page.on("pageerror", (e) => pageErrors.push(e.message));
+page.on("console", (m) => { if (m.type() === "error" && /Content Security Policy/.test(m.text())) pageErrors.push(m.text()); });
 
 try {
   step("open /ui and enter the key");
@@ -75,6 +77,7 @@ try {
   await page.getByRole("button", { name: "Save endpoint" }).click();
   await page.locator("#endpoint-detail-h").filter({ hasText: okUrl }).waitFor();
   await page.locator("#endpoint-stats").getByText("healthy").waitFor();
+  await page.locator("#endpoint-rows tr").filter({ hasText: okUrl }).locator(".badge", { hasText: "healthy" }).waitFor();
   await page.screenshot({ path: join(artifacts, "endpoints.png"), fullPage: true });
 
   step("an event sent over REST appears in the log without a reload");
@@ -134,6 +137,7 @@ try {
   // The README's picture (docs/dashboard.png): the live log above the inspector.
   await page.evaluate(() => document.getElementById("deliveries").scrollIntoView());
   await page.screenshot({ path: join(artifacts, "dashboard.png") });
+  if (pageErrors.length) throw new Error(`the page raised errors: ${pageErrors.join("; ")}`);
   if (offOrigin.length) throw new Error(`the page asked another origin: ${offOrigin.join(", ")}`);
   console.log("dashboard browser test passed");
 } catch (e) {

@@ -14,6 +14,7 @@ const state = {
   logFilters: {},
   logNewest: null, // id of the newest row shown
   logCursor: null,
+  logGeneration: 0, // bumped when the filters change, so late answers for old ones are dropped
   inspecting: null, // delivery id open in the inspector
   timers: [],
 };
@@ -87,7 +88,11 @@ function el(tag, attrs, ...children) {
 
 function badge(text) { return el("span", { class: "badge " + text }, text); }
 
+/** Fills a <dl>; unchanged content is left alone so live regions announce only news. */
 function facts(dl, pairs) {
+  const sig = JSON.stringify(pairs.map(([k, v]) => [k, v instanceof Node ? v.outerHTML : String(v)]));
+  if (dl.dataset.sig === sig) return;
+  dl.dataset.sig = sig;
   dl.replaceChildren();
   for (const [k, v] of pairs) {
     dl.append(el("dt", null, k), el("dd", null, v));
@@ -127,6 +132,11 @@ async function connect() {
   stopPolling();
   state.timers.push(setInterval(pollLog, POLL_MS));
   state.timers.push(setInterval(loadPipeline, POLL_MS * 2));
+  state.timers.push(setInterval(() => {
+    if (document.hidden) return;
+    for (const id of state.endpoints.keys()) listStats(id);
+    if (!$("endpoint-detail").hidden) loadEndpointStats();
+  }, POLL_MS * 6));
   state.timers.push(setInterval(() => { if (state.inspecting) inspect(state.inspecting, false); }, POLL_MS));
 }
 
@@ -169,16 +179,21 @@ function renderEndpoints() {
   const rows = $("endpoint-rows");
   rows.replaceChildren();
   if (state.endpoints.size === 0) {
-    rows.append(el("tr", null, el("td", { colspan: 4 }, "No endpoints yet.")));
+    rows.append(el("tr", null, el("td", { colspan: 6 }, "No endpoints yet.")));
   }
   for (const ep of state.endpoints.values()) {
     rows.append(el("tr", { "data-endpoint": ep.id },
       el("td", null, el("code", null, ep.url)),
       el("td", null, ep.events.join(", ")),
       el("td", null, ep.enabled ? "yes" : "no"),
-      el("td", null, el("button", { type: "button", onclick: () => openEndpoint(ep.id) }, "Open"),
-        " ", el("button", { type: "button", onclick: () => showLogFor(ep.id) }, "Deliveries"))));
+      el("td", { "data-health": ep.id }, "…"),
+      el("td", { "data-rate": ep.id }, "…"),
+      el("td", null,
+        el("button", { type: "button", onclick: () => openEndpoint(ep.id), "aria-label": "Open endpoint " + ep.url }, "Open"),
+        " ",
+        el("button", { type: "button", onclick: () => showLogFor(ep.id), "aria-label": "Deliveries of " + ep.url }, "Deliveries"))));
   }
+  for (const ep of state.endpoints.values()) listStats(ep.id);
   const select = $("f-endpoint");
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "" }, "All endpoints"));
@@ -186,6 +201,19 @@ function renderEndpoints() {
     select.append(el("option", { value: ep.id }, ep.url + " (" + ep.id + ")"));
   }
   select.value = chosen;
+}
+
+/** Health and delivery rate (last 24 h) in the endpoint list. */
+async function listStats(id) {
+  const health = document.querySelector('[data-health="' + CSS.escape(id) + '"]');
+  const rate = document.querySelector('[data-rate="' + CSS.escape(id) + '"]');
+  try {
+    const s = await api("GET", "/v1/endpoints/" + encodeURIComponent(id) + "/stats", undefined, { window: "24h" });
+    if (health) health.replaceChildren(badge(s.health));
+    if (rate) rate.textContent = s.delivery_rate === null ? "–" : (s.delivery_rate * 100).toFixed(1) + " %";
+  } catch (e) {
+    if (health) health.textContent = describe(e);
+  }
 }
 
 function endpointLabel(id) {
@@ -434,13 +462,16 @@ function logRow(d, fresh) {
 async function loadLog(fresh) {
   const rows = $("log-rows");
   if (fresh) {
+    state.logGeneration += 1;
     state.logFilters = readFilters();
     state.logCursor = null;
     state.logNewest = null;
     rows.replaceChildren();
   }
+  const generation = state.logGeneration;
   try {
     const page = await api("GET", "/v1/deliveries", undefined, { ...state.logFilters, limit: 50, cursor: state.logCursor });
+    if (generation !== state.logGeneration) return;
     for (const d of page.data) rows.append(logRow(d, false));
     if (fresh && page.data.length) state.logNewest = page.data[0].id;
     state.logCursor = page.next_cursor;
@@ -455,8 +486,10 @@ async function loadLog(fresh) {
 /** Adds deliveries newer than the top row and refreshes rows whose status moved on. */
 async function pollLog() {
   if (document.hidden) return;
+  const generation = state.logGeneration;
   try {
     const page = await api("GET", "/v1/deliveries", undefined, { ...state.logFilters, limit: 50 });
+    if (generation !== state.logGeneration) return;
     const rows = $("log-rows");
     const added = [];
     for (const d of page.data) {
