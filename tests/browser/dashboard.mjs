@@ -1,7 +1,8 @@
 // Drives the dashboard in Chromium against a running `hookrelay all` (started by
 // crates/hookrelay/tests/dashboard.rs, which passes everything in the environment):
 //   HOOKRELAY_BASE      http://127.0.0.1:<port>
-//   HOOKRELAY_KEY       a tenant key with every scope
+//   HOOKRELAY_KEY       a key of tenant `acme` with every scope
+//   HOOKRELAY_ADMIN     the admin token
 //   RECEIVER_FAIL_URL   a loopback receiver URL that answers 500
 //   RECEIVER_OK_URL     a loopback receiver URL that answers 200
 //   ARTIFACTS           where screenshots go
@@ -132,6 +133,23 @@ try {
   await page.getByRole("button", { name: "Recover failed since…" }).click();
   await page.locator("#endpoint-detail-msg").filter({ hasText: /requeued|failed:/ }).waitFor();
   console.log("  recover:", await page.locator("#endpoint-detail-msg").textContent());
+
+  step("the admin token works with a tenant id, and is refused without one");
+  const admin = await browser.newPage();
+  admin.setDefaultTimeout(20_000);
+  await admin.goto(`${base}/`);
+  await admin.getByLabel("API key or admin token").fill(env("HOOKRELAY_ADMIN"));
+  await admin.getByRole("button", { name: "Connect" }).click();
+  await admin.locator("#status").filter({ hasText: "tenant_required" }).waitFor();
+  await admin.getByLabel(/Tenant id/).fill("acme");
+  await admin.getByRole("button", { name: "Connect" }).click();
+  await admin.getByText("Connected as tenant acme").waitFor();
+  await admin.locator("#endpoint-rows tr").filter({ hasText: okUrl }).waitFor();
+  await admin.locator("#log-rows tr").filter({ hasText: eventId }).first().waitFor();
+  step("a reload keeps the key for the tab's session");
+  await admin.reload();
+  await admin.getByText("Connected as tenant acme").waitFor();
+  await admin.close();
 
   await page.screenshot({ path: join(artifacts, "dashboard-full.png"), fullPage: true });
   // The README's picture (docs/dashboard.png): the live log above the inspector.

@@ -65,6 +65,7 @@ async fn the_dashboard_shows_live_deliveries_and_retries_them() {
         .current_dir(&browser_dir)
         .env("HOOKRELAY_BASE", &api.base)
         .env("HOOKRELAY_KEY", &key)
+        .env("HOOKRELAY_ADMIN", ADMIN_TOKEN)
         .env("RECEIVER_FAIL_URL", rx.url("fail/dashboard"))
         .env("RECEIVER_OK_URL", rx.url("ok/dashboard"))
         .env("ARTIFACTS", &artifacts)
