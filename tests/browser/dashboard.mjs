@@ -79,6 +79,19 @@ try {
   await page.locator("#endpoint-detail-h").filter({ hasText: okUrl }).waitFor();
   await page.locator("#endpoint-stats").getByText("healthy").waitFor();
   await page.locator("#endpoint-rows tr").filter({ hasText: okUrl }).locator(".badge", { hasText: "healthy" }).waitFor();
+
+  step("edit, disable, enable, reveal the secret");
+  await page.getByRole("button", { name: "Edit" }).click();
+  await page.getByLabel(/Rate limit/).fill("10");
+  await page.getByRole("button", { name: "Save endpoint" }).click();
+  await page.locator("#endpoint-facts").getByText("10 per second").waitFor();
+  await page.getByRole("button", { name: "Disable" }).click();
+  await page.locator("#endpoint-stats .badge", { hasText: "disabled" }).waitFor();
+  await page.getByRole("button", { name: "Enable" }).click();
+  await page.locator("#endpoint-stats .badge", { hasText: "healthy" }).waitFor();
+  await page.getByRole("button", { name: "Reveal secret" }).click();
+  await page.locator("#endpoint-detail-msg").filter({ hasText: "Secret shown" }).waitFor();
+  await page.locator("#ep-secret-value code").filter({ hasText: "whsec_" }).waitFor();
   await page.screenshot({ path: join(artifacts, "endpoints.png"), fullPage: true });
 
   step("an event sent over REST appears in the log without a reload");
