@@ -159,6 +159,16 @@ try {
   await admin.getByText("Connected as tenant acme").waitFor();
   await admin.locator("#endpoint-rows tr").filter({ hasText: okUrl }).waitFor();
   await admin.locator("#log-rows tr").filter({ hasText: eventId }).first().waitFor();
+  step("the log pages with the cursor (\"Older deliveries\")");
+  await admin.goto(`${base}/ui?limit=1`);
+  await admin.getByText("Connected as tenant acme").waitFor();
+  const logRows = admin.locator("#log-rows tr");
+  await logRows.first().waitFor();
+  if ((await logRows.count()) !== 1) throw new Error(`?limit=1 showed ${await logRows.count()} rows`);
+  await admin.getByRole("button", { name: "Older deliveries" }).click();
+  await admin.waitForFunction(() => document.querySelectorAll("#log-rows tr").length === 2);
+  const ids = await logRows.evaluateAll((rows) => rows.map((r) => r.dataset.delivery));
+  if (!(ids[0] > ids[1])) throw new Error(`the log is not newest first: ${ids}`);
   step("a reload keeps the key for the tab's session");
   await admin.reload();
   await admin.getByText("Connected as tenant acme").waitFor();

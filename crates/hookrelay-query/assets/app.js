@@ -3,6 +3,11 @@
 "use strict";
 
 const POLL_MS = 2500;
+/** Rows per page of the log: `?limit=` in the page's own URL (1-1000), else 50. */
+const PAGE_SIZE = (() => {
+  const n = Number(new URLSearchParams(window.location.search).get("limit"));
+  return Number.isInteger(n) && n >= 1 && n <= 1000 ? n : 50;
+})();
 const store = window.sessionStorage;
 const $ = (id) => document.getElementById(id);
 
@@ -470,7 +475,7 @@ async function loadLog(fresh) {
   }
   const generation = state.logGeneration;
   try {
-    const page = await api("GET", "/v1/deliveries", undefined, { ...state.logFilters, limit: 50, cursor: state.logCursor });
+    const page = await api("GET", "/v1/deliveries", undefined, { ...state.logFilters, limit: PAGE_SIZE, cursor: state.logCursor });
     if (generation !== state.logGeneration) return;
     for (const d of page.data) rows.append(logRow(d, false));
     if (fresh && page.data.length) state.logNewest = page.data[0].id;
@@ -488,9 +493,10 @@ async function pollLog() {
   if (document.hidden) return;
   const generation = state.logGeneration;
   try {
-    const page = await api("GET", "/v1/deliveries", undefined, { ...state.logFilters, limit: 50 });
+    const page = await api("GET", "/v1/deliveries", undefined, { ...state.logFilters, limit: PAGE_SIZE });
     if (generation !== state.logGeneration) return;
     const rows = $("log-rows");
+    const hadRows = state.logNewest !== null;
     const added = [];
     for (const d of page.data) {
       const existing = rows.querySelector('tr[data-delivery="' + CSS.escape(d.id) + '"]');
@@ -503,6 +509,14 @@ async function pollLog() {
     for (const d of added.reverse()) rows.prepend(logRow(d, true));
     if (page.data.length && (!state.logNewest || page.data[0].id > state.logNewest)) state.logNewest = page.data[0].id;
     if (added.length) say("log-live", added.length + (added.length === 1 ? " new delivery" : " new deliveries") + " at " + new Date().toLocaleTimeString() + ".");
+    // A whole page of new rows may hide more between them and the rows already shown.
+    if (hadRows && added.length === page.data.length && page.next_cursor) {
+      say("log-live", "More new deliveries arrived than one page holds: press “Apply filters” to see them all.");
+    } else if (!hadRows && added.length && page.next_cursor) {
+      // The log was empty: these rows are its first page, and older ones follow them.
+      state.logCursor = page.next_cursor;
+      $("older").hidden = false;
+    }
     say("log-error", "");
   } catch (e) {
     say("log-error", "Delivery log: " + describe(e));
