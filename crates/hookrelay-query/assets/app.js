@@ -80,9 +80,10 @@ function say(id, text) { $(id).textContent = text || ""; }
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null) continue;
     if (k === "class") node.className = v;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else if (v !== undefined && v !== null) node.setAttribute(k, v);
+    else node.setAttribute(k, v);
   }
   for (const c of children) {
     if (c === null || c === undefined) continue;
