@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use crate::{
     Config,
     retry::{self, Backoff},
-    target::{self, DnsError, NotPublic},
+    target::{self, Blocked, DnsError},
 };
 
 /// Read no more of a response than this; the rest is dropped with the connection.
@@ -121,6 +121,7 @@ impl Sender {
             .pool_idle_timeout(Duration::from_secs(60))
             .dns_resolver(target::Resolver {
                 allow_private: cfg.allow_private_targets,
+                overrides: std::sync::Arc::new(cfg.dns_overrides.clone()),
             })
             .build()?;
         Ok(Self {
@@ -186,7 +187,7 @@ impl Sender {
         let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
         let mut innermost = error.to_string();
         while let Some(e) = source {
-            if let Some(refused) = e.downcast_ref::<NotPublic>() {
+            if let Some(refused) = e.downcast_ref::<Blocked>() {
                 return refused.to_string();
             }
             if let Some(dns) = e.downcast_ref::<DnsError>() {

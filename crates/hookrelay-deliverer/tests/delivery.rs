@@ -52,7 +52,16 @@ impl Running {
 }
 
 async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Running {
-    let cfg = Config::from_source(&env.source(extra)).unwrap();
+    start_resolving(env, extra, &[]).await
+}
+
+/// Starts a deliverer whose resolver answers `names` (name → addresses) without DNS.
+async fn start_resolving(env: &TestEnv, extra: &[(&str, &str)], names: &[(&str, &[&str])]) -> Running {
+    let mut cfg = Config::from_source(&env.source(extra)).unwrap();
+    cfg.dns_overrides = names
+        .iter()
+        .map(|(name, ips)| ((*name).to_owned(), ips.iter().map(|ip| ip.parse().unwrap()).collect()))
+        .collect();
     let s = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
     Running {
         base: s.api.base,
@@ -750,14 +759,14 @@ async fn private_targets_are_refused_unless_allowed() {
 
     wait_for(&db, &by_literal.delivery_id, "retrying", 1).await;
     let a = &attempts(&db, &by_literal.delivery_id).await[0];
-    assert_eq!(a.error.as_deref(), Some("target address 127.0.0.1 is not public"));
+    assert_eq!(a.error.as_deref(), Some("blocked: 127.0.0.1 is a loopback address"));
     assert_eq!(a.response_code, None);
 
     wait_for(&db, &by_name.delivery_id, "retrying", 1).await;
     let a = &attempts(&db, &by_name.delivery_id).await[0];
     let error = a.error.as_deref().unwrap();
     assert!(
-        error.starts_with("target address ") && error.ends_with(" is not public"),
+        error.starts_with("blocked: localhost resolves to ") && error.ends_with(", a loopback address"),
         "{error}"
     );
     assert!(receiver.received("ok/literal").is_empty() && receiver.received("ok/named").is_empty());
@@ -1117,5 +1126,60 @@ async fn a_job_for_an_endpoint_at_its_cap_is_left_due_for_the_scheduler() {
     );
     let recorded = attempts(&db, &second.delivery_id).await;
     assert_eq!(recorded.len(), 1, "waiting for a slot costs no attempt");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn names_are_vetted_when_they_resolve_and_the_connection_is_pinned_to_the_vetted_answer() {
+    let env = TestEnv::start().await.unwrap();
+    // `.test` names never resolve for real: only the injected answers can make them reach
+    // anything, and nothing here sends traffic to a non-loopback address.
+    let names: &[(&str, &[&str])] = &[
+        ("mixed.example.test", &["93.184.216.34", "10.0.0.1"]),
+        ("receiver.test", &["127.0.0.1"]),
+    ];
+    let strict = [
+        ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "false"),
+        ("HOOKRELAY_RETRY_SCHEDULE", "1m"),
+    ];
+    let running = start_resolving(&env, &strict, names).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Acme')")
+        .bind(TENANT)
+        .execute(&db)
+        .await
+        .unwrap();
+    let js = jetstream::new(env.nats().await.unwrap());
+    let receiver = Receiver::start().await.unwrap();
+    let port = receiver.addr.port();
+    let (mixed, _) = endpoint(&db, &format!("http://mixed.example.test:{port}/ok/mixed"), json!({})).await;
+    let (named, secret) = endpoint(&db, &format!("http://receiver.test:{port}/ok/named"), json!({})).await;
+
+    let refused = send_event(&db, &js, &mixed).await;
+    wait_for(&db, &refused.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &refused.delivery_id).await[0];
+    assert_eq!(
+        a.error.as_deref(),
+        Some("blocked: mixed.example.test resolves to 10.0.0.1, a private address")
+    );
+    assert_eq!(a.response_code, None);
+    let loopback = send_event(&db, &js, &named).await;
+    wait_for(&db, &loopback.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &loopback.delivery_id).await[0];
+    assert_eq!(
+        a.error.as_deref(),
+        Some("blocked: receiver.test resolves to 127.0.0.1, a loopback address")
+    );
+    assert!(receiver.received("ok/mixed").is_empty() && receiver.received("ok/named").is_empty());
+    running.stop().await;
+
+    // Allowed, the name reaches the loopback receiver through the injected answer alone.
+    let running = start_resolving(&env, &[("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")], names).await;
+    let sent = send_event(&db, &js, &named).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    let got = receiver.received_id("ok/named", &sent.event_id);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("host"), Some(format!("receiver.test:{port}").as_str()));
+    verify(&secret, &got[0].headers, &got[0].body).unwrap();
     running.stop().await;
 }
