@@ -1183,3 +1183,103 @@ async fn names_are_vetted_when_they_resolve_and_the_connection_is_pinned_to_the_
     verify(&secret, &got[0].headers, &got[0].body).unwrap();
     running.stop().await;
 }
+
+/// A raw HTTP/1.1 server on loopback: after reading the request it sends a 200 head
+/// without a length and then the body `chunk` by `chunk`, `every` apart, until the client
+/// goes away. Returns its URL and the body bytes it managed to write.
+async fn streaming_receiver(chunk: usize, every: Duration) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let written = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/stream", listener.local_addr().unwrap());
+    let total = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let total = total.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut request).await;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n";
+                if socket.write_all(head).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'x'; chunk];
+                while socket.write_all(&piece).await.is_ok() {
+                    total.fetch_add(chunk, Ordering::SeqCst);
+                    if !every.is_zero() {
+                        tokio::time::sleep(every).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, written)
+}
+
+#[tokio::test]
+async fn an_endless_response_body_is_read_to_64_kib_then_the_connection_is_dropped() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let (url, written) = streaming_receiver(16 * 1024, Duration::ZERO).await;
+    let (ep, _) = endpoint(&db, &url, json!({})).await;
+    let started = Instant::now();
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let a = &attempts(&db, &sent.delivery_id).await[0];
+    assert_eq!(a.response_code, Some(200));
+    assert_eq!(a.response_body.as_deref().map(str::len), Some(4096));
+    // The receiver's writes fail once hookrelay hangs up: what it got out is bounded by the
+    // read limit plus what the socket buffers hold, nowhere near endless.
+    let settled = eventually(Duration::from_secs(5), || async {
+        let before = written.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (written.load(Ordering::SeqCst) == before).then_some(before)
+    })
+    .await
+    .expect("the receiver kept writing: the connection was not dropped");
+    assert!(settled < 32 * 1024 * 1024, "{settled} bytes written");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_trickles_its_answer_is_cut_at_the_attempt_timeout() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_DELIVERY_TIMEOUT", "1s")]).await;
+    let (url, _) = streaming_receiver(1, Duration::from_millis(50)).await;
+    let (ep, _) = endpoint(&db, &url, json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    // A 2xx status confirms; the trickled body only shortens what is kept.
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    let a = &attempts(&db, &sent.delivery_id).await[0];
+    assert!(
+        (900..3000).contains(&a.duration_ms),
+        "the attempt took {} ms",
+        a.duration_ms
+    );
+    let kept = a.response_body.as_deref().unwrap().len();
+    assert!((1..=40).contains(&kept), "{kept} bytes kept");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoints_own_timeout_replaces_the_default() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "1m")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("slow/4000/own-timeout"), json!({})).await;
+    sqlx::query("UPDATE endpoints SET timeout_seconds = 1 WHERE id = $1")
+        .bind(&ep)
+        .execute(&db)
+        .await
+        .unwrap();
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &sent.delivery_id).await[0];
+    assert_eq!(a.error.as_deref(), Some("timeout after 1s"));
+    assert!((900..2500).contains(&a.duration_ms), "{} ms", a.duration_ms);
+    running.stop().await;
+}
