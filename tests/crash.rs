@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, eventually};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -278,4 +278,52 @@ async fn a_nats_restart_loses_no_accepted_event() {
         accepted.len(),
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_postgres_crash_and_restart_loses_no_accepted_event_or_retry() {
+    // A cluster of this test's own: it is crashed (`pg_ctl stop -m immediate`) mid-run.
+    let pg = PgCluster::start().unwrap();
+    let env = TestEnv::start_on(pg.admin_url()).await.unwrap();
+    let all = spawn(&env, "all", &[]).await;
+    let rx = Receiver::start().await.unwrap();
+    let (key, _) = tenant_with_endpoint(&all.api, &rx.url("ok/pg")).await;
+    // Every event fails once here, so its retry is pending in Postgres across the crash.
+    add_endpoint(&all.api, &key, &rx.url("flaky/1/pg")).await;
+
+    let mut accepted: Vec<String> = Vec::new();
+    for n in 0..10 {
+        accepted.push(send(&all.api, &key, n).await);
+    }
+    pg.crash().unwrap();
+    let mut refused = 0;
+    for n in 10..12 {
+        let r = all
+            .api
+            .post("/v1/events", &key, json!({"event": "orders/created", "data": {"n": n}}))
+            .await;
+        match r.status {
+            202 => accepted.push(r.body["event_id"].as_str().unwrap().to_owned()),
+            _ => refused += 1,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.up().unwrap();
+    let back = eventually(WAIT, || async {
+        let r = all.api.call(reqwest::Method::GET, "/readyz", None, None).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "not ready again after the Postgres restart");
+    for n in 12..20 {
+        accepted.push(send(&all.api, &key, n).await);
+    }
+    for id in &accepted {
+        assert!(!rx.wait_for("ok/pg", id, 1, WAIT).await.is_empty(), "{id} lost");
+        assert!(
+            rx.wait_for("flaky/1/pg", id, 2, WAIT).await.len() >= 2,
+            "{id}: retry lost"
+        );
+    }
+    eprintln!("{} accepted, {refused} refused while Postgres was down", accepted.len());
 }
