@@ -1283,3 +1283,64 @@ async fn an_endpoints_own_timeout_replaces_the_default() {
     assert!((900..2500).contains(&a.duration_ms), "{} ms", a.duration_ms);
     running.stop().await;
 }
+
+/// A raw HTTP/1.1 receiver that keeps connections open and answers every request 200.
+/// Returns its URL and how many connections it accepted and requests it answered.
+async fn keep_alive_receiver() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/keep-alive", listener.local_addr().unwrap());
+    let (conns, reqs) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::SeqCst);
+            let reqs = reqs.clone();
+            tokio::spawn(async move {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // One whole request (head, then content-length bytes of body), then answer.
+                    let complete = buf.windows(4).position(|w| w == b"\r\n\r\n").and_then(|end| {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        (buf.len() >= end + 4 + length).then_some(end + 4 + length)
+                    });
+                    if let Some(used) = complete {
+                        buf.drain(..used);
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (url, connections, requests)
+}
+
+#[tokio::test]
+async fn attempts_to_an_endpoint_reuse_one_kept_alive_connection() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let (url, connections, requests) = keep_alive_receiver().await;
+    let (ep, _) = endpoint(&db, &url, json!({})).await;
+    for _ in 0..5 {
+        let sent = send_event(&db, &js, &ep).await;
+        wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 5);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "a new connection per attempt");
+    running.stop().await;
+}
