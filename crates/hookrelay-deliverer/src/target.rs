@@ -161,6 +161,17 @@ mod tests {
                 kind: NonPublic::Private
             })
         );
+        // Other spellings of an address are parsed to it first, then judged.
+        for (url, ip) in [
+            ("http://2130706433/", "127.0.0.1"),
+            ("http://0x7f.1/", "127.0.0.1"),
+            ("http://0177.0.0.1/", "127.0.0.1"),
+            ("http://[::ffff:a9fe:a9fe]/", "::ffff:169.254.169.254"),
+            ("http://[0:0:0:0:0:0:0:1]/", "::1"),
+        ] {
+            let error = check_url(url, false).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("blocked: {ip} is a ")), "{url}: {error}");
+        }
         assert!(check_url("http://127.0.0.1:8080/hook", true).is_ok());
         assert!(check_url("https://8.8.8.8/hook", false).is_ok());
         assert!(check_url("https://hooks.example.com/x", false).is_ok());
