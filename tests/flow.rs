@@ -505,3 +505,39 @@ async fn migrate_prepares_the_database_and_streams_then_exits() {
         assert!(js.get_stream(stream).await.is_ok(), "{stream} missing");
     }
 }
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_period_ends() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    let (ep, old) = endpoint(&s.api, &key, s.rx.url("ok/rotate"), json!(["orders/*"])).await;
+    let r = s
+        .api
+        .post(
+            &format!("/v1/endpoints/{ep}/rotate-secret"),
+            &key,
+            json!({"grace_period_seconds": 3}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let new = r.body["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+
+    // During the grace period: one signature per valid secret; either one verifies.
+    let during = send(&s.api, &key, json!({"event": "orders/created", "data": {}})).await;
+    let got = s.rx.wait_for("ok/rotate", &during, 1, Duration::from_secs(15)).await;
+    let req = &got[0];
+    assert_eq!(req.header("webhook-signature").unwrap().split(' ').count(), 2);
+    verify(&new, &req.headers, &req.body).unwrap();
+    verify(&old, &req.headers, &req.body).unwrap();
+
+    // After it: only the new secret signs.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = send(&s.api, &key, json!({"event": "orders/created", "data": {}})).await;
+    let got = s.rx.wait_for("ok/rotate", &after, 1, Duration::from_secs(15)).await;
+    let req = &got[0];
+    assert_eq!(req.header("webhook-signature").unwrap().split(' ').count(), 1);
+    verify(&new, &req.headers, &req.body).unwrap();
+    assert!(verify(&old, &req.headers, &req.body).is_err());
+    s.shutdown.cancel();
+}

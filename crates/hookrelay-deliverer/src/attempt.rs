@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use crate::{
     Config,
     retry::{self, Backoff},
-    target::{self, DnsError, NotPublic},
+    target::{self, Blocked, DnsError},
 };
 
 /// Read no more of a response than this; the rest is dropped with the connection.
@@ -59,6 +59,8 @@ pub(crate) struct Request<'a> {
     pub(crate) secrets: &'a [Secret],
     /// The endpoint's own headers, a JSON object of strings.
     pub(crate) custom_headers: &'a Value,
+    /// The endpoint's own limit for the whole attempt, if it has one.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// What happened; becomes one `attempts` row.
@@ -109,6 +111,8 @@ pub(crate) struct Sender {
     allow_private: bool,
     connect_timeout: Duration,
     attempt_timeout: Duration,
+    /// No endpoint's own timeout may run past this: an attempt must end inside its lease.
+    timeout_cap: Duration,
 }
 
 impl Sender {
@@ -121,6 +125,7 @@ impl Sender {
             .pool_idle_timeout(Duration::from_secs(60))
             .dns_resolver(target::Resolver {
                 allow_private: cfg.allow_private_targets,
+                overrides: std::sync::Arc::new(cfg.dns_overrides.clone()),
             })
             .build()?;
         Ok(Self {
@@ -128,6 +133,7 @@ impl Sender {
             allow_private: cfg.allow_private_targets,
             connect_timeout: cfg.connect_timeout,
             attempt_timeout: cfg.attempt_timeout,
+            timeout_cap: cfg.lease.mul_f64(0.9).max(cfg.attempt_timeout),
         })
     }
 
@@ -156,15 +162,18 @@ impl Sender {
             }
         };
         outcome.sent = true;
-        let deadline = tokio::time::Instant::from_std(start + self.attempt_timeout);
+        let timeout = effective_timeout(req.timeout, self.attempt_timeout, self.timeout_cap);
+        // One deadline for the whole attempt, connect to the last body byte read, so a
+        // receiver that trickles its answer is cut off like one that never answers.
+        let deadline = tokio::time::Instant::from_std(start + timeout);
         let sending = self.client.post(url).headers(headers).body(req.body).send();
         match tokio::time::timeout_at(deadline, sending).await {
             Err(_) => {
-                outcome.error = Some(format!("timeout after {}", human(self.attempt_timeout)));
+                outcome.error = Some(format!("timeout after {}", human(timeout)));
                 outcome.backoff.floored = true;
             }
             Ok(Err(error)) => {
-                outcome.error = Some(self.describe(&error));
+                outcome.error = Some(self.describe(&error, timeout));
                 outcome.backoff.floored = error.is_timeout();
             }
             Ok(Ok(response)) => {
@@ -182,11 +191,11 @@ impl Sender {
     }
 
     /// A readable cause for a request that got no response.
-    fn describe(&self, error: &reqwest::Error) -> String {
+    fn describe(&self, error: &reqwest::Error, timeout: Duration) -> String {
         let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
         let mut innermost = error.to_string();
         while let Some(e) = source {
-            if let Some(refused) = e.downcast_ref::<NotPublic>() {
+            if let Some(refused) = e.downcast_ref::<Blocked>() {
                 return refused.to_string();
             }
             if let Some(dns) = e.downcast_ref::<DnsError>() {
@@ -205,13 +214,18 @@ impl Sender {
         if error.is_connect() && error.is_timeout() {
             format!("connect timeout after {}", human(self.connect_timeout))
         } else if error.is_timeout() {
-            format!("timeout after {}", human(self.attempt_timeout))
+            format!("timeout after {}", human(timeout))
         } else if error.is_connect() {
             format!("connection error: {innermost}")
         } else {
             format!("request error: {innermost}")
         }
     }
+}
+
+/// The limit for one attempt: the endpoint's own, else the default, never past `cap`.
+pub(crate) fn effective_timeout(endpoint: Option<Duration>, default: Duration, cap: Duration) -> Duration {
+    endpoint.unwrap_or(default).min(cap)
 }
 
 /// `None` for a 2xx; otherwise why the status is a failure.
@@ -382,6 +396,20 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoints_timeout_replaces_the_default_within_the_lease() {
+        let (default, cap) = (Duration::from_secs(15), Duration::from_secs(54));
+        assert_eq!(effective_timeout(None, default, cap), default);
+        assert_eq!(
+            effective_timeout(Some(Duration::from_secs(2)), default, cap),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            effective_timeout(Some(Duration::from_secs(30)), default, Duration::from_secs(20)),
+            Duration::from_secs(20)
+        );
+    }
+
+    #[test]
     fn durations_read_like_the_config() {
         assert_eq!(human(Duration::from_secs(15)), "15s");
         assert_eq!(human(Duration::from_millis(1500)), "1500ms");
@@ -409,6 +437,7 @@ mod tests {
             body: b"{}".to_vec(),
             secrets: std::slice::from_ref(&secret),
             custom_headers: &custom,
+            timeout: None,
         };
         let map = headers(&req, 1_700_000_000, "v1,sig");
         let get = |n: &str| map.get_all(n).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();

@@ -33,6 +33,10 @@ pub struct Config {
     /// `HOOKRELAY_ATTEMPT_LEASE`: how long a claimed delivery is held by one deliverer; if
     /// its process dies, the delivery is attempted again once the lease runs out.
     pub lease: Duration,
+    /// Fixed DNS answers (name → addresses) consulted before the system resolver, and
+    /// checked like any answer. Not read from the environment: tests set it to point a name
+    /// at a loopback receiver (or at addresses that must be refused) without real DNS.
+    pub dns_overrides: crate::DnsOverrides,
 }
 
 impl Config {
@@ -48,6 +52,7 @@ impl Config {
             retry_floor: src.duration("HOOKRELAY_RETRY_FLOOR", Duration::from_secs(1))?,
             poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_millis(100))?,
             lease: src.duration("HOOKRELAY_ATTEMPT_LEASE", Duration::from_secs(60))?,
+            dns_overrides: crate::DnsOverrides::new(),
         };
         if cfg.concurrency == 0 {
             bail!("HOOKRELAY_DELIVERER_CONCURRENCY must be at least 1");

@@ -141,6 +141,10 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool)> {
         body: body.as_bytes().to_vec(),
         secrets: &secrets,
         custom_headers: &endpoint.headers,
+        timeout: endpoint
+            .timeout_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs),
     };
     Some((d.sender.send(request).await, false))
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub use config::Config;
 pub use error::DeliverError;
 use hookrelay_runtime::Runtime;
+pub use target::DnsOverrides;
 use tokio_util::sync::CancellationToken;
 
 /// Creates the `deliverer` and `deliverer-commands` consumers and starts the job consumer,

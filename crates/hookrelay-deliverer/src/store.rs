@@ -29,6 +29,8 @@ pub(crate) struct Endpoint {
     /// Set only while the previous secret's grace period lasts.
     pub(crate) previous_secret: Option<String>,
     pub(crate) enabled: bool,
+    /// The endpoint's own attempt timeout in seconds (NULL: the configured default).
+    pub(crate) timeout_seconds: Option<i32>,
 }
 
 /// One attempt as recorded.
@@ -86,7 +88,7 @@ pub(crate) async fn endpoint(db: impl PgExecutor<'_>, tenant: &str, id: &str) ->
     sqlx::query_as(
         "SELECT url, headers, secret,
                 CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret,
-                enabled
+                enabled, timeout_seconds
          FROM endpoints WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant)

@@ -52,7 +52,16 @@ impl Running {
 }
 
 async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Running {
-    let cfg = Config::from_source(&env.source(extra)).unwrap();
+    start_resolving(env, extra, &[]).await
+}
+
+/// Starts a deliverer whose resolver answers `names` (name → addresses) without DNS.
+async fn start_resolving(env: &TestEnv, extra: &[(&str, &str)], names: &[(&str, &[&str])]) -> Running {
+    let mut cfg = Config::from_source(&env.source(extra)).unwrap();
+    cfg.dns_overrides = names
+        .iter()
+        .map(|(name, ips)| ((*name).to_owned(), ips.iter().map(|ip| ip.parse().unwrap()).collect()))
+        .collect();
     let s = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
     Running {
         base: s.api.base,
@@ -750,14 +759,14 @@ async fn private_targets_are_refused_unless_allowed() {
 
     wait_for(&db, &by_literal.delivery_id, "retrying", 1).await;
     let a = &attempts(&db, &by_literal.delivery_id).await[0];
-    assert_eq!(a.error.as_deref(), Some("target address 127.0.0.1 is not public"));
+    assert_eq!(a.error.as_deref(), Some("blocked: 127.0.0.1 is a loopback address"));
     assert_eq!(a.response_code, None);
 
     wait_for(&db, &by_name.delivery_id, "retrying", 1).await;
     let a = &attempts(&db, &by_name.delivery_id).await[0];
     let error = a.error.as_deref().unwrap();
     assert!(
-        error.starts_with("target address ") && error.ends_with(" is not public"),
+        error.starts_with("blocked: localhost resolves to ") && error.ends_with(", a loopback address"),
         "{error}"
     );
     assert!(receiver.received("ok/literal").is_empty() && receiver.received("ok/named").is_empty());
@@ -1117,5 +1126,221 @@ async fn a_job_for_an_endpoint_at_its_cap_is_left_due_for_the_scheduler() {
     );
     let recorded = attempts(&db, &second.delivery_id).await;
     assert_eq!(recorded.len(), 1, "waiting for a slot costs no attempt");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn names_are_vetted_when_they_resolve_and_the_connection_is_pinned_to_the_vetted_answer() {
+    let env = TestEnv::start().await.unwrap();
+    // `.test` names never resolve for real: only the injected answers can make them reach
+    // anything, and nothing here sends traffic to a non-loopback address.
+    let names: &[(&str, &[&str])] = &[
+        ("mixed.example.test", &["93.184.216.34", "10.0.0.1"]),
+        ("receiver.test", &["127.0.0.1"]),
+    ];
+    let strict = [
+        ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "false"),
+        ("HOOKRELAY_RETRY_SCHEDULE", "1m"),
+    ];
+    let running = start_resolving(&env, &strict, names).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Acme')")
+        .bind(TENANT)
+        .execute(&db)
+        .await
+        .unwrap();
+    let js = jetstream::new(env.nats().await.unwrap());
+    let receiver = Receiver::start().await.unwrap();
+    let port = receiver.addr.port();
+    let (mixed, _) = endpoint(&db, &format!("http://mixed.example.test:{port}/ok/mixed"), json!({})).await;
+    let (named, secret) = endpoint(&db, &format!("http://receiver.test:{port}/ok/named"), json!({})).await;
+
+    let refused = send_event(&db, &js, &mixed).await;
+    wait_for(&db, &refused.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &refused.delivery_id).await[0];
+    assert_eq!(
+        a.error.as_deref(),
+        Some("blocked: mixed.example.test resolves to 10.0.0.1, a private address")
+    );
+    assert_eq!(a.response_code, None);
+    let loopback = send_event(&db, &js, &named).await;
+    wait_for(&db, &loopback.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &loopback.delivery_id).await[0];
+    assert_eq!(
+        a.error.as_deref(),
+        Some("blocked: receiver.test resolves to 127.0.0.1, a loopback address")
+    );
+    assert!(receiver.received("ok/mixed").is_empty() && receiver.received("ok/named").is_empty());
+    running.stop().await;
+
+    // Allowed, the name reaches the loopback receiver through the injected answer alone.
+    let running = start_resolving(&env, &[("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")], names).await;
+    let sent = send_event(&db, &js, &named).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    let got = receiver.received_id("ok/named", &sent.event_id);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("host"), Some(format!("receiver.test:{port}").as_str()));
+    verify(&secret, &got[0].headers, &got[0].body).unwrap();
+    running.stop().await;
+}
+
+/// A raw HTTP/1.1 server on loopback: after reading the request it sends a 200 head
+/// without a length and then the body `chunk` by `chunk`, `every` apart, until the client
+/// goes away. Returns its URL and the body bytes it managed to write.
+async fn streaming_receiver(chunk: usize, every: Duration) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let written = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/stream", listener.local_addr().unwrap());
+    let total = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let total = total.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut request).await;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n";
+                if socket.write_all(head).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'x'; chunk];
+                while socket.write_all(&piece).await.is_ok() {
+                    total.fetch_add(chunk, Ordering::SeqCst);
+                    if !every.is_zero() {
+                        tokio::time::sleep(every).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, written)
+}
+
+#[tokio::test]
+async fn an_endless_response_body_is_read_to_64_kib_then_the_connection_is_dropped() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let (url, written) = streaming_receiver(16 * 1024, Duration::ZERO).await;
+    let (ep, _) = endpoint(&db, &url, json!({})).await;
+    let started = Instant::now();
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let a = &attempts(&db, &sent.delivery_id).await[0];
+    assert_eq!(a.response_code, Some(200));
+    assert_eq!(a.response_body.as_deref().map(str::len), Some(4096));
+    // The receiver's writes fail once hookrelay hangs up: what it got out is bounded by the
+    // read limit plus what the socket buffers hold, nowhere near endless.
+    let settled = eventually(Duration::from_secs(5), || async {
+        let before = written.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (written.load(Ordering::SeqCst) == before).then_some(before)
+    })
+    .await
+    .expect("the receiver kept writing: the connection was not dropped");
+    assert!(settled < 32 * 1024 * 1024, "{settled} bytes written");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_trickles_its_answer_is_cut_at_the_attempt_timeout() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_DELIVERY_TIMEOUT", "1s")]).await;
+    let (url, _) = streaming_receiver(1, Duration::from_millis(50)).await;
+    let (ep, _) = endpoint(&db, &url, json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+
+    // A 2xx status confirms; the trickled body only shortens what is kept.
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    let a = &attempts(&db, &sent.delivery_id).await[0];
+    assert!(
+        (900..3000).contains(&a.duration_ms),
+        "the attempt took {} ms",
+        a.duration_ms
+    );
+    let kept = a.response_body.as_deref().unwrap().len();
+    assert!((1..=40).contains(&kept), "{kept} bytes kept");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoints_own_timeout_replaces_the_default() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[("HOOKRELAY_RETRY_SCHEDULE", "1m")]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("slow/4000/own-timeout"), json!({})).await;
+    sqlx::query("UPDATE endpoints SET timeout_seconds = 1 WHERE id = $1")
+        .bind(&ep)
+        .execute(&db)
+        .await
+        .unwrap();
+    let sent = send_event(&db, &js, &ep).await;
+
+    wait_for(&db, &sent.delivery_id, "retrying", 1).await;
+    let a = &attempts(&db, &sent.delivery_id).await[0];
+    assert_eq!(a.error.as_deref(), Some("timeout after 1s"));
+    assert!((900..2500).contains(&a.duration_ms), "{} ms", a.duration_ms);
+    running.stop().await;
+}
+
+/// A raw HTTP/1.1 receiver that keeps connections open and answers every request 200.
+/// Returns its URL and how many connections it accepted and requests it answered.
+async fn keep_alive_receiver() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/keep-alive", listener.local_addr().unwrap());
+    let (conns, reqs) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::SeqCst);
+            let reqs = reqs.clone();
+            tokio::spawn(async move {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // One whole request (head, then content-length bytes of body), then answer.
+                    let complete = buf.windows(4).position(|w| w == b"\r\n\r\n").and_then(|end| {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        (buf.len() >= end + 4 + length).then_some(end + 4 + length)
+                    });
+                    if let Some(used) = complete {
+                        buf.drain(..used);
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (url, connections, requests)
+}
+
+#[tokio::test]
+async fn attempts_to_an_endpoint_reuse_one_kept_alive_connection() {
+    let env = TestEnv::start().await.unwrap();
+    let (running, db, js) = setup(&env, &[]).await;
+    let (url, connections, requests) = keep_alive_receiver().await;
+    let (ep, _) = endpoint(&db, &url, json!({})).await;
+    for _ in 0..5 {
+        let sent = send_event(&db, &js, &ep).await;
+        wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 5);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "a new connection per attempt");
     running.stop().await;
 }

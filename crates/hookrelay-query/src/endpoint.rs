@@ -11,6 +11,8 @@ use crate::target;
 pub(crate) const MAX_PATTERNS: usize = 100;
 pub(crate) const MAX_DESCRIPTION_CHARS: usize = 1000;
 pub(crate) const MAX_HEADERS: usize = 50;
+/// An endpoint's own attempt timeout, in seconds.
+pub(crate) const TIMEOUT_SECONDS: std::ops::RangeInclusive<i64> = 1..=30;
 
 /// Headers hookrelay sets itself; an endpoint may not override them.
 const RESERVED_HEADERS: [&str; 7] = [
@@ -43,6 +45,8 @@ pub(crate) struct EndpointInput {
     enabled: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     rate_limit_per_sec: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    timeout_seconds: Option<Value>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -59,6 +63,8 @@ pub(crate) struct EndpointSpec {
     pub(crate) description: String,
     pub(crate) enabled: bool,
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The endpoint's own attempt timeout (NULL: the deliverer's default).
+    pub(crate) timeout_seconds: Option<i32>,
 }
 
 impl EndpointInput {
@@ -77,6 +83,7 @@ impl EndpointInput {
             description: String::new(),
             enabled: true,
             rate_limit_per_sec: None,
+            timeout_seconds: None,
         };
         self.apply(blank, allow_private)
     }
@@ -134,6 +141,26 @@ impl EndpointInput {
                             Invalid::new(
                                 "invalid_rate_limit",
                                 "rate_limit_per_sec must be a whole number of at least 1 (or null for no limit)",
+                            )
+                        })?,
+                ),
+            };
+        }
+        if let Some(v) = self.timeout_seconds {
+            spec.timeout_seconds = match v {
+                Value::Null => None,
+                v => Some(
+                    v.as_i64()
+                        .filter(|n| TIMEOUT_SECONDS.contains(n))
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| {
+                            Invalid::new(
+                                "invalid_timeout",
+                                format!(
+                                    "timeout_seconds must be a whole number from {} to {} (or null for the default)",
+                                    TIMEOUT_SECONDS.start(),
+                                    TIMEOUT_SECONDS.end()
+                                ),
                             )
                         })?,
                 ),
@@ -262,6 +289,9 @@ mod tests {
         assert_eq!(with("headers", json!(["x"])).code, "invalid_headers");
         assert_eq!(with("rate_limit_per_sec", json!(0)).code, "invalid_rate_limit");
         assert_eq!(with("rate_limit_per_sec", json!(1.5)).code, "invalid_rate_limit");
+        for bad in [json!(0), json!(31), json!(1.5), json!("10"), json!(-1)] {
+            assert_eq!(with("timeout_seconds", bad).code, "invalid_timeout");
+        }
         assert_eq!(with("description", json!("x".repeat(1001))).code, "invalid_description");
         assert_eq!(with("enabled", json!("yes")).code, "invalid_enabled");
         assert_eq!(with("url", json!(5)).code, "invalid_url");
@@ -285,6 +315,7 @@ mod tests {
             "url": "https://example.com", "events": ["a/b", "a/b", "*"],
             "filter": {"data.merchant": "Acme"}, "headers": {"X-Token": "t"},
             "description": "é".repeat(1000), "enabled": false, "rate_limit_per_sec": 5,
+            "timeout_seconds": 30,
         }))
         .unwrap();
         assert_eq!(spec.events, ["a/b", "*"]);
@@ -292,6 +323,7 @@ mod tests {
         assert_eq!(spec.headers["X-Token"], "t");
         assert!(!spec.enabled);
         assert_eq!(spec.rate_limit_per_sec, Some(5));
+        assert_eq!(spec.timeout_seconds, Some(30));
     }
 
     #[test]
@@ -309,6 +341,10 @@ mod tests {
         assert_eq!(patched.url, spec.url);
         assert_eq!(patched.rate_limit_per_sec, Some(3));
         assert_eq!(patched.description, "d");
+        let timed = input(json!({"timeout_seconds": 1})).apply(spec.clone(), false).unwrap();
+        assert_eq!(timed.timeout_seconds, Some(1));
+        let untimed = input(json!({"timeout_seconds": null})).apply(timed, false).unwrap();
+        assert_eq!(untimed.timeout_seconds, None);
         let cleared = input(json!({"rate_limit_per_sec": null, "description": null}))
             .apply(spec.clone(), false)
             .unwrap();

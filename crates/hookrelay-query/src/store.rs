@@ -138,6 +138,7 @@ pub(crate) struct Endpoint {
     pub(crate) description: String,
     pub(crate) enabled: bool,
     pub(crate) rate_limit_per_sec: Option<i32>,
+    pub(crate) timeout_seconds: Option<i32>,
     #[serde(skip)]
     pub(crate) secret: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -156,6 +157,7 @@ impl Endpoint {
             description: self.description.clone(),
             enabled: self.enabled,
             rate_limit_per_sec: self.rate_limit_per_sec,
+            timeout_seconds: self.timeout_seconds,
         }
     }
 }
@@ -170,9 +172,10 @@ pub(crate) async fn insert_endpoint(
 ) -> Result<Endpoint> {
     Ok(sqlx::query_as(
         "INSERT INTO endpoints
-           (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+           (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret,
+            timeout_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
                    secret, created_at, updated_at",
     )
     .bind(id.as_str())
@@ -185,6 +188,7 @@ pub(crate) async fn insert_endpoint(
     .bind(spec.enabled)
     .bind(spec.rate_limit_per_sec)
     .bind(secret)
+    .bind(spec.timeout_seconds)
     .fetch_one(db)
     .await?)
 }
@@ -195,7 +199,7 @@ pub(crate) async fn endpoint(
     tenant: Option<&TenantId>,
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
                 secret, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
     )
@@ -212,7 +216,7 @@ pub(crate) async fn endpoint_for_update(
     tenant: Option<&TenantId>,
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
                 secret, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) FOR UPDATE",
     )
@@ -226,9 +230,9 @@ pub(crate) async fn endpoint_for_update(
 pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, spec: &EndpointSpec) -> Result<Endpoint> {
     Ok(sqlx::query_as(
         "UPDATE endpoints SET url = $2, events = $3, filter = $4, headers = $5, description = $6,
-                enabled = $7, rate_limit_per_sec = $8, updated_at = now()
+                enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, updated_at = now()
          WHERE id = $1
-         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
                    secret, created_at, updated_at",
     )
     .bind(id.as_str())
@@ -239,6 +243,7 @@ pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, sp
     .bind(&spec.description)
     .bind(spec.enabled)
     .bind(spec.rate_limit_per_sec)
+    .bind(spec.timeout_seconds)
     .fetch_one(db)
     .await?)
 }
@@ -265,7 +270,7 @@ pub(crate) async fn endpoints(
     limit: i64,
 ) -> Result<Vec<Endpoint>> {
     let mut q = QueryBuilder::<Postgres>::new(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
                 secret, created_at, updated_at
          FROM endpoints WHERE tenant_id = ",
     );

@@ -740,3 +740,41 @@ async fn unknown_routes_are_json_404s() {
     assert_eq!(r.status, 405);
     assert!(r.is_error_body());
 }
+
+#[tokio::test]
+async fn an_endpoint_timeout_is_1_to_30_seconds_set_at_create_and_patch() {
+    let app = app().await;
+    let key = app.full_key("acme").await;
+    let base = json!({"url": "https://example.com/hooks", "events": ["**"]});
+    let default = app.endpoint(&key, base.clone()).await;
+    assert_eq!(default["timeout_seconds"], Value::Null);
+    let mut timed = base.clone();
+    timed["timeout_seconds"] = json!(5);
+    let created = app.endpoint(&key, timed).await;
+    assert_eq!(created["timeout_seconds"], 5);
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    for bad in [json!(0), json!(31), json!(2.5), json!("5")] {
+        let mut body = base.clone();
+        body["timeout_seconds"] = bad.clone();
+        let r = app.api.post("/v1/endpoints", &key, body).await;
+        assert_error(&r, 422, "invalid_timeout");
+        let r = app
+            .api
+            .patch(&format!("/v1/endpoints/{id}"), &key, json!({"timeout_seconds": bad}))
+            .await;
+        assert_error(&r, 422, "invalid_timeout");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains("timeout_seconds"));
+    }
+    let path = format!("/v1/endpoints/{id}");
+    let patched = app.api.patch(&path, &key, json!({"timeout_seconds": 30})).await;
+    assert_eq!(patched.body["timeout_seconds"], 30, "{patched:?}");
+    let stored: Option<i32> = sqlx::query_scalar("SELECT timeout_seconds FROM endpoints WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(30));
+    let cleared = app.api.patch(&path, &key, json!({"timeout_seconds": null})).await;
+    assert_eq!(cleared.body["timeout_seconds"], Value::Null);
+}

@@ -44,9 +44,15 @@ fn nats_server_binary() -> PathBuf {
 
 impl TestEnv {
     pub async fn start() -> anyhow::Result<Self> {
-        hookrelay_runtime::telemetry::install_crypto_provider();
         let admin_url = std::env::var("HOOKRELAY_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        Self::start_on(admin_url).await
+    }
+
+    /// Like [`TestEnv::start`], with the database on the server behind `admin_url` (e.g. a
+    /// [`crate::PgCluster`] of the test's own).
+    pub async fn start_on(admin_url: String) -> anyhow::Result<Self> {
+        hookrelay_runtime::telemetry::install_crypto_provider();
         let db_name = format!("hr_test_{:016x}", rand::rng().random::<u64>());
         let mut admin = PgConnection::connect(&admin_url)
             .await

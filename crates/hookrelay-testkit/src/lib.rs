@@ -12,11 +12,13 @@
 
 mod api;
 mod env;
+mod postgres;
 mod receiver;
 mod service;
 
 pub use api::{Api, Reply};
 pub use env::{ADMIN_TOKEN, TestEnv};
+pub use postgres::PgCluster;
 pub use receiver::{Received, Receiver};
 pub use service::{Service, spawn_service};
 

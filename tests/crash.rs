@@ -1,0 +1,329 @@
+//! Crashes, restarts and scale with real processes: each service is the `hookrelay` binary
+//! as a child process over a private NATS server and a fresh database. What may duplicate
+//! is stated in docs/delivery.md; these tests pin it down.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use hookrelay_testkit::{ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, eventually};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A service process, killed (SIGKILL) if still running when dropped.
+struct Proc {
+    child: Child,
+    api: Api,
+}
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit code once it has exited (within `within`).
+    async fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let child = &mut self.child;
+        let status = eventually(within, || {
+            let done = child.try_wait().unwrap();
+            async move { done }
+        })
+        .await;
+        status.and_then(|s| s.code())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Starts `hookrelay <service>` on its own port and waits until it is ready.
+async fn spawn(env: &TestEnv, service: &str, extra: &[(&str, &str)]) -> Proc {
+    let addr = free_addr();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+    cmd.arg(service)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOOKRELAY_NATS_URL", &env.nats_url)
+        .env("HOOKRELAY_DATABASE_URL", &env.database_url)
+        .env("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
+        .env("HOOKRELAY_RETRY_SCHEDULE", "200ms,400ms,800ms,1s,1s,1s")
+        .env("HOOKRELAY_DRAIN_TIMEOUT", "10s")
+        .env("HOOKRELAY_HTTP_ADDR", &addr)
+        .env("RUST_LOG", "warn");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let api = Api::new(format!("http://{addr}"));
+    api.wait_ready().await;
+    Proc { child, api }
+}
+
+/// A tenant with an all-scopes key, and an endpoint at `url` for every event type.
+async fn tenant_with_endpoint(query: &Api, url: &str) -> (String, String) {
+    let r = query
+        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let scopes = ["events:write", "endpoints:write", "deliveries:read", "deliveries:write"];
+    let r = query
+        .post(
+            "/v1/api-keys",
+            ADMIN_TOKEN,
+            json!({"tenant_id": "acme", "name": "crash", "scopes": scopes}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let key = r.body["key"].as_str().unwrap().to_owned();
+    let ep = add_endpoint(query, &key, url).await;
+    (key, ep)
+}
+
+async fn add_endpoint(query: &Api, key: &str, url: &str) -> String {
+    let r = query
+        .post("/v1/endpoints", key, json!({"url": url, "events": ["**"]}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+async fn send(ingest: &Api, key: &str, n: usize) -> String {
+    let r = ingest
+        .post("/v1/events", key, json!({"event": "orders/created", "data": {"n": n}}))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    r.body["event_id"].as_str().unwrap().to_owned()
+}
+
+/// `(status, attempt_count)` of the one delivery of `event_id`, from the database.
+async fn delivery(db: &sqlx::PgPool, event_id: &str) -> Option<(String, i32)> {
+    sqlx::query_as("SELECT status, attempt_count FROM deliveries WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+async fn wait_delivered(db: &sqlx::PgPool, event_id: &str) -> i32 {
+    let found = eventually(WAIT, || async {
+        delivery(db, event_id)
+            .await
+            .filter(|(s, _)| s == "delivered")
+            .map(|(_, n)| n)
+    })
+    .await;
+    match found {
+        Some(n) => n,
+        None => panic!("{event_id} not delivered: {:?}", delivery(db, event_id).await),
+    }
+}
+
+/// ingest, query and router as processes; the deliverers are each test's business.
+async fn front(env: &TestEnv) -> (Proc, Proc, Proc) {
+    let ingest = spawn(env, "ingest", &[]).await;
+    let query = spawn(env, "query", &[]).await;
+    let router = spawn(env, "router", &[]).await;
+    (ingest, query, router)
+}
+
+#[tokio::test]
+async fn a_deliverer_killed_mid_request_is_replaced_and_the_delivery_is_attempted_again() {
+    let env = TestEnv::start().await.unwrap();
+    let db = env.db().await.unwrap();
+    let (ingest, query, _router) = front(&env).await;
+    let rx = Receiver::start().await.unwrap();
+    let (key, _) = tenant_with_endpoint(&query.api, &rx.url("slow/1500/kill")).await;
+    let lease = [("HOOKRELAY_ATTEMPT_LEASE", "3s"), ("HOOKRELAY_DELIVERY_TIMEOUT", "2s")];
+    let mut first = spawn(&env, "deliverer", &lease).await;
+    let id = send(&ingest.api, &key, 1).await;
+
+    // The request is at the receiver (which answers after 1.5 s): kill the deliverer now.
+    assert_eq!(rx.wait_for("slow/1500/kill", &id, 1, WAIT).await.len(), 1);
+    first.kill9();
+    assert_eq!(delivery(&db, &id).await.map(|d| d.1), Some(0), "nothing recorded yet");
+
+    let _second = spawn(&env, "deliverer", &lease).await;
+    let attempts = wait_delivered(&db, &id).await;
+    // The killed attempt reached the receiver but was never recorded: it is the one that
+    // repeats. The receiver saw the event twice, with the same webhook-id.
+    assert_eq!(attempts, 1);
+    let got = rx.received_id("slow/1500/kill", &id);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_attempt_finish_and_nothing_is_sent_twice() {
+    let env = TestEnv::start().await.unwrap();
+    let db = env.db().await.unwrap();
+    let (ingest, query, _router) = front(&env).await;
+    let rx = Receiver::start().await.unwrap();
+    let (key, _) = tenant_with_endpoint(&query.api, &rx.url("slow/1500/term")).await;
+    let mut deliverer = spawn(&env, "deliverer", &[]).await;
+    let id = send(&ingest.api, &key, 1).await;
+    assert_eq!(rx.wait_for("slow/1500/term", &id, 1, WAIT).await.len(), 1);
+
+    let code = deliverer.terminate(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "the deliverer did not drain and exit cleanly");
+    assert_eq!(delivery(&db, &id).await, Some(("delivered".to_owned(), 1)));
+
+    // A new deliverer finds nothing left to do for it.
+    let _next = spawn(&env, "deliverer", &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.received_id("slow/1500/term", &id).len(), 1);
+}
+
+#[tokio::test]
+async fn two_routers_and_two_deliverers_deliver_each_event_once_per_endpoint() {
+    let env = TestEnv::start().await.unwrap();
+    let db = env.db().await.unwrap();
+    let (ingest, query, _router) = front(&env).await;
+    let _router2 = spawn(&env, "router", &[]).await;
+    let _d1 = spawn(&env, "deliverer", &[]).await;
+    let _d2 = spawn(&env, "deliverer", &[]).await;
+    let rx = Receiver::start().await.unwrap();
+    let (key, _) = tenant_with_endpoint(&query.api, &rx.url("ok/a")).await;
+    add_endpoint(&query.api, &key, &rx.url("ok/b")).await;
+
+    const N: usize = 60;
+    let mut ids = Vec::with_capacity(N);
+    for n in 0..N {
+        ids.push(send(&ingest.api, &key, n).await);
+    }
+    for path in ["ok/a", "ok/b"] {
+        let all = eventually(WAIT, || async { (rx.received(path).len() >= N).then_some(()) }).await;
+        assert!(all.is_some(), "{path}: {} of {N}", rx.received(path).len());
+    }
+    // Let any duplicate land before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for path in ["ok/a", "ok/b"] {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for r in rx.received(path) {
+            *seen.entry(r.header("webhook-id").unwrap().to_owned()).or_default() += 1;
+        }
+        assert_eq!(seen.len(), N, "{path}");
+        assert!(seen.values().all(|n| *n == 1), "{path}: duplicates {seen:?}");
+        assert!(ids.iter().all(|id| seen.contains_key(id)));
+    }
+    let delivered: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'delivered'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(delivered, i64::try_from(2 * N).unwrap());
+}
+
+#[tokio::test]
+async fn a_nats_restart_loses_no_accepted_event() {
+    let mut env = TestEnv::start().await.unwrap();
+    let db = env.db().await.unwrap();
+    let all = spawn(&env, "all", &[]).await;
+    let rx = Receiver::start().await.unwrap();
+    let (key, _) = tenant_with_endpoint(&all.api, &rx.url("ok/nats")).await;
+
+    let mut accepted: Vec<String> = Vec::new();
+    for n in 0..10 {
+        accepted.push(send(&all.api, &key, n).await);
+    }
+    env.kill_nats();
+    // While NATS is down intake may refuse (that is no loss: the producer is told); what
+    // it accepts must arrive.
+    let mut refused = 0;
+    for n in 10..12 {
+        let r = all
+            .api
+            .post("/v1/events", &key, json!({"event": "orders/created", "data": {"n": n}}))
+            .await;
+        match r.status {
+            202 => accepted.push(r.body["event_id"].as_str().unwrap().to_owned()),
+            _ => refused += 1,
+        }
+    }
+    env.start_nats().await.unwrap();
+    let back = eventually(WAIT, || async {
+        let r = all.api.call(reqwest::Method::GET, "/readyz", None, None).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "not ready again after the NATS restart");
+    for n in 15..25 {
+        accepted.push(send(&all.api, &key, n).await);
+    }
+    let started = std::time::Instant::now();
+    for id in &accepted {
+        wait_delivered(&db, id).await;
+        assert!(
+            !rx.received_id("ok/nats", id).is_empty(),
+            "{id} never reached the receiver"
+        );
+    }
+    eprintln!(
+        "{} accepted, {refused} refused while NATS was down; all delivered {:?} after the restart",
+        accepted.len(),
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_postgres_crash_and_restart_loses_no_accepted_event_or_retry() {
+    // A cluster of this test's own: it is crashed (`pg_ctl stop -m immediate`) mid-run.
+    let pg = PgCluster::start().unwrap();
+    let env = TestEnv::start_on(pg.admin_url()).await.unwrap();
+    let all = spawn(&env, "all", &[]).await;
+    let rx = Receiver::start().await.unwrap();
+    let (key, _) = tenant_with_endpoint(&all.api, &rx.url("ok/pg")).await;
+    // Every event fails once here, so its retry is pending in Postgres across the crash.
+    add_endpoint(&all.api, &key, &rx.url("flaky/1/pg")).await;
+
+    let mut accepted: Vec<String> = Vec::new();
+    for n in 0..10 {
+        accepted.push(send(&all.api, &key, n).await);
+    }
+    pg.crash().unwrap();
+    let mut refused = 0;
+    for n in 10..12 {
+        let r = all
+            .api
+            .post("/v1/events", &key, json!({"event": "orders/created", "data": {"n": n}}))
+            .await;
+        match r.status {
+            202 => accepted.push(r.body["event_id"].as_str().unwrap().to_owned()),
+            _ => refused += 1,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.up().unwrap();
+    let back = eventually(WAIT, || async {
+        let r = all.api.call(reqwest::Method::GET, "/readyz", None, None).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "not ready again after the Postgres restart");
+    for n in 12..20 {
+        accepted.push(send(&all.api, &key, n).await);
+    }
+    for id in &accepted {
+        assert!(!rx.wait_for("ok/pg", id, 1, WAIT).await.is_empty(), "{id} lost");
+        assert!(
+            rx.wait_for("flaky/1/pg", id, 2, WAIT).await.len() >= 2,
+            "{id}: retry lost"
+        );
+    }
+    eprintln!("{} accepted, {refused} refused while Postgres was down", accepted.len());
+}
