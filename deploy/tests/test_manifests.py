@@ -309,3 +309,30 @@ def test_dashboard_queries_only_metrics_the_code_exports():
         assert f'"{base}"' in source, f"dashboard uses {metric}, which no service exports"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
+
+
+# --- Image --------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_every_binary_and_runs_unprivileged():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    # Binaries: packages with src/main.rs (name = package name) and explicit [[bin]] targets.
+    binaries = set()
+    for manifest in (ROOT / "crates").glob("*/Cargo.toml"):
+        text = manifest.read_text()
+        if (manifest.parent / "src" / "main.rs").exists():
+            binaries.add(re.search(r'^name = "([^"]+)"', text, re.M).group(1))
+        binaries |= set(re.findall(r'\[\[bin\]\]\s*\nname = "([^"]+)"', text))
+    assert binaries, "no binaries found"
+    for b in binaries:
+        assert f"--bin {b} " in dockerfile or f"--bin {b}\n" in dockerfile, f"Dockerfile does not build {b}"
+        assert f"target/release/{b} " in dockerfile, f"Dockerfile does not copy {b}"
+    assert re.search(r"^USER 10001(:10001)?$", dockerfile, re.M), "image must run as uid 10001"
+    assert 'ENTRYPOINT ["/usr/local/bin/hookrelay"]' in dockerfile
+
+
+def test_dev_nats_is_recent_enough():
+    docs = _RENDERED.get("dev") or render("dev")
+    image = named(docs, "StatefulSet", "nats")["spec"]["template"]["spec"]["containers"][0]["image"]
+    major, minor = map(int, re.match(r"nats:(\d+)\.(\d+)", image).groups())
+    assert (major, minor) >= (2, 10), f"{image}: sync_interval needs NATS 2.10+"
