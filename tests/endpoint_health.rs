@@ -348,3 +348,71 @@ async fn an_endpoint_failing_for_the_disable_period_is_disabled_and_its_pending_
         .collect();
     assert_eq!(kinds, ["disabled", "failing"], "{health}");
 }
+
+#[tokio::test]
+async fn a_transition_left_unpublished_is_published_later_with_the_same_event_id() {
+    let env = TestEnv::start().await.unwrap();
+    let src = env.source(&[]);
+    let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
+    let _stop = s.shutdown.drop_guard();
+    let mut events = SystemEvents::new(&env).await;
+    // As if the deliverer died between committing the transition and publishing it.
+    let db = env.db().await.unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO endpoint_health_transitions
+             (tenant_id, endpoint_id, url, kind, reason, consecutive_failures, since, at)
+         VALUES ('acme', 'ep_01jhzz0000000000000000000a', 'https://example.com/hook', 'failing',
+                 '5 consecutive failed attempts', 5, now() - interval '2 minutes', now() - interval '1 minute')
+         RETURNING id",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let (event, data) = events
+        .wait_for("hookrelay/endpoint-failing", "ep_01jhzz0000000000000000000a")
+        .await;
+    assert_eq!(
+        event.event_id,
+        format!("hookrelay_health_ep_01jhzz0000000000000000000a_{id}")
+    );
+    assert_eq!(data["consecutive_failures"], 5);
+    let published = eventually(WAIT, || async {
+        let at: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT published_at FROM endpoint_health_transitions WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        at
+    })
+    .await;
+    assert!(published.is_some(), "never marked published");
+}
+
+#[tokio::test]
+async fn an_unfiltered_deliverer_commands_consumer_from_an_older_release_is_narrowed() {
+    let env = TestEnv::start().await.unwrap();
+    let js = jetstream::new(env.nats().await.unwrap());
+    hookrelay_runtime::nats::ensure_streams(&js).await.unwrap();
+    hookrelay_runtime::nats::durable_consumer(&js, subjects::COMMANDS_STREAM, subjects::DELIVERER_COMMANDS_CONSUMER)
+        .await
+        .unwrap();
+    let src = env.source(&[]);
+    let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
+    let _stop = s.shutdown.drop_guard();
+    let stream = js.get_stream(subjects::COMMANDS_STREAM).await.unwrap();
+    let mut deliverer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(subjects::DELIVERER_COMMANDS_CONSUMER)
+        .await
+        .unwrap();
+    assert_eq!(
+        deliverer.info().await.unwrap().config.filter_subject,
+        subjects::DELIVERER_COMMANDS_FILTER
+    );
+    let mut query: jetstream::consumer::PullConsumer =
+        stream.get_consumer(subjects::QUERY_COMMANDS_CONSUMER).await.unwrap();
+    assert_eq!(
+        query.info().await.unwrap().config.filter_subject,
+        subjects::QUERY_COMMANDS_FILTER
+    );
+}
