@@ -37,6 +37,12 @@ pub struct Config {
     /// checked like any answer. Not read from the environment: tests set it to point a name
     /// at a loopback receiver (or at addresses that must be refused) without real DNS.
     pub dns_overrides: crate::DnsOverrides,
+    /// `HOOKRELAY_FAILING_THRESHOLD`: failed attempts in a row that make an endpoint `failing`.
+    pub failing_threshold: u32,
+    /// `HOOKRELAY_PROBE_INTERVAL`: a failing endpoint gets at most one attempt per interval.
+    pub probe_interval: Duration,
+    /// `HOOKRELAY_DISABLE_AFTER`: a failing endpoint with no success for this long is disabled.
+    pub disable_after: Duration,
 }
 
 impl Config {
@@ -53,7 +59,19 @@ impl Config {
             poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_millis(100))?,
             lease: src.duration("HOOKRELAY_ATTEMPT_LEASE", Duration::from_secs(60))?,
             dns_overrides: crate::DnsOverrides::new(),
+            failing_threshold: src.get("HOOKRELAY_FAILING_THRESHOLD", 5)?,
+            probe_interval: src.duration("HOOKRELAY_PROBE_INTERVAL", Duration::from_secs(30))?,
+            disable_after: src.duration("HOOKRELAY_DISABLE_AFTER", Duration::from_secs(5 * 86_400))?,
         };
+        if cfg.failing_threshold == 0 {
+            bail!("HOOKRELAY_FAILING_THRESHOLD must be at least 1");
+        }
+        if cfg.probe_interval.is_zero() {
+            bail!("HOOKRELAY_PROBE_INTERVAL must be more than 0");
+        }
+        if cfg.disable_after.is_zero() {
+            bail!("HOOKRELAY_DISABLE_AFTER must be more than 0");
+        }
         if cfg.concurrency == 0 {
             bail!("HOOKRELAY_DELIVERER_CONCURRENCY must be at least 1");
         }
@@ -82,6 +100,15 @@ impl Config {
     }
 }
 
+impl Config {
+    pub(crate) fn health_rules(&self) -> crate::health::Rules {
+        crate::health::Rules {
+            threshold: self.failing_threshold,
+            disable_after: self.disable_after,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +127,9 @@ mod tests {
         assert_eq!(cfg.retry_floor, Duration::from_secs(1));
         assert_eq!(cfg.poll_interval, Duration::from_millis(100));
         assert_eq!(cfg.lease, Duration::from_secs(60));
+        assert_eq!(cfg.failing_threshold, 5);
+        assert_eq!(cfg.probe_interval, Duration::from_secs(30));
+        assert_eq!(cfg.disable_after, Duration::from_secs(5 * 86_400));
         assert_eq!(cfg.common.http_addr.to_string(), "127.0.0.1:8083");
     }
 
@@ -123,6 +153,9 @@ mod tests {
             ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "0"),
             ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "many"),
             ("HOOKRELAY_RETRY_FLOOR", "soon"),
+            ("HOOKRELAY_FAILING_THRESHOLD", "0"),
+            ("HOOKRELAY_PROBE_INTERVAL", "0s"),
+            ("HOOKRELAY_DISABLE_AFTER", "never"),
         ] {
             let e = Config::from_source(&Source::from_pairs([(key, value)]))
                 .unwrap_err()

@@ -48,7 +48,13 @@ pub(crate) async fn jobs_consumer(js: &jetstream::Context) -> Result<PullConsume
 }
 
 pub(crate) async fn commands_consumer(js: &jetstream::Context) -> Result<PullConsumer, DeliverError> {
-    consumer(js, subjects::COMMANDS_STREAM, subjects::DELIVERER_COMMANDS_CONSUMER).await
+    let name = subjects::DELIVERER_COMMANDS_CONSUMER;
+    hookrelay_runtime::nats::filtered_consumer(js, subjects::COMMANDS_STREAM, name, subjects::DELIVERER_COMMANDS_FILTER)
+        .await
+        .map_err(|e| DeliverError::Consumer {
+            consumer: name,
+            message: e.to_string(),
+        })
 }
 
 pub(crate) async fn run_jobs(d: Deliverer, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -102,8 +108,17 @@ async fn on_job(d: &Deliverer, msg: Message) {
         return;
     };
     // An endpoint at its cap gets its row due now instead: the scheduler claims it when a
-    // slot frees, and this job's permit goes back at once.
-    let slot = d.in_flight.try_acquire(&job.endpoint_id);
+    // slot frees, and this job's permit goes back at once. So does an endpoint that is not
+    // healthy: the scheduler paces its attempts.
+    let paced = store::paced(&d.db, &job.endpoint_id).await.unwrap_or_else(|error| {
+        warn!(%error, "reading the endpoint's health failed; attempting at once");
+        false
+    });
+    let slot = if paced {
+        None
+    } else {
+        d.in_flight.try_acquire(&job.endpoint_id)
+    };
     let lease = if slot.is_some() { d.cfg.lease } else { Duration::ZERO };
     let inserted = match store::insert_delivery(&d.db, &job, lease).await {
         Ok(inserted) => inserted,

@@ -1,18 +1,21 @@
 //! One delivery's next attempt, end to end: read its endpoint (`endpoints`), make the
 //! attempt, record it in `attempts` and move the `deliveries` row on (delivered, retrying
-//! or failed; a 410 fails it at once). Shared by the jobs consumer (attempt 1) and the
+//! or failed; a 410 fails it at once), then move the endpoint's health on (`health`) and
+//! announce a transition (`publish`). Shared by the jobs consumer (attempt 1) and the
 //! scheduler (every retry).
 
 use std::{sync::Arc, time::Duration};
 
 use hookrelay_types::signature::Secret;
 use tokio::sync::Semaphore;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     Config,
     attempt::{Outcome, Request, Sender},
+    health::Observed,
     in_flight::InFlight,
+    publish,
     retry::{self, Next},
     store::{self, AttemptRow, Due},
 };
@@ -34,13 +37,15 @@ pub(crate) struct Deliverer {
     pub(crate) permits: Arc<Semaphore>,
     /// Attempts in flight per endpoint, capped so a slow endpoint leaves room for the rest.
     pub(crate) in_flight: Arc<InFlight>,
+    /// For health announcements (`publish`).
+    pub(crate) js: async_nats::jetstream::Context,
 }
 
 /// Makes the next attempt of `due` and records it. Never fails: trouble is logged, and a
 /// delivery whose attempt could not be recorded comes due again when its lease runs out.
 #[tracing::instrument(skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
 pub(crate) async fn deliver(d: &Deliverer, due: Due) {
-    let Some((outcome, is_final)) = attempt(d, &due).await else {
+    let Some((outcome, is_final, url)) = attempt(d, &due).await else {
         return;
     };
     if let Some(error) = &outcome.error {
@@ -101,30 +106,81 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due) {
         }
         Some((_, Next::Retry(_))) => {}
     }
+    // Only attempts that sent a request say something about the receiver.
+    if outcome.sent {
+        observe_health(d, &due, &url, &outcome).await;
+    }
+}
+
+/// Moves the endpoint's health on by this attempt and announces a transition it makes. A
+/// failure here is logged: the attempt itself is recorded, and a transition that was
+/// committed but not announced is published by the republisher.
+async fn observe_health(d: &Deliverer, due: &Due, url: &str, outcome: &Outcome) {
+    let observed = match &outcome.error {
+        None => Observed::Success,
+        Some(_) if outcome.gone() => Observed::Gone,
+        Some(error) => Observed::Failure(error),
+    };
+    let rules = d.cfg.health_rules();
+    let transition = match store::observe_health(
+        &d.db,
+        &due.tenant_id,
+        &due.endpoint_id,
+        url,
+        observed,
+        rules,
+        d.cfg.probe_interval,
+    )
+    .await
+    {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, endpoint_id = %due.endpoint_id, "updating the endpoint's health failed");
+            return;
+        }
+    };
+    if let Err(e) = publish::announce(d, &transition).await {
+        warn!(error = %e, endpoint_id = %due.endpoint_id, "announcing a health transition failed; it is published again later");
+    }
 }
 
 /// The attempt's outcome, and whether it ends the delivery whatever the schedule says
 /// (nothing could ever be sent). `None` when the endpoint could not be read: nothing is
 /// sent or recorded, and the delivery comes due again when its lease runs out.
-async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool)> {
+async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, String)> {
+    let refused = |why: &str| Some((Outcome::refused(why), true, String::new()));
     let Some(body) = &due.body else {
-        return Some((Outcome::refused("event payload no longer stored"), true));
+        return refused("event payload no longer stored");
     };
     let endpoint = match store::endpoint(&d.db, &due.tenant_id, &due.endpoint_id).await {
         Ok(Some(endpoint)) => endpoint,
-        Ok(None) => return Some((Outcome::refused("endpoint deleted"), true)),
+        Ok(None) => return refused("endpoint deleted"),
         Err(e) => {
             warn!(error = %e, "reading the endpoint failed; the delivery waits for its lease to run out");
             return None;
         }
     };
-    if !endpoint.enabled {
-        return Some((Outcome::refused("endpoint disabled"), true));
+    // Disabled by health but not yet by query: refused alike.
+    if !endpoint.enabled || endpoint.health_disabled() {
+        return refused("endpoint disabled");
+    }
+    if endpoint.reenabled() {
+        match store::reset_health(&d.db, &due.tenant_id, &due.endpoint_id, &endpoint.url).await {
+            Ok(_) => info!(endpoint_id = %due.endpoint_id, "endpoint enabled again; its health starts fresh"),
+            Err(e) => warn!(error = %e, "resetting the health of a re-enabled endpoint failed"),
+        }
     }
     let mut secrets = Vec::with_capacity(2);
     match Secret::parse(&endpoint.secret) {
         Ok(s) => secrets.push(s),
-        Err(_) => return Some((Outcome::refused("the endpoint's secret is not valid"), false)),
+        Err(_) => {
+            return Some((
+                Outcome::refused("the endpoint's secret is not valid"),
+                false,
+                endpoint.url,
+            ));
+        }
     }
     if let Some(previous) = endpoint.previous_secret.as_deref() {
         match Secret::parse(previous) {
@@ -146,5 +202,6 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool)> {
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs),
     };
-    Some((d.sender.send(request).await, false))
+    let outcome = d.sender.send(request).await;
+    Some((outcome, false, endpoint.url))
 }

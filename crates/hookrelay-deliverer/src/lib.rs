@@ -1,7 +1,9 @@
 //! hookrelay step 3, delivery. Consumes `DeliveryJob`s from HOOKRELAY_DELIVERIES, keeps one
 //! `deliveries` row per (event, endpoint), POSTs the signed envelope, records every attempt
 //! in `attempts`, and retries on the schedule from a Postgres-backed scheduler. Operator
-//! commands (retry, recover) arrive on HOOKRELAY_COMMANDS. It has no API; only `/healthz`,
+//! commands (retry, recover) arrive on HOOKRELAY_COMMANDS. It keeps each endpoint's health
+//! (`endpoint_health`), paces attempts to failing endpoints, and announces health changes
+//! on HOOKRELAY_SYSTEM (asking query, over HOOKRELAY_COMMANDS, to disable an endpoint). It has no API; only `/healthz`,
 //! `/readyz` and `/metrics`.
 
 mod attempt;
@@ -9,7 +11,9 @@ mod config;
 mod consume;
 mod deliver;
 mod error;
+mod health;
 mod in_flight;
+mod publish;
 mod retry;
 mod scheduler;
 mod store;
@@ -32,6 +36,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         cfg: Arc::new(cfg.clone()),
         permits: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency)),
         in_flight: in_flight::InFlight::new(cfg.endpoint_max_in_flight),
+        js: rt.js.clone(),
     };
     let jobs = consume::jobs_consumer(&rt.js).await?;
     let commands = consume::commands_consumer(&rt.js).await?;
@@ -48,6 +53,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "delivery command consumer stopped");
         }
     });
+    rt.tasks.spawn(publish::republish(d.clone(), shutdown.clone()));
     rt.tasks.spawn(scheduler::run(d, shutdown));
     Ok(axum::Router::new())
 }

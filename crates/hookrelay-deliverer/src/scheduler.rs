@@ -8,7 +8,8 @@
 //! using a window function over the due rows; an endpoint's excess stays due and
 //! unclaimed, costing neither an attempt nor a lease. So a dead endpoint with a large
 //! backlog holds at most its cap of the `HOOKRELAY_DELIVERER_CONCURRENCY` slots, and the
-//! rest serve healthy endpoints.
+//! rest serve healthy endpoints. A `failing` endpoint is probed instead: one attempt per
+//! `HOOKRELAY_PROBE_INTERVAL`, its other rows left due and unclaimed.
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::warn;
@@ -45,7 +46,7 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
         let limit = i64::try_from(free).unwrap_or(1);
         let cap = i32::try_from(d.in_flight.cap()).unwrap_or(i32::MAX);
         let busy = d.in_flight.snapshot();
-        let due = match store::claim_due(&d.db, limit, d.cfg.lease, cap, &busy).await {
+        let due = match store::claim_due(&d.db, limit, d.cfg.lease, cap, &busy, d.cfg.probe_interval).await {
             Ok(due) => due,
             Err(error) => {
                 warn!(%error, "claiming due deliveries failed");

@@ -1,12 +1,16 @@
-//! All of the deliverer's SQL. It is the only writer of `deliveries` and `attempts`, and
-//! reads `endpoints` (written by query) and `events` (written by ingest).
+//! All of the deliverer's SQL. It is the only writer of `deliveries`, `attempts`,
+//! `endpoint_health` and `endpoint_health_transitions`, and reads `endpoints` (written by
+//! query) and `events` (written by ingest).
 
 use std::time::Duration;
 
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 
-use crate::retry::Next;
+use crate::{
+    health::{self, Health, Observed, Rules, State},
+    retry::Next,
+};
 
 /// A delivery about to be attempted, with the body to send (`None`: the event row is gone).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,6 +35,26 @@ pub(crate) struct Endpoint {
     pub(crate) enabled: bool,
     /// The endpoint's own attempt timeout in seconds (NULL: the configured default).
     pub(crate) timeout_seconds: Option<i32>,
+    pub(crate) updated_at: OffsetDateTime,
+    /// From `endpoint_health`; `None` when it has no row (healthy).
+    pub(crate) health_state: Option<String>,
+    pub(crate) disabled_at: Option<OffsetDateTime>,
+}
+
+impl Endpoint {
+    /// Health disabled it and no user has enabled it since (query may not have applied
+    /// the disable yet).
+    pub(crate) fn health_disabled(&self) -> bool {
+        self.health_state.as_deref() == Some("disabled") && !self.reenabled()
+    }
+
+    /// Health disabled it, and a user changed the endpoint since while it is enabled: a
+    /// re-enable, after which health starts fresh.
+    pub(crate) fn reenabled(&self) -> bool {
+        self.health_state.as_deref() == Some("disabled")
+            && self.enabled
+            && self.disabled_at.is_some_and(|at| self.updated_at > at)
+    }
 }
 
 /// One attempt as recorded.
@@ -86,10 +110,11 @@ pub(crate) async fn existing_delivery(
 
 pub(crate) async fn endpoint(db: impl PgExecutor<'_>, tenant: &str, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT url, headers, secret,
-                CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret,
-                enabled, timeout_seconds
-         FROM endpoints WHERE tenant_id = $1 AND id = $2",
+        "SELECT e.url, e.headers, e.secret,
+                CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
+                e.enabled, e.timeout_seconds, e.updated_at, h.state AS health_state, h.disabled_at
+         FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id
+         WHERE e.tenant_id = $1 AND e.id = $2",
     )
     .bind(tenant)
     .bind(id)
@@ -107,21 +132,30 @@ pub(crate) async fn endpoint(db: impl PgExecutor<'_>, tenant: &str, id: &str) ->
 /// no lease), so a dead endpoint's backlog never crowds out other endpoints' rows, and it
 /// is claimed as its own attempts finish. Ranking reads every due row; the claim then locks
 /// only what it takes.
+///
+/// A `failing` endpoint is probed: one row at a time, and only once its `next_probe_at` has
+/// come, which the claim pushes a `probe` interval ahead. Its other rows wait, unattempted.
 pub(crate) async fn claim_due(
     db: impl PgExecutor<'_>,
     limit: i64,
     lease: Duration,
     cap: i32,
     busy: &[(String, i32)],
+    probe: Duration,
 ) -> Result<Vec<Due>, sqlx::Error> {
     let (busy_ids, busy_counts): (Vec<&str>, Vec<i32>) = busy.iter().map(|(id, n)| (id.as_str(), *n)).unzip();
     sqlx::query_as(
         "WITH busy AS (
              SELECT * FROM unnest($4::text[], $5::int4[]) AS b(endpoint_id, in_flight)),
          ranked AS (
-             SELECT d.id, $3::int4 - COALESCE(b.in_flight, 0) AS free,
+             SELECT d.id,
+                    CASE WHEN h.state = 'failing' THEN
+                        CASE WHEN COALESCE(b.in_flight, 0) = 0 AND COALESCE(h.next_probe_at <= now(), true)
+                             THEN 1 ELSE 0 END
+                    ELSE $3::int4 - COALESCE(b.in_flight, 0) END AS free,
                     row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rank
              FROM deliveries d LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
+             LEFT JOIN endpoint_health h ON h.endpoint_id = d.endpoint_id
              WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()),
          claimed AS (
              UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
@@ -132,7 +166,10 @@ pub(crate) async fn claim_due(
                  ORDER BY next_attempt_at
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry)
+             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry),
+         probed AS (
+             UPDATE endpoint_health SET next_probe_at = now() + make_interval(secs => $6)
+             WHERE state = 'failing' AND endpoint_id IN (SELECT endpoint_id FROM claimed))
          SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
                 e.body
          FROM claimed c
@@ -143,6 +180,7 @@ pub(crate) async fn claim_due(
     .bind(cap)
     .bind(busy_ids)
     .bind(busy_counts)
+    .bind(probe.as_secs_f64())
     .fetch_all(db)
     .await
 }
@@ -252,4 +290,190 @@ pub(crate) async fn requeue_failed(
     .execute(db)
     .await?
     .rows_affected())
+}
+
+/// Whether the endpoint's attempts are paced (it is not healthy): its new deliveries go to
+/// the scheduler instead of being attempted at once.
+pub(crate) async fn paced(db: impl PgExecutor<'_>, endpoint_id: &str) -> Result<bool, sqlx::Error> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM endpoint_health WHERE endpoint_id = $1")
+        .bind(endpoint_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(state.is_some_and(|s| s != "healthy"))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct HealthRow {
+    state: String,
+    consecutive_failures: i32,
+    since: OffsetDateTime,
+    first_failure_at: Option<OffsetDateTime>,
+}
+
+impl From<HealthRow> for Health {
+    fn from(r: HealthRow) -> Self {
+        Self {
+            state: State::parse(&r.state),
+            consecutive_failures: r.consecutive_failures,
+            since: r.since,
+            first_failure_at: r.first_failure_at,
+        }
+    }
+}
+
+/// A recorded transition, to announce.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct TransitionRow {
+    pub(crate) id: i64,
+    pub(crate) tenant_id: String,
+    pub(crate) endpoint_id: String,
+    pub(crate) url: String,
+    pub(crate) kind: String,
+    pub(crate) reason: String,
+    pub(crate) consecutive_failures: i32,
+    pub(crate) since: OffsetDateTime,
+}
+
+const TRANSITION_COLUMNS: &str = "id, tenant_id, endpoint_id, url, kind, reason, consecutive_failures, since";
+
+/// Moves the endpoint's health on by one attempt's outcome, in one transaction; returns the
+/// transition it made, recorded and not yet published. A success on an endpoint with no
+/// failures counted writes nothing.
+pub(crate) async fn observe_health(
+    db: &PgPool,
+    tenant: &str,
+    endpoint_id: &str,
+    url: &str,
+    observed: Observed<'_>,
+    rules: Rules,
+    probe: Duration,
+) -> Result<Option<TransitionRow>, sqlx::Error> {
+    let select =
+        "SELECT state, consecutive_failures, since, first_failure_at FROM endpoint_health WHERE endpoint_id = $1";
+    if observed == Observed::Success {
+        let current: Option<HealthRow> = sqlx::query_as(select).bind(endpoint_id).fetch_optional(db).await?;
+        if current.is_none_or(|h| h.state == "healthy" && h.consecutive_failures == 0) {
+            return Ok(None);
+        }
+    }
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO endpoint_health (tenant_id, endpoint_id, state) VALUES ($1, $2, 'healthy')
+         ON CONFLICT (endpoint_id) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(endpoint_id)
+    .execute(&mut *tx)
+    .await?;
+    let current: HealthRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{select} FOR UPDATE")))
+        .bind(endpoint_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let now = OffsetDateTime::now_utc();
+    let (next, transition) = health::step(&current.into(), observed, now, rules);
+    sqlx::query(
+        "UPDATE endpoint_health
+         SET state = $2, consecutive_failures = $3, since = $4, first_failure_at = $5,
+             next_probe_at = CASE WHEN $2 = 'failing' THEN $6 + make_interval(secs => $7) END,
+             disabled_at = CASE WHEN $2 <> 'disabled' THEN NULL WHEN state = 'disabled' THEN disabled_at ELSE $6 END,
+             updated_at = $6
+         WHERE endpoint_id = $1",
+    )
+    .bind(endpoint_id)
+    .bind(next.state.as_str())
+    .bind(next.consecutive_failures)
+    .bind(next.since)
+    .bind(next.first_failure_at)
+    .bind(now)
+    .bind(probe.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    let row = match transition {
+        None => None,
+        Some(t) => Some(
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO endpoint_health_transitions
+                     (tenant_id, endpoint_id, url, kind, reason, consecutive_failures, since, at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 RETURNING {TRANSITION_COLUMNS}"
+            )))
+            .bind(tenant)
+            .bind(endpoint_id)
+            .bind(url)
+            .bind(t.kind.as_str())
+            .bind(&t.reason)
+            .bind(t.consecutive_failures)
+            .bind(t.since)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?,
+        ),
+    };
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// A user enabled the endpoint again after health disabled it: health starts fresh, and a
+/// `reset` transition (not announced) records it. Returns whether it was reset.
+pub(crate) async fn reset_health(db: &PgPool, tenant: &str, endpoint_id: &str, url: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let old: Option<(i32, OffsetDateTime)> = sqlx::query_as(
+        "SELECT consecutive_failures, since FROM endpoint_health
+         WHERE endpoint_id = $1 AND state = 'disabled' FOR UPDATE",
+    )
+    .bind(endpoint_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((failures, since)) = old else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE endpoint_health
+         SET state = 'healthy', consecutive_failures = 0, since = now(), first_failure_at = NULL,
+             next_probe_at = NULL, disabled_at = NULL, updated_at = now()
+         WHERE endpoint_id = $1",
+    )
+    .bind(endpoint_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO endpoint_health_transitions
+             (tenant_id, endpoint_id, url, kind, reason, consecutive_failures, since, published_at)
+         VALUES ($1, $2, $3, 'reset', 'the endpoint was enabled again', $4, $5, now())",
+    )
+    .bind(tenant)
+    .bind(endpoint_id)
+    .bind(url)
+    .bind(failures)
+    .bind(since)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub(crate) async fn mark_published(db: impl PgExecutor<'_>, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE endpoint_health_transitions SET published_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Transitions recorded at least `age` ago and still not published (the process died, or
+/// NATS refused, between the commit and the publish).
+pub(crate) async fn unpublished_transitions(
+    db: impl PgExecutor<'_>,
+    age: Duration,
+    limit: i64,
+) -> Result<Vec<TransitionRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRANSITION_COLUMNS} FROM endpoint_health_transitions
+         WHERE published_at IS NULL AND at <= now() - make_interval(secs => $1)
+         ORDER BY id LIMIT $2"
+    )))
+    .bind(age.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }

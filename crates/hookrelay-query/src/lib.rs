@@ -4,9 +4,12 @@
 //! (written by ingest) and `deliveries` and `attempts` (written by the deliverer). Operator
 //! actions on deliveries (retry, recover) are `DeliveryCommand`s published on
 //! `hookrelay.commands.deliverer.<tenant>` (stream HOOKRELAY_COMMANDS) for the deliverer,
-//! the only writer of `deliveries`, to carry out.
+//! the only writer of `deliveries`, to carry out. The deliverer, which keeps endpoint health,
+//! asks query to disable an endpoint with an `EndpointCommand` on
+//! `hookrelay.commands.query.<tenant>` (same stream; see `consume`).
 
 mod config;
+mod consume;
 mod endpoint;
 mod error;
 mod http;
@@ -21,9 +24,20 @@ pub use config::Config;
 use hookrelay_runtime::{Runtime, auth::Authenticator};
 use tokio_util::sync::CancellationToken;
 
-/// Returns query's REST routes with their state applied. Query runs no background work,
-/// so the shutdown token is only taken to keep every service's `start` alike.
-pub async fn start(cfg: &Config, rt: &Runtime, _shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+/// Starts the command consumer on `rt.tasks` and returns query's REST routes with their
+/// state applied.
+pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+    let commands = consume::commands_consumer(&rt.js).await?;
+    let ctx = consume::Ctx {
+        db: rt.db.clone(),
+        nats: rt.nats.clone(),
+    };
+    let drain = cfg.common.drain_timeout;
+    rt.tasks.spawn(async move {
+        if let Err(error) = consume::run(ctx, commands, drain, shutdown).await {
+            tracing::error!(%error, "query command consumer stopped");
+        }
+    });
     let state = http::AppState {
         db: rt.db.clone(),
         js: rt.js.clone(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hookrelay_types::Invalid;
 use serde::Serialize;
+use time::OffsetDateTime;
 
 /// The longest window `?window=` may ask for.
 pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(30 * 86_400);
@@ -39,6 +40,55 @@ pub(crate) fn health(enabled: bool, recent_ok: &[bool], last_finished_failed: bo
         Health::Degraded
     } else {
         Health::Healthy
+    }
+}
+
+/// What the deliverer's health state machine (`endpoint_health`) says, and since when the
+/// endpoint's health counts (after a re-enable, older attempts no longer count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Machine {
+    pub(crate) says: Option<Health>,
+    pub(crate) fresh_since: Option<OffsetDateTime>,
+}
+
+/// `state`, `disabled_at` and `reset_at` from the deliverer's row, if any. An endpoint that
+/// health disabled and a user changed since, now enabled, is a re-enable: fresh from then,
+/// even before the deliverer resets its row.
+pub(crate) fn machine(
+    enabled: bool,
+    updated_at: OffsetDateTime,
+    row: Option<(&str, Option<OffsetDateTime>, Option<OffsetDateTime>)>,
+) -> Machine {
+    let Some((state, disabled_at, reset_at)) = row else {
+        return Machine {
+            says: None,
+            fresh_since: None,
+        };
+    };
+    let says = match state {
+        "disabled" if enabled && disabled_at.is_some_and(|at| updated_at > at) => {
+            return Machine {
+                says: None,
+                fresh_since: Some(updated_at),
+            };
+        }
+        "disabled" => Some(Health::Disabled),
+        "failing" => Some(Health::Failing),
+        _ => None,
+    };
+    Machine {
+        says,
+        fresh_since: reset_at,
+    }
+}
+
+/// The contract's `health`: a disabled endpoint is `disabled`; otherwise the state machine's
+/// `failing`/`disabled` wins, and the recent attempts decide the rest ([`health`]).
+pub(crate) fn combined(enabled: bool, m: Machine, recent_ok: &[bool], last_finished_failed: bool) -> Health {
+    match (enabled, m.says) {
+        (false, _) => Health::Disabled,
+        (true, Some(h)) => h,
+        (true, None) => health(true, recent_ok, last_finished_failed),
     }
 }
 
@@ -170,6 +220,25 @@ mod tests {
         );
         assert_eq!(health(true, &[false; 4], false), Health::Degraded);
         assert_eq!(health(true, &[true; 5], true), Health::Failing);
+    }
+
+    #[test]
+    fn the_state_machine_wins_until_a_re_enable() {
+        let t = |s: i64| OffsetDateTime::from_unix_timestamp(1_700_000_000 + s).unwrap();
+        let none = machine(true, t(0), None);
+        assert_eq!(combined(true, none, &[true; 5], false), Health::Healthy);
+        let failing = machine(true, t(0), Some(("failing", None, None)));
+        assert_eq!(combined(true, failing, &[true; 5], false), Health::Failing);
+        // Health disabled it; query has not applied it yet.
+        let pending = machine(true, t(0), Some(("disabled", Some(t(5)), None)));
+        assert_eq!(combined(true, pending, &[], false), Health::Disabled);
+        assert_eq!(combined(false, pending, &[], false), Health::Disabled);
+        // A user enabled it after: fresh from then.
+        let again = machine(true, t(9), Some(("disabled", Some(t(5)), None)));
+        assert_eq!(again.fresh_since, Some(t(9)));
+        assert_eq!(combined(true, again, &[], false), Health::Healthy);
+        let reset = machine(true, t(9), Some(("healthy", None, Some(t(10)))));
+        assert_eq!((reset.says, reset.fresh_since), (None, Some(t(10))));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! All of query's SQL. Writes `tenants`, `api_keys` and `endpoints` (query is their only
-//! writer); reads `events` (ingest's), `deliveries` and `attempts` (the deliverer's).
+//! writer); reads `events` (ingest's), `deliveries`, `attempts`, `endpoint_health` and
+//! `endpoint_health_transitions` (the deliverer's).
 //! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
 //! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
 
@@ -141,6 +142,8 @@ pub(crate) struct Endpoint {
     pub(crate) timeout_seconds: Option<i32>,
     #[serde(skip)]
     pub(crate) secret: String,
+    /// Why hookrelay disabled it (endpoint health); cleared when it is enabled again.
+    pub(crate) disabled_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -176,7 +179,7 @@ pub(crate) async fn insert_endpoint(
             timeout_seconds)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
-                   secret, created_at, updated_at",
+                   secret, disabled_reason, created_at, updated_at",
     )
     .bind(id.as_str())
     .bind(tenant.as_str())
@@ -200,7 +203,7 @@ pub(crate) async fn endpoint(
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
         "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
-                secret, created_at, updated_at
+                secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
     )
     .bind(id.as_str())
@@ -217,7 +220,7 @@ pub(crate) async fn endpoint_for_update(
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
         "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
-                secret, created_at, updated_at
+                secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) FOR UPDATE",
     )
     .bind(id.as_str())
@@ -230,10 +233,11 @@ pub(crate) async fn endpoint_for_update(
 pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, spec: &EndpointSpec) -> Result<Endpoint> {
     Ok(sqlx::query_as(
         "UPDATE endpoints SET url = $2, events = $3, filter = $4, headers = $5, description = $6,
-                enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, updated_at = now()
+                enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, updated_at = now(),
+                disabled_reason = CASE WHEN $7 THEN NULL ELSE disabled_reason END
          WHERE id = $1
          RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
-                   secret, created_at, updated_at",
+                   secret, disabled_reason, created_at, updated_at",
     )
     .bind(id.as_str())
     .bind(&spec.url)
@@ -271,7 +275,7 @@ pub(crate) async fn endpoints(
 ) -> Result<Vec<Endpoint>> {
     let mut q = QueryBuilder::<Postgres>::new(
         "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
-                secret, created_at, updated_at
+                secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE tenant_id = ",
     );
     q.push_bind(tenant.as_str());
@@ -481,39 +485,46 @@ pub(crate) async fn success_durations(
     .await?)
 }
 
-/// Whether each of an endpoint's latest `n` attempts succeeded, newest first.
+/// Whether each of an endpoint's latest `n` attempts (started at or after `since`, when
+/// given) succeeded, newest first.
 pub(crate) async fn recent_outcomes(
     db: impl PgExecutor<'_>,
     tenant: &TenantId,
     endpoint: &EndpointId,
     n: i64,
+    since: Option<OffsetDateTime>,
 ) -> Result<Vec<bool>> {
     Ok(sqlx::query_scalar(
         "SELECT COALESCE(a.error IS NULL AND a.response_code BETWEEN 200 AND 299, false)
          FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-         WHERE d.tenant_id = $1 AND d.endpoint_id = $2
+         WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND ($4::timestamptz IS NULL OR a.started_at >= $4)
          ORDER BY a.started_at DESC, a.attempt DESC LIMIT $3",
     )
     .bind(tenant.as_str())
     .bind(endpoint.as_str())
     .bind(n)
+    .bind(since)
     .fetch_all(db)
     .await?)
 }
 
-/// The status of the endpoint's most recently finished (`delivered` or `failed`) delivery.
+/// The status of the endpoint's most recently finished (`delivered` or `failed`) delivery
+/// (finished at or after `since`, when given).
 pub(crate) async fn last_finished_status(
     db: impl PgExecutor<'_>,
     tenant: &TenantId,
     endpoint: &EndpointId,
+    since: Option<OffsetDateTime>,
 ) -> Result<Option<String>> {
     Ok(sqlx::query_scalar(
         "SELECT status FROM deliveries
          WHERE tenant_id = $1 AND endpoint_id = $2 AND status IN ('delivered', 'failed')
+           AND ($3::timestamptz IS NULL OR updated_at >= $3)
          ORDER BY updated_at DESC, id DESC LIMIT 1",
     )
     .bind(tenant.as_str())
     .bind(endpoint.as_str())
+    .bind(since)
     .fetch_optional(db)
     .await?)
 }
@@ -566,4 +577,79 @@ pub(crate) async fn count_failed_since(
     .bind(since)
     .fetch_one(db)
     .await?)
+}
+
+// --- endpoint health (the deliverer's tables) ---------------------------------------------
+
+/// An endpoint's row in `endpoint_health`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct HealthRow {
+    pub(crate) state: String,
+    pub(crate) consecutive_failures: i32,
+    pub(crate) since: OffsetDateTime,
+    pub(crate) disabled_at: Option<OffsetDateTime>,
+    /// When its health last started fresh (the latest `reset` transition).
+    pub(crate) reset_at: Option<OffsetDateTime>,
+}
+
+pub(crate) async fn health(db: impl PgExecutor<'_>, endpoint: &EndpointId) -> Result<Option<HealthRow>> {
+    Ok(sqlx::query_as(
+        "SELECT h.state, h.consecutive_failures, h.since, h.disabled_at,
+                (SELECT max(t.at) FROM endpoint_health_transitions t
+                 WHERE t.endpoint_id = h.endpoint_id AND t.kind = 'reset') AS reset_at
+         FROM endpoint_health h WHERE h.endpoint_id = $1",
+    )
+    .bind(endpoint.as_str())
+    .fetch_optional(db)
+    .await?)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub(crate) struct Transition {
+    pub(crate) kind: String,
+    pub(crate) reason: String,
+    pub(crate) consecutive_failures: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) at: OffsetDateTime,
+}
+
+/// An endpoint's latest `limit` health transitions, newest first.
+pub(crate) async fn health_transitions(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    limit: i64,
+) -> Result<Vec<Transition>> {
+    Ok(sqlx::query_as(
+        "SELECT kind, reason, consecutive_failures, since, at FROM endpoint_health_transitions
+         WHERE tenant_id = $1 AND endpoint_id = $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The deliverer's `DisableEndpoint`: `enabled = false` with the reason. `false` when there
+/// was nothing to change (unknown, or already disabled).
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+pub(crate) async fn disable_endpoint(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    id: &EndpointId,
+    reason: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE endpoints SET enabled = false, disabled_reason = $3, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND enabled",
+    )
+    .bind(tenant.as_str())
+    .bind(id.as_str())
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

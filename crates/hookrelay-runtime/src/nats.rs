@@ -5,7 +5,7 @@
 //! | `HOOKRELAY_INGEST` | `hookrelay.ingest.>` | work queue | ingest |
 //! | `HOOKRELAY_EVENTS` | `hookrelay.events.>` | limits, 3 days | router |
 //! | `HOOKRELAY_DELIVERIES` | `hookrelay.deliveries.>` | work queue | deliverer |
-//! | `HOOKRELAY_COMMANDS` | `hookrelay.commands.>` | work queue | deliverer |
+//! | `HOOKRELAY_COMMANDS` | `hookrelay.commands.>` | work queue | deliverer (`.deliverer.>`), query (`.query.>`) |
 //! | `HOOKRELAY_SYSTEM` | `hookrelay.system.>` | work queue | ingest (reserved `hookrelay/` events) |
 //! | `HOOKRELAY_DEAD` | `hookrelay.dead.>` | limits, 14 days | operators |
 //!
@@ -167,22 +167,53 @@ pub async fn durable_consumer(
     stream: &str,
     name: &str,
 ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    consumer_with_filter(js, stream, name, None).await
+}
+
+/// As [`durable_consumer`], reading only `filter` (needed where several consumers share a
+/// work-queue stream, whose consumers may not overlap). A consumer found with another
+/// filter (made by an older release) is updated to this one.
+pub async fn filtered_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    filter: &str,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    consumer_with_filter(js, stream, name, Some(filter)).await
+}
+
+async fn consumer_with_filter(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    filter: Option<&str>,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
     use jetstream::consumer::{AckPolicy, pull};
-    let consumer = js
+    let stream_handle = js
         .get_stream(stream)
         .await
-        .map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?
-        .get_or_create_consumer(
-            name,
-            pull::Config {
-                durable_name: Some(name.to_owned()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
+        .map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?;
+    let config = pull::Config {
+        durable_name: Some(name.to_owned()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        filter_subject: filter.unwrap_or_default().to_owned(),
+        ..Default::default()
+    };
+    let mut consumer: jetstream::consumer::PullConsumer = stream_handle
+        .get_or_create_consumer(name, config.clone())
         .await
         .map_err(|e| anyhow::anyhow!("consumer {name} on {stream}: {e}"))?;
+    if filter.is_some_and(|f| consumer.cached_info().config.filter_subject != f) {
+        stream_handle
+            .update_consumer(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("updating consumer {name} on {stream}: {e}"))?;
+        consumer = stream_handle
+            .get_consumer(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("consumer {name} on {stream}: {e}"))?;
+    }
     Ok(consumer)
 }

@@ -7,6 +7,7 @@
 //! ingest   ──hookrelay.events.<tenant>.<event tokens>──▶ HOOKRELAY_EVENTS ──▶ router
 //! router   ──hookrelay.deliveries.<tenant>.<endpoint>──▶ HOOKRELAY_DELIVERIES ──▶ deliverer
 //! query    ──hookrelay.commands.deliverer.<tenant>─────▶ HOOKRELAY_COMMANDS ──▶ deliverer
+//! deliverer ─hookrelay.commands.query.<tenant>─────────▶ HOOKRELAY_COMMANDS ──▶ query
 //! query, deliverer ──hookrelay.system.<tenant>─────────▶ HOOKRELAY_SYSTEM ──▶ ingest
 //! query, deliverer ──hookrelay.control.endpoints.<tenant> (core NATS)──▶ routers
 //! query    ──hookrelay.control.event-types.<tenant> (core NATS)──────▶ ingest
@@ -38,6 +39,10 @@ pub const DELIVERER_CONSUMER: &str = "deliverer";
 pub const COMMANDS_STREAM: &str = "HOOKRELAY_COMMANDS";
 pub const COMMANDS_SUBJECTS: &str = "hookrelay.commands.>";
 pub const DELIVERER_COMMANDS_CONSUMER: &str = "deliverer-commands";
+/// The work-queue stream lets one consumer take a subject: each consumer filters its own.
+pub const DELIVERER_COMMANDS_FILTER: &str = "hookrelay.commands.deliverer.>";
+pub const QUERY_COMMANDS_CONSUMER: &str = "query-commands";
+pub const QUERY_COMMANDS_FILTER: &str = "hookrelay.commands.query.>";
 
 /// Events hookrelay emits itself (`hookrelay/…`), published by query and the deliverer as
 /// `SystemEvent`s and accepted only by ingest.
@@ -90,6 +95,10 @@ pub fn deliverer_command(tenant: &TenantId) -> String {
     format!("hookrelay.commands.deliverer.{tenant}")
 }
 
+pub fn query_command(tenant: &TenantId) -> String {
+    format!("hookrelay.commands.query.{tenant}")
+}
+
 pub fn system(tenant: &TenantId) -> String {
     format!("hookrelay.system.{tenant}")
 }
@@ -117,5 +126,14 @@ mod tests {
         assert_eq!(parse_ingest(&s), Some(("acme", vec!["product-stock", "updated"])));
         assert_eq!(parse_ingest("hookrelay.ingest.acme"), None);
         assert_eq!(parse_ingest("hookrelay.events.acme.a.b"), None);
+    }
+
+    #[test]
+    fn command_consumers_filter_apart() {
+        let t = TenantId::parse("acme").unwrap();
+        let (d, q) = (deliverer_command(&t), query_command(&t));
+        assert!(d.starts_with(DELIVERER_COMMANDS_FILTER.trim_end_matches('>')));
+        assert!(q.starts_with(QUERY_COMMANDS_FILTER.trim_end_matches('>')));
+        assert!(!q.starts_with(DELIVERER_COMMANDS_FILTER.trim_end_matches('>')));
     }
 }

@@ -11,10 +11,13 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppJson, AppQuery, json},
 };
-use hookrelay_types::{EndpointId, Invalid, signature::Secret};
+use hookrelay_types::{EndpointId, Invalid, TenantId, signature::Secret};
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, ListParams, TenantParam, cursor, paginate};
+use super::{
+    AppState, ListParams, TenantParam, cursor, paginate,
+    stats::{HealthSummary, current_health},
+};
 use crate::{endpoint::EndpointInput, error::QueryError, store};
 
 /// The rotation grace period when none is given: one day.
@@ -80,13 +83,57 @@ pub(crate) async fn list(
     Ok(json(StatusCode::OK, paginate(rows, limit, |e| &e.id)))
 }
 
+#[derive(Serialize)]
+struct WithHealth {
+    #[serde(flatten)]
+    endpoint: store::Endpoint,
+    health: HealthSummary,
+}
+
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EndpointsRead)?;
-    Ok(json(StatusCode::OK, find(&state, &principal, &id).await?))
+    let endpoint = find(&state, &principal, &id).await?;
+    let health = current_health(&state, &endpoint).await?;
+    Ok(json(StatusCode::OK, WithHealth { endpoint, health }))
+}
+
+#[derive(Serialize)]
+struct HealthHistory {
+    #[serde(flatten)]
+    health: HealthSummary,
+    disabled_reason: Option<String>,
+    /// Newest first: `failing`, `disabled`, `recovered`, and `reset` (enabled again).
+    transitions: Vec<store::Transition>,
+}
+
+/// The latest this many transitions are shown.
+const TRANSITIONS_SHOWN: i64 = 100;
+
+/// `GET /v1/endpoints/{id}/health`: its health now and how it got there (the deliverer's
+/// `endpoint_health` and `endpoint_health_transitions`).
+pub(crate) async fn health(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsRead)?;
+    let endpoint = find(&state, &principal, &id).await?;
+    let health = current_health(&state, &endpoint).await?;
+    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
+    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
+    let transitions = store::health_transitions(&state.db, &tenant, &id, TRANSITIONS_SHOWN).await?;
+    Ok(json(
+        StatusCode::OK,
+        HealthHistory {
+            health,
+            disabled_reason: endpoint.disabled_reason,
+            transitions,
+        },
+    ))
 }
 
 pub(crate) async fn update(

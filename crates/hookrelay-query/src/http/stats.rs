@@ -38,6 +38,45 @@ struct PipelineStats {
     pipeline: Pipeline,
 }
 
+/// An endpoint's health as the API shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct HealthSummary {
+    pub(crate) state: Health,
+    /// Failed attempts in a row, as the deliverer counts them.
+    pub(crate) consecutive_failures: i32,
+    /// When the deliverer's state last changed (`null` if it never tracked this endpoint).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) since: Option<OffsetDateTime>,
+}
+
+/// The contract's health of `endpoint`: the deliverer's state machine (`endpoint_health`),
+/// then its recent attempts since its health last started fresh.
+pub(crate) async fn current_health(state: &AppState, endpoint: &store::Endpoint) -> Result<HealthSummary, ApiError> {
+    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
+    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
+    let row = store::health(&state.db, &id).await?;
+    let m = stats::machine(
+        endpoint.enabled,
+        endpoint.updated_at,
+        row.as_ref().map(|r| (r.state.as_str(), r.disabled_at, r.reset_at)),
+    );
+    let recent = store::recent_outcomes(&state.db, &tenant, &id, stats::DEGRADED_SPAN as i64, m.fresh_since).await?;
+    let last = store::last_finished_status(&state.db, &tenant, &id, m.fresh_since).await?;
+    let health = stats::combined(endpoint.enabled, m, &recent, last.as_deref() == Some("failed"));
+    let fresh = m
+        .fresh_since
+        .is_some_and(|f| row.as_ref().is_some_and(|r| r.state == "disabled" && f > r.since));
+    let (consecutive_failures, since) = match &row {
+        Some(r) if !fresh => (r.consecutive_failures, Some(r.since)),
+        _ => (0, m.fresh_since),
+    };
+    Ok(HealthSummary {
+        state: health,
+        consecutive_failures,
+        since,
+    })
+}
+
 #[derive(Serialize)]
 struct Stats {
     window: String,
@@ -66,9 +105,7 @@ pub(crate) async fn endpoint_stats(
     let rows = store::status_counts(&state.db, &tenant, &id, since).await?;
     let counts = Counts::from_rows(rows.iter().map(|(s, n)| (s.as_str(), *n)));
     let durations = store::success_durations(&state.db, &tenant, &id, since).await?;
-    let recent = store::recent_outcomes(&state.db, &tenant, &id, stats::DEGRADED_SPAN as i64).await?;
-    let last = store::last_finished_status(&state.db, &tenant, &id).await?;
-    let health = stats::health(endpoint.enabled, &recent, last.as_deref() == Some("failed"));
+    let health = current_health(&state, &endpoint).await?.state;
     Ok(json(
         StatusCode::OK,
         Stats {
