@@ -65,6 +65,9 @@ async fn spawn(env: &TestEnv, service: &str, extra: &[(&str, &str)]) -> Proc {
         .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
         .env("HOOKRELAY_RETRY_SCHEDULE", "200ms,400ms,800ms,1s,1s,1s")
         .env("HOOKRELAY_DRAIN_TIMEOUT", "10s")
+        // Flaky receivers fail many first attempts in a row: the endpoint turns `failing`
+        // and is probed, which must not outlast the tests' waits.
+        .env("HOOKRELAY_PROBE_INTERVAL", "100ms")
         .env("HOOKRELAY_HTTP_ADDR", &addr)
         .env("RUST_LOG", "warn");
     for (k, v) in extra {
