@@ -8,6 +8,7 @@ pub mod event_type;
 pub mod filter;
 pub mod ids;
 pub mod pattern;
+pub mod schema;
 pub mod signature;
 pub mod subjects;
 
