@@ -11,6 +11,7 @@ pub mod pattern;
 pub mod schema;
 pub mod signature;
 pub mod subjects;
+pub mod webhook;
 
 /// Messages that cross NATS between services, generated from `proto-schemas/`.
 #[allow(unreachable_pub, clippy::all)]

@@ -3,6 +3,7 @@
 
 mod deliveries;
 mod endpoints;
+mod event_types;
 mod events;
 mod keys;
 mod stats;
@@ -60,6 +61,12 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/v1/endpoints/{id}/rotate-secret", post(endpoints::rotate_secret))
         .route("/v1/endpoints/{id}/stats", get(stats::endpoint_stats))
         .route("/v1/endpoints/{id}/recover", post(deliveries::recover))
+        .route("/v1/endpoints/{id}/preview", post(endpoints::preview))
+        .route("/v1/event-types", post(event_types::create).get(event_types::list))
+        .route(
+            "/v1/event-types/{name}",
+            get(event_types::get).patch(event_types::update),
+        )
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
