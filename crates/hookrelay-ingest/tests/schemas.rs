@@ -62,6 +62,17 @@ fn orders_schema() -> Value {
 impl App {
     /// Declares (or changes) `name` as query would: rows, then the notification.
     async fn declare(&self, name: &str, validation: &str, schema: Value) {
+        self.write_declaration(name, validation, schema).await;
+        let nats = self.env.nats().await.unwrap();
+        let tenant = hookrelay_types::TenantId::parse("acme").unwrap();
+        nats.publish(subjects::event_type_changed(&tenant), name.to_owned().into())
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+    }
+
+    /// The rows alone, as if the notification were lost.
+    async fn write_declaration(&self, name: &str, validation: &str, schema: Value) {
         sqlx::query(
             "INSERT INTO event_types (tenant_id, name, validation) VALUES ('acme', $1, $2)
              ON CONFLICT (tenant_id, name) DO UPDATE SET validation = $2",
@@ -87,12 +98,6 @@ impl App {
             .execute(&self.db)
             .await
             .unwrap();
-        let nats = self.env.nats().await.unwrap();
-        let tenant = hookrelay_types::TenantId::parse("acme").unwrap();
-        nats.publish(subjects::event_type_changed(&tenant), name.to_owned().into())
-            .await
-            .unwrap();
-        nats.flush().await.unwrap();
     }
 
     async fn post(&self, event: &str, data: Value) -> hookrelay_testkit::Reply {
@@ -203,4 +208,14 @@ async fn a_new_schema_version_applies_to_the_next_event() {
     let ok = app.post("orders/placed", json!({"currency": "EUR"})).await;
     assert_eq!(ok.status, 202, "{ok:?}");
     assert_eq!(app.check(ok.body["event_id"].as_str().unwrap()).await.0, Some(2));
+}
+
+#[tokio::test]
+async fn without_the_notification_a_change_applies_once_the_cache_entry_expires() {
+    let app = app().await;
+    assert_eq!(app.post("orders/placed", json!({"order_id": 5})).await.status, 202);
+    app.write_declaration("orders/placed", "enforce", orders_schema()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = app.post("orders/placed", json!({"order_id": 5})).await;
+    assert_eq!(r.status, 422, "{r:?}");
 }
