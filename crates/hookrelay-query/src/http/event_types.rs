@@ -267,3 +267,32 @@ pub(crate) async fn list(
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_declaration_keeps_its_rules() {
+        let schema = json!({"type": "object", "required": ["id"]});
+        assert!(check(Some(&schema), Validation::Enforce, Some(&json!({"id": 1}))).is_ok());
+        let code = |r: Result<(), Invalid>| r.unwrap_err().code;
+        assert_eq!(
+            code(check(Some(&schema), Validation::Warn, Some(&json!({})))),
+            "invalid_example"
+        );
+        assert_eq!(
+            code(check(Some(&json!({"type": "no-such-type"})), Validation::Off, None)),
+            "invalid_schema"
+        );
+        assert_eq!(code(check(None, Validation::Warn, None)), "schema_required");
+        assert!(check(None, Validation::Off, Some(&json!({"anything": true}))).is_ok());
+        assert_eq!(
+            event_type_name("hookrelay/ping").unwrap_err().code,
+            "reserved_event_type"
+        );
+        assert_eq!(event_type_name("orders").unwrap_err().code, "invalid_event_type");
+    }
+}
