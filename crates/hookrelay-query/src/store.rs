@@ -1,5 +1,6 @@
 //! All of query's SQL. Writes `tenants`, `api_keys`, `endpoints`, `event_types` and
-//! `event_type_versions` (query is their only writer); reads `events` (ingest's), `deliveries` and `attempts` (the deliverer's).
+//! `event_type_versions` (query is their only writer); reads `events` (ingest's),
+//! `deliveries` and `attempts` (the deliverer's).
 //! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
 //! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
 
