@@ -541,3 +541,103 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_period_ends()
     assert!(verify(&old, &req.headers, &req.body).is_err());
     s.shutdown.cancel();
 }
+
+/// The contract check's typed-events flow, in `hookrelay all`: a declaration is enforced on
+/// the very next event, and a previewed request verifies like a delivered one.
+#[tokio::test]
+async fn a_declared_schema_is_enforced_on_the_next_event_and_a_preview_verifies() {
+    let sys = system().await;
+    let key = tenant(&sys.api, "acme").await;
+    send(
+        &sys.api,
+        &key,
+        json!({"event": "orders/created", "data": {"order_id": "o0"}}),
+    )
+    .await;
+    // Seen (and cached as undeclared) before its declaration.
+    send(
+        &sys.api,
+        &key,
+        json!({"event": "orders/placed", "data": {"order_id": 1}}),
+    )
+    .await;
+    let schema = json!({"type": "object", "required": ["order_id", "items"],
+                        "properties": {"order_id": {"type": "string"}, "items": {"type": "integer", "minimum": 1}}});
+    let r = sys
+        .api
+        .post(
+            "/v1/event-types",
+            &key,
+            json!({"name": "orders/placed", "schema": schema, "validation": "enforce"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let bad = sys
+        .api
+        .post(
+            "/v1/event-types",
+            &key,
+            json!({"name": "orders/bad", "schema": {"type": "no-such-type"}}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
+    let refused = sys
+        .api
+        .post(
+            "/v1/events",
+            &key,
+            json!({"event": "orders/placed", "data": {"order_id": 5}}),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{:?}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "schema_violation");
+    let id = send(
+        &sys.api,
+        &key,
+        json!({"event": "orders/placed", "data": {"order_id": "o1", "items": 2}}),
+    )
+    .await;
+    let event = sys.api.get(&format!("/v1/events/{id}"), &key).await;
+    assert_eq!(event.body["schema_version"], 1, "{:?}", event.body);
+
+    let list = sys.api.get("/v1/event-types", &key).await;
+    let names: Vec<&str> = list.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"orders/placed") && names.contains(&"orders/created"),
+        "{names:?}"
+    );
+
+    let (ep, secret) = endpoint(&sys.api, &key, sys.rx.url("/hook"), json!(["orders/*"])).await;
+    let preview = sys
+        .api
+        .post(
+            &format!("/v1/endpoints/{ep}/preview"),
+            &key,
+            json!({"event": "orders/placed", "data": {"order_id": "o2", "items": 1}}),
+        )
+        .await;
+    assert_eq!(preview.status, 200, "{:?}", preview.body);
+    let h = &preview.body["headers"];
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_str(h[name].as_str().unwrap()).unwrap(),
+        );
+    }
+    let body = preview.body["body"].as_str().unwrap();
+    verify(&secret, &headers, body.as_bytes()).unwrap();
+    assert!(body.contains(r#""order_id":"o2""#), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let preview_id = h["webhook-id"].as_str().unwrap();
+    assert!(
+        sys.rx.received_id("/hook", preview_id).is_empty(),
+        "a preview sends nothing"
+    );
+    sys.shutdown.cancel();
+}

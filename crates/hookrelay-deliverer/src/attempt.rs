@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hookrelay_types::signature::{Secret, signature_header};
+use hookrelay_types::{
+    signature::{Secret, signature_header},
+    webhook,
+};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -25,27 +28,6 @@ pub(crate) const STORED_LIMIT: usize = 4 * 1024;
 
 /// A receiver's answer that ends the delivery at once.
 const GONE: u16 = 410;
-
-pub(crate) const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
-
-/// Headers hookrelay sets itself; an endpoint's custom headers may not replace them, nor
-/// the ones that would break the request's framing.
-const RESERVED: &[&str] = &[
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-type",
-    "user-agent",
-    "hookrelay-event",
-    "hookrelay-delivery-id",
-    "hookrelay-attempt",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "upgrade",
-];
 
 /// What to send.
 pub(crate) struct Request<'a> {
@@ -256,16 +238,12 @@ fn backoff(status: u16, headers: &HeaderMap) -> Backoff {
 /// The contract's headers, then the endpoint's own (never over the contract's).
 fn headers(req: &Request<'_>, timestamp: i64, signature: &str) -> HeaderMap {
     let mut map = HeaderMap::new();
-    let fixed = [
-        ("webhook-id", req.event_id.to_owned()),
-        ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", signature.to_owned()),
-        ("content-type", "application/json".to_owned()),
-        ("user-agent", USER_AGENT.to_owned()),
-        ("hookrelay-event", req.event_type.to_owned()),
-        ("hookrelay-delivery-id", req.delivery_id.to_owned()),
-        ("hookrelay-attempt", req.attempt.to_string()),
-    ];
+    let fixed = webhook::signed_headers(req.event_id, req.event_type, timestamp, signature)
+        .into_iter()
+        .chain([
+            ("hookrelay-delivery-id", req.delivery_id.to_owned()),
+            ("hookrelay-attempt", req.attempt.to_string()),
+        ]);
     for (name, value) in fixed {
         match HeaderValue::from_str(&value) {
             Ok(v) => {
@@ -282,22 +260,13 @@ fn headers(req: &Request<'_>, timestamp: i64, signature: &str) -> HeaderMap {
 
 /// The valid, non-reserved entries of an endpoint's `headers` object.
 fn custom_headers(custom: &Value) -> Vec<(HeaderName, HeaderValue)> {
-    let Some(object) = custom.as_object() else {
-        return Vec::new();
-    };
-    object
-        .iter()
+    webhook::custom_headers(custom)
+        .into_iter()
         .filter_map(|(name, value)| {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(_) | Value::Bool(_) => value.to_string(),
-                _ => return None,
-            };
-            let name = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok()?;
-            if RESERVED.contains(&name.as_str()) {
-                return None;
-            }
-            Some((name, HeaderValue::from_str(&text).ok()?))
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(&value).ok()?,
+            ))
         })
         .collect()
 }
@@ -443,7 +412,7 @@ mod tests {
         let get = |n: &str| map.get_all(n).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
         assert_eq!(get("webhook-id"), ["evt_1"]);
         assert_eq!(get("content-type"), ["application/json"]);
-        assert_eq!(get("user-agent"), [USER_AGENT]);
+        assert_eq!(get("user-agent"), [hookrelay_types::webhook::USER_AGENT]);
         assert_eq!(get("hookrelay-attempt"), ["2"]);
         assert_eq!(get("webhook-timestamp"), ["1700000000"]);
         assert_eq!(get("x-team"), ["billing"]);

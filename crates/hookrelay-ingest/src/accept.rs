@@ -6,19 +6,22 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use hookrelay_types::{Envelope, TenantId};
+use hookrelay_types::{Envelope, TenantId, schema::Validation};
 use time::OffsetDateTime;
 
 use crate::{
     Config,
+    catalogue::{self, Catalogue},
     error::IngestError,
     publish,
-    store::{self, Stored},
+    store::{self, Checked, Stored},
 };
 
 pub(crate) const EVENTS_ACCEPTED: &str = "hookrelay_events_accepted_total";
 pub(crate) const EVENTS_DUPLICATE: &str = "hookrelay_events_duplicate_total";
 pub(crate) const EVENTS_REJECTED: &str = "hookrelay_events_rejected_total";
+/// Events whose `data` broke their type's schema, by `validation` (`enforce`, `warn`).
+pub(crate) const SCHEMA_VIOLATIONS: &str = "hookrelay_schema_violations_total";
 
 /// What intake needs, shared by the HTTP handler, the NATS consumer and the sweeper.
 #[derive(Clone)]
@@ -28,6 +31,7 @@ pub(crate) struct Ingest {
     pub(crate) cfg: Arc<Config>,
     /// Tenants seen to exist. Tenants are never renamed, so a positive answer can be kept.
     known_tenants: Arc<Mutex<HashSet<String>>>,
+    pub(crate) catalogue: Catalogue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,7 @@ impl Ingest {
             js,
             cfg,
             known_tenants: Arc::default(),
+            catalogue: Catalogue::default(),
         }
     }
 
@@ -65,6 +70,31 @@ impl Ingest {
         }
     }
 
+    /// Checks `data` against the type's current schema: `enforce` refuses, `warn` records.
+    pub(crate) async fn check_schema(&self, tenant: &TenantId, envelope: &Envelope) -> Result<Checked, IngestError> {
+        let Some(rule) = self.catalogue.rule(&self.db, tenant, envelope.event.as_str()).await? else {
+            return Ok(Checked::default());
+        };
+        let violation = match rule.schema.check(&catalogue::data_value(&envelope.data)) {
+            Ok(()) => None,
+            Err(violation) => {
+                metrics::counter!(SCHEMA_VIOLATIONS, "validation" => rule.validation.as_str()).increment(1);
+                if rule.validation == Validation::Enforce {
+                    return Err(IngestError::SchemaViolation {
+                        event_type: envelope.event.to_string(),
+                        version: rule.version,
+                        violation,
+                    });
+                }
+                Some(violation.to_string())
+            }
+        };
+        Ok(Checked {
+            schema_version: Some(rule.version),
+            violation,
+        })
+    }
+
     /// Stores and publishes. A duplicate id is not published again unless its first
     /// publication never completed (a crash between the two steps).
     #[tracing::instrument(skip_all, fields(tenant = %tenant, event_id = %envelope.event_id))]
@@ -74,9 +104,10 @@ impl Ingest {
         envelope: &Envelope,
         via: &'static str,
     ) -> Result<Accepted, IngestError> {
+        let checked = self.check_schema(tenant, envelope).await?;
         let body = envelope.to_body();
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::Publish(e.to_string()))?;
-        let stored = store::insert_event(&self.db, tenant, envelope, text).await?;
+        let stored = store::insert_event(&self.db, tenant, envelope, text, &checked).await?;
         let duplicate = matches!(stored, Stored::Duplicate { .. });
         if stored != (Stored::Duplicate { published: true }) {
             let accepted_at = OffsetDateTime::now_utc();

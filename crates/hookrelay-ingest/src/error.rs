@@ -8,6 +8,13 @@ use hookrelay_types::EnvelopeError;
 pub enum IngestError {
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// `data` broke its type's schema and the type's validation is `enforce`.
+    #[error("event type `{event_type}` schema version {version}: {violation}")]
+    SchemaViolation {
+        event_type: String,
+        version: i32,
+        violation: hookrelay_types::schema::Violation,
+    },
     #[error("tenant `{0}` does not exist")]
     UnknownTenant(String),
     #[error("database: {0}")]
@@ -19,12 +26,16 @@ pub enum IngestError {
 impl IngestError {
     /// The producer's fault: refuse (REST 4xx, NATS dead letter) rather than retry.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Envelope(_) | Self::UnknownTenant(_))
+        matches!(
+            self,
+            Self::Envelope(_) | Self::UnknownTenant(_) | Self::SchemaViolation { .. }
+        )
     }
 
     pub fn code(&self) -> &'static str {
         match self {
             Self::Envelope(e) => e.code(),
+            Self::SchemaViolation { .. } => "schema_violation",
             Self::UnknownTenant(_) => "unknown_tenant",
             Self::Database(_) => "database_unavailable",
             Self::Publish(_) => "nats_unavailable",
@@ -36,6 +47,7 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Envelope(e) => e.into(),
+            e @ IngestError::SchemaViolation { .. } => ApiError::unprocessable("schema_violation", e.to_string()),
             IngestError::UnknownTenant(_) => ApiError::not_found("tenant"),
             // The event is not stored: the producer must send it again.
             other => {

@@ -2,9 +2,11 @@
 //! (`hookrelay.ingest.<tenant>.<event tokens>`, stream HOOKRELAY_INGEST), validates them,
 //! stores each once in `events` (deduplicated by `event_id` within a tenant) and publishes
 //! `EventAccepted` on `hookrelay.events.<tenant>.<event tokens>` for the router. Refused
-//! NATS messages go to `hookrelay.dead.ingest`.
+//! NATS messages go to `hookrelay.dead.ingest`. An event whose type is declared with a
+//! schema is checked first (see `catalogue`); it listens on `hookrelay.control.event-types.>`.
 
 mod accept;
+mod catalogue;
 mod config;
 mod consume;
 mod error;
@@ -32,6 +34,8 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "intake consumer stopped");
         }
     });
+    rt.tasks
+        .spawn(ingest.catalogue.clone().listen(rt.nats.clone(), shutdown.clone()));
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown));
     let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token);
     Ok(http::routes(http::AppState { ingest, auth }))

@@ -1,8 +1,18 @@
-//! All of ingest's SQL. Writes `events`; reads `tenants`.
+//! All of ingest's SQL. Writes `events`; reads `tenants`, `event_types` and
+//! `event_type_versions` (written by query).
 
 use hookrelay_types::{Envelope, EventId, TenantId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
+
+/// What schema check an event went through, recorded on its row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// The schema version it was checked against; `None` when it was not checked.
+    pub(crate) schema_version: Option<i32>,
+    /// The violation accepted under `warn`.
+    pub(crate) violation: Option<String>,
+}
 
 /// What inserting an event found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +28,11 @@ pub(crate) async fn insert_event(
     tenant: &TenantId,
     envelope: &Envelope,
     body: &str,
+    checked: &Checked,
 ) -> Result<Stored, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, schema_version, schema_violation)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (tenant_id, event_id) DO NOTHING",
     )
     .bind(tenant.as_str())
@@ -29,6 +40,8 @@ pub(crate) async fn insert_event(
     .bind(envelope.event.as_str())
     .bind(envelope.timestamp)
     .bind(body)
+    .bind(checked.schema_version)
+    .bind(checked.violation.as_deref())
     .execute(db)
     .await?
     .rows_affected();
@@ -92,4 +105,30 @@ pub(crate) async fn tenant_exists(db: impl PgExecutor<'_>, tenant: &str) -> Resu
         .bind(tenant)
         .fetch_one(db)
         .await
+}
+
+/// A declared type's validation mode and current schema.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventTypeRule {
+    pub(crate) validation: String,
+    pub(crate) schema_version: Option<i32>,
+    pub(crate) schema: Option<serde_json::Value>,
+}
+
+pub(crate) async fn event_type_rule(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<Option<EventTypeRule>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.validation, t.schema_version, v.schema
+         FROM event_types t
+         LEFT JOIN event_type_versions v
+           ON v.tenant_id = t.tenant_id AND v.name = t.name AND v.version = t.schema_version
+         WHERE t.tenant_id = $1 AND t.name = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .fetch_optional(db)
+    .await
 }

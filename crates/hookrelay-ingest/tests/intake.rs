@@ -406,12 +406,17 @@ async fn events_stored_but_never_published_are_republished() {
     let got = published_soon(&app.env, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].event_id, "orphan");
-    let published_at: Option<time::OffsetDateTime> =
-        sqlx::query_scalar("SELECT published_at FROM events WHERE event_id = 'orphan'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    assert!(published_at.is_some());
+    // The row is marked just after the publish is acknowledged, so give it a moment.
+    let marked = eventually(Duration::from_secs(5), || async {
+        let published_at: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT published_at FROM events WHERE event_id = 'orphan'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        published_at
+    })
+    .await;
+    assert!(marked.is_some());
 }
 
 #[tokio::test]

@@ -15,6 +15,8 @@ pub(crate) enum QueryError {
     TenantExists,
     #[error("no such tenant")]
     UnknownTenant,
+    #[error("an event type with this name is already declared; change it with PATCH")]
+    EventTypeExists,
     /// A body that parses but breaks a rule (422).
     #[error(transparent)]
     Invalid(#[from] Invalid),
@@ -35,7 +37,10 @@ impl From<sqlx::Error> for QueryError {
         };
         match constraint {
             Some("tenants_pkey") => Self::TenantExists,
-            Some("api_keys_tenant_id_fkey" | "endpoints_tenant_id_fkey") => Self::UnknownTenant,
+            Some("event_types_pkey") => Self::EventTypeExists,
+            Some("api_keys_tenant_id_fkey" | "endpoints_tenant_id_fkey" | "event_types_tenant_id_fkey") => {
+                Self::UnknownTenant
+            }
             _ => Self::Database(e),
         }
     }
@@ -47,6 +52,7 @@ impl From<QueryError> for ApiError {
             QueryError::NotFound(what) => ApiError::not_found(what),
             QueryError::TenantExists => ApiError::conflict("tenant_exists", e.to_string()),
             QueryError::UnknownTenant => ApiError::not_found("tenant"),
+            QueryError::EventTypeExists => ApiError::conflict("event_type_exists", e.to_string()),
             QueryError::Invalid(invalid) => invalid.into(),
             QueryError::BadQuery(invalid) => ApiError::new(StatusCode::BAD_REQUEST, invalid.code, invalid.message),
             QueryError::Database(e) => ApiError::internal(format!("database: {e}")),

@@ -1,6 +1,8 @@
 //! hookrelay step 4, query: the control plane and the delivery log over REST.
 //!
-//! It is the only writer of `tenants`, `api_keys` and `endpoints`; it reads `events`
+//! It is the only writer of `tenants`, `api_keys`, `endpoints`, `event_types` and
+//! `event_type_versions` (changes to the last two are announced on
+//! `hookrelay.control.event-types.<tenant>` for ingest's schema cache); it reads `events`
 //! (written by ingest) and `deliveries` and `attempts` (written by the deliverer). Operator
 //! actions on deliveries (retry, recover) are `DeliveryCommand`s published on
 //! `hookrelay.commands.deliverer.<tenant>` (stream HOOKRELAY_COMMANDS) for the deliverer,

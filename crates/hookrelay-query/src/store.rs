@@ -1,6 +1,7 @@
-//! All of query's SQL. Writes `tenants`, `api_keys` and `endpoints` (query is their only
-//! writer); reads `events` (ingest's), `deliveries`, `attempts`, `endpoint_health` and
-//! `endpoint_health_transitions` (the deliverer's).
+//! All of query's SQL. Writes `tenants`, `api_keys`, `endpoints`, `event_types` and
+//! `event_type_versions` (query is their only writer); reads `events` (ingest's),
+//! `deliveries`, `attempts`, `endpoint_health` and `endpoint_health_transitions` (the
+//! deliverer's).
 //! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
 //! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
 
@@ -633,6 +634,62 @@ pub(crate) async fn health_transitions(
     .await?)
 }
 
+// --- event types ---------------------------------------------------------------------------
+
+/// A declared event type with its current schema.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub(crate) struct EventType {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) validation: String,
+    pub(crate) deprecated: bool,
+    pub(crate) schema_version: Option<i32>,
+    pub(crate) schema: Option<Value>,
+    pub(crate) example: Option<Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) updated_at: OffsetDateTime,
+}
+
+/// What a declaration or change writes to `event_types`.
+#[derive(Debug, Clone)]
+pub(crate) struct EventTypeSpec {
+    pub(crate) description: String,
+    pub(crate) validation: String,
+    pub(crate) deprecated: bool,
+    pub(crate) example: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub(crate) struct SchemaVersion {
+    pub(crate) version: i32,
+    pub(crate) schema: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+}
+
+/// A type seen in `events`: how many of the scanned events had it, and the newest one.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Seen {
+    pub(crate) event_type: String,
+    pub(crate) count: i64,
+    pub(crate) sample: String,
+}
+
+pub(crate) async fn event_types(db: impl PgExecutor<'_>, tenant: &TenantId) -> Result<Vec<EventType>> {
+    Ok(sqlx::query_as(
+        "SELECT t.name, t.description, t.validation, t.deprecated, t.schema_version, v.schema,
+                t.example, t.created_at, t.updated_at
+         FROM event_types t LEFT JOIN event_type_versions v
+           ON v.tenant_id = t.tenant_id AND v.name = t.name AND v.version = t.schema_version
+         WHERE t.tenant_id = $1 ORDER BY t.name",
+    )
+    .bind(tenant.as_str())
+    .fetch_all(db)
+    .await?)
+}
+
 /// The deliverer's `DisableEndpoint`: `enabled = false` with the reason. `false` when there
 /// was nothing to change (unknown, or already disabled).
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
@@ -652,4 +709,157 @@ pub(crate) async fn disable_endpoint(
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+pub(crate) async fn event_type(db: impl PgExecutor<'_>, tenant: &TenantId, name: &str) -> Result<Option<EventType>> {
+    Ok(sqlx::query_as(
+        "SELECT t.name, t.description, t.validation, t.deprecated, t.schema_version, v.schema,
+                t.example, t.created_at, t.updated_at
+         FROM event_types t LEFT JOIN event_type_versions v
+           ON v.tenant_id = t.tenant_id AND v.name = t.name AND v.version = t.schema_version
+         WHERE t.tenant_id = $1 AND t.name = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Locks a declared type's row until the transaction ends (for read-modify-write).
+pub(crate) async fn lock_event_type(db: impl PgExecutor<'_>, tenant: &TenantId, name: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar::<_, i32>("SELECT 1 FROM event_types WHERE tenant_id = $1 AND name = $2 FOR UPDATE")
+            .bind(tenant.as_str())
+            .bind(name)
+            .fetch_optional(db)
+            .await?
+            .is_some(),
+    )
+}
+
+pub(crate) async fn insert_event_type(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    name: &str,
+    spec: &EventTypeSpec,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO event_types (tenant_id, name, description, validation, deprecated, example)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .bind(&spec.description)
+    .bind(&spec.validation)
+    .bind(spec.deprecated)
+    .bind(&spec.example)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn update_event_type(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    name: &str,
+    spec: &EventTypeSpec,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE event_types SET description = $3, validation = $4, deprecated = $5, example = $6, updated_at = now()
+         WHERE tenant_id = $1 AND name = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .bind(&spec.description)
+    .bind(&spec.validation)
+    .bind(spec.deprecated)
+    .bind(&spec.example)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Adds the next schema version and makes it the current one; returns its number.
+pub(crate) async fn add_schema_version(
+    tx: &mut sqlx::PgConnection,
+    tenant: &TenantId,
+    name: &str,
+    schema: &Value,
+) -> Result<i32> {
+    let version: i32 = sqlx::query_scalar(
+        "INSERT INTO event_type_versions (tenant_id, name, version, schema)
+         SELECT $1, $2, COALESCE(max(version), 0) + 1, $3 FROM event_type_versions
+         WHERE tenant_id = $1 AND name = $2
+         RETURNING version",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .bind(schema)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE event_types SET schema_version = $3, updated_at = now() WHERE tenant_id = $1 AND name = $2")
+        .bind(tenant.as_str())
+        .bind(name)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    Ok(version)
+}
+
+pub(crate) async fn schema_versions(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<Vec<SchemaVersion>> {
+    Ok(sqlx::query_as(
+        "SELECT version, schema, created_at FROM event_type_versions
+         WHERE tenant_id = $1 AND name = $2 ORDER BY version",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Types seen among the tenant's newest `scan` events, with counts and the newest body.
+pub(crate) async fn seen_event_types(db: impl PgExecutor<'_>, tenant: &TenantId, scan: i64) -> Result<Vec<Seen>> {
+    Ok(sqlx::query_as(
+        "SELECT event_type, count(*) AS count, (array_agg(body ORDER BY received_at DESC))[1] AS sample
+         FROM (SELECT event_type, body, received_at FROM events WHERE tenant_id = $1
+               ORDER BY received_at DESC LIMIT $2) recent
+         GROUP BY event_type ORDER BY event_type",
+    )
+    .bind(tenant.as_str())
+    .bind(scan)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The secrets that sign for an endpoint now: the current one, then the previous one while
+/// its grace period lasts.
+pub(crate) async fn endpoint_secrets(db: impl PgExecutor<'_>, id: &EndpointId) -> Result<Vec<String>> {
+    let (current, previous): (String, Option<String>) = sqlx::query_as(
+        "SELECT secret, CASE WHEN previous_secret_expires_at > now() THEN previous_secret END
+         FROM endpoints WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(db)
+    .await?;
+    Ok(std::iter::once(current).chain(previous).collect())
+}
+
+/// The schema check an event went through: `(schema_version, schema_violation)`.
+pub(crate) async fn event_schema_check(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    event_id: &EventId,
+) -> Result<(Option<i32>, Option<String>)> {
+    Ok(
+        sqlx::query_as("SELECT schema_version, schema_violation FROM events WHERE tenant_id = $1 AND event_id = $2")
+            .bind(tenant.as_str())
+            .bind(event_id.as_str())
+            .fetch_optional(db)
+            .await?
+            .unwrap_or((None, None)),
+    )
 }

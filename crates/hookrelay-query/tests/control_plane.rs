@@ -735,7 +735,11 @@ async fn unknown_routes_are_json_404s() {
     let app: App = app().await;
     let key = app.full_key("acme").await;
     assert_error(&app.api.get("/v1/nothing-here", &key).await, 404, "route_not_found");
-    assert_error(&app.api.get("/v1/event-types", &key).await, 404, "route_not_found");
+    assert_error(
+        &app.api.get("/v1/no-such-resource/x", &key).await,
+        404,
+        "route_not_found",
+    );
     let r = app.api.call(Method::PUT, "/v1/endpoints", Some(&key), None).await;
     assert_eq!(r.status, 405);
     assert!(r.is_error_body());

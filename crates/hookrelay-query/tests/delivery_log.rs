@@ -253,7 +253,18 @@ async fn an_event_shows_its_envelope_and_deliveries() {
     let r = app.api.get("/v1/events/ord:1.2_3-x", &f.key).await;
     assert_eq!(r.status, 200, "{r:?}");
     let keys: Vec<&String> = r.body.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["event", "event_id", "timestamp", "data", "deliveries"]);
+    assert_eq!(
+        keys,
+        [
+            "event",
+            "event_id",
+            "timestamp",
+            "data",
+            "schema_version",
+            "schema_violation",
+            "deliveries"
+        ]
+    );
     assert_eq!(r.body["event"], "orders/created");
     assert_eq!(r.body["event_id"], "ord:1.2_3-x");
     assert_eq!(r.body["timestamp"], "2024-03-15T14:30:00Z");

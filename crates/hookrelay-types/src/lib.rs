@@ -8,8 +8,10 @@ pub mod event_type;
 pub mod filter;
 pub mod ids;
 pub mod pattern;
+pub mod schema;
 pub mod signature;
 pub mod subjects;
+pub mod webhook;
 
 /// Messages that cross NATS between services, generated from `proto-schemas/`.
 #[allow(unreachable_pub, clippy::all)]

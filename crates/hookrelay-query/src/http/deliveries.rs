@@ -94,6 +94,8 @@ struct Detail {
     delivery: store::Delivery,
     /// The envelope as delivered; null if its event is gone.
     payload: Value,
+    /// The schema version its event was checked against at intake; null if unchecked.
+    schema_version: Option<i32>,
     attempts: Vec<store::Attempt>,
 }
 
@@ -125,11 +127,13 @@ pub(crate) async fn get(
         None => Value::Null,
     };
     let attempts = store::attempts(&state.db, &id).await?;
+    let (schema_version, _) = store::event_schema_check(&state.db, &tenant, &event_id).await?;
     Ok(json(
         StatusCode::OK,
         Detail {
             delivery,
             payload,
+            schema_version,
             attempts,
         },
     ))

@@ -11,8 +11,14 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppJson, AppQuery, json},
 };
-use hookrelay_types::{EndpointId, Invalid, TenantId, signature::Secret};
+use hookrelay_types::{
+    EndpointId, Envelope, EventType, Invalid, Pattern, TenantId,
+    filter::Filter,
+    signature::{Secret, signature_header},
+    webhook,
+};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use super::{
     AppState, ListParams, TenantParam, cursor, paginate,
@@ -204,4 +210,83 @@ pub(crate) async fn rotate_secret(
         return Err(ApiError::not_found("endpoint"));
     }
     Ok(json(StatusCode::OK, SecretOnly { secret }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PreviewInput {
+    event: String,
+    #[serde(default)]
+    data: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct Matches {
+    patterns: bool,
+    filter: bool,
+}
+
+#[derive(Serialize)]
+struct Preview {
+    url: String,
+    headers: serde_json::Map<String, serde_json::Value>,
+    /// The envelope exactly as it would be POSTed (compact JSON).
+    body: String,
+    matches: Matches,
+}
+
+/// The request a delivery of `{event, data}` to this endpoint would send now, signed with
+/// every secret that signs now; nothing is sent or stored.
+pub(crate) async fn preview(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    AppJson(input): AppJson<PreviewInput>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsRead)?;
+    let endpoint = find(&state, &principal, &id).await?;
+    let event = EventType::parse(&input.event)?;
+    let envelope = Envelope::system(event, input.data, OffsetDateTime::now_utc());
+    let body = envelope.to_body();
+    let secrets = store::endpoint_secrets(&state.db, &endpoint_id(&endpoint.id)?)
+        .await?
+        .iter()
+        .filter_map(|s| Secret::parse(s).ok())
+        .collect::<Vec<_>>();
+    let timestamp = OffsetDateTime::now_utc().unix_timestamp();
+    let signature = signature_header(&secrets, envelope.event_id.as_str(), timestamp, &body);
+    let mut headers = serde_json::Map::new();
+    for (name, value) in webhook::signed_headers(
+        envelope.event_id.as_str(),
+        envelope.event.as_str(),
+        timestamp,
+        &signature,
+    )
+    .into_iter()
+    .map(|(n, v)| (n.to_owned(), v))
+    .chain(webhook::custom_headers(&endpoint.headers))
+    {
+        headers.insert(name, value.into());
+    }
+    let patterns = endpoint
+        .events
+        .iter()
+        .filter_map(|p| Pattern::parse(p).ok())
+        .any(|p| p.matches(&envelope.event));
+    let filter = match endpoint.filter.as_ref().filter(|f| !f.is_null()) {
+        None => true,
+        Some(f) => {
+            let doc: serde_json::Value = serde_json::from_slice(&body).map_err(ApiError::internal)?;
+            Filter::parse(f).is_ok_and(|f| f.matches(&doc))
+        }
+    };
+    Ok(json(
+        StatusCode::OK,
+        Preview {
+            url: endpoint.url,
+            headers,
+            body: String::from_utf8(body).map_err(ApiError::internal)?,
+            matches: Matches { patterns, filter },
+        },
+    ))
 }

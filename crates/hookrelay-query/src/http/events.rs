@@ -34,6 +34,9 @@ pub(crate) async fn get(
             "event {event_id}: stored body is not an object"
         )));
     };
+    let (schema_version, schema_violation) = store::event_schema_check(&state.db, &tenant, &event_id).await?;
+    event.insert("schema_version".into(), schema_version.into());
+    event.insert("schema_violation".into(), schema_violation.into());
     let filter = store::DeliveryFilter {
         event_id: Some(event_id),
         ..Default::default()

@@ -5,6 +5,7 @@
 mod dashboard;
 mod deliveries;
 mod endpoints;
+mod event_types;
 mod events;
 mod keys;
 mod stats;
@@ -63,6 +64,12 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/v1/endpoints/{id}/stats", get(stats::endpoint_stats))
         .route("/v1/endpoints/{id}/health", get(endpoints::health))
         .route("/v1/endpoints/{id}/recover", post(deliveries::recover))
+        .route("/v1/endpoints/{id}/preview", post(endpoints::preview))
+        .route("/v1/event-types", post(event_types::create).get(event_types::list))
+        .route(
+            "/v1/event-types/{name}",
+            get(event_types::get).patch(event_types::update),
+        )
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
