@@ -2,7 +2,8 @@
 //! (`hookrelay.ingest.<tenant>.<event tokens>`, stream HOOKRELAY_INGEST), validates them,
 //! stores each once in `events` (deduplicated by `event_id` within a tenant) and publishes
 //! `EventAccepted` on `hookrelay.events.<tenant>.<event tokens>` for the router. Refused
-//! NATS messages go to `hookrelay.dead.ingest`.
+//! NATS messages go to `hookrelay.dead.ingest`. hookrelay's own `hookrelay/` events come
+//! only from HOOKRELAY_SYSTEM (`hookrelay.system.<tenant>`), see `system.rs`.
 
 mod accept;
 mod config;
@@ -12,6 +13,7 @@ mod http;
 mod publish;
 mod store;
 mod sweeper;
+mod system;
 
 use std::sync::Arc;
 
@@ -30,6 +32,13 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     rt.tasks.spawn(async move {
         if let Err(error) = consume::run(consumer_ingest, consumer, consumer_shutdown).await {
             tracing::error!(%error, "intake consumer stopped");
+        }
+    });
+    let system_consumer = system::consumer(&rt.js).await?;
+    let (system_ingest, system_shutdown) = (ingest.clone(), shutdown.clone());
+    rt.tasks.spawn(async move {
+        if let Err(error) = system::run(system_ingest, system_consumer, system_shutdown).await {
+            tracing::error!(%error, "system event consumer stopped");
         }
     });
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown));

@@ -1,6 +1,6 @@
 //! All of ingest's SQL. Writes `events`; reads `tenants`.
 
-use hookrelay_types::{Envelope, EventId, TenantId};
+use hookrelay_types::{EndpointId, Envelope, EventId, TenantId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -18,10 +18,11 @@ pub(crate) async fn insert_event(
     tenant: &TenantId,
     envelope: &Envelope,
     body: &str,
+    only_endpoint: Option<&EndpointId>,
 ) -> Result<Stored, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, only_endpoint_id)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (tenant_id, event_id) DO NOTHING",
     )
     .bind(tenant.as_str())
@@ -29,6 +30,7 @@ pub(crate) async fn insert_event(
     .bind(envelope.event.as_str())
     .bind(envelope.timestamp)
     .bind(body)
+    .bind(only_endpoint.map(EndpointId::as_str))
     .execute(db)
     .await?
     .rows_affected();
@@ -69,6 +71,7 @@ pub(crate) struct Unpublished {
     pub(crate) event_type: String,
     pub(crate) body: String,
     pub(crate) received_at: OffsetDateTime,
+    pub(crate) only_endpoint_id: Option<String>,
 }
 
 pub(crate) async fn unpublished(
@@ -77,7 +80,7 @@ pub(crate) async fn unpublished(
     limit: i64,
 ) -> Result<Vec<Unpublished>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, event_id, event_type, body, received_at FROM events
+        "SELECT tenant_id, event_id, event_type, body, received_at, only_endpoint_id FROM events
          WHERE published_at IS NULL AND received_at < now() - make_interval(secs => $1)
          ORDER BY received_at LIMIT $2",
     )

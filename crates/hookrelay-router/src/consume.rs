@@ -8,7 +8,7 @@ use async_nats::{
     HeaderMap,
     jetstream::{AckKind, Message, consumer::PullConsumer},
 };
-use hookrelay_types::{DeliveryId, EventId, EventType, TenantId, messages, subjects};
+use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId, messages, subjects};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -50,9 +50,24 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     let event_id = EventId::parse(&event.event_id).map_err(|e| RouteError::Poison(e.to_string()))?;
     let event_type = EventType::parse(&event.event_type).map_err(|e| RouteError::Poison(e.to_string()))?;
 
-    let rows = store::enabled_endpoints(&router.db, tenant.as_str()).await?;
-    let subs: Vec<_> = rows.iter().filter_map(matcher::Subscription::from_row).collect();
-    let targets = matcher::matching(&subs, &event_type, &event.envelope);
+    let targets: Vec<EndpointId> = if event.only_endpoint_id.is_empty() {
+        let rows = store::enabled_endpoints(&router.db, tenant.as_str()).await?;
+        let subs: Vec<_> = rows.iter().filter_map(matcher::Subscription::from_row).collect();
+        matcher::matching(&subs, &event_type, &event.envelope)
+            .into_iter()
+            .cloned()
+            .collect()
+    } else {
+        // A system event aimed at one endpoint (hookrelay/ping): patterns and filter do not
+        // apply, and an endpoint of another tenant or a deleted one gets nothing.
+        let only = EndpointId::parse(&event.only_endpoint_id).map_err(|e| RouteError::Poison(e.to_string()))?;
+        if store::endpoint_exists(&router.db, tenant.as_str(), only.as_str()).await? {
+            vec![only]
+        } else {
+            warn!(endpoint = %only, "an event aimed at an endpoint that does not exist goes nowhere");
+            Vec::new()
+        }
+    };
 
     let mut acks = Vec::with_capacity(targets.len());
     for endpoint in &targets {

@@ -16,3 +16,13 @@ pub(crate) async fn enabled_endpoints(db: impl PgExecutor<'_>, tenant: &str) -> 
         .fetch_all(db)
         .await
 }
+
+/// Whether the endpoint exists in this tenant (enabled or not: the deliverer refuses
+/// disabled ones, so a disabled endpoint still receives nothing).
+pub(crate) async fn endpoint_exists(db: impl PgExecutor<'_>, tenant: &str, id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM endpoints WHERE tenant_id = $1 AND id = $2)")
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(db)
+        .await
+}

@@ -11,7 +11,7 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppJson, AppQuery, json},
 };
-use hookrelay_types::{EndpointId, Invalid, signature::Secret};
+use hookrelay_types::{EndpointId, Invalid, TenantId, signature::Secret};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, ListParams, TenantParam, cursor, paginate};
@@ -157,4 +157,21 @@ pub(crate) async fn rotate_secret(
         return Err(ApiError::not_found("endpoint"));
     }
     Ok(json(StatusCode::OK, SecretOnly { secret }))
+}
+
+/// `hookrelay/ping` to this endpoint only, through the same path as every event: stored,
+/// logged and signed. `202` once JetStream holds it.
+pub(crate) async fn test(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsWrite)?;
+    let endpoint = find(&state, &principal, &id).await?;
+    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(|e| QueryError::Publish(e.to_string()))?;
+    let event_id = crate::publish::ping(&state.js, &tenant, &endpoint_id(&endpoint.id)?).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        serde_json::json!({ "event_id": event_id.as_str() }),
+    ))
 }

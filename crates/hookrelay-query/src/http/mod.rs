@@ -60,6 +60,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/v1/endpoints/{id}/rotate-secret", post(endpoints::rotate_secret))
         .route("/v1/endpoints/{id}/stats", get(stats::endpoint_stats))
         .route("/v1/endpoints/{id}/recover", post(deliveries::recover))
+        .route("/v1/endpoints/{id}/test", post(endpoints::test))
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
