@@ -96,3 +96,21 @@ pub(crate) async fn ping(
     metrics::counter!(SYSTEM_EVENTS_PUBLISHED, "type" => "hookrelay/ping").increment(1);
     Ok(event_id)
 }
+
+/// Tells every router that this endpoint changed (core NATS, `endpoint_changed(tenant)`),
+/// after the change is committed. Not stored: a router that misses it catches up at its
+/// next full reload, so a failure is logged, never returned.
+pub(crate) async fn endpoint_changed(js: &jetstream::Context, tenant: &str, endpoint: &str) {
+    let Ok(tenant) = TenantId::parse(tenant) else { return };
+    let client = js.client();
+    let sent = client
+        .publish(subjects::endpoint_changed(&tenant), endpoint.to_owned().into())
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
+        return;
+    }
+    if let Err(error) = client.flush().await {
+        tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
+    }
+}

@@ -13,7 +13,7 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::{Config, error::RouteError, matcher, store};
+use crate::{Config, error::RouteError, store};
 
 const EVENTS_ROUTED: &str = "hookrelay_events_routed_total";
 const JOBS_PUBLISHED: &str = "hookrelay_delivery_jobs_published_total";
@@ -24,6 +24,7 @@ pub(crate) struct Router {
     pub(crate) db: sqlx::PgPool,
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) cfg: Arc<Config>,
+    pub(crate) subscriptions: crate::live::Shared,
 }
 
 pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
@@ -51,17 +52,16 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     let event_type = EventType::parse(&event.event_type).map_err(|e| RouteError::Poison(e.to_string()))?;
 
     let targets: Vec<EndpointId> = if event.only_endpoint_id.is_empty() {
-        let rows = store::enabled_endpoints(&router.db, tenant.as_str()).await?;
-        let subs: Vec<_> = rows.iter().filter_map(matcher::Subscription::from_row).collect();
-        matcher::matching(&subs, &event_type, &event.envelope)
-            .into_iter()
-            .cloned()
-            .collect()
+        let subs = router.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        subs.matching(tenant.as_str(), &event_type, &event.envelope)
     } else {
         // A system event aimed at one endpoint (hookrelay/ping): patterns and filter do not
         // apply, and an endpoint of another tenant or a deleted one gets nothing.
         let only = EndpointId::parse(&event.only_endpoint_id).map_err(|e| RouteError::Poison(e.to_string()))?;
-        if store::endpoint_exists(&router.db, tenant.as_str(), only.as_str()).await? {
+        if store::endpoint(&router.db, tenant.as_str(), only.as_str())
+            .await?
+            .is_some()
+        {
             vec![only]
         } else {
             warn!(endpoint = %only, "an event aimed at an endpoint that does not exist goes nowhere");
