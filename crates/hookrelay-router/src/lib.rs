@@ -8,7 +8,8 @@ mod config;
 mod consume;
 mod error;
 mod live;
-mod matcher;
+#[doc(hidden)]
+pub mod matcher;
 mod store;
 
 use std::sync::Arc;

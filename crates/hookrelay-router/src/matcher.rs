@@ -2,19 +2,20 @@
 //! and its filter (if any) passes the envelope. The router keeps every tenant's enabled
 //! endpoints in memory, indexed by pattern ([`PatternIndex`]); filters are evaluated only
 //! for endpoints whose patterns hit, and the envelope is parsed only when one of them has a
-//! filter. Pure; `live.rs` keeps it in step with the `endpoints` table.
+//! filter. Pure; `live.rs` keeps it in step with the `endpoints` table. Public only for
+//! the benchmark (`benches/matching.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use hookrelay_types::{EndpointId, EventType, Pattern, filter::Filter, index::PatternIndex};
 
 use crate::store::EndpointRow;
 
 #[derive(Debug, Clone)]
-pub(crate) struct Subscription {
-    pub(crate) endpoint: EndpointId,
-    pub(crate) patterns: Vec<Pattern>,
-    pub(crate) filter: Option<Filter>,
+pub struct Subscription {
+    pub endpoint: EndpointId,
+    pub patterns: Vec<Pattern>,
+    pub filter: Option<Filter>,
 }
 
 impl Subscription {
@@ -52,13 +53,13 @@ impl Subscription {
 
 /// One tenant's enabled endpoints.
 #[derive(Debug, Default)]
-pub(crate) struct TenantSubscriptions {
+pub struct TenantSubscriptions {
     index: PatternIndex<EndpointId>,
     subs: HashMap<EndpointId, Subscription>,
 }
 
 impl TenantSubscriptions {
-    pub(crate) fn insert(&mut self, sub: Subscription) {
+    pub fn insert(&mut self, sub: Subscription) {
         self.remove(&sub.endpoint);
         for pattern in &sub.patterns {
             self.index.insert(sub.endpoint.clone(), pattern);
@@ -66,7 +67,7 @@ impl TenantSubscriptions {
         self.subs.insert(sub.endpoint.clone(), sub);
     }
 
-    pub(crate) fn remove(&mut self, endpoint: &EndpointId) {
+    pub fn remove(&mut self, endpoint: &EndpointId) {
         if let Some(old) = self.subs.remove(endpoint) {
             for pattern in &old.patterns {
                 self.index.remove(endpoint, pattern);
@@ -74,33 +75,32 @@ impl TenantSubscriptions {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.subs.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
     /// The endpoints that get this event, in id order. `envelope` is the delivered JSON body.
-    pub(crate) fn matching(&self, event: &EventType, envelope: &[u8]) -> Vec<EndpointId> {
-        let mut seen = HashSet::new();
+    pub fn matching(&self, event: &EventType, envelope: &[u8]) -> Vec<EndpointId> {
+        let mut hits: Vec<&EndpointId> = Vec::new();
+        self.index.for_each_match(event, |id| hits.push(id));
+        // An endpoint with several matching patterns is hit once per pattern.
+        hits.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        hits.dedup();
         let mut parsed: Option<Option<serde_json::Value>> = None;
-        let mut out = Vec::new();
-        self.index.for_each_match(event, |id| {
-            if !seen.insert(id) {
-                return;
-            }
-            let Some(sub) = self.subs.get(id) else { return };
-            let passes = match &sub.filter {
+        hits.into_iter()
+            .filter(|id| match self.subs.get(*id).and_then(|s| s.filter.as_ref()) {
                 None => true,
                 Some(filter) => {
                     let doc = parsed.get_or_insert_with(|| serde_json::from_slice(envelope).ok());
                     doc.as_ref().is_some_and(|d| filter.matches(d))
                 }
-            };
-            if passes {
-                out.push(id.clone());
-            }
-        });
-        out.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-        out
+            })
+            .cloned()
+            .collect()
     }
 }
 
@@ -126,7 +126,7 @@ impl Subscriptions {
         rows.iter()
             .filter_map(Subscription::from_row)
             .for_each(|s| subs.insert(s));
-        if subs.len() == 0 {
+        if subs.is_empty() {
             self.tenants.remove(tenant);
         } else {
             self.tenants.insert(tenant.to_owned(), subs);
@@ -141,7 +141,7 @@ impl Subscriptions {
             None => {
                 if let Some(t) = self.tenants.get_mut(tenant) {
                     t.remove(id);
-                    if t.len() == 0 {
+                    if t.is_empty() {
                         self.tenants.remove(tenant);
                     }
                 }
