@@ -51,55 +51,75 @@ impl Subscription {
     }
 }
 
-/// One tenant's enabled endpoints.
+/// One tenant's enabled endpoints. The index holds slot numbers rather than ids, so a
+/// lookup collects, sorts and deduplicates plain integers and reaches each hit without
+/// hashing.
 #[derive(Debug, Default)]
 pub struct TenantSubscriptions {
-    index: PatternIndex<EndpointId>,
-    subs: HashMap<EndpointId, Subscription>,
+    index: PatternIndex<u32>,
+    slots: Vec<Option<Subscription>>,
+    free: Vec<u32>,
+    by_id: HashMap<EndpointId, u32>,
 }
 
 impl TenantSubscriptions {
     pub fn insert(&mut self, sub: Subscription) {
         self.remove(&sub.endpoint);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
         for pattern in &sub.patterns {
-            self.index.insert(sub.endpoint.clone(), pattern);
+            self.index.insert(slot, pattern);
         }
-        self.subs.insert(sub.endpoint.clone(), sub);
+        self.by_id.insert(sub.endpoint.clone(), slot);
+        if let Some(place) = self.slots.get_mut(slot as usize) {
+            *place = Some(sub);
+        }
     }
 
     pub fn remove(&mut self, endpoint: &EndpointId) {
-        if let Some(old) = self.subs.remove(endpoint) {
+        let Some(slot) = self.by_id.remove(endpoint) else {
+            return;
+        };
+        if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
             for pattern in &old.patterns {
-                self.index.remove(endpoint, pattern);
+                self.index.remove(&slot, pattern);
             }
         }
+        self.free.push(slot);
     }
 
     pub fn len(&self) -> usize {
-        self.subs.len()
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.subs.is_empty()
+        self.by_id.is_empty()
     }
 
-    /// The endpoints that get this event, in id order. `envelope` is the delivered JSON body.
+    /// The endpoints that get this event, each once, in no particular order. `envelope` is
+    /// the delivered JSON body.
     pub fn matching(&self, event: &EventType, envelope: &[u8]) -> Vec<EndpointId> {
-        let mut hits: Vec<&EndpointId> = Vec::new();
-        self.index.for_each_match(event, |id| hits.push(id));
+        let mut hits: Vec<u32> = Vec::new();
+        self.index.for_each_match(event, |slot| hits.push(*slot));
         // An endpoint with several matching patterns is hit once per pattern.
-        hits.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        hits.sort_unstable();
         hits.dedup();
         let mut parsed: Option<Option<serde_json::Value>> = None;
         hits.into_iter()
-            .filter(|id| match self.subs.get(*id).and_then(|s| s.filter.as_ref()) {
+            .filter_map(|slot| self.slots.get(slot as usize)?.as_ref())
+            .filter(|sub| match &sub.filter {
                 None => true,
                 Some(filter) => {
                     let doc = parsed.get_or_insert_with(|| serde_json::from_slice(envelope).ok());
                     doc.as_ref().is_some_and(|d| filter.matches(d))
                 }
             })
-            .cloned()
+            .map(|sub| sub.endpoint.clone())
             .collect()
     }
 }
@@ -149,6 +169,7 @@ impl Subscriptions {
         }
     }
 
+    /// The endpoints that get this event, each once, in no particular order.
     pub(crate) fn matching(&self, tenant: &str, event: &EventType, envelope: &[u8]) -> Vec<EndpointId> {
         self.tenants
             .get(tenant)
@@ -184,6 +205,11 @@ mod tests {
         v
     }
 
+    fn sorted(mut v: Vec<EndpointId>) -> Vec<EndpointId> {
+        v.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        v
+    }
+
     const BODY: &[u8] = br#"{"event":"orders/created","event_id":"e","timestamp":"2024-03-15T14:30:00Z","data":{"merchant":"Acme Corp","items":3}}"#;
 
     #[test]
@@ -198,7 +224,7 @@ mod tests {
         ];
         let subs = Subscriptions::from_rows(&rows);
         let event = EventType::parse("orders/created").unwrap();
-        assert_eq!(subs.matching("acme", &event, BODY), ids(&rows, &[0, 1, 2]));
+        assert_eq!(sorted(subs.matching("acme", &event, BODY)), ids(&rows, &[0, 1, 2]));
         assert_eq!(subs.matching("globex", &event, BODY), ids(&rows, &[5]));
         assert!(subs.matching("nobody", &event, BODY).is_empty());
     }
