@@ -641,3 +641,52 @@ async fn a_declared_schema_is_enforced_on_the_next_event_and_a_preview_verifies(
     );
     sys.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn an_endpoint_test_sends_a_signed_ping_to_that_endpoint_only() {
+    let s = system().await;
+    let key = tenant(&s.api, "acme").await;
+    let other_key = tenant(&s.api, "globex").await;
+    let (target, secret) = endpoint(&s.api, &key, s.rx.url("ok/target"), json!(["orders/*"])).await;
+    let (_all, _) = endpoint(&s.api, &key, s.rx.url("ok/all"), json!(["*"])).await;
+
+    let r = s
+        .api
+        .post(&format!("/v1/endpoints/{target}/test"), &key, json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["event_id"].as_str().unwrap().to_owned();
+
+    let got = s.rx.wait_for("ok/target", &id, 1, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1, "the ping did not arrive");
+    let hit = &got[0];
+    verify(&secret, &hit.headers, &hit.body).expect("the ping is signed with the endpoint's secret");
+    let body = hit.json();
+    assert_eq!(body["event"], "hookrelay/ping");
+    assert_eq!(body["data"]["endpoint_id"], target.as_str());
+    assert_eq!(hit.header("hookrelay-event"), Some("hookrelay/ping"));
+    delivery_with_status(&s.api, &key, &id, &target, "delivered").await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        s.rx.received_id("ok/all", &id).is_empty(),
+        "an endpoint subscribed to `*` must not get another endpoint's ping"
+    );
+    let unknown = s
+        .api
+        .post("/v1/endpoints/ep_00000000000000000000000000/test", &key, json!({}))
+        .await;
+    assert_eq!(unknown.status, 404, "{:?}", unknown.body);
+    let foreign = s
+        .api
+        .post(&format!("/v1/endpoints/{target}/test"), &other_key, json!({}))
+        .await;
+    assert_eq!(foreign.status, 404, "{:?}", foreign.body);
+    let reserved = s
+        .api
+        .post("/v1/events", &key, json!({"event": "hookrelay/ping", "data": {}}))
+        .await;
+    assert_eq!(reserved.status, 422, "producers still may not send reserved types");
+    s.shutdown.cancel();
+    let _ = (s.task.await, s.env);
+}

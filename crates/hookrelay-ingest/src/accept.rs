@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use hookrelay_types::{Envelope, TenantId, schema::Validation};
+use hookrelay_types::{EndpointId, Envelope, TenantId, schema::Validation};
 use time::OffsetDateTime;
 
 use crate::{
@@ -96,22 +96,33 @@ impl Ingest {
     }
 
     /// Stores and publishes. A duplicate id is not published again unless its first
-    /// publication never completed (a crash between the two steps).
+    /// publication never completed (a crash between the two steps). `only_endpoint` aims a
+    /// system event at one endpoint (`hookrelay/ping`).
     #[tracing::instrument(skip_all, fields(tenant = %tenant, event_id = %envelope.event_id))]
     pub(crate) async fn accept(
         &self,
         tenant: &TenantId,
         envelope: &Envelope,
         via: &'static str,
+        only_endpoint: Option<&EndpointId>,
     ) -> Result<Accepted, IngestError> {
         let checked = self.check_schema(tenant, envelope).await?;
         let body = envelope.to_body();
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::Publish(e.to_string()))?;
-        let stored = store::insert_event(&self.db, tenant, envelope, text, &checked).await?;
+        let stored = store::insert_event(&self.db, tenant, envelope, text, &checked, only_endpoint).await?;
         let duplicate = matches!(stored, Stored::Duplicate { .. });
         if stored != (Stored::Duplicate { published: true }) {
             let accepted_at = OffsetDateTime::now_utc();
-            publish::event_accepted(&self.js, tenant, &envelope.event_id, &envelope.event, body, accepted_at).await?;
+            publish::event_accepted(
+                &self.js,
+                tenant,
+                &envelope.event_id,
+                &envelope.event,
+                body,
+                accepted_at,
+                only_endpoint,
+            )
+            .await?;
             store::mark_published(&self.db, tenant, &envelope.event_id).await?;
         }
         if duplicate {

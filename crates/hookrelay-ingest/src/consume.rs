@@ -54,12 +54,12 @@ async fn handle(ingest: &Ingest, msg: &Message) -> Result<(), IngestError> {
         OffsetDateTime::now_utc(),
     )?;
     ingest.check_tenant(tenant.as_str()).await?;
-    ingest.accept(&tenant, &envelope, "nats").await?;
+    ingest.accept(&tenant, &envelope, "nats", None).await?;
     Ok(())
 }
 
 /// Ack what is done or dead-lettered; leave the rest to come back.
-async fn settle(ingest: &Ingest, msg: &Message, outcome: Result<(), IngestError>) {
+pub(crate) async fn settle(ingest: &Ingest, msg: &Message, outcome: Result<(), IngestError>) {
     let error = match outcome {
         Ok(()) => {
             ack(msg, AckKind::Ack).await;

@@ -82,7 +82,7 @@ async fn create_event(
         .and_then(|incoming| incoming.complete(None, idempotency_key, OffsetDateTime::now_utc()))
         .map_err(|e| refused(e.into()))?;
     state.ingest.check_tenant(tenant.as_str()).await?;
-    let accepted = state.ingest.accept(&tenant, &envelope, "rest").await?;
+    let accepted = state.ingest.accept(&tenant, &envelope, "rest", None).await?;
     let status = if accepted.duplicate {
         StatusCode::OK
     } else {

@@ -4,6 +4,8 @@
 //! `EventAccepted` on `hookrelay.events.<tenant>.<event tokens>` for the router. Refused
 //! NATS messages go to `hookrelay.dead.ingest`. An event whose type is declared with a
 //! schema is checked first (see `catalogue`); it listens on `hookrelay.control.event-types.>`.
+//! hookrelay's own `hookrelay/` events come only from HOOKRELAY_SYSTEM
+//! (`hookrelay.system.<tenant>`), see `system.rs`.
 
 mod accept;
 mod catalogue;
@@ -14,6 +16,7 @@ mod http;
 mod publish;
 mod store;
 mod sweeper;
+mod system;
 
 use std::sync::Arc;
 
@@ -36,6 +39,13 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     });
     rt.tasks
         .spawn(ingest.catalogue.clone().listen(rt.nats.clone(), shutdown.clone()));
+    let system_consumer = system::consumer(&rt.js).await?;
+    let (system_ingest, system_shutdown) = (ingest.clone(), shutdown.clone());
+    rt.tasks.spawn(async move {
+        if let Err(error) = system::run(system_ingest, system_consumer, system_shutdown).await {
+            tracing::error!(%error, "system event consumer stopped");
+        }
+    });
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown));
     let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token);
     Ok(http::routes(http::AppState { ingest, auth }))

@@ -3,7 +3,7 @@
 
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
-use hookrelay_types::{EventId, EventType, TenantId, messages::EventAccepted, subjects};
+use hookrelay_types::{EndpointId, EventId, EventType, TenantId, messages::EventAccepted, subjects};
 use prost::Message as _;
 use time::OffsetDateTime;
 
@@ -16,6 +16,7 @@ pub(crate) async fn event_accepted(
     event_type: &EventType,
     envelope: Vec<u8>,
     accepted_at: OffsetDateTime,
+    only_endpoint: Option<&EndpointId>,
 ) -> Result<(), IngestError> {
     let msg = EventAccepted {
         tenant_id: tenant.to_string(),
@@ -23,7 +24,7 @@ pub(crate) async fn event_accepted(
         event_type: event_type.to_string(),
         envelope,
         accepted_at_ms: (accepted_at.unix_timestamp_nanos() / 1_000_000) as i64,
-        only_endpoint_id: String::new(),
+        only_endpoint_id: only_endpoint.map(ToString::to_string).unwrap_or_default(),
     };
     let subject = subjects::event(tenant, event_type);
     let msg_id = subjects::event_msg_id(tenant, event_id);

@@ -1,7 +1,7 @@
 //! All of ingest's SQL. Writes `events`; reads `tenants`, `event_types` and
 //! `event_type_versions` (written by query).
 
-use hookrelay_types::{Envelope, EventId, TenantId};
+use hookrelay_types::{EndpointId, Envelope, EventId, TenantId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -29,10 +29,12 @@ pub(crate) async fn insert_event(
     envelope: &Envelope,
     body: &str,
     checked: &Checked,
+    only_endpoint: Option<&EndpointId>,
 ) -> Result<Stored, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, schema_version, schema_violation)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, schema_version, schema_violation,
+                             only_endpoint_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (tenant_id, event_id) DO NOTHING",
     )
     .bind(tenant.as_str())
@@ -42,6 +44,7 @@ pub(crate) async fn insert_event(
     .bind(body)
     .bind(checked.schema_version)
     .bind(checked.violation.as_deref())
+    .bind(only_endpoint.map(EndpointId::as_str))
     .execute(db)
     .await?
     .rows_affected();
@@ -82,6 +85,7 @@ pub(crate) struct Unpublished {
     pub(crate) event_type: String,
     pub(crate) body: String,
     pub(crate) received_at: OffsetDateTime,
+    pub(crate) only_endpoint_id: Option<String>,
 }
 
 pub(crate) async fn unpublished(
@@ -90,7 +94,7 @@ pub(crate) async fn unpublished(
     limit: i64,
 ) -> Result<Vec<Unpublished>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, event_id, event_type, body, received_at FROM events
+        "SELECT tenant_id, event_id, event_type, body, received_at, only_endpoint_id FROM events
          WHERE published_at IS NULL AND received_at < now() - make_interval(secs => $1)
          ORDER BY received_at LIMIT $2",
     )

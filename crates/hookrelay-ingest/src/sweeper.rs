@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hookrelay_types::{EventId, EventType, TenantId};
+use hookrelay_types::{EndpointId, EventId, EventType, TenantId};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -32,6 +32,7 @@ async fn sweep(ingest: &Ingest) -> anyhow::Result<usize> {
         let tenant = TenantId::parse(&row.tenant_id)?;
         let event_id = EventId::parse(&row.event_id)?;
         let event_type = EventType::parse(&row.event_type)?;
+        let only = row.only_endpoint_id.as_deref().map(EndpointId::parse).transpose()?;
         publish::event_accepted(
             &ingest.js,
             &tenant,
@@ -39,6 +40,7 @@ async fn sweep(ingest: &Ingest) -> anyhow::Result<usize> {
             &event_type,
             row.body.clone().into_bytes(),
             row.received_at,
+            only.as_ref(),
         )
         .await?;
         store::mark_published(&ingest.db, &tenant, &event_id).await?;

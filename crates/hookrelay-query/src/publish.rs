@@ -2,11 +2,14 @@
 //! `hookrelay.commands.deliverer.<tenant>` (stream HOOKRELAY_COMMANDS). Each carries a fresh
 //! ULID as `command_id` and `Nats-Msg-Id`, and is acknowledged by JetStream before the API
 //! answers, so a `202` means the deliverer will see it.
+//!
+//! Also hookrelay's own events: `SystemEvent` on `hookrelay.system.<tenant>` (stream
+//! HOOKRELAY_SYSTEM) for ingest, `Nats-Msg-Id` `<tenant>:<event_id>`.
 
 use async_nats::{HeaderMap, jetstream};
 use hookrelay_types::{
-    DeliveryId, EndpointId, TenantId,
-    messages::{DeliveryCommand, RecoverEndpoint, RetryDelivery, delivery_command::Action},
+    DeliveryId, EndpointId, EventId, TenantId,
+    messages::{DeliveryCommand, RecoverEndpoint, RetryDelivery, SystemEvent, delivery_command::Action},
     subjects,
 };
 use prost::Message as _;
@@ -16,6 +19,8 @@ use crate::error::QueryError;
 
 /// Commands published, by `action` (`retry`, `recover`).
 pub(crate) const COMMANDS_PUBLISHED: &str = "hookrelay_query_commands_published_total";
+/// System events published, by `type`.
+pub(crate) const SYSTEM_EVENTS_PUBLISHED: &str = "hookrelay_query_system_events_published_total";
 
 pub(crate) async fn retry(js: &jetstream::Context, tenant: &TenantId, delivery: &DeliveryId) -> Result<(), QueryError> {
     let action = Action::Retry(RetryDelivery {
@@ -57,4 +62,55 @@ async fn command(
     ack.await.map_err(|e| QueryError::Publish(e.to_string()))?;
     metrics::counter!(COMMANDS_PUBLISHED, "action" => name).increment(1);
     Ok(())
+}
+
+/// `hookrelay/ping` for one endpoint (`POST /v1/endpoints/{id}/test`). Returns the event id.
+pub(crate) async fn ping(
+    js: &jetstream::Context,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+) -> Result<EventId, QueryError> {
+    let event_id = EventId::generate();
+    let data = serde_json::json!({
+        "endpoint_id": endpoint.as_str(),
+        "message": "A test event from hookrelay: this endpoint is reachable and its signature checks out.",
+    });
+    let msg = SystemEvent {
+        tenant_id: tenant.to_string(),
+        event_id: event_id.to_string(),
+        event_type: hookrelay_types::event_type::PING.to_owned(),
+        data: serde_json::to_vec(&data).unwrap_or_default(),
+        only_endpoint_id: endpoint.to_string(),
+    };
+    let msg_id = subjects::event_msg_id(tenant, &event_id);
+    let ack = hookrelay_runtime::nats::publish(
+        js,
+        subjects::system(tenant),
+        &msg_id,
+        HeaderMap::new(),
+        msg.encode_to_vec().into(),
+    )
+    .await
+    .map_err(|e| QueryError::Publish(e.to_string()))?;
+    ack.await.map_err(|e| QueryError::Publish(e.to_string()))?;
+    metrics::counter!(SYSTEM_EVENTS_PUBLISHED, "type" => "hookrelay/ping").increment(1);
+    Ok(event_id)
+}
+
+/// Tells every router that this endpoint changed (core NATS, `endpoint_changed(tenant)`),
+/// after the change is committed. Not stored: a router that misses it catches up at its
+/// next full reload, so a failure is logged, never returned.
+pub(crate) async fn endpoint_changed(js: &jetstream::Context, tenant: &str, endpoint: &str) {
+    let Ok(tenant) = TenantId::parse(tenant) else { return };
+    let client = js.client();
+    let sent = client
+        .publish(subjects::endpoint_changed(&tenant), endpoint.to_owned().into())
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
+        return;
+    }
+    if let Err(error) = client.flush().await {
+        tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
+    }
 }

@@ -782,3 +782,48 @@ async fn an_endpoint_timeout_is_1_to_30_seconds_set_at_create_and_patch() {
     let cleared = app.api.patch(&path, &key, json!({"timeout_seconds": null})).await;
     assert_eq!(cleared.body["timeout_seconds"], Value::Null);
 }
+
+#[tokio::test]
+async fn every_endpoint_change_is_announced_to_the_routers_after_it_commits() {
+    use futures::StreamExt as _;
+    let app = app().await;
+    let key = app.key("acme", &["endpoints:write", "endpoints:read"]).await;
+    let nats = app.env.nats().await.unwrap();
+    let mut changes = nats
+        .subscribe(hookrelay_types::subjects::CONTROL_ENDPOINTS_ALL)
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut next = async || {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+            .await
+            .expect("an announcement within 5 s")
+            .unwrap();
+        (
+            msg.subject.to_string(),
+            String::from_utf8(msg.payload.to_vec()).unwrap(),
+        )
+    };
+    let r = app
+        .api
+        .post(
+            "/v1/endpoints",
+            &key,
+            json!({"url": "https://hooks.example.com/a", "events": ["orders/*"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let announced = ("hookrelay.control.endpoints.acme".to_owned(), id.clone());
+    assert_eq!(next().await, announced, "create");
+    let path = format!("/v1/endpoints/{id}");
+    assert_eq!(app.api.patch(&path, &key, json!({"enabled": false})).await.status, 200);
+    assert_eq!(next().await, announced, "update");
+    let rotate = app.api.post(&format!("{path}/rotate-secret"), &key, json!({})).await;
+    assert_eq!(rotate.status, 200, "{rotate:?}");
+    assert_eq!(next().await, announced, "rotate");
+    assert_eq!(app.api.delete(&path, &key).await.status, 204);
+    assert_eq!(next().await, announced, "delete");
+    let gone = app.api.delete(&path, &key).await;
+    assert_error(&gone, 404, "not_found");
+}

@@ -8,12 +8,12 @@ use async_nats::{
     HeaderMap,
     jetstream::{AckKind, Message, consumer::PullConsumer},
 };
-use hookrelay_types::{DeliveryId, EventId, EventType, TenantId, messages, subjects};
+use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId, messages, subjects};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::{Config, error::RouteError, matcher, store};
+use crate::{Config, error::RouteError, store};
 
 const EVENTS_ROUTED: &str = "hookrelay_events_routed_total";
 const JOBS_PUBLISHED: &str = "hookrelay_delivery_jobs_published_total";
@@ -24,6 +24,7 @@ pub(crate) struct Router {
     pub(crate) db: sqlx::PgPool,
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) cfg: Arc<Config>,
+    pub(crate) subscriptions: crate::live::Shared,
 }
 
 pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
@@ -50,9 +51,23 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     let event_id = EventId::parse(&event.event_id).map_err(|e| RouteError::Poison(e.to_string()))?;
     let event_type = EventType::parse(&event.event_type).map_err(|e| RouteError::Poison(e.to_string()))?;
 
-    let rows = store::enabled_endpoints(&router.db, tenant.as_str()).await?;
-    let subs: Vec<_> = rows.iter().filter_map(matcher::Subscription::from_row).collect();
-    let targets = matcher::matching(&subs, &event_type, &event.envelope);
+    let targets: Vec<EndpointId> = if event.only_endpoint_id.is_empty() {
+        let subs = router.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        subs.matching(tenant.as_str(), &event_type, &event.envelope)
+    } else {
+        // A system event aimed at one endpoint (hookrelay/ping): patterns and filter do not
+        // apply, and an endpoint of another tenant or a deleted one gets nothing.
+        let only = EndpointId::parse(&event.only_endpoint_id).map_err(|e| RouteError::Poison(e.to_string()))?;
+        if store::endpoint(&router.db, tenant.as_str(), only.as_str())
+            .await?
+            .is_some()
+        {
+            vec![only]
+        } else {
+            warn!(endpoint = %only, "an event aimed at an endpoint that does not exist goes nowhere");
+            Vec::new()
+        }
+    };
 
     let mut acks = Vec::with_capacity(targets.len());
     for endpoint in &targets {

@@ -1,12 +1,15 @@
 //! hookrelay step 2, routing. Consumes `EventAccepted` from HOOKRELAY_EVENTS, matches each
 //! event against its tenant's enabled endpoints (patterns, then filters) and publishes one
 //! `DeliveryJob` per match to HOOKRELAY_DELIVERIES. It has no API; only `/healthz`,
-//! `/readyz` and `/metrics`.
+//! `/readyz` and `/metrics`. Subscriptions are held in memory and follow the
+//! `hookrelay.control.endpoints.<tenant>` notifications (see `live.rs`).
 
 mod config;
 mod consume;
 mod error;
-mod matcher;
+mod live;
+#[doc(hidden)]
+pub mod matcher;
 mod store;
 
 use std::sync::Arc;
@@ -18,10 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Creates the `router` consumer and starts routing on `rt.tasks`. Returns no routes.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+    let (subscriptions, live) =
+        live::start(rt.nats.clone(), rt.db.clone(), cfg.reload_interval, shutdown.clone()).await?;
+    rt.tasks.spawn(live);
     let router = consume::Router {
         db: rt.db.clone(),
         js: rt.js.clone(),
         cfg: Arc::new(cfg.clone()),
+        subscriptions,
     };
     let consumer = consume::consumer(&rt.js).await?;
     rt.tasks.spawn(async move {

@@ -24,7 +24,29 @@ async fn start(env: &TestEnv) -> CancellationToken {
         .shutdown
 }
 
-async fn endpoint(db: &sqlx::PgPool, events: &[&str], filter: Option<serde_json::Value>, enabled: bool) -> String {
+/// Plays query: writes the row, then announces it to the routers.
+async fn endpoint(env: &TestEnv, events: &[&str], filter: Option<serde_json::Value>, enabled: bool) -> String {
+    let id = insert_endpoint(&env.db().await.unwrap(), events, filter, enabled).await;
+    let nats = env.nats().await.unwrap();
+    nats.publish(
+        subjects::endpoint_changed(&TenantId::parse("acme").unwrap()),
+        id.clone().into(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    // Routers apply a change within milliseconds of the announcement; events sent sooner
+    // are routed by what came before.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    id
+}
+
+async fn insert_endpoint(
+    db: &sqlx::PgPool,
+    events: &[&str],
+    filter: Option<serde_json::Value>,
+    enabled: bool,
+) -> String {
     let id = EndpointId::generate().to_string();
     sqlx::query(
         "INSERT INTO endpoints (id, tenant_id, url, events, filter, enabled, secret)
@@ -42,6 +64,33 @@ async fn endpoint(db: &sqlx::PgPool, events: &[&str], filter: Option<serde_json:
 
 async fn accept(js: &jetstream::Context, event_id: &str, event_type: &str, data: serde_json::Value) {
     accept_as(js, event_id, event_type, data, "").await
+}
+
+async fn accept_only(js: &jetstream::Context, event_id: &str, only_endpoint_id: &str) {
+    let tenant = TenantId::parse("acme").unwrap();
+    let event = EventType::parse("hookrelay/ping").unwrap();
+    let envelope =
+        json!({"event": "hookrelay/ping", "event_id": event_id, "timestamp": "2024-03-15T14:30:00Z", "data": {}});
+    let msg = EventAccepted {
+        tenant_id: "acme".into(),
+        event_id: event_id.into(),
+        event_type: "hookrelay/ping".into(),
+        envelope: serde_json::to_vec(&envelope).unwrap(),
+        accepted_at_ms: 1,
+        only_endpoint_id: only_endpoint_id.into(),
+    };
+    let id = subjects::event_msg_id(&tenant, &EventId::parse(event_id).unwrap());
+    hookrelay_runtime::nats::publish(
+        js,
+        subjects::event(&tenant, &event),
+        &id,
+        HeaderMap::new(),
+        msg.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 }
 
 /// `msg_id_suffix` makes JetStream take a repeat (as after its duplicate window).
@@ -91,7 +140,7 @@ async fn jobs(js: &jetstream::Context) -> Vec<DeliveryJob> {
 }
 
 async fn jobs_soon(js: &jetstream::Context, n: usize) -> Vec<DeliveryJob> {
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(30), || async {
         let got = jobs(js).await;
         (got.len() >= n).then_some(got)
     })
@@ -108,17 +157,17 @@ async fn each_event_becomes_one_job_per_matching_enabled_endpoint() {
         .execute(&db)
         .await
         .unwrap();
-    let orders = endpoint(&db, &["orders/*"], None, true).await;
-    let all = endpoint(&db, &["*"], None, true).await;
+    let orders = endpoint(&env, &["orders/*"], None, true).await;
+    let all = endpoint(&env, &["*"], None, true).await;
     let acme_only = endpoint(
-        &db,
+        &env,
         &["orders/created"],
         Some(json!({"data.merchant": "Acme Corp"})),
         true,
     )
     .await;
-    let _off = endpoint(&db, &["*"], None, false).await;
-    let _returns = endpoint(&db, &["returns/updated"], None, true).await;
+    let _off = endpoint(&env, &["*"], None, false).await;
+    let _returns = endpoint(&env, &["returns/updated"], None, true).await;
     let js = jetstream::new(env.nats().await.unwrap());
 
     accept(&js, "e1", "orders/created", json!({"merchant": "Acme Corp"})).await;
@@ -153,7 +202,7 @@ async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
         .execute(&db)
         .await
         .unwrap();
-    endpoint(&db, &["*"], None, true).await;
+    endpoint(&env, &["*"], None, true).await;
     let nats = env.nats().await.unwrap();
     let js = jetstream::new(nats.clone());
     // Garbage on the events subject must not stop routing.
@@ -172,4 +221,62 @@ async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
     let mut events: Vec<_> = got_now.iter().map(|j| j.event_id.clone()).collect();
     events.sort();
     assert_eq!(events, ["other", "twice"]);
+}
+
+#[tokio::test]
+async fn an_event_aimed_at_one_endpoint_goes_there_only() {
+    let env = TestEnv::start().await.unwrap();
+    let _stop = start(&env).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let target = endpoint(&env, &["orders/*"], None, true).await;
+    let _all = endpoint(&env, &["*"], None, true).await;
+    let js = jetstream::new(env.nats().await.unwrap());
+    accept_only(&js, "ping1", &target).await;
+    accept_only(&js, "ping2", &EndpointId::generate().to_string()).await;
+    accept(&js, "after", "orders/created", json!({})).await;
+    let got = jobs_soon(&js, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_now = jobs(&js).await;
+    assert_eq!(got_now.len(), 3, "{got:?}");
+    let pings: Vec<_> = got_now.iter().filter(|j| j.event_id.starts_with("ping")).collect();
+    assert_eq!(pings.len(), 1, "only the named, existing endpoint gets a ping");
+    assert_eq!(
+        (pings[0].event_id.as_str(), pings[0].endpoint_id.as_str()),
+        ("ping1", target.as_str())
+    );
+}
+
+#[tokio::test]
+async fn one_event_fans_out_to_a_thousand_endpoints_once_each() {
+    let env = TestEnv::start().await.unwrap();
+    let db = env.db().await.unwrap();
+    hookrelay_runtime::Runtime::start(&Config::from_source(&env.source(&[])).unwrap().common)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut want = Vec::new();
+    for i in 0..1000 {
+        let pattern = ["orders/created", "orders/*", "*/created", "orders/**", "*"][i % 5];
+        want.push(insert_endpoint(&db, &[pattern], None, true).await);
+    }
+    insert_endpoint(&db, &["returns/*"], None, true).await;
+    // Loaded at start: no notifications needed.
+    let _stop = start(&env).await;
+    let js = jetstream::new(env.nats().await.unwrap());
+    accept(&js, "big", "orders/created", json!({})).await;
+    let got = jobs_soon(&js, 1000).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_now = jobs(&js).await;
+    assert_eq!(got_now.len(), 1000, "{} jobs", got.len());
+    let mut endpoints: Vec<_> = got_now.iter().map(|j| j.endpoint_id.clone()).collect();
+    endpoints.sort();
+    want.sort();
+    assert_eq!(endpoints, want, "each endpoint exactly once");
 }

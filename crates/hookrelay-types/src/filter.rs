@@ -410,6 +410,78 @@ mod tests {
         }
     }
 
+    /// A small reference evaluator for one condition on `data.<field>`, written from the
+    /// MongoDB rules rather than from the code above: the candidates are the value and, for
+    /// an array, its elements; a missing field has none.
+    fn reference_condition(found: Option<&Value>, op: &str, arg: &Value) -> bool {
+        let mut candidates: Vec<&Value> = Vec::new();
+        if let Some(v) = found {
+            candidates.push(v);
+            if let Value::Array(items) = v {
+                candidates.extend(items);
+            }
+        }
+        let equals = |t: &Value| (t.is_null() && found.is_none()) || candidates.contains(&t);
+        let compare = |want: &dyn Fn(Ordering) -> bool| {
+            candidates.iter().any(|c| match (c, arg) {
+                (Value::Number(a), Value::Number(b)) => want(a.as_i64().cmp(&b.as_i64())),
+                (Value::String(a), Value::String(b)) => want(a.as_str().cmp(b.as_str())),
+                _ => false,
+            })
+        };
+        match op {
+            "$eq" => equals(arg),
+            "$ne" => !equals(arg),
+            "$gt" => compare(&|o| o == Ordering::Greater),
+            "$gte" => compare(&|o| o != Ordering::Less),
+            "$lt" => compare(&|o| o == Ordering::Less),
+            "$lte" => compare(&|o| o != Ordering::Greater),
+            "$in" => arg.as_array().is_some_and(|l| l.iter().any(equals)),
+            "$nin" => !arg.as_array().is_some_and(|l| l.iter().any(equals)),
+            "$exists" => found.is_some() == (arg == &Value::Bool(true)),
+            _ => unreachable!(),
+        }
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (-2i64..3).prop_map(|n| json!(n)),
+            prop::sample::select(vec!["x", "y"]).prop_map(|s| json!(s))
+        ]
+    }
+
+    /// A field: missing, null, a scalar, or an array of scalars.
+    fn field_value() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(Value::Null)),
+            scalar().prop_map(Some),
+            prop::collection::vec(scalar(), 0..4).prop_map(|v| Some(Value::Array(v))),
+        ]
+    }
+
+    fn condition() -> impl Strategy<Value = (&'static str, &'static str, Value)> {
+        let field = prop::sample::select(vec!["a", "b"]);
+        let op = prop::sample::select(vec![
+            "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists",
+        ]);
+        (
+            field,
+            op,
+            scalar(),
+            prop::collection::vec(prop_oneof![scalar(), Just(Value::Null)], 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(f, op, arg, list, b)| {
+                let arg = match op {
+                    "$in" | "$nin" => Value::Array(list),
+                    "$exists" => Value::Bool(b),
+                    _ => arg,
+                };
+                (f, op, arg)
+            })
+    }
+
     proptest! {
         #[test]
         fn scalar_comparisons_match_the_reference(
@@ -421,6 +493,33 @@ mod tests {
             let data: Map<String, Value> = doc.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
             let f = Filter::parse(&json!({ format!("data.{field}"): { op: arg } })).unwrap();
             prop_assert_eq!(f.matches(&env(Value::Object(data.clone()))), reference(field, op, arg, &data));
+        }
+    }
+
+    proptest! {
+        /// Two conditions, alone, under `$and` and under `$or`, against the reference.
+        #[test]
+        fn conditions_match_the_reference_evaluator(
+            a in field_value(),
+            b in field_value(),
+            c1 in condition(),
+            c2 in condition(),
+        ) {
+            let mut data = Map::new();
+            if let Some(v) = &a { data.insert("a".into(), v.clone()); }
+            if let Some(v) = &b { data.insert("b".into(), v.clone()); }
+            let doc = env(Value::Object(data));
+            let found = |f: &str| if f == "a" { a.as_ref() } else { b.as_ref() };
+            let one = |(f, op, arg): &(&str, &str, Value)| json!({ format!("data.{f}"): { *op: arg.clone() } });
+            let r1 = reference_condition(found(c1.0), c1.1, &c1.2);
+            let r2 = reference_condition(found(c2.0), c2.1, &c2.2);
+            prop_assert_eq!(Filter::parse(&one(&c1)).unwrap().matches(&doc), r1, "{}", one(&c1));
+            let and = json!({"$and": [one(&c1), one(&c2)]});
+            prop_assert_eq!(Filter::parse(&and).unwrap().matches(&doc), r1 && r2, "{}", and);
+            let or = json!({"$or": [one(&c1), one(&c2)]});
+            prop_assert_eq!(Filter::parse(&or).unwrap().matches(&doc), r1 || r2, "{}", or);
+            let not = json!({"$not": one(&c1)});
+            prop_assert_eq!(Filter::parse(&not).unwrap().matches(&doc), !r1, "{}", not);
         }
     }
 }

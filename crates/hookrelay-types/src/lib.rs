@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod event_type;
 pub mod filter;
 pub mod ids;
+pub mod index;
 pub mod pattern;
 pub mod schema;
 pub mod signature;

@@ -53,10 +53,12 @@ pub const INGEST_SYSTEM_CONSUMER: &str = "ingest-system";
 /// Change notifications: the payload is the changed item's id (an endpoint id, an event
 /// type name).
 pub const CONTROL_ENDPOINTS_ALL: &str = "hookrelay.control.endpoints.>";
+/// `endpoint_changed(tenant)` is this prefix and the tenant.
+pub const CONTROL_ENDPOINTS_PREFIX: &str = "hookrelay.control.endpoints.";
 pub const CONTROL_EVENT_TYPES_ALL: &str = "hookrelay.control.event-types.>";
 
 pub fn endpoint_changed(tenant: &TenantId) -> String {
-    format!("hookrelay.control.endpoints.{tenant}")
+    format!("{CONTROL_ENDPOINTS_PREFIX}{tenant}")
 }
 
 pub fn event_type_changed(tenant: &TenantId) -> String {

@@ -1,6 +1,7 @@
 //! `/v1/endpoints`: where a tenant's webhooks go. Writes and reads `endpoints` (the router
 //! and deliverer read it). The secret is shown at creation, by `GET …/secret` and on
-//! rotation, never in an endpoint's JSON.
+//! rotation, never in an endpoint's JSON. Every committed change is announced on core NATS
+//! `hookrelay.control.endpoints.<tenant>` (payload: the endpoint id) for the routers.
 
 use axum::{
     extract::{Path, State},
@@ -24,7 +25,7 @@ use super::{
     AppState, ListParams, TenantParam, cursor, paginate,
     stats::{HealthSummary, current_health},
 };
-use crate::{endpoint::EndpointInput, error::QueryError, store};
+use crate::{endpoint::EndpointInput, error::QueryError, publish, store};
 
 /// The rotation grace period when none is given: one day.
 pub(crate) const DEFAULT_GRACE_SECS: i64 = 86_400;
@@ -72,6 +73,7 @@ pub(crate) async fn create(
     let spec = input.create(state.cfg.allow_private_targets)?;
     let secret = Secret::generate().expose();
     let endpoint = store::insert_endpoint(&state.db, &EndpointId::generate(), &tenant, &spec, &secret).await?;
+    publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
     Ok(json(StatusCode::CREATED, WithSecret { endpoint, secret }))
 }
 
@@ -157,6 +159,7 @@ pub(crate) async fn update(
     let spec = input.apply(current.spec(), state.cfg.allow_private_targets)?;
     let endpoint = store::update_endpoint(&mut *tx, &id, &spec).await?;
     tx.commit().await?;
+    publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
     Ok(json(StatusCode::OK, endpoint))
 }
 
@@ -166,10 +169,12 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EndpointsWrite)?;
-    let id = endpoint_id(&id)?;
+    let endpoint = find(&state, &principal, &id).await?;
+    let id = endpoint_id(&endpoint.id)?;
     if !store::delete_endpoint(&state.db, &id, principal.tenant_scope()).await? {
         return Err(ApiError::not_found("endpoint"));
     }
+    publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -196,7 +201,8 @@ pub(crate) async fn rotate_secret(
     AppJson(body): AppJson<Rotate>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EndpointsWrite)?;
-    let id = endpoint_id(&id)?;
+    let endpoint = find(&state, &principal, &id).await?;
+    let id = endpoint_id(&endpoint.id)?;
     let grace = body.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECS);
     if !(0..=MAX_GRACE_SECS).contains(&grace) {
         return Err(Invalid::new(
@@ -209,6 +215,7 @@ pub(crate) async fn rotate_secret(
     if !store::rotate_secret(&state.db, &id, principal.tenant_scope(), &secret, grace).await? {
         return Err(ApiError::not_found("endpoint"));
     }
+    publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
     Ok(json(StatusCode::OK, SecretOnly { secret }))
 }
 
@@ -288,5 +295,22 @@ pub(crate) async fn preview(
             body: String::from_utf8(body).map_err(ApiError::internal)?,
             matches: Matches { patterns, filter },
         },
+    ))
+}
+
+/// `hookrelay/ping` to this endpoint only, through the same path as every event: stored,
+/// logged and signed. `202` once JetStream holds it.
+pub(crate) async fn test(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::EndpointsWrite)?;
+    let endpoint = find(&state, &principal, &id).await?;
+    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(|e| QueryError::Publish(e.to_string()))?;
+    let event_id = publish::ping(&state.js, &tenant, &endpoint_id(&endpoint.id)?).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        serde_json::json!({ "event_id": event_id.as_str() }),
     ))
 }

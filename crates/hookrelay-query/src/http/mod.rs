@@ -65,6 +65,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/v1/endpoints/{id}/health", get(endpoints::health))
         .route("/v1/endpoints/{id}/recover", post(deliveries::recover))
         .route("/v1/endpoints/{id}/preview", post(endpoints::preview))
+        .route("/v1/endpoints/{id}/test", post(endpoints::test))
         .route("/v1/event-types", post(event_types::create).get(event_types::list))
         .route(
             "/v1/event-types/{name}",
