@@ -1,16 +1,14 @@
 //! Endpoint health over the whole system (real NATS, Postgres, loopback receivers): the
 //! deliverer's state machine, its probing pace, its `hookrelay/endpoint-*` SystemEvents
-//! (read off HOOKRELAY_SYSTEM by a test consumer: ingest does not consume them on this
-//! branch), and query disabling an endpoint when asked.
+//! (stored by ingest and routed to subscribers like any event), and query disabling an
+//! endpoint when asked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull};
-use futures::StreamExt as _;
+use async_nats::jetstream;
 use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, spawn_service};
 use hookrelay_types::{messages::SystemEvent, subjects};
-use prost::Message as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -25,47 +23,16 @@ struct System {
     _shutdown: tokio_util::sync::DropGuard,
 }
 
-/// Every SystemEvent published so far, read with a consumer of the test's own.
+/// hookrelay's own events as ingest stored them (they arrive as SystemEvents on
+/// HOOKRELAY_SYSTEM, which ingest consumes, and are routed like any event).
 struct SystemEvents {
-    consumer: jetstream::consumer::PullConsumer,
-    seen: Vec<SystemEvent>,
+    db: sqlx::PgPool,
 }
 
 impl SystemEvents {
     async fn new(env: &TestEnv) -> Self {
-        let js = jetstream::new(env.nats().await.unwrap());
-        let consumer = js
-            .get_stream(subjects::SYSTEM_STREAM)
-            .await
-            .unwrap()
-            .get_or_create_consumer(
-                "test-system",
-                pull::Config {
-                    durable_name: Some("test-system".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
         Self {
-            consumer,
-            seen: Vec::new(),
-        }
-    }
-
-    async fn read(&mut self) {
-        let mut batch = self
-            .consumer
-            .fetch()
-            .max_messages(100)
-            .expires(Duration::from_millis(200))
-            .messages()
-            .await
-            .unwrap();
-        while let Some(Ok(msg)) = batch.next().await {
-            self.seen.push(SystemEvent::decode(msg.payload.clone()).unwrap());
-            msg.ack().await.unwrap();
+            db: env.db().await.unwrap(),
         }
     }
 
@@ -73,15 +40,29 @@ impl SystemEvents {
     async fn wait_for(&mut self, event_type: &str, endpoint: &str) -> (SystemEvent, Value) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let found = self.seen.iter().find(|e| {
-                e.event_type == event_type
-                    && serde_json::from_slice::<Value>(&e.data).unwrap()["endpoint_id"] == endpoint
-            });
-            if let Some(e) = found {
-                return (e.clone(), serde_json::from_slice(&e.data).unwrap());
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT tenant_id, event_id, body FROM events WHERE event_type = $1 ORDER BY received_at",
+            )
+            .bind(event_type)
+            .fetch_all(&self.db)
+            .await
+            .unwrap();
+            for (tenant_id, event_id, body) in rows {
+                let envelope: Value = serde_json::from_str(&body).unwrap();
+                let data = envelope["data"].clone();
+                if data["endpoint_id"] == endpoint {
+                    let event = SystemEvent {
+                        tenant_id,
+                        event_id,
+                        event_type: event_type.to_owned(),
+                        data: serde_json::to_vec(&data).unwrap(),
+                        only_endpoint_id: String::new(),
+                    };
+                    return (event, data);
+                }
             }
-            assert!(Instant::now() < deadline, "no {event_type} event: {:?}", self.seen);
-            self.read().await;
+            assert!(Instant::now() < deadline, "no {event_type} event about {endpoint}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -181,9 +162,13 @@ async fn failing_endpoints_are_probed_announced_and_recover_while_healthy_ones_g
     .await;
     let bad = s.endpoint("fail/bad", "bad/*").await;
     let good = s.endpoint("ok/good", "good/*").await;
+    // Tenants subscribe to hookrelay's operational events like to any other.
+    s.endpoint("ok/ops", "hookrelay/*").await;
 
     s.send("bad/first").await;
     let (event, data) = s.events.wait_for("hookrelay/endpoint-failing", &bad).await;
+    let announced = s.rx.wait_for("ok/ops", &event.event_id, 1, WAIT).await;
+    assert_eq!(announced[0].json()["event"], "hookrelay/endpoint-failing");
     assert_eq!(event.tenant_id, "acme");
     assert!(event.event_id.starts_with("hookrelay_health_"), "{}", event.event_id);
     assert_eq!(data["url"], s.rx.url("fail/bad"));
@@ -355,6 +340,11 @@ async fn a_transition_left_unpublished_is_published_later_with_the_same_event_id
     let src = env.source(&[]);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let _stop = s.shutdown.drop_guard();
+    let r = s
+        .api
+        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
     let mut events = SystemEvents::new(&env).await;
     // As if the deliverer died between committing the transition and publishing it.
     let db = env.db().await.unwrap();
