@@ -117,6 +117,9 @@ impl TestEnv {
             ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true"),
             ("HOOKRELAY_HTTP_ADDR", "127.0.0.1:0"),
             ("HOOKRELAY_DRAIN_TIMEOUT", "5s"),
+            // Test receivers fail many attempts in a row: an endpoint turning `failing` is
+            // probed at a pace that must not outlast the tests' waits.
+            ("HOOKRELAY_PROBE_INTERVAL", "100ms"),
         ];
         pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
         pairs.extend_from_slice(extra);
