@@ -24,12 +24,31 @@ pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Res
     hookrelay_runtime::nats::durable_consumer(js, subjects::INGEST_STREAM, subjects::INGEST_CONSUMER).await
 }
 
-pub(crate) async fn run(ingest: Ingest, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Which intake a consumer serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Intake {
+    /// Producers' events on `hookrelay.ingest.<tenant>.<event tokens>`.
+    Producers,
+    /// hookrelay's own `hookrelay/` events on `hookrelay.system.<tenant>` (see `system`).
+    System,
+}
+
+/// Accepts every message of `consumer`; a message that cannot be accepted is settled by
+/// [`settle`] (dead letter or redelivery), never dropped.
+pub(crate) async fn run(
+    ingest: Ingest,
+    consumer: PullConsumer,
+    intake: Intake,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (concurrency, drain) = (ingest.cfg.concurrency, ingest.cfg.common.drain_timeout);
     hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
         let ingest = ingest.clone();
         async move {
-            let outcome = handle(&ingest, &msg).await;
+            let outcome = match intake {
+                Intake::Producers => handle(&ingest, &msg).await,
+                Intake::System => crate::system::handle(&ingest, &msg).await,
+            };
             settle(&ingest, &msg, outcome).await;
         }
     })
@@ -59,7 +78,7 @@ async fn handle(ingest: &Ingest, msg: &Message) -> Result<(), IngestError> {
 }
 
 /// Ack what is done or dead-lettered; leave the rest to come back.
-pub(crate) async fn settle(ingest: &Ingest, msg: &Message, outcome: Result<(), IngestError>) {
+async fn settle(ingest: &Ingest, msg: &Message, outcome: Result<(), IngestError>) {
     let error = match outcome {
         Ok(()) => {
             ack(msg, AckKind::Ack).await;

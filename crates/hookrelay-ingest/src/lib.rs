@@ -33,7 +33,8 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     let consumer = consume::consumer(&rt.js).await?;
     let (consumer_ingest, consumer_shutdown) = (ingest.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run(consumer_ingest, consumer, consumer_shutdown).await {
+        if let Err(error) = consume::run(consumer_ingest, consumer, consume::Intake::Producers, consumer_shutdown).await
+        {
             tracing::error!(%error, "intake consumer stopped");
         }
     });
@@ -42,7 +43,8 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     let system_consumer = system::consumer(&rt.js).await?;
     let (system_ingest, system_shutdown) = (ingest.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
-        if let Err(error) = system::run(system_ingest, system_consumer, system_shutdown).await {
+        if let Err(error) = consume::run(system_ingest, system_consumer, consume::Intake::System, system_shutdown).await
+        {
             tracing::error!(%error, "system event consumer stopped");
         }
     });

@@ -9,24 +9,11 @@ use hookrelay_types::{EndpointId, Envelope, EventId, EventType, Invalid, TenantI
 use prost::Message as _;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
-use crate::{accept::Ingest, consume::settle, error::IngestError};
+use crate::{accept::Ingest, error::IngestError};
 
 pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
     hookrelay_runtime::nats::durable_consumer(js, subjects::SYSTEM_STREAM, subjects::INGEST_SYSTEM_CONSUMER).await
-}
-
-pub(crate) async fn run(ingest: Ingest, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (concurrency, drain) = (ingest.cfg.concurrency, ingest.cfg.common.drain_timeout);
-    hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
-        let ingest = ingest.clone();
-        async move {
-            let outcome = handle(&ingest, &msg).await;
-            settle(&ingest, &msg, outcome).await;
-        }
-    })
-    .await
 }
 
 /// A checked system event, ready to accept.
@@ -75,7 +62,7 @@ pub(crate) fn check(payload: &[u8], now: OffsetDateTime) -> Result<Checked, Inge
 }
 
 #[tracing::instrument(skip_all, fields(subject = %msg.subject))]
-async fn handle(ingest: &Ingest, msg: &Message) -> Result<(), IngestError> {
+pub(crate) async fn handle(ingest: &Ingest, msg: &Message) -> Result<(), IngestError> {
     let checked = check(&msg.payload, OffsetDateTime::now_utc())?;
     ingest.check_tenant(checked.tenant.as_str()).await?;
     ingest
