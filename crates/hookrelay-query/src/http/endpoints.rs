@@ -54,6 +54,14 @@ pub(super) fn endpoint_id(raw: &str) -> Result<EndpointId, QueryError> {
     EndpointId::parse(raw).map_err(|_| QueryError::NotFound("endpoint"))
 }
 
+/// A stored endpoint's tenant and id as typed keys. They were checked when the row was
+/// written, so a failure here is an internal error, not bad input.
+pub(super) fn keys(endpoint: &store::Endpoint) -> Result<(TenantId, EndpointId), ApiError> {
+    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
+    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
+    Ok((tenant, id))
+}
+
 /// The endpoint `raw` names, if the principal may see it.
 pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> Result<store::Endpoint, QueryError> {
     let id = endpoint_id(raw)?;
@@ -131,8 +139,7 @@ pub(crate) async fn health(
     principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
-    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
-    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
+    let (tenant, id) = keys(&endpoint)?;
     let transitions = store::health_transitions(&state.db, &tenant, &id, TRANSITIONS_SHOWN).await?;
     Ok(json(
         StatusCode::OK,
@@ -307,8 +314,8 @@ pub(crate) async fn test(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
-    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(|e| QueryError::Publish(e.to_string()))?;
-    let event_id = publish::ping(&state.js, &tenant, &endpoint_id(&endpoint.id)?).await?;
+    let (tenant, id) = keys(&endpoint)?;
+    let event_id = publish::ping(&state.js, &tenant, &id).await?;
     Ok(json(
         StatusCode::ACCEPTED,
         serde_json::json!({ "event_id": event_id.as_str() }),

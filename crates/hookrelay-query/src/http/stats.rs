@@ -12,7 +12,6 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppQuery, json},
 };
-use hookrelay_types::{EndpointId, TenantId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -52,8 +51,7 @@ pub(crate) struct HealthSummary {
 /// The contract's health of `endpoint`: the deliverer's state machine (`endpoint_health`),
 /// then its recent attempts since its health last started fresh.
 pub(crate) async fn current_health(state: &AppState, endpoint: &store::Endpoint) -> Result<HealthSummary, ApiError> {
-    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
-    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
+    let (tenant, id) = endpoints::keys(endpoint)?;
     let row = store::health(&state.db, &id).await?;
     let m = stats::machine(
         endpoint.enabled,
@@ -98,8 +96,7 @@ pub(crate) async fn endpoint_stats(
     let window = params.window.unwrap_or_else(|| stats::DEFAULT_WINDOW.to_owned());
     let span = stats::parse_window(&window).map_err(bad_query)?;
     let endpoint = endpoints::find(&state, &principal, &id).await?;
-    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
-    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
+    let (tenant, id) = endpoints::keys(&endpoint)?;
     let since = OffsetDateTime::now_utc() - span;
 
     let rows = store::status_counts(&state.db, &tenant, &id, since).await?;
