@@ -1,8 +1,8 @@
 //! The deliverer's two NATS consumers.
 //! - Jobs: HOOKRELAY_DELIVERIES (`hookrelay.deliveries.<tenant>.<endpoint>`, durable
 //!   consumer `deliverer`). Each `DeliveryJob` becomes a `deliveries` row; the job is acked
-//!   once the row is stored, then attempt 1 is made at once, unless the endpoint already
-//!   has its cap of attempts in flight: then the row is stored due now for the scheduler.
+//!   once the row is stored, then attempt 1 is made at once, unless the endpoint's limits
+//!   (`limits`) or health hold it back: then the row is stored due for the scheduler.
 //! - Commands: HOOKRELAY_COMMANDS (`hookrelay.commands.deliverer.<tenant>`, durable
 //!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows.
 
@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::{
     deliver::{self, Deliverer},
     error::DeliverError,
+    limits::Refused,
     store::{self, Due},
 };
 
@@ -108,19 +109,27 @@ async fn on_job(d: &Deliverer, msg: Message) {
         return;
     };
     // An endpoint at its cap gets its row due now instead: the scheduler claims it when a
-    // slot frees, and this job's permit goes back at once. So does an endpoint that is not
-    // healthy: the scheduler paces its attempts.
-    let paced = store::paced(&d.db, &job.endpoint_id).await.unwrap_or_else(|error| {
-        warn!(%error, "reading the endpoint's health failed; attempting at once");
-        false
+    // slot frees, and this job's permit goes back at once. An endpoint whose pacing puts
+    // its next attempt past a poll interval gets its row due then. So does an endpoint
+    // that is not healthy: the scheduler paces its attempts (a failing one's row parked).
+    let gate = store::gate(&d.db, &job.endpoint_id).await.unwrap_or_else(|error| {
+        warn!(%error, "reading the endpoint's health and limits failed; attempting at once");
+        store::Gate::default()
     });
-    let slot = if paced {
-        None
+    let (started, after) = if gate.paced() {
+        (None, Duration::ZERO)
     } else {
-        d.in_flight.try_acquire(&job.endpoint_id)
+        let now = std::time::Instant::now();
+        match d
+            .limits
+            .try_start(&job.endpoint_id, gate.rate_limit_per_sec, now, d.cfg.poll_interval)
+        {
+            Ok(started) => (Some(started), d.cfg.lease),
+            Err(Refused::AtCap) => (None, Duration::ZERO),
+            Err(Refused::Paced(wait)) => (None, wait),
+        }
     };
-    let lease = if slot.is_some() { d.cfg.lease } else { Duration::ZERO };
-    let inserted = match store::insert_delivery(&d.db, &job, lease).await {
+    let inserted = match store::insert_delivery(&d.db, &job, after, gate.failing()).await {
         Ok(inserted) => inserted,
         Err(error) => return settle(&msg, Err(error.into()), "job").await,
     };
@@ -143,7 +152,7 @@ async fn on_job(d: &Deliverer, msg: Message) {
     // From here Postgres holds the delivery: if this process dies before the attempt is
     // recorded, the scheduler attempts it when the row's lease runs out.
     settle(&msg, Ok(AckKind::Ack), "job").await;
-    let Some(slot) = slot else {
+    let Some((slot, wait)) = started else {
         return;
     };
     let due = Due {
@@ -155,7 +164,9 @@ async fn on_job(d: &Deliverer, msg: Message) {
         attempt_count: 0,
         manual_retry: false,
         body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
+        rate_limit_per_sec: gate.rate_limit_per_sec,
     };
+    tokio::time::sleep(wait).await;
     deliver::deliver(d, due).await;
     drop((slot, permit));
 }

@@ -14,7 +14,7 @@ use crate::{
     Config,
     attempt::{Outcome, Request, Sender},
     health::Observed,
-    in_flight::InFlight,
+    limits::Limits,
     publish,
     retry::{self, Next},
     store::{self, AttemptRow, Due},
@@ -35,8 +35,8 @@ pub(crate) struct Deliverer {
     pub(crate) cfg: Arc<Config>,
     /// Attempts in flight, shared by the jobs consumer and the scheduler.
     pub(crate) permits: Arc<Semaphore>,
-    /// Attempts in flight per endpoint, capped so a slow endpoint leaves room for the rest.
-    pub(crate) in_flight: Arc<InFlight>,
+    /// Per-endpoint in-flight cap and pacing, shared out among the live deliverers.
+    pub(crate) limits: Arc<Limits>,
     /// For health announcements (`publish`).
     pub(crate) js: async_nats::jetstream::Context,
 }

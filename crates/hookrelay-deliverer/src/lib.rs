@@ -12,8 +12,9 @@ mod consume;
 mod deliver;
 mod error;
 mod health;
-mod in_flight;
+mod limits;
 mod publish;
+mod replicas;
 mod retry;
 mod scheduler;
 mod store;
@@ -35,9 +36,14 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         sender: Arc::new(attempt::Sender::new(cfg).map_err(DeliverError::from)?),
         cfg: Arc::new(cfg.clone()),
         permits: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency)),
-        in_flight: in_flight::InFlight::new(cfg.endpoint_max_in_flight),
+        limits: limits::Limits::new(cfg.endpoint_max_in_flight),
         js: rt.js.clone(),
     };
+    // Count the live deliverers before taking any work, so limits are shared from the start.
+    let replica = replicas::new_id();
+    d.limits.set_replicas(replicas::beat(&d.db, &replica).await?);
+    rt.tasks
+        .spawn(replicas::run(d.db.clone(), replica, d.limits.clone(), shutdown.clone()));
     let jobs = consume::jobs_consumer(&rt.js).await?;
     let commands = consume::commands_consumer(&rt.js).await?;
 

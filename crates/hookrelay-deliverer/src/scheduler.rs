@@ -3,20 +3,22 @@
 //! from `events`, and attempts them concurrently within the shared in-flight limit. This is
 //! how retries survive restarts and how several deliverers share the work.
 //!
-//! Head-of-line blocking: the claim takes no more of an endpoint's rows than its free
-//! per-endpoint slots (`HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT` minus what is in flight here),
-//! using a window function over the due rows; an endpoint's excess stays due and
-//! unclaimed, costing neither an attempt nor a lease. So a dead endpoint with a large
-//! backlog holds at most its cap of the `HOOKRELAY_DELIVERER_CONCURRENCY` slots, and the
-//! rest serve healthy endpoints. A `failing` endpoint is probed instead: one attempt per
-//! `HOOKRELAY_PROBE_INTERVAL`, its other rows left due and unclaimed.
+//! Head-of-line blocking: the claim takes no more of an endpoint's rows than it may start
+//! now (`limits`: its share of `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT` and of its
+//! `rate_limit_per_sec`); an endpoint's excess stays due and unclaimed, costing neither an
+//! attempt nor a lease. A `failing` endpoint's rows are parked, out of the due index, and
+//! probed instead: one attempt per `HOOKRELAY_PROBE_INTERVAL` across all deliverers
+//! (`store::claim_probes`).
+
+use std::time::Instant;
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::warn;
 
 use crate::{
     deliver::{self, Deliverer},
-    store,
+    limits::Refused,
+    store::{self, Claim, Due},
 };
 
 /// At most this many rows per claim.
@@ -43,33 +45,39 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
         if free == 0 {
             continue;
         }
-        let limit = i64::try_from(free).unwrap_or(1);
-        let cap = i32::try_from(d.in_flight.cap()).unwrap_or(i32::MAX);
-        let busy = d.in_flight.snapshot();
-        let due = match store::claim_due(&d.db, limit, d.cfg.lease, cap, &busy, d.cfg.probe_interval).await {
-            Ok(due) => due,
+        let busy = d.limits.snapshot(Instant::now(), d.cfg.poll_interval);
+        let probing: Vec<&str> = busy.iter().map(|b| b.endpoint_id.as_str()).collect();
+        let probes = match store::claim_probes(&d.db, d.cfg.lease, d.cfg.probe_interval, &probing).await {
+            Ok(probes) => probes,
             Err(error) => {
-                warn!(%error, "claiming due deliveries failed");
-                continue;
+                warn!(%error, "claiming probes of failing endpoints failed");
+                Vec::new()
             }
         };
-        more = due.len() == free;
-        for row in due {
-            // The job path may have taken the endpoint's last slot since the snapshot.
-            let Some(slot) = d.in_flight.try_acquire(&row.endpoint_id) else {
-                if let Err(error) = store::release(&d.db, &row.id).await {
-                    warn!(%error, delivery_id = %row.id, "releasing a claimed delivery failed; it runs when its lease ends");
+        let claim = Claim {
+            limit: i64::try_from(free.saturating_sub(probes.len())).unwrap_or(1),
+            lease: d.cfg.lease,
+            cap: i32::try_from(d.limits.cap_share()).unwrap_or(i32::MAX),
+            replicas: i32::try_from(d.limits.replicas()).unwrap_or(1),
+            window: d.cfg.poll_interval,
+            busy: &busy,
+        };
+        let due = if claim.limit == 0 {
+            Vec::new()
+        } else {
+            match store::claim_due(&d.db, &claim).await {
+                Ok(due) => due,
+                Err(error) => {
+                    warn!(%error, "claiming due deliveries failed");
+                    Vec::new()
                 }
-                continue;
-            };
-            let Ok(permit) = d.permits.clone().acquire_owned().await else {
+            }
+        };
+        more = due.len() + probes.len() >= free;
+        for row in probes.into_iter().chain(due) {
+            if !start(&d, &tracker, row).await {
                 break;
-            };
-            let d = d.clone();
-            tracker.spawn(async move {
-                deliver::deliver(&d, row).await;
-                drop((slot, permit));
-            });
+            }
         }
     }
     tracker.close();
@@ -79,4 +87,38 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
     {
         warn!("retries still in flight at the drain deadline; they run again when their lease ends");
     }
+}
+
+/// Starts a claimed row's attempt within its endpoint's limits (after its pacing delay, at
+/// most a poll interval), or gives it back for when they allow it. `false` once the
+/// deliverer is shutting down.
+async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due) -> bool {
+    let now = Instant::now();
+    let slot = d
+        .limits
+        .try_start(&row.endpoint_id, row.rate_limit_per_sec, now, d.cfg.poll_interval);
+    let (slot, wait) = match slot {
+        Ok(started) => started,
+        // The job path took the endpoint's last slot since the snapshot, or its pacing moved.
+        Err(refused) => {
+            let after = match refused {
+                Refused::AtCap => std::time::Duration::ZERO,
+                Refused::Paced(wait) => wait,
+            };
+            if let Err(error) = store::release(&d.db, &row.id, after).await {
+                warn!(%error, delivery_id = %row.id, "releasing a claimed delivery failed; it runs when its lease ends");
+            }
+            return true;
+        }
+    };
+    let Ok(permit) = d.permits.clone().acquire_owned().await else {
+        return false;
+    };
+    let d = d.clone();
+    tracker.spawn(async move {
+        tokio::time::sleep(wait).await;
+        deliver::deliver(&d, row).await;
+        drop((slot, permit));
+    });
+    true
 }

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::{
     health::{self, Health, Observed, Rules, State},
+    limits::Busy,
     retry::Next,
 };
 
@@ -23,6 +24,8 @@ pub(crate) struct Due {
     pub(crate) attempt_count: i32,
     pub(crate) manual_retry: bool,
     pub(crate) body: Option<String>,
+    /// The endpoint's `rate_limit_per_sec` (`None`: no limit, or the endpoint is gone).
+    pub(crate) rate_limit_per_sec: Option<i32>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -70,16 +73,18 @@ pub(crate) struct AttemptRow<'a> {
 }
 
 /// The new delivery's id, or `None` when (tenant, event, endpoint) already has one. The row
-/// starts leased, so the scheduler leaves it alone while the first attempt runs; with a
-/// zero `lease` it starts due now, for the scheduler to attempt.
+/// starts due `after` from now: leased (a lease long) while its first attempt runs here, so
+/// the scheduler leaves it alone; due now (zero) or when its endpoint's pacing allows, for
+/// the scheduler to attempt; parked when its endpoint is failing.
 pub(crate) async fn insert_delivery(
     db: impl PgExecutor<'_>,
     job: &hookrelay_types::messages::DeliveryJob,
-    lease: Duration,
+    after: Duration,
+    parked: bool,
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6))
+        "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at, parked)
+         VALUES ($1, $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6), $7)
          ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
          RETURNING id",
     )
@@ -88,7 +93,8 @@ pub(crate) async fn insert_delivery(
     .bind(&job.event_id)
     .bind(&job.event_type)
     .bind(&job.endpoint_id)
-    .bind(lease.as_secs_f64())
+    .bind(after.as_secs_f64())
+    .bind(parked)
     .fetch_optional(db)
     .await
 }
@@ -122,76 +128,133 @@ pub(crate) async fn endpoint(db: impl PgExecutor<'_>, tenant: &str, id: &str) ->
     .await
 }
 
+/// How the scheduler claims: its limits and the state of the endpoints it tracks.
+#[derive(Debug)]
+pub(crate) struct Claim<'a> {
+    /// At most this many rows.
+    pub(crate) limit: i64,
+    /// Claimed rows are leased for this long.
+    pub(crate) lease: Duration,
+    /// This deliverer's share of the per-endpoint in-flight cap.
+    pub(crate) cap: i32,
+    /// Live deliverers, for an endpoint's share of its rate.
+    pub(crate) replicas: i32,
+    /// The claimed rows start within this (the poll interval), for pacing.
+    pub(crate) window: Duration,
+    /// The endpoints this deliverer has attempts in flight to or pacing slots ahead for.
+    pub(crate) busy: &'a [Busy],
+}
+
 /// Claims up to `limit` due deliveries by pushing their `next_attempt_at` a lease ahead (so
 /// other deliverers skip them, and they come due again if this process dies), with each
-/// one's stored envelope.
+/// one's stored envelope and its endpoint's rate limit.
 ///
-/// No endpoint gets more than `cap` minus its `busy` count (attempts this process already
-/// has in flight to it): a window function ranks each endpoint's due rows oldest first and
-/// only the free ranks are claimed. The rest stay due and untouched (no attempt counted,
-/// no lease), so a dead endpoint's backlog never crowds out other endpoints' rows, and it
-/// is claimed as its own attempts finish. Ranking reads every due row; the claim then locks
-/// only what it takes.
+/// No endpoint gets more rows than it may start now: its share of the cap minus what is in
+/// flight here, and no more than its pacing allows within the window (for an endpoint
+/// this process does not pace yet, `window * rate / replicas + 1`). A window function ranks
+/// each endpoint's due rows oldest first and only the free ranks are claimed. The rest stay
+/// due and untouched (no attempt counted, no lease). Parked rows (a failing endpoint's) are
+/// not in the due index at all: see [`claim_probes`].
 ///
-/// A `failing` endpoint is probed: one row at a time, and only once its `next_probe_at` has
-/// come, which the claim pushes a `probe` interval ahead. Its other rows wait, unattempted.
-pub(crate) async fn claim_due(
-    db: impl PgExecutor<'_>,
-    limit: i64,
-    lease: Duration,
-    cap: i32,
-    busy: &[(String, i32)],
-    probe: Duration,
-) -> Result<Vec<Due>, sqlx::Error> {
-    let (busy_ids, busy_counts): (Vec<&str>, Vec<i32>) = busy.iter().map(|(id, n)| (id.as_str(), *n)).unzip();
+/// Cost: ranking reads every unparked due row, which is small unless a healthy endpoint has
+/// more due work than its limits let through (docs/delivery.md, "Head-of-line blocking").
+pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<Vec<Due>, sqlx::Error> {
+    let ids: Vec<&str> = c.busy.iter().map(|b| b.endpoint_id.as_str()).collect();
+    let in_flight: Vec<i32> = c.busy.iter().map(|b| b.in_flight).collect();
+    let paced_free: Vec<i32> = c.busy.iter().map(|b| b.paced_free).collect();
     sqlx::query_as(
         "WITH busy AS (
-             SELECT * FROM unnest($4::text[], $5::int4[]) AS b(endpoint_id, in_flight)),
+             SELECT * FROM unnest($4::text[], $5::int4[], $6::int4[]) AS b(endpoint_id, in_flight, paced_free)),
          ranked AS (
              SELECT d.id,
-                    CASE WHEN h.state = 'failing' THEN
-                        CASE WHEN COALESCE(b.in_flight, 0) = 0 AND COALESCE(h.next_probe_at <= now(), true)
-                             THEN 1 ELSE 0 END
-                    ELSE $3::int4 - COALESCE(b.in_flight, 0) END AS free,
+                    LEAST($3::int4 - COALESCE(b.in_flight, 0),
+                          CASE WHEN e.rate_limit_per_sec IS NULL THEN $3::int4
+                               WHEN b.paced_free >= 0 THEN b.paced_free
+                               ELSE floor($8::float8 * e.rate_limit_per_sec / $7::int4)::int4 + 1 END) AS free,
                     row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rank
-             FROM deliveries d LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
-             LEFT JOIN endpoint_health h ON h.endpoint_id = d.endpoint_id
-             WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()),
+             FROM deliveries d
+             LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
+             LEFT JOIN endpoints e ON e.id = d.endpoint_id
+             WHERE d.status IN ('pending', 'retrying') AND NOT d.parked AND d.next_attempt_at <= now()),
          claimed AS (
              UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
              WHERE id IN (
                  SELECT id FROM deliveries
                  WHERE id IN (SELECT id FROM ranked WHERE rank <= free)
-                   AND status IN ('pending', 'retrying') AND next_attempt_at <= now()
+                   AND status IN ('pending', 'retrying') AND NOT parked AND next_attempt_at <= now()
                  ORDER BY next_attempt_at
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry),
-         probed AS (
-             UPDATE endpoint_health SET next_probe_at = now() + make_interval(secs => $6)
-             WHERE state = 'failing' AND endpoint_id IN (SELECT endpoint_id FROM claimed))
+             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry)
          SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
-                e.body
+                e.body, ep.rate_limit_per_sec
          FROM claimed c
-         LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id",
+         LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
+         LEFT JOIN endpoints ep ON ep.id = c.endpoint_id",
     )
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .bind(cap)
-    .bind(busy_ids)
-    .bind(busy_counts)
-    .bind(probe.as_secs_f64())
+    .bind(c.limit)
+    .bind(c.lease.as_secs_f64())
+    .bind(c.cap)
+    .bind(ids)
+    .bind(in_flight)
+    .bind(paced_free)
+    .bind(c.replicas.max(1))
+    .bind(c.window.as_secs_f64())
     .fetch_all(db)
     .await
 }
 
-/// Gives a claimed delivery back unattempted: due now, for whichever deliverer has room.
-pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx::Error> {
+/// Claims one probe for each failing endpoint whose `next_probe_at` has come and that has
+/// a due parked row: the oldest of them, leased like any claim, while `next_probe_at` moves
+/// a `probe` interval ahead. Taking the probe turn is one conditional update of the
+/// endpoint's health row, so of several deliverers polling at once exactly one probes.
+/// Endpoints in `skip` (probing from here already) are left alone.
+pub(crate) async fn claim_probes(
+    db: impl PgExecutor<'_>,
+    lease: Duration,
+    probe: Duration,
+    skip: &[&str],
+) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH turns AS (
+             UPDATE endpoint_health h SET next_probe_at = now() + make_interval(secs => $2)
+             WHERE h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
+               AND NOT (h.endpoint_id = ANY($3::text[]))
+               AND EXISTS (SELECT 1 FROM deliveries d
+                           WHERE d.endpoint_id = h.endpoint_id AND d.parked
+                             AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now())
+             RETURNING h.endpoint_id),
+         claimed AS (
+             UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $1)
+             WHERE id IN (
+                 SELECT (SELECT d.id FROM deliveries d
+                         WHERE d.endpoint_id = t.endpoint_id AND d.parked
+                           AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()
+                         ORDER BY d.next_attempt_at, d.id LIMIT 1)
+                 FROM turns t)
+             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry)
+         SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
+                e.body, ep.rate_limit_per_sec
+         FROM claimed c
+         LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
+         LEFT JOIN endpoints ep ON ep.id = c.endpoint_id",
+    )
+    .bind(lease.as_secs_f64())
+    .bind(probe.as_secs_f64())
+    .bind(skip)
+    .fetch_all(db)
+    .await
+}
+
+/// Gives a claimed delivery back unattempted, due `after` from now (zero: for whichever
+/// deliverer has room).
+pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str, after: Duration) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = now()
+        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
          WHERE id = $1 AND status IN ('pending', 'retrying')",
     )
     .bind(id)
+    .bind(after.as_secs_f64())
     .execute(db)
     .await?;
     Ok(())
@@ -243,7 +306,9 @@ pub(crate) async fn record(
         "UPDATE deliveries
          SET status = $2, attempt_count = $3, last_response_code = $4, last_duration_ms = $5,
              next_attempt_at = CASE WHEN $6::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $6) END,
-             manual_retry = false, updated_at = now()
+             manual_retry = false, updated_at = now(),
+             parked = $6::float8 IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = deliveries.endpoint_id AND h.state = 'failing')
          WHERE id = $1",
     )
     .bind(delivery_id)
@@ -258,10 +323,12 @@ pub(crate) async fn record(
     Ok(Some((number, next)))
 }
 
-/// An operator's retry: due now, whatever its status. Returns how many rows changed (0 or 1).
+/// An operator's retry: due now, whatever its status (unparked: an operator's retry is not
+/// paced by health). Returns how many rows changed (0 or 1).
 pub(crate) async fn requeue_delivery(db: impl PgExecutor<'_>, tenant: &str, id: &str) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
-        "UPDATE deliveries SET status = 'retrying', next_attempt_at = now(), manual_retry = true, updated_at = now()
+        "UPDATE deliveries
+         SET status = 'retrying', next_attempt_at = now(), manual_retry = true, parked = false, updated_at = now()
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant)
@@ -272,7 +339,7 @@ pub(crate) async fn requeue_delivery(db: impl PgExecutor<'_>, tenant: &str, id: 
 }
 
 /// An operator's recover: every failed delivery of the endpoint created since `since_ms`
-/// (Unix milliseconds) is due now. Returns how many.
+/// (Unix milliseconds) is due now, parked if the endpoint is failing. Returns how many.
 pub(crate) async fn requeue_failed(
     db: impl PgExecutor<'_>,
     tenant: &str,
@@ -280,7 +347,9 @@ pub(crate) async fn requeue_failed(
     since_ms: i64,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
-        "UPDATE deliveries SET status = 'retrying', next_attempt_at = now(), manual_retry = true, updated_at = now()
+        "UPDATE deliveries
+         SET status = 'retrying', next_attempt_at = now(), manual_retry = true, updated_at = now(),
+             parked = EXISTS (SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = $2 AND h.state = 'failing')
          WHERE tenant_id = $1 AND endpoint_id = $2 AND status = 'failed'
            AND created_at >= to_timestamp($3::float8 / 1000.0)",
     )
@@ -292,14 +361,36 @@ pub(crate) async fn requeue_failed(
     .rows_affected())
 }
 
-/// Whether the endpoint's attempts are paced (it is not healthy): its new deliveries go to
-/// the scheduler instead of being attempted at once.
-pub(crate) async fn paced(db: impl PgExecutor<'_>, endpoint_id: &str) -> Result<bool, sqlx::Error> {
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM endpoint_health WHERE endpoint_id = $1")
-        .bind(endpoint_id)
-        .fetch_optional(db)
-        .await?;
-    Ok(state.is_some_and(|s| s != "healthy"))
+/// What decides whether a new delivery is attempted at once: its endpoint's health state
+/// (`None`: healthy, no row) and rate limit.
+#[derive(Debug, Default, sqlx::FromRow)]
+pub(crate) struct Gate {
+    pub(crate) state: Option<String>,
+    pub(crate) rate_limit_per_sec: Option<i32>,
+}
+
+impl Gate {
+    /// Failing: its deliveries wait, parked, for the probes.
+    pub(crate) fn failing(&self) -> bool {
+        self.state.as_deref() == Some("failing")
+    }
+
+    /// Not healthy: its new deliveries go to the scheduler instead of being attempted at once.
+    pub(crate) fn paced(&self) -> bool {
+        self.state.as_deref().is_some_and(|s| s != "healthy")
+    }
+}
+
+pub(crate) async fn gate(db: impl PgExecutor<'_>, endpoint_id: &str) -> Result<Gate, sqlx::Error> {
+    let gate = sqlx::query_as(
+        "SELECT h.state, e.rate_limit_per_sec
+         FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id
+         WHERE e.id = $1",
+    )
+    .bind(endpoint_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(gate.unwrap_or_default())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -370,6 +461,7 @@ pub(crate) async fn observe_health(
         .fetch_one(&mut *tx)
         .await?;
     let now = OffsetDateTime::now_utc();
+    let before = State::parse(&current.state);
     let (next, transition) = health::step(&current.into(), observed, now, rules);
     sqlx::query(
         "UPDATE endpoint_health
@@ -388,6 +480,20 @@ pub(crate) async fn observe_health(
     .bind(probe.as_secs_f64())
     .execute(&mut *tx)
     .await?;
+    // A failing endpoint's waiting deliveries are parked for the probes; leaving failing
+    // (recovered, or disabled: each is then refused at once) puts them back in the queue.
+    let failing = next.state == State::Failing;
+    if failing != (before == State::Failing) {
+        sqlx::query(
+            "UPDATE deliveries SET parked = $2
+             WHERE tenant_id = $3 AND endpoint_id = $1 AND status IN ('pending', 'retrying') AND parked <> $2",
+        )
+        .bind(endpoint_id)
+        .bind(failing)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    }
     let row = match transition {
         None => None,
         Some(t) => Some(

@@ -942,7 +942,7 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 
 #[tokio::test]
 async fn a_dead_endpoints_backlog_does_not_delay_healthy_endpoints() {
-    const BACKLOG: i32 = 400;
+    const BACKLOG: i32 = 50_000;
     let env = TestEnv::start().await.unwrap();
     // 16 slots; the dead endpoint may hold its cap of 8 of them, each for the whole 2s timeout.
     let (running, db, js) = setup(
@@ -1008,6 +1008,29 @@ async fn a_dead_endpoints_backlog_does_not_delay_healthy_endpoints() {
     assert!(
         dead_attempts <= 8 * waves,
         "{dead_attempts} dead attempts in {waves} waves: past the cap"
+    );
+    // Failing after 5 timeouts: the whole backlog waits parked, out of the scheduler's way,
+    // and the endpoint gets one probe at a time.
+    let parked = eventually(WAIT, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE endpoint_id = $1 AND parked")
+            .bind(&dead)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        (n >= i64::from(BACKLOG) - 16).then_some(n)
+    })
+    .await;
+    assert!(parked.is_some(), "the failing endpoint's backlog was not parked");
+    let after = healthy_latencies(&db, &js, &receiver, "ok/after", 50).await;
+    eprintln!(
+        "with the backlog parked: p50 {:?} p99 {:?}",
+        percentile(&after, 50),
+        percentile(&after, 99)
+    );
+    assert!(
+        *after.last().unwrap() < Duration::from_millis(1000),
+        "slowest healthy delivery took {:?}",
+        after.last().unwrap()
     );
     running.stop().await;
 }
@@ -1343,4 +1366,164 @@ async fn attempts_to_an_endpoint_reuse_one_kept_alive_connection() {
     assert_eq!(requests.load(Ordering::SeqCst), 5);
     assert_eq!(connections.load(Ordering::SeqCst), 1, "a new connection per attempt");
     running.stop().await;
+}
+
+/// Arrival times at `path`, sorted, once `n` requests arrived there.
+async fn arrivals(receiver: &Receiver, path: &str, n: usize) -> Vec<Instant> {
+    let all = eventually(Duration::from_secs(60), || async {
+        let got = receiver.received(path);
+        (got.len() >= n).then_some(got)
+    })
+    .await
+    .unwrap_or_else(|| panic!("only {} of {n} requests reached {path}", receiver.received(path).len()));
+    let mut at: Vec<Instant> = all.iter().map(|r| r.at).collect();
+    at.sort();
+    at
+}
+
+/// The most arrivals within any `window` starting at an arrival.
+fn most_within(at: &[Instant], window: Duration) -> usize {
+    (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t - at[i] < window).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_endpoints_rate_limit_holds_across_two_deliverers_and_costs_no_attempt() {
+    const RATE: i32 = 10;
+    const EVENTS: usize = 40;
+    let env = TestEnv::start().await.unwrap();
+    let (first, db, js) = setup(&env, &[]).await;
+    let second = start(&env, &[]).await;
+    // Both count each other before any job is published.
+    let two = eventually(WAIT, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliverer_replicas")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+    assert!(two.is_some(), "the deliverers never saw each other");
+    tokio::time::sleep(Duration::from_millis(2500)).await; // a heartbeat: both know n = 2
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, secret) = endpoint(&db, &receiver.url("ok/limited"), json!({})).await;
+    sqlx::query("UPDATE endpoints SET rate_limit_per_sec = $2 WHERE id = $1")
+        .bind(&ep)
+        .bind(RATE)
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    for _ in 0..EVENTS {
+        sent.push(send_event(&db, &js, &ep).await);
+    }
+
+    let at = arrivals(&receiver, "ok/limited", EVENTS).await;
+    let span = *at.last().unwrap() - at[0];
+    let busiest = most_within(&at, Duration::from_secs(1));
+    eprintln!("{EVENTS} deliveries at {RATE}/s over two deliverers took {span:?}; busiest second: {busiest}");
+    // Paced evenly, each deliverer at half the rate: about (EVENTS - 1) / RATE seconds. Two
+    // deliverers each using the whole rate would take half that.
+    assert!(span >= Duration::from_millis(3300), "{EVENTS} deliveries in {span:?}");
+    // Each deliverer's spacing, and jitter in arrival, can put an extra start or two at a
+    // window's edge; two deliverers each using the whole rate would put about 20 in one.
+    assert!(busiest <= RATE as usize + 4, "{busiest} deliveries within one second");
+    for s in &sent {
+        let row = wait_for(&db, &s.delivery_id, "delivered", 1).await;
+        assert_eq!(row.attempt_count, 1, "waiting for the rate costs no attempt");
+        let got = receiver.received_id("ok/limited", &s.event_id);
+        assert_eq!(got.len(), 1, "delivered once");
+        verify(&secret, &got[0].headers, &got[0].body).unwrap();
+    }
+    first.stop().await;
+    second.stop().await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deliverer_replicas")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "a stopped deliverer leaves the count");
+}
+
+#[tokio::test]
+async fn the_in_flight_cap_holds_across_two_deliverers() {
+    const EVENTS: usize = 12;
+    let env = TestEnv::start().await.unwrap();
+    let cap = [("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "2")];
+    let (first, db, js) = setup(&env, &cap).await;
+    let second = start(&env, &cap).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // a heartbeat: both know n = 2
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("slow/400/capped"), json!({})).await;
+    let mut sent = Vec::new();
+    for _ in 0..EVENTS {
+        sent.push(send_event(&db, &js, &ep).await);
+    }
+
+    let at = arrivals(&receiver, "slow/400/capped", EVENTS).await;
+    // Each request is held 400 ms: requests arriving within 350 ms of each other overlapped.
+    let overlapping = most_within(&at, Duration::from_millis(350));
+    eprintln!(
+        "{EVENTS} slow deliveries, cap 2 over two deliverers: took {:?}, at most {overlapping} at once",
+        *at.last().unwrap() - at[0]
+    );
+    assert!(overlapping <= 2, "{overlapping} requests in flight at once");
+    for s in &sent {
+        let row = wait_for(&db, &s.delivery_id, "delivered", 1).await;
+        assert_eq!(row.attempt_count, 1, "waiting for a slot costs no attempt");
+    }
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_probed_once_per_interval_across_two_deliverers() {
+    let env = TestEnv::start().await.unwrap();
+    let settings = [
+        ("HOOKRELAY_FAILING_THRESHOLD", "2"),
+        ("HOOKRELAY_PROBE_INTERVAL", "1s"),
+        (
+            "HOOKRELAY_RETRY_SCHEDULE",
+            "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms",
+        ),
+    ];
+    let (first, db, js) = setup(&env, &settings).await;
+    let second = start(&env, &settings).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("fail/probed"), json!({})).await;
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        sent.push(send_event(&db, &js, &ep).await);
+    }
+    let failing = eventually(WAIT, || async {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM endpoint_health WHERE endpoint_id = $1")
+            .bind(&ep)
+            .fetch_optional(&db)
+            .await
+            .unwrap();
+        (state.as_deref() == Some("failing")).then_some(())
+    })
+    .await;
+    assert!(failing.is_some(), "the endpoint never became failing");
+    // Attempts already under way when it turned failing may still land; then probes only.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = receiver.received("fail/probed").len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let probes = receiver.received("fail/probed").len() - before;
+    eprintln!("{probes} probes in 5 s at one per second, two deliverers");
+    assert!((3..=6).contains(&probes), "{probes} probes in 5 s");
+    let parked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries WHERE endpoint_id = $1 AND parked AND status IN ('pending', 'retrying')",
+    )
+    .bind(&ep)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        parked >= 10,
+        "the failing endpoint's waiting deliveries are parked ({parked})"
+    );
+    first.stop().await;
+    second.stop().await;
 }

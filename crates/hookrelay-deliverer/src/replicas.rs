@@ -1,0 +1,62 @@
+//! Deliverer membership, for sharing per-endpoint limits (`limits`): every deliverer
+//! upserts its row in `deliverer_replicas` every `BEAT` and counts the rows seen within
+//! `ALIVE`; it deletes its own row when it stops. A deliverer killed without stopping is
+//! counted until `ALIVE` passes, so for that long the others stay under the limits.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::limits::Limits;
+
+/// How often a deliverer says it is alive.
+pub(crate) const BEAT: Duration = Duration::from_secs(2);
+/// A deliverer not heard from for this long is no longer counted.
+pub(crate) const ALIVE: Duration = Duration::from_secs(10);
+
+/// A name for this process among the deliverers.
+pub(crate) fn new_id() -> String {
+    use rand::Rng as _;
+    format!("{}-{:016x}", std::process::id(), rand::rng().random::<u64>())
+}
+
+/// Says this deliverer is alive and returns how many are.
+pub(crate) async fn beat(db: &PgPool, id: &str) -> Result<usize, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH me AS (
+             INSERT INTO deliverer_replicas (id, seen_at) VALUES ($1, now())
+             ON CONFLICT (id) DO UPDATE SET seen_at = now())
+         SELECT 1 + count(*) FROM deliverer_replicas
+         WHERE id <> $1 AND seen_at > now() - make_interval(secs => $2)",
+    )
+    .bind(id)
+    .bind(ALIVE.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    Ok(usize::try_from(n).unwrap_or(1))
+}
+
+/// Beats until `shutdown`, keeping `limits`' replica count current, then leaves.
+pub(crate) async fn run(db: PgPool, id: String, limits: Arc<Limits>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(BEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match beat(&db, &id).await {
+            Ok(n) => limits.set_replicas(n),
+            Err(error) => warn!(%error, "the deliverer heartbeat failed; keeping the last replica count"),
+        }
+    }
+    let left = sqlx::query("DELETE FROM deliverer_replicas WHERE id = $1 OR seen_at < now() - interval '1 hour'")
+        .bind(&id)
+        .execute(&db)
+        .await;
+    if let Err(error) = left {
+        warn!(%error, "removing this deliverer's heartbeat failed; it stops counting after {ALIVE:?}");
+    }
+}
