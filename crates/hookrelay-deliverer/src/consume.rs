@@ -16,7 +16,7 @@ use hookrelay_types::{
 };
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::{
     deliver::{self, Deliverer},
@@ -62,7 +62,10 @@ pub(crate) async fn run_jobs(d: Deliverer, consumer: PullConsumer, shutdown: Can
     let (concurrency, drain) = (d.cfg.concurrency, d.cfg.common.drain_timeout);
     hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
         let d = d.clone();
-        async move { on_job(&d, msg).await }
+        // Continue the event's trace from the router (set before the span is entered).
+        let span = tracing::info_span!("deliverer.job", subject = %msg.subject);
+        hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
+        async move { on_job(&d, msg).instrument(span).await }
     })
     .await
 }
@@ -98,7 +101,6 @@ fn decode_job(payload: &[u8]) -> Result<DeliveryJob, DeliverError> {
 }
 
 /// Stores the delivery, acks the job, then makes attempt 1.
-#[tracing::instrument(skip_all, fields(subject = %msg.subject))]
 async fn on_job(d: &Deliverer, msg: Message) {
     let job = match decode_job(&msg.payload) {
         Ok(job) => job,
@@ -129,7 +131,8 @@ async fn on_job(d: &Deliverer, msg: Message) {
             Err(Refused::Paced(wait)) => (None, wait),
         }
     };
-    let inserted = match store::insert_delivery(&d.db, &job, after, gate.failing()).await {
+    let traceparent = hookrelay_runtime::telemetry::traceparent();
+    let inserted = match store::insert_delivery(&d.db, &job, after, gate.failing(), traceparent.as_deref()).await {
         Ok(inserted) => inserted,
         Err(error) => return settle(&msg, Err(error.into()), "job").await,
     };
@@ -165,6 +168,7 @@ async fn on_job(d: &Deliverer, msg: Message) {
         manual_retry: false,
         body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
         rate_limit_per_sec: gate.rate_limit_per_sec,
+        traceparent,
     };
     tokio::time::sleep(wait).await;
     deliver::deliver(d, due).await;

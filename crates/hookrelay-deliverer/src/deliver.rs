@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use hookrelay_types::signature::Secret;
 use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, error, info, warn};
 
 use crate::{
     Config,
@@ -43,7 +43,7 @@ pub(crate) struct Deliverer {
 
 /// Makes the next attempt of `due` and records it. Never fails: trouble is logged, and a
 /// delivery whose attempt could not be recorded comes due again when its lease runs out.
-#[tracing::instrument(skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
+#[tracing::instrument(name = "deliverer.deliver", skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
 pub(crate) async fn deliver(d: &Deliverer, due: Due) {
     let Some((outcome, is_final, url)) = attempt(d, &due).await else {
         return;
@@ -75,24 +75,32 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due) {
         response_body: outcome.response_body.as_deref(),
         error: outcome.error.as_deref(),
     };
+    let recording = tracing::info_span!("deliverer.record", delivery_id = %due.id);
     let mut tries = 0;
-    let recorded = loop {
-        tries += 1;
-        match store::record(&d.db, &due.id, &row, &decide).await {
-            Ok(recorded) => break recorded,
-            Err(e) if tries < RECORD_TRIES => {
-                warn!(error = %e, tries, "recording an attempt failed; trying again");
-                tokio::time::sleep(Duration::from_millis(200) * tries).await;
-            }
-            Err(e) => {
-                error!(
-                    error = %e,
-                    "ATTEMPT NOT RECORDED: the attempt was made but its record could not be written; \
-                     the delivery will be attempted again when its lease runs out"
-                );
-                return;
+    let recorded = async {
+        loop {
+            tries += 1;
+            match store::record(&d.db, &due.id, &row, &decide).await {
+                Ok(recorded) => break Some(recorded),
+                Err(e) if tries < RECORD_TRIES => {
+                    warn!(error = %e, tries, "recording an attempt failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200) * tries).await;
+                }
+                Err(e) => {
+                    error!(
+                        error = %e,
+                        "ATTEMPT NOT RECORDED: the attempt was made but its record could not be written; \
+                         the delivery will be attempted again when its lease runs out"
+                    );
+                    return None;
+                }
             }
         }
+    }
+    .instrument(recording)
+    .await;
+    let Some(recorded) = recorded else {
+        return;
     };
     let outcome_label = if outcome.succeeded() { "success" } else { "failure" };
     metrics::counter!(ATTEMPTS, "outcome" => outcome_label).increment(1);
@@ -202,6 +210,10 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, String)> {
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs),
     };
-    let outcome = d.sender.send(request).await;
+    let span = tracing::info_span!("deliverer.attempt", url = %endpoint.url, status = tracing::field::Empty);
+    let outcome = d.sender.send(request).instrument(span.clone()).await;
+    if let Some(code) = outcome.response_code {
+        span.record("status", code);
+    }
     Some((outcome, false, endpoint.url))
 }

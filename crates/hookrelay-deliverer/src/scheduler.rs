@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use crate::{
     deliver::{self, Deliverer},
@@ -115,10 +115,16 @@ async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due) -> bool {
         return false;
     };
     let d = d.clone();
-    tracker.spawn(async move {
-        tokio::time::sleep(wait).await;
-        deliver::deliver(&d, row).await;
-        drop((slot, permit));
-    });
+    // A retry joins the trace of the event it delivers.
+    let span = tracing::info_span!("deliverer.retry", delivery_id = %row.id);
+    hookrelay_runtime::telemetry::follow_traceparent(&span, row.traceparent.as_deref());
+    tracker.spawn(
+        async move {
+            tokio::time::sleep(wait).await;
+            deliver::deliver(&d, row).await;
+            drop((slot, permit));
+        }
+        .instrument(span),
+    );
     true
 }

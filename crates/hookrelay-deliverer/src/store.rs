@@ -26,6 +26,8 @@ pub(crate) struct Due {
     pub(crate) body: Option<String>,
     /// The endpoint's `rate_limit_per_sec` (`None`: no limit, or the endpoint is gone).
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The trace the delivery belongs to (W3C `traceparent`), when traces are exported.
+    pub(crate) traceparent: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -81,10 +83,12 @@ pub(crate) async fn insert_delivery(
     job: &hookrelay_types::messages::DeliveryJob,
     after: Duration,
     parked: bool,
+    traceparent: Option<&str>,
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at, parked)
-         VALUES ($1, $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6), $7)
+        "INSERT INTO deliveries
+             (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at, parked, traceparent)
+         VALUES ($1, $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6), $7, $8)
          ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
          RETURNING id",
     )
@@ -95,6 +99,7 @@ pub(crate) async fn insert_delivery(
     .bind(&job.endpoint_id)
     .bind(after.as_secs_f64())
     .bind(parked)
+    .bind(traceparent)
     .fetch_optional(db)
     .await
 }
@@ -185,9 +190,9 @@ pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<
                  ORDER BY next_attempt_at
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry)
+             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry, traceparent)
          SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
-                e.body, ep.rate_limit_per_sec
+                e.body, ep.rate_limit_per_sec, c.traceparent
          FROM claimed c
          LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
          LEFT JOIN endpoints ep ON ep.id = c.endpoint_id",
@@ -232,9 +237,9 @@ pub(crate) async fn claim_probes(
                            AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()
                          ORDER BY d.next_attempt_at, d.id LIMIT 1)
                  FROM turns t)
-             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry)
+             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry, traceparent)
          SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
-                e.body, ep.rate_limit_per_sec
+                e.body, ep.rate_limit_per_sec, c.traceparent
          FROM claimed c
          LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
          LEFT JOIN endpoints ep ON ep.id = c.endpoint_id",

@@ -98,7 +98,7 @@ impl Ingest {
     /// Stores and publishes. A duplicate id is not published again unless its first
     /// publication never completed (a crash between the two steps). `only_endpoint` aims a
     /// system event at one endpoint (`hookrelay/ping`).
-    #[tracing::instrument(skip_all, fields(tenant = %tenant, event_id = %envelope.event_id))]
+    #[tracing::instrument(name = "ingest.accept", skip_all, fields(tenant = %tenant, event_id = %envelope.event_id))]
     pub(crate) async fn accept(
         &self,
         tenant: &TenantId,

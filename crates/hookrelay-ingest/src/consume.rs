@@ -10,7 +10,7 @@ use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
 use hookrelay_types::{EventType, IncomingEnvelope, Invalid, TenantId, subjects};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use crate::{
     accept::{EVENTS_REJECTED, Ingest},
@@ -45,11 +45,18 @@ pub(crate) async fn run(
     hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
         let ingest = ingest.clone();
         async move {
-            let outcome = match intake {
-                Intake::Producers => handle(&ingest, &msg).await,
-                Intake::System => crate::system::handle(&ingest, &msg).await,
-            };
-            settle(&ingest, &msg, outcome).await;
+            // A producer's trace (its `traceparent` header) continues through hookrelay.
+            let span = tracing::info_span!("ingest.nats", subject = %msg.subject);
+            hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
+            async {
+                let outcome = match intake {
+                    Intake::Producers => handle(&ingest, &msg).await,
+                    Intake::System => crate::system::handle(&ingest, &msg).await,
+                };
+                settle(&ingest, &msg, outcome).await;
+            }
+            .instrument(span)
+            .await;
         }
     })
     .await

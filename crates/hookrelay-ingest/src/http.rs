@@ -15,6 +15,7 @@ use hookrelay_runtime::{
 use hookrelay_types::{EventId, IncomingEnvelope};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 
 use crate::accept::{EVENTS_REJECTED, Ingest};
 
@@ -82,7 +83,14 @@ async fn create_event(
         .and_then(|incoming| incoming.complete(None, idempotency_key, OffsetDateTime::now_utc()))
         .map_err(|e| refused(e.into()))?;
     state.ingest.check_tenant(tenant.as_str()).await?;
-    let accepted = state.ingest.accept(&tenant, &envelope, "rest", None).await?;
+    // A producer's trace (its `traceparent` header) continues through hookrelay.
+    let span = tracing::info_span!("ingest.rest", tenant = %tenant);
+    hookrelay_runtime::telemetry::follow_http(&span, &headers);
+    let accepted = state
+        .ingest
+        .accept(&tenant, &envelope, "rest", None)
+        .instrument(span)
+        .await?;
     let status = if accepted.duplicate {
         StatusCode::OK
     } else {

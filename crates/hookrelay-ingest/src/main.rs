@@ -5,6 +5,8 @@ use hookrelay_runtime::{config::Source, shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = hookrelay_ingest::Config::from_source(&Source::from_env()?)?;
-    telemetry::init("hookrelay-ingest", cfg.common.otlp_endpoint.as_deref());
-    hookrelay_ingest::run(cfg, None, shutdown::on_signal()).await
+    let telemetry = telemetry::init("hookrelay-ingest", cfg.common.otlp_endpoint.as_deref());
+    let result = hookrelay_ingest::run(cfg, None, shutdown::on_signal()).await;
+    telemetry.finish().await;
+    result
 }

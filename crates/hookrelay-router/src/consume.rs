@@ -11,7 +11,7 @@ use async_nats::{
 use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId, messages, subjects};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use crate::{Config, error::RouteError, store};
 
@@ -36,7 +36,10 @@ pub(crate) async fn run(router: Router, consumer: PullConsumer, shutdown: Cancel
     hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
         let router = router.clone();
         async move {
-            let outcome = route(&router, &msg).await;
+            // Continue the event's trace from ingest (set before the span is entered).
+            let span = tracing::info_span!("router.route", subject = %msg.subject);
+            hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
+            let outcome = route(&router, &msg).instrument(span).await;
             settle(&msg, outcome).await;
         }
     })
@@ -44,7 +47,6 @@ pub(crate) async fn run(router: Router, consumer: PullConsumer, shutdown: Cancel
 }
 
 /// Returns how many jobs were published.
-#[tracing::instrument(skip_all, fields(subject = %msg.subject))]
 async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     let event = messages::EventAccepted::decode(msg.payload.clone()).map_err(|e| RouteError::Poison(e.to_string()))?;
     let tenant = TenantId::parse(&event.tenant_id).map_err(|e| RouteError::Poison(e.to_string()))?;

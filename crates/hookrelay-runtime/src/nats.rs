@@ -96,7 +96,8 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), anyhow::Error
 }
 
 /// Publishes with `Nats-Msg-Id` (JetStream drops a repeat within the duplicate window) and
-/// returns the ack future: await it before acknowledging whatever caused the publish.
+/// the current span's trace context (`traceparent`, see `telemetry`), and returns the ack
+/// future: await it before acknowledging whatever caused the publish.
 pub async fn publish(
     js: &jetstream::Context,
     subject: String,
@@ -105,6 +106,7 @@ pub async fn publish(
     payload: Bytes,
 ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    crate::telemetry::inject(&mut headers);
     js.publish_with_headers(subject, headers, payload).await
 }
 

@@ -37,9 +37,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let src = Source::from_env()?;
     let otlp = src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned);
-    telemetry::init("hookrelay", otlp.as_deref());
+    let name = match cli.command {
+        Command::All => "hookrelay-all",
+        Command::Ingest => "hookrelay-ingest",
+        Command::Router => "hookrelay-router",
+        Command::Deliverer => "hookrelay-deliverer",
+        Command::Query => "hookrelay-query",
+        Command::Migrate => "hookrelay-migrate",
+        Command::Demo => "hookrelay-demo",
+    };
+    let telemetry = telemetry::init(name, otlp.as_deref());
     let stop = shutdown::on_signal();
-    match cli.command {
+    let result = match cli.command {
         Command::All => hookrelay::run_all(&src, None, stop).await,
         Command::Ingest => hookrelay_ingest::run(hookrelay_ingest::Config::from_source(&src)?, None, stop).await,
         Command::Router => hookrelay_router::run(hookrelay_router::Config::from_source(&src)?, None, stop).await,
@@ -49,5 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Query => hookrelay_query::run(hookrelay_query::Config::from_source(&src)?, None, stop).await,
         Command::Migrate => hookrelay::migrate(&src).await,
         Command::Demo => hookrelay::demo::run(src, stop).await,
-    }
+    };
+    telemetry.finish().await;
+    result
 }
