@@ -11,6 +11,7 @@ mod config;
 mod consume;
 mod deliver;
 mod error;
+mod gauges;
 mod health;
 mod limits;
 mod publish;
@@ -60,6 +61,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         }
     });
     rt.tasks.spawn(publish::republish(d.clone(), shutdown.clone()));
+    rt.tasks.spawn(gauges::run(d.db.clone(), shutdown.clone()));
     rt.tasks.spawn(scheduler::run(d, shutdown));
     Ok(axum::Router::new())
 }

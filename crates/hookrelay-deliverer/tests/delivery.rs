@@ -1021,6 +1021,22 @@ async fn a_dead_endpoints_backlog_does_not_delay_healthy_endpoints() {
     })
     .await;
     assert!(parked.is_some(), "the failing endpoint's backlog was not parked");
+    // Operators see it: the backlog by state, the endpoint failing, the consumer's lag.
+    let metrics = eventually(WAIT, || async {
+        let text = running.metrics().await;
+        let parked_gauge = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hookrelay_retry_backlog{state=\"parked\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        (parked_gauge >= Some(f64::from(BACKLOG - 16)) && text.contains("hookrelay_endpoints{health=\"failing\"} 1"))
+            .then_some(text)
+    })
+    .await
+    .unwrap_or_else(|| panic!("gauges never showed the parked backlog"));
+    assert!(
+        metrics.contains("hookrelay_consumer_pending_messages{stream=\"HOOKRELAY_DELIVERIES\",consumer=\"deliverer\"}"),
+        "consumer lag is reported"
+    );
     let after = healthy_latencies(&db, &js, &receiver, "ok/after", 50).await;
     eprintln!(
         "with the backlog parked: p50 {:?} p99 {:?}",

@@ -114,7 +114,7 @@ pub async fn publish(
 /// task (at most `concurrency` at once), stop fetching on `shutdown`, then give in-flight
 /// handlers `drain` to finish. `handle` settles the message itself (ack, nak or term); a
 /// message it never settles is redelivered after the consumer's ack wait. A fetch error
-/// never ends the loop.
+/// never ends the loop. While it runs, the consumer's lag is reported (see [`report_lag`]).
 pub async fn consume<F, Fut>(
     consumer: jetstream::consumer::PullConsumer,
     concurrency: usize,
@@ -132,6 +132,7 @@ where
     let tracker = tokio_util::task::TaskTracker::new();
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut messages = consumer.messages().await?;
+    let lag = tokio::spawn(report_lag(consumer.clone()));
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -155,11 +156,35 @@ where
             drop(permit);
         });
     }
+    lag.abort();
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(consumer = %name, "messages still in flight at the drain deadline; they will be redelivered");
     }
     Ok(())
+}
+
+/// How often a consumer's lag is read from the server.
+pub const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Every [`LAG_EVERY`], the consumer's lag as gauges labelled `stream` and `consumer`:
+/// `hookrelay_consumer_pending_messages` (in the stream, not yet delivered to the consumer)
+/// and `hookrelay_consumer_ack_pending_messages` (delivered, not yet acknowledged). Every
+/// replica sharing a durable consumer reports the same numbers: aggregate with `max`.
+async fn report_lag(mut consumer: jetstream::consumer::PullConsumer) {
+    let mut tick = tokio::time::interval(LAG_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match consumer.info().await {
+            Ok(info) => {
+                let labels = [("stream", info.stream_name.clone()), ("consumer", info.name.clone())];
+                metrics::gauge!("hookrelay_consumer_pending_messages", &labels).set(info.num_pending as f64);
+                metrics::gauge!("hookrelay_consumer_ack_pending_messages", &labels).set(info.num_ack_pending as f64);
+            }
+            Err(error) => tracing::debug!(%error, "reading consumer lag failed"),
+        }
+    }
 }
 
 /// The durable pull consumer `name` on `stream` (created if missing): explicit acks, a 30 s
