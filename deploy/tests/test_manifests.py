@@ -289,6 +289,8 @@ def test_prod_keeps_databases_and_secrets_out():
     values = yaml.safe_load((K8S / "overlays" / "prod" / "nats-values.yaml").read_text())
     assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
     assert values["config"]["cluster"]["replicas"] >= 3
+    streams = named(docs, "ConfigMap", "hookrelay-config")["data"]["HOOKRELAY_STREAM_REPLICAS"]
+    assert int(streams) == 3, "prod streams keep three copies on the three NATS servers"
     for d in of_kind(docs, "Deployment"):
         image = d["spec"]["template"]["spec"]["containers"][0]["image"]
         assert "/" in image and not image.endswith(":latest"), f"prod image {image}: registry and tag"

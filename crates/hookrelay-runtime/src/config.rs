@@ -131,6 +131,9 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// How long in-flight work may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// `HOOKRELAY_STREAM_REPLICAS`: copies of each JetStream stream (1 to 5; 3 on a
+    /// three-server NATS cluster, so a server can fail without losing an accepted event).
+    pub stream_replicas: usize,
 }
 
 impl Config {
@@ -145,6 +148,10 @@ impl Config {
             http_addr: src.get("HOOKRELAY_HTTP_ADDR", default_addr)?,
             otlp_endpoint: src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned),
             drain_timeout: src.duration("HOOKRELAY_DRAIN_TIMEOUT", Duration::from_secs(20))?,
+            stream_replicas: match src.get("HOOKRELAY_STREAM_REPLICAS", 1usize)? {
+                n @ 1..=5 => n,
+                n => anyhow::bail!("HOOKRELAY_STREAM_REPLICAS must be 1 to 5, not {n}"),
+            },
         })
     }
 }
@@ -152,6 +159,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_replicas_default_to_one_and_stay_within_what_jetstream_allows() {
+        let addr = ([127, 0, 0, 1], 0).into();
+        assert_eq!(
+            Config::from_source(&Source::default(), addr).unwrap().stream_replicas,
+            1
+        );
+        let three = Source::from_pairs([("HOOKRELAY_STREAM_REPLICAS", "3")]);
+        assert_eq!(Config::from_source(&three, addr).unwrap().stream_replicas, 3);
+        for bad in ["0", "6", "three"] {
+            let src = Source::from_pairs([("HOOKRELAY_STREAM_REPLICAS", bad)]);
+            let e = Config::from_source(&src, addr).unwrap_err().to_string();
+            assert!(e.contains("HOOKRELAY_STREAM_REPLICAS"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn durations_parse_like_the_contract_examples() {

@@ -41,7 +41,9 @@ impl Runtime {
         db::migrate(&db).await.context("applying migrations")?;
         let nats = nats::connect(&cfg.nats_url).await.context("connecting to NATS")?;
         let js = async_nats::jetstream::new(nats.clone());
-        nats::ensure_streams(&js).await.context("creating JetStream streams")?;
+        nats::ensure_streams(&js, cfg.stream_replicas)
+            .await
+            .context("creating JetStream streams")?;
         let ready = Readiness::new(nats.clone(), db.clone());
         Ok(Self {
             nats,

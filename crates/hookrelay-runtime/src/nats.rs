@@ -42,11 +42,14 @@ fn stream_config(name: &str, subject: &str, retention: RetentionPolicy, max_age:
         storage: StorageType::File,
         max_age,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: 1,
         ..Default::default()
     }
 }
 
-pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), anyhow::Error> {
+/// Creates hookrelay's streams with `replicas` copies each (`HOOKRELAY_STREAM_REPLICAS`: 3
+/// on a three-server cluster); an existing stream with another count is updated to it.
+pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), anyhow::Error> {
     let day = Duration::from_secs(86_400);
     let streams = [
         stream_config(
@@ -86,11 +89,17 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), anyhow::Error
             14 * day,
         ),
     ];
-    for config in streams {
+    for mut config in streams {
+        config.num_replicas = replicas;
         let name = config.name.clone();
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+        let failed = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("stream {name} with {replicas} replicas (HOOKRELAY_STREAM_REPLICAS): {e}")
+        };
+        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| failed(&e))?;
+        let info = stream.info().await.map_err(|e| failed(&e))?;
+        if info.config.num_replicas != replicas {
+            js.update_stream(config).await.map_err(|e| failed(&e))?;
+        }
     }
     Ok(())
 }
