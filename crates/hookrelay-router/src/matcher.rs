@@ -105,8 +105,8 @@ impl TenantSubscriptions {
     /// the delivered JSON body, parsed only if a hit has a filter.
     pub fn matching(&self, event: &EventType, envelope: &[u8]) -> Vec<&EndpointId> {
         // An endpoint with several matching patterns is hit once per pattern: one bit per
-        // slot keeps the first. Clearing a bitmap costs less than sorting the hits from
-        // a few hundred hits on, and a few hundred nanoseconds at 100,000 endpoints.
+        // slot keeps the first. Clearing the bitmap (12.5 KB at 100,000 endpoints) costs
+        // less than sorting a few hundred hits did.
         let mut seen = vec![0u64; self.slots.len().div_ceil(64)];
         let mut parsed: Option<Option<serde_json::Value>> = None;
         let mut out = Vec::new();
