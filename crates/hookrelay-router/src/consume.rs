@@ -46,6 +46,13 @@ pub(crate) async fn run(router: Router, consumer: PullConsumer, shutdown: Cancel
     .await
 }
 
+/// A delivery job ready to publish.
+struct Outgoing {
+    subject: String,
+    msg_id: String,
+    body: Vec<u8>,
+}
+
 /// Returns how many jobs were published.
 async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     let event = messages::EventAccepted::decode(msg.payload.clone()).map_err(|e| RouteError::Poison(e.to_string()))?;
@@ -53,9 +60,28 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     let event_id = EventId::parse(&event.event_id).map_err(|e| RouteError::Poison(e.to_string()))?;
     let event_type = EventType::parse(&event.event_type).map_err(|e| RouteError::Poison(e.to_string()))?;
 
-    let targets: Vec<EndpointId> = if event.only_endpoint_id.is_empty() {
+    let job = |endpoint: &EndpointId| Outgoing {
+        subject: subjects::delivery(&tenant, endpoint),
+        msg_id: subjects::job_msg_id(&tenant, &event_id, endpoint),
+        body: messages::DeliveryJob {
+            delivery_id: DeliveryId::generate().to_string(),
+            tenant_id: event.tenant_id.clone(),
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            endpoint_id: endpoint.to_string(),
+            envelope: event.envelope.clone(),
+            accepted_at_ms: event.accepted_at_ms,
+        }
+        .encode_to_vec(),
+    };
+    let jobs: Vec<Outgoing> = if event.only_endpoint_id.is_empty() {
+        // Built under the read lock: matching lends the ids the subscriptions hold, and
+        // each is copied once, into its job.
         let subs = router.subscriptions.read().unwrap_or_else(|e| e.into_inner());
         subs.matching(tenant.as_str(), &event_type, &event.envelope)
+            .into_iter()
+            .map(job)
+            .collect()
     } else {
         // A system event aimed at one endpoint (hookrelay/ping): patterns and filter do not
         // apply, and an endpoint of another tenant or a deleted one gets nothing.
@@ -64,40 +90,27 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
             .await?
             .is_some()
         {
-            vec![only]
+            vec![job(&only)]
         } else {
             warn!(endpoint = %only, "an event aimed at an endpoint that does not exist goes nowhere");
             Vec::new()
         }
     };
 
-    let mut acks = Vec::with_capacity(targets.len());
-    for endpoint in &targets {
-        let job = messages::DeliveryJob {
-            delivery_id: DeliveryId::generate().to_string(),
-            tenant_id: event.tenant_id.clone(),
-            event_id: event.event_id.clone(),
-            event_type: event.event_type.clone(),
-            endpoint_id: endpoint.to_string(),
-            envelope: event.envelope.clone(),
-            accepted_at_ms: event.accepted_at_ms,
-        };
-        let ack = hookrelay_runtime::nats::publish(
-            &router.js,
-            subjects::delivery(&tenant, endpoint),
-            &subjects::job_msg_id(&tenant, &event_id, endpoint),
-            HeaderMap::new(),
-            job.encode_to_vec().into(),
-        )
-        .await
-        .map_err(|e| RouteError::Publish(e.to_string()))?;
+    let published = jobs.len();
+    let mut acks = Vec::with_capacity(published);
+    for job in jobs {
+        let ack =
+            hookrelay_runtime::nats::publish(&router.js, job.subject, &job.msg_id, HeaderMap::new(), job.body.into())
+                .await
+                .map_err(|e| RouteError::Publish(e.to_string()))?;
         acks.push(ack);
     }
     for ack in acks {
         ack.await.map_err(|e| RouteError::Publish(e.to_string()))?;
     }
-    metrics::counter!(JOBS_PUBLISHED).increment(targets.len() as u64);
-    Ok(targets.len())
+    metrics::counter!(JOBS_PUBLISHED).increment(published as u64);
+    Ok(published)
 }
 
 async fn settle(msg: &Message, outcome: Result<usize, RouteError>) {
