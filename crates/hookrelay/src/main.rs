@@ -1,4 +1,4 @@
-//! `hookrelay`: `all`, each service alone, `migrate`, `demo`.
+//! `hookrelay`: `all`, each service alone, `migrate`, `demo`, `bench`.
 
 use clap::{Parser, Subcommand};
 use hookrelay_runtime::{config::Source, shutdown, telemetry};
@@ -30,14 +30,19 @@ enum Command {
     Migrate,
     /// Run everything with a demo receiver, tenant, key and endpoint, and send sample events.
     Demo,
+    /// Measure a running (or `--spawn`ed) hookrelay end to end; see docs/benchmarks.md.
+    Bench(hookrelay::bench::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let src = Source::from_env()?;
-    let otlp = src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned);
-    telemetry::init("hookrelay", otlp.as_deref());
+    // The bench's stdout is its report: no service logging there.
+    if !matches!(cli.command, Command::Bench(_)) {
+        let otlp = src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned);
+        telemetry::init("hookrelay", otlp.as_deref());
+    }
     let stop = shutdown::on_signal();
     match cli.command {
         Command::All => hookrelay::run_all(&src, None, stop).await,
@@ -49,5 +54,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Query => hookrelay_query::run(hookrelay_query::Config::from_source(&src)?, None, stop).await,
         Command::Migrate => hookrelay::migrate(&src).await,
         Command::Demo => hookrelay::demo::run(src, stop).await,
+        Command::Bench(args) => hookrelay::bench::run(args, &src, stop).await,
     }
 }
