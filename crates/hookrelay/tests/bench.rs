@@ -101,6 +101,8 @@ async fn bench_throughput_against_split_services_over_nats() {
             "2",
             "--endpoints",
             "2",
+            "--window",
+            "128",
         ],
     )
     .await;
