@@ -158,12 +158,15 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
             "bench failed".to_owned()
         }
     })?;
-    let peaks = rss.snapshot();
-    report.rss_mb = if peaks.is_empty() {
-        Value::Null
-    } else {
-        Value::Object(peaks.into_iter().map(|(k, v)| (k, json!(round1(v)))).collect())
+    let per_process = |m: std::collections::BTreeMap<String, f64>| {
+        if m.is_empty() {
+            Value::Null
+        } else {
+            Value::Object(m.into_iter().map(|(k, v)| (k, json!(round1(v)))).collect())
+        }
     };
+    report.rss_mb = per_process(rss.peaks());
+    report.extra.insert("cpu_seconds".into(), per_process(rss.cpu()));
     report.print(args.json);
     let problems = report.problems();
     if !problems.is_empty() {

@@ -176,9 +176,28 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// The highest VmRSS seen per process, sampled every 250 ms until `stop`.
+/// CPU time (user + system) a process has used so far, in seconds. /proc counts it in
+/// USER_HZ ticks, which Linux fixes at 100 per second for user space.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at `state`.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+#[derive(Default)]
+struct Seen {
+    peak_mb: f64,
+    cpu_first: Option<f64>,
+    cpu_last: f64,
+}
+
+/// Per process, the highest VmRSS seen and the CPU time used while watched, sampled every
+/// 250 ms until `stop`.
 #[derive(Clone, Default)]
-pub(crate) struct RssPeaks(Arc<Mutex<BTreeMap<String, f64>>>);
+pub(crate) struct RssPeaks(Arc<Mutex<BTreeMap<String, Seen>>>);
 
 impl RssPeaks {
     pub(crate) fn watch(pids: Vec<(String, u32)>, stop: CancellationToken) -> Self {
@@ -187,10 +206,15 @@ impl RssPeaks {
         tokio::spawn(async move {
             loop {
                 for (name, pid) in &pids {
-                    if let Some(mb) = rss_mb(*pid) {
-                        let mut map = out.0.lock().unwrap_or_else(|e| e.into_inner());
-                        let peak = map.entry(name.clone()).or_insert(0.0);
-                        *peak = peak.max(mb);
+                    let (mb, cpu) = (rss_mb(*pid), cpu_seconds(*pid));
+                    let mut map = out.0.lock().unwrap_or_else(|e| e.into_inner());
+                    let seen = map.entry(name.clone()).or_default();
+                    if let Some(mb) = mb {
+                        seen.peak_mb = seen.peak_mb.max(mb);
+                    }
+                    if let Some(cpu) = cpu {
+                        seen.cpu_first.get_or_insert(cpu);
+                        seen.cpu_last = cpu;
                     }
                 }
                 tokio::select! {
@@ -202,8 +226,21 @@ impl RssPeaks {
         peaks
     }
 
-    pub(crate) fn snapshot(&self) -> BTreeMap<String, f64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Peak RSS in MiB per process.
+    pub(crate) fn peaks(&self) -> BTreeMap<String, f64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, s)| s.peak_mb > 0.0)
+            .map(|(k, s)| (k.clone(), s.peak_mb))
+            .collect()
+    }
+
+    /// CPU seconds used per process while watched.
+    pub(crate) fn cpu(&self) -> BTreeMap<String, f64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter_map(|(k, s)| Some((k.clone(), s.cpu_last - s.cpu_first?)))
+            .collect()
     }
 }
 
@@ -219,5 +256,6 @@ mod tests {
         assert_eq!(pids[1].1, me);
         assert!(parse_pids("ingest=abc").is_err());
         assert!(rss_mb(me).is_some_and(|mb| mb > 0.0));
+        assert!(cpu_seconds(me).is_some_and(|s| s >= 0.0));
     }
 }
