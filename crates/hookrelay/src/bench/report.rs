@@ -84,7 +84,10 @@ impl Report {
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.lost > 0 {
-            out.push(format!("{} lost", self.lost));
+            out.push(format!(
+                "{} lost (not received, or not logged as delivered, within --timeout)",
+                self.lost
+            ));
         }
         if self.duplicates > 0 {
             out.push(format!("{} duplicated", self.duplicates));
@@ -200,6 +203,8 @@ mod tests {
             duplicates: 1,
             ..Report::default()
         };
-        assert_eq!(bad.problems(), vec!["2 lost".to_owned(), "1 duplicated".to_owned()]);
+        let problems = bad.problems();
+        assert!(problems[0].starts_with("2 lost"), "{problems:?}");
+        assert_eq!(problems[1], "1 duplicated");
     }
 }

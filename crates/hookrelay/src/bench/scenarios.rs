@@ -516,6 +516,8 @@ struct Outcome {
     events: u64,
     deliveries: u64,
     seconds: f64,
+    /// From the first hand-over to the last.
+    send_seconds: f64,
     drain_seconds: f64,
     latency: Option<Latency>,
     lost: u64,
@@ -531,6 +533,13 @@ impl Outcome {
     fn report(&self, b: &Bench, scenario: &str, via: Via) -> Report {
         let (checked, bad) = b.signatures();
         let mut extra = serde_json::Map::new();
+        extra.insert("send_seconds".into(), json!(round2(self.send_seconds)));
+        let sent_per_sec = if self.send_seconds > 0.0 {
+            (self.events as f64 / self.send_seconds).round()
+        } else {
+            0.0
+        };
+        extra.insert("sent_per_sec".into(), json!(sent_per_sec));
         extra.insert("log_wait_seconds".into(), json!(round2(self.log_wait_seconds)));
         extra.insert("unexpected_requests".into(), json!(b.rx.stats.strangers.load(Relaxed)));
         Report {
@@ -576,9 +585,11 @@ async fn measure(
     }
     let received_at = Instant::now();
     let prefix = format!("{}-{}-", b.tag, shape.phase);
+    let mut complete = false;
     while Instant::now() < deadline && !b.stop.is_cancelled() {
         let logged = log::delivered_count(&b.db, &b.tenant, &prefix).await?;
         if u64::try_from(logged).unwrap_or(0) >= expected {
+            complete = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -586,7 +597,18 @@ async fn measure(
     let log_wait_seconds = received_at.elapsed().as_secs_f64();
     progress.cancel();
 
-    // Compare what was sent with what arrived and what the log holds, pair by pair.
+    // Compare what was sent with what arrived and what the log holds, pair by pair. The
+    // receiver's counts are taken first: an attempt is recorded after its response, so when
+    // the wait timed out with deliveries still flowing, those in flight get a moment to be
+    // recorded before the log is read (else they would count as unlogged).
+    let seen: Vec<HashMap<u64, u32>> = phase
+        .seen
+        .iter()
+        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .collect();
+    if !complete {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     let rows = log::deliveries(&b.db, &b.tenant).await?;
     let slot_of: HashMap<&str, usize> = b.endpoints.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     let mut logged: HashMap<(usize, u64), (bool, i64)> = HashMap::new();
@@ -598,11 +620,6 @@ async fn measure(
             logged.insert((*slot, key.seq), (row.status == "delivered", row.attempts));
         }
     }
-    let seen: Vec<HashMap<u64, u32>> = phase
-        .seen
-        .iter()
-        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        .collect();
     let (mut deliveries, mut lost, mut unlogged, mut attempts_logged) = (0u64, 0u64, 0u64, 0u64);
     for seq in &accepted {
         for slot in shape.slots(*seq) {
@@ -629,6 +646,7 @@ async fn measure(
         events: accepted.len() as u64,
         deliveries,
         seconds: last.saturating_sub(started) as f64 / 1e6,
+        send_seconds: sent.seconds(),
         drain_seconds: last.saturating_sub(ended) as f64 / 1e6,
         latency: Latency::of(latencies),
         lost,
