@@ -149,6 +149,7 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
     let outcome = scenarios::run(&args, src, &target, stop).await;
     watching.cancel();
     let log_hint = target.log_hint();
+    let log_path = target.log.clone();
     let spawned = args.spawn.is_some();
     target.stop().await;
     let mut report = outcome.with_context(|| {
@@ -170,7 +171,16 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
     report.print(args.json);
     let problems = report.problems();
     if !problems.is_empty() {
-        bail!("bench {}: {}", report.scenario, problems.join("; "));
+        let log_note = if spawned {
+            format!(" (hookrelay's log: {log_hint})")
+        } else {
+            String::new()
+        };
+        bail!("bench {}: {}{log_note}", report.scenario, problems.join("; "));
+    }
+    // The spawned services' log is kept only when something went wrong.
+    if let Some(path) = log_path {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }
