@@ -2,6 +2,7 @@
 //! one [`Runtime`], serving both APIs (ingest's `POST /v1/events` and query's control
 //! plane) on one listener; [`demo`] shows the whole path on a local machine.
 
+pub mod bench;
 pub mod demo;
 
 use hookrelay_runtime::{Runtime, config::Source};

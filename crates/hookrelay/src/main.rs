@@ -1,4 +1,4 @@
-//! `hookrelay`: `all`, each service alone, `migrate`, `demo`.
+//! `hookrelay`: `all`, each service alone, `migrate`, `demo`, `bench`.
 
 use clap::{Parser, Subcommand};
 use hookrelay_runtime::{config::Source, shutdown, telemetry};
@@ -30,13 +30,14 @@ enum Command {
     Migrate,
     /// Run everything with a demo receiver, tenant, key and endpoint, and send sample events.
     Demo,
+    /// Measure a running (or `--spawn`ed) hookrelay end to end; see docs/benchmarks.md.
+    Bench(hookrelay::bench::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let src = Source::from_env()?;
-    let otlp = src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned);
     let name = match cli.command {
         Command::All => "hookrelay-all",
         Command::Ingest => "hookrelay-ingest",
@@ -45,8 +46,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Query => "hookrelay-query",
         Command::Migrate => "hookrelay-migrate",
         Command::Demo => "hookrelay-demo",
+        Command::Bench(_) => "hookrelay-bench",
     };
-    let telemetry = telemetry::init(name, otlp.as_deref());
+    // The bench's stdout is its report: no service logging there.
+    let telemetry = if matches!(cli.command, Command::Bench(_)) {
+        telemetry::Telemetry::default()
+    } else {
+        let otlp = src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned);
+        telemetry::init(name, otlp.as_deref())
+    };
     let stop = shutdown::on_signal();
     let result = match cli.command {
         Command::All => hookrelay::run_all(&src, None, stop).await,
@@ -58,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Query => hookrelay_query::run(hookrelay_query::Config::from_source(&src)?, None, stop).await,
         Command::Migrate => hookrelay::migrate(&src).await,
         Command::Demo => hookrelay::demo::run(src, stop).await,
+        Command::Bench(args) => hookrelay::bench::run(args, &src, stop).await,
     };
     telemetry.finish().await;
     result

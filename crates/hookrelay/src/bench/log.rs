@@ -1,0 +1,72 @@
+//! Reading what hookrelay recorded, straight from PostgreSQL (`HOOKRELAY_DATABASE_URL`):
+//! the delivery log (`deliveries`, `attempts`) and stored events (`events`). Read-only; the
+//! bench's tenant is fresh each run, so every row of it is the bench's.
+
+use sqlx::PgPool;
+
+/// One delivery row of the bench's tenant.
+pub(crate) struct Logged {
+    pub(crate) endpoint_id: String,
+    pub(crate) event_id: String,
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+}
+
+/// Delivered deliveries of the tenant whose event id starts with `prefix` (one phase).
+pub(crate) async fn delivered_count(db: &PgPool, tenant: &str, prefix: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries WHERE tenant_id = $1 AND status = 'delivered' AND event_id LIKE $2",
+    )
+    .bind(tenant)
+    .bind(format!("{prefix}%"))
+    .fetch_one(db)
+    .await?)
+}
+
+pub(crate) async fn deliveries_of(db: &PgPool, tenant: &str, endpoint_id: &str) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE tenant_id = $1 AND endpoint_id = $2")
+            .bind(tenant)
+            .bind(endpoint_id)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// Every delivery of the tenant with the number of attempt rows recorded for it.
+pub(crate) async fn deliveries(db: &PgPool, tenant: &str) -> anyhow::Result<Vec<Logged>> {
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT d.endpoint_id, d.event_id, d.status, \
+                (SELECT count(*) FROM attempts a WHERE a.delivery_id = d.id) \
+         FROM deliveries d WHERE d.tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(endpoint_id, event_id, status, attempts)| Logged {
+            endpoint_id,
+            event_id,
+            status,
+            attempts,
+        })
+        .collect())
+}
+
+/// Events of a type stored and published (`published_at` set: ingest's durable acceptance),
+/// and the Unix time of the last publish.
+pub(crate) async fn events_published(
+    db: &PgPool,
+    tenant: &str,
+    event_type: &str,
+) -> anyhow::Result<(i64, Option<f64>)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM max(published_at))::float8 FROM events \
+         WHERE tenant_id = $1 AND event_type = $2 AND published_at IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(event_type)
+    .fetch_one(db)
+    .await?)
+}

@@ -1,0 +1,196 @@
+//! Smoke test of `hookrelay bench`: each scenario for a few seconds with `--spawn --json`
+//! over the test's own NATS server and database. The bench itself checks every delivery at
+//! its receiver and in the delivery log; these tests fail on anything it reports lost,
+//! duplicated or unlogged, and on figures that do not add up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use hookrelay_testkit::{ADMIN_TOKEN, TestEnv};
+use serde_json::Value;
+
+/// Runs `hookrelay bench <args> --json --timeout 60` and returns its JSON line. The
+/// closed-loop scenarios keep a small `--window`, so a debug build drains it in seconds.
+async fn bench(env: &TestEnv, args: &[&str]) -> Value {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--timeout", "60"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOOKRELAY_NATS_URL", &env.nats_url)
+        .env("HOOKRELAY_DATABASE_URL", &env.database_url)
+        .env("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the bench finished within 2 minutes")
+        .expect("the bench runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "bench {args:?} failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().last().expect("a JSON line");
+    let report: Value = serde_json::from_str(line).expect("the last line is JSON");
+    for field in ["lost", "duplicates", "unlogged", "send_errors", "bad_signatures"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+    report
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// Deliveries add up: each event reached its `fanout` endpoints, every attempt is logged,
+/// signatures were checked, latency was measured and the service's memory read.
+fn assert_delivered(report: &Value, fanout: u64, rss: &[&str]) {
+    let events = n(&report["events"]);
+    assert!(events > 0, "{report}");
+    assert_eq!(n(&report["deliveries"]), events * fanout, "{report}");
+    assert_eq!(n(&report["attempts_logged"]), events * fanout, "{report}");
+    assert!(n(&report["signatures_checked"]) > 0, "{report}");
+    assert!(
+        report["latency_ms"]["p99"].as_f64().is_some_and(|p| p > 0.0),
+        "{report}"
+    );
+    for name in rss {
+        assert!(
+            report["rss_mb"][name].as_f64().is_some_and(|mb| mb > 1.0),
+            "{name}: {report}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bench_throughput_delivers_and_logs_everything_over_rest() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(
+        &env,
+        &[
+            "throughput",
+            "--spawn",
+            "--duration",
+            "3",
+            "--endpoints",
+            "4",
+            "--window",
+            "256",
+        ],
+    )
+    .await;
+    assert_eq!(r["scenario"], "throughput");
+    assert_delivered(&r, 1, &["all"]);
+}
+
+#[tokio::test]
+async fn bench_throughput_against_split_services_over_nats() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(
+        &env,
+        &[
+            "throughput",
+            "--spawn=split",
+            "--via",
+            "nats",
+            "--duration",
+            "2",
+            "--endpoints",
+            "2",
+            "--window",
+            "128",
+        ],
+    )
+    .await;
+    assert_eq!(r["via"], "nats");
+    assert_delivered(&r, 1, &["ingest", "router", "deliverer", "query"]);
+}
+
+#[tokio::test]
+async fn bench_latency_at_a_fixed_rate() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(&env, &["latency", "--spawn", "--duration", "3", "--rate", "100"]).await;
+    assert_delivered(&r, 1, &["all"]);
+    // A fixed rate: about rate × duration events.
+    let events = n(&r["events"]);
+    assert!((250..=301).contains(&events), "{r}");
+}
+
+#[tokio::test]
+async fn bench_fanout_reaches_every_endpoint() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(
+        &env,
+        &[
+            "fanout",
+            "--spawn",
+            "--duration",
+            "3",
+            "--endpoints",
+            "10",
+            "--rate",
+            "10",
+        ],
+    )
+    .await;
+    assert_delivered(&r, 10, &["all"]);
+    assert_eq!(r["endpoints"], 10);
+}
+
+#[tokio::test]
+async fn bench_noisy_compares_healthy_latency_beside_a_failing_backlog() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(
+        &env,
+        &[
+            "noisy",
+            "--spawn",
+            "--duration",
+            "2",
+            "--rate",
+            "50",
+            "--backlog",
+            "300",
+            "--endpoints",
+            "3",
+        ],
+    )
+    .await;
+    assert_delivered(&r, 1, &["all"]);
+    assert_eq!(n(&r["backlog"]["events"]), 300, "{r}");
+    assert_eq!(n(&r["backlog"]["deliveries_before"]), 300, "{r}");
+    assert!(n(&r["backlog"]["requests_to_failing"]) > 0, "{r}");
+    assert!(r["latency_ms_alone"]["p99"].as_f64().is_some(), "{r}");
+    assert!(r["p99_ratio"].as_f64().is_some(), "{r}");
+    assert_eq!(r["alone"]["deliveries"], r["alone"]["events"], "{r}");
+}
+
+#[tokio::test]
+async fn bench_intake_measures_rest_and_nats_with_and_without_validation() {
+    let env = TestEnv::start().await.unwrap();
+    // Paced: unpaced, JetStream takes events far faster than a debug build stores them.
+    let r = bench(
+        &env,
+        &["intake", "--spawn", "--validate", "--duration", "2", "--rate", "200"],
+    )
+    .await;
+    for via in ["rest", "nats"] {
+        let intake = &r["intake"][via];
+        for kind in ["plain", "validated"] {
+            assert!(n(&intake[kind]["events"]) > 0, "{via} {kind}: {r}");
+            assert!(
+                intake[kind]["accepted_per_sec"].as_f64().is_some_and(|x| x > 0.0),
+                "{via} {kind}: {r}"
+            );
+        }
+        assert!(
+            intake["validated_ratio"].as_f64().is_some_and(|x| x > 0.0),
+            "{via}: {r}"
+        );
+    }
+    assert_eq!(n(&r["deliveries"]), 0);
+}
