@@ -163,11 +163,21 @@ pub(crate) struct Claim<'a> {
 ///
 /// Cost: ranking reads every unparked due row, which is small unless a healthy endpoint has
 /// more due work than its limits let through (docs/delivery.md, "Head-of-line blocking").
+/// The end of a claim: the `claimed` rows (an `UPDATE … RETURNING` of [`Due`]'s delivery
+/// columns) with each one's envelope and its endpoint's rate limit.
+const CLAIMED: &str =
+    "RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry, traceparent)
+         SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
+                e.body, ep.rate_limit_per_sec, c.traceparent
+         FROM claimed c
+         LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
+         LEFT JOIN endpoints ep ON ep.id = c.endpoint_id";
+
 pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<Vec<Due>, sqlx::Error> {
     let ids: Vec<&str> = c.busy.iter().map(|b| b.endpoint_id.as_str()).collect();
     let in_flight: Vec<i32> = c.busy.iter().map(|b| b.in_flight).collect();
     let paced_free: Vec<i32> = c.busy.iter().map(|b| b.paced_free).collect();
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH busy AS (
              SELECT * FROM unnest($4::text[], $5::int4[], $6::int4[]) AS b(endpoint_id, in_flight, paced_free)),
          ranked AS (
@@ -190,13 +200,8 @@ pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<
                  ORDER BY next_attempt_at
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry, traceparent)
-         SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
-                e.body, ep.rate_limit_per_sec, c.traceparent
-         FROM claimed c
-         LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
-         LEFT JOIN endpoints ep ON ep.id = c.endpoint_id",
-    )
+             {CLAIMED}"
+    )))
     .bind(c.limit)
     .bind(c.lease.as_secs_f64())
     .bind(c.cap)
@@ -220,7 +225,7 @@ pub(crate) async fn claim_probes(
     probe: Duration,
     skip: &[&str],
 ) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH turns AS (
              UPDATE endpoint_health h SET next_probe_at = now() + make_interval(secs => $2)
              WHERE h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
@@ -237,13 +242,8 @@ pub(crate) async fn claim_probes(
                            AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()
                          ORDER BY d.next_attempt_at, d.id LIMIT 1)
                  FROM turns t)
-             RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry, traceparent)
-         SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
-                e.body, ep.rate_limit_per_sec, c.traceparent
-         FROM claimed c
-         LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
-         LEFT JOIN endpoints ep ON ep.id = c.endpoint_id",
-    )
+             {CLAIMED}"
+    )))
     .bind(lease.as_secs_f64())
     .bind(probe.as_secs_f64())
     .bind(skip)

@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use crate::control::ControlPlane;
 use anyhow::{Context as _, bail};
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post};
 use hookrelay_runtime::config::Source;
@@ -73,16 +74,16 @@ pub async fn run(src: Source, shutdown: CancellationToken) -> anyhow::Result<()>
 
     let http = reqwest::Client::new();
     wait_ready(&http, &base).await?;
-    let api = Client {
+    let api = Client(ControlPlane {
         http,
         base: base.clone(),
         token: admin.clone(),
-    };
+    });
     let (key, endpoint) = seed(&api, &receiver_url, &demo).await?;
-    let key_api = Client {
+    let key_api = Client(ControlPlane {
         token: key.clone(),
-        ..api.clone()
-    };
+        ..api.0.clone()
+    });
 
     println!("\nSending the sample events ...");
     for (event, data) in SAMPLES {
@@ -139,29 +140,15 @@ pub async fn run(src: Source, shutdown: CancellationToken) -> anyhow::Result<()>
     app.await.context("the services task")?
 }
 
+/// The demo re-runs against the same database: "already exists" (409) is fine.
 #[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
+struct Client(ControlPlane);
 
 impl Client {
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
-        let status = resp.status();
-        let value: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() && status.as_u16() != 409 {
-            bail!("{method} {path}: HTTP {status}: {value}");
-        }
-        Ok(value)
+        self.0
+            .call_tolerating(method, path, body, |s| s == reqwest::StatusCode::CONFLICT)
+            .await
     }
 }
 

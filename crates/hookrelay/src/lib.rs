@@ -3,6 +3,7 @@
 //! plane) on one listener; [`demo`] shows the whole path on a local machine.
 
 pub mod bench;
+mod control;
 pub mod demo;
 
 use hookrelay_runtime::{Runtime, config::Source};

@@ -284,20 +284,12 @@ impl Bench {
     /// A control-plane call with the bench's current credential; any non-2xx is an error.
     pub(crate) async fn call(&self, method: &str, path: &str, body: Value) -> anyhow::Result<Value> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.query_url))
-            .bearer_auth(&self.key);
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
-        let status = resp.status();
-        let value: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{method} {path}: HTTP {status}: {value}");
-        }
-        Ok(value)
+        let control = crate::control::ControlPlane {
+            http: self.http.clone(),
+            base: self.query_url.clone(),
+            token: self.key.clone(),
+        };
+        control.call(method, path, body).await
     }
 
     /// Creates the endpoint for receiver slot `slot`, subscribed to `events`.
