@@ -69,6 +69,9 @@ impl App {
             .await
             .unwrap();
         nats.flush().await.unwrap();
+        // The server has it; ingest applies it a moment later (core NATS, asynchronous).
+        // 200 ms is far below the cache's 1 s expiry, so a pass still needs the notification.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     /// The rows alone, as if the notification were lost.
