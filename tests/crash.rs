@@ -58,10 +58,7 @@ async fn spawn(env: &TestEnv, service: &str, extra: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
     cmd.arg(service)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOOKRELAY_NATS_URL", &env.nats_url)
-        .env("HOOKRELAY_DATABASE_URL", &env.database_url)
-        .env("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(env.process_env())
         .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
         .env("HOOKRELAY_RETRY_SCHEDULE", "200ms,400ms,800ms,1s,1s,1s")
         .env("HOOKRELAY_DRAIN_TIMEOUT", "10s")

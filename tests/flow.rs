@@ -423,10 +423,7 @@ fn binary(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> std::process:
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
     cmd.args(args)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOOKRELAY_NATS_URL", &env.nats_url)
-        .env("HOOKRELAY_DATABASE_URL", &env.database_url)
-        .env("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(env.process_env())
         .env("RUST_LOG", "warn");
     for (k, v) in extra {
         cmd.env(k, v);

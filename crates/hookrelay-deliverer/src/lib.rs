@@ -42,7 +42,10 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     };
     // Count the live deliverers before taking any work, so limits are shared from the start.
     let replica = replicas::new_id();
-    d.limits.set_replicas(replicas::beat(&d.db, &replica).await?);
+    let live = replicas::beat(&d.db, &replica)
+        .await
+        .map_err(|e| anyhow::anyhow!("registering this deliverer in deliverer_replicas: {e}"))?;
+    d.limits.set_replicas(live);
     rt.tasks
         .spawn(replicas::run(d.db.clone(), replica, d.limits.clone(), shutdown.clone()));
     let jobs = consume::jobs_consumer(&rt.js).await?;

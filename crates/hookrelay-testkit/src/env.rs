@@ -126,6 +126,17 @@ impl TestEnv {
         Source::from_pairs(pairs)
     }
 
+    /// The whole environment of a child process (the real binary) run after `env_clear()`:
+    /// `PATH` and this environment's NATS, database and admin token.
+    pub fn process_env(&self) -> [(&'static str, String); 4] {
+        [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOOKRELAY_NATS_URL", self.nats_url.clone()),
+            ("HOOKRELAY_DATABASE_URL", self.database_url.clone()),
+            ("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ]
+    }
+
     /// A pool on this test's database (for assertions on stored rows).
     pub async fn db(&self) -> anyhow::Result<sqlx::PgPool> {
         Ok(sqlx::PgPool::connect(&self.database_url).await?)

@@ -1,7 +1,8 @@
 //! A small client of query's REST control plane, shared by the demo and the bench.
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
+use hookrelay_runtime::auth::Scope;
+use serde_json::{Value, json};
 
 /// A base URL and the bearer token to call it with.
 #[derive(Debug, Clone)]
@@ -36,6 +37,35 @@ impl ControlPlane {
             bail!("{method} {path}: HTTP {status}: {value}");
         }
         Ok(value)
+    }
+
+    /// Creates tenant `id` (an existing one is fine when `existing_ok`) and an API key
+    /// `key_name` for it with every scope but managing keys; returns the key. Needs the
+    /// admin token.
+    pub(crate) async fn tenant_and_key(
+        &self,
+        id: &str,
+        name: &str,
+        key_name: &str,
+        existing_ok: bool,
+    ) -> anyhow::Result<String> {
+        let tolerate = |s: reqwest::StatusCode| existing_ok && s == reqwest::StatusCode::CONFLICT;
+        let post = reqwest::Method::POST;
+        self.call_tolerating(post.clone(), "/v1/tenants", json!({"id": id, "name": name}), tolerate)
+            .await?;
+        let scopes: Vec<&str> = Scope::ALL
+            .into_iter()
+            .filter(|s| *s != Scope::KeysWrite)
+            .map(Scope::as_str)
+            .collect();
+        let key = self
+            .call(
+                post,
+                "/v1/api-keys",
+                json!({"tenant_id": id, "name": key_name, "scopes": scopes}),
+            )
+            .await?;
+        Ok(key["key"].as_str().context("no key in the reply")?.to_owned())
     }
 
     /// As [`ControlPlane::call_tolerating`], with only 2xx accepted.

@@ -169,27 +169,7 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
 /// pointing at this run's receiver (older demo endpoints are removed).
 async fn seed(api: &Client, receiver_url: &str, demo: &Demo) -> anyhow::Result<(String, String)> {
     use reqwest::Method;
-    api.call(
-        Method::POST,
-        "/v1/tenants",
-        json!({"id": TENANT, "name": "Demo warehouse"}),
-    )
-    .await?;
-    let scopes = [
-        "events:write",
-        "endpoints:read",
-        "endpoints:write",
-        "deliveries:read",
-        "deliveries:write",
-    ];
-    let key = api
-        .call(
-            Method::POST,
-            "/v1/api-keys",
-            json!({"tenant_id": TENANT, "name": "demo", "scopes": scopes}),
-        )
-        .await?;
-    let key = key["key"].as_str().context("no key in the reply")?.to_owned();
+    let key = api.0.tenant_and_key(TENANT, "Demo warehouse", "demo", true).await?;
     let old = api
         .call(
             Method::GET,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hookrelay_testkit::{ADMIN_TOKEN, TestEnv};
+use hookrelay_testkit::TestEnv;
 use serde_json::Value;
 
 /// Runs `hookrelay bench <args> --json --timeout 60` and returns its JSON line. The
@@ -17,10 +17,7 @@ async fn bench(env: &TestEnv, args: &[&str]) -> Value {
         .args(args)
         .args(["--json", "--timeout", "60"])
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOOKRELAY_NATS_URL", &env.nats_url)
-        .env("HOOKRELAY_DATABASE_URL", &env.database_url)
-        .env("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(env.process_env())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), run)

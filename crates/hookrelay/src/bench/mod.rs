@@ -259,37 +259,27 @@ impl Bench {
             stop,
             endpoints: Vec::new(),
         };
-        let tenant = bench.tenant.clone();
-        bench
-            .call("POST", "/v1/tenants", json!({"id": tenant, "name": "hookrelay bench"}))
+        bench.key = bench
+            .control()
+            .tenant_and_key(&bench.tenant, "hookrelay bench", "bench", false)
             .await?;
-        let scopes = [
-            "events:write",
-            "endpoints:read",
-            "endpoints:write",
-            "deliveries:read",
-            "deliveries:write",
-        ];
-        let key = bench
-            .call(
-                "POST",
-                "/v1/api-keys",
-                json!({"tenant_id": tenant, "name": "bench", "scopes": scopes}),
-            )
-            .await?;
-        bench.key = key["key"].as_str().context("no key in the reply")?.to_owned();
         Ok(bench)
     }
 
     /// A control-plane call with the bench's current credential; any non-2xx is an error.
     pub(crate) async fn call(&self, method: &str, path: &str, body: Value) -> anyhow::Result<Value> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let control = crate::control::ControlPlane {
+        self.control().call(method, path, body).await
+    }
+
+    /// Query's control plane with the bench's current credential (the admin token until
+    /// the tenant's key exists).
+    fn control(&self) -> crate::control::ControlPlane {
+        crate::control::ControlPlane {
             http: self.http.clone(),
             base: self.query_url.clone(),
             token: self.key.clone(),
-        };
-        control.call(method, path, body).await
+        }
     }
 
     /// Creates the endpoint for receiver slot `slot`, subscribed to `events`.
