@@ -5,7 +5,8 @@
 //! NATS messages go to `hookrelay.dead.ingest`. An event whose type is declared with a
 //! schema is checked first (see `catalogue`); it listens on `hookrelay.control.event-types.>`.
 //! hookrelay's own `hookrelay/` events come only from HOOKRELAY_SYSTEM
-//! (`hookrelay.system.<tenant>`), see `system.rs`.
+//! (`hookrelay.system.<tenant>`), see `system.rs`. The API keys it authenticates are
+//! reported to query on `hookrelay.control.key-uses` (query writes `api_keys`).
 
 mod accept;
 mod catalogue;
@@ -22,7 +23,10 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use error::IngestError;
-use hookrelay_runtime::{Runtime, auth::Authenticator};
+use hookrelay_runtime::{
+    Runtime,
+    auth::{Authenticator, KEY_USE_FLUSH_INTERVAL},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Creates the intake consumer, starts the consumer and sweeper on `rt.tasks`, and returns
@@ -48,8 +52,16 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "system event consumer stopped");
         }
     });
-    rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown));
-    let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token);
+    rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown.clone()));
+    let (nats, uses_shutdown) = (rt.nats.clone(), shutdown);
+    rt.tasks.spawn(
+        rt.keys
+            .clone()
+            .flush_every(KEY_USE_FLUSH_INTERVAL, uses_shutdown, move |uses| {
+                publish::key_uses(nats.clone(), uses)
+            }),
+    );
+    let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token, rt.keys.clone());
     Ok(http::routes(http::AppState { ingest, auth }))
 }
 

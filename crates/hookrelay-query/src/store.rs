@@ -65,11 +65,14 @@ pub(crate) struct ApiKey {
     pub(crate) scopes: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) created_at: OffsetDateTime,
+    /// Kept in memory by each service and written every few seconds, so it lags a little.
     #[serde(with = "time::serde::rfc3339::option")]
     pub(crate) last_used_at: Option<OffsetDateTime>,
+    /// Requests per second (per process); `None` = `HOOKRELAY_API_KEY_RATE_LIMIT`.
+    pub(crate) rate_limit_per_sec: Option<i32>,
 }
 
-const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, created_at, last_used_at";
+const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, created_at, last_used_at, rate_limit_per_sec";
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, key_id = %id))]
 pub(crate) async fn insert_api_key(
@@ -79,18 +82,39 @@ pub(crate) async fn insert_api_key(
     name: &str,
     scopes: &[String],
     key_hash: &[u8],
+    rate_limit_per_sec: Option<i32>,
 ) -> Result<ApiKey> {
     Ok(sqlx::query_as(
-        "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash) VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, tenant_id, name, scopes, created_at, last_used_at",
+        "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash, rate_limit_per_sec)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, tenant_id, name, scopes, created_at, last_used_at, rate_limit_per_sec",
     )
     .bind(id.as_str())
     .bind(tenant.as_str())
     .bind(name)
     .bind(scopes)
     .bind(key_hash)
+    .bind(rate_limit_per_sec)
     .fetch_one(db)
     .await?)
+}
+
+/// Moves each key's `last_used_at` forward to its latest use (never back: reports from
+/// several processes may arrive in any order). One statement for a whole flush.
+#[tracing::instrument(skip_all, fields(keys = uses.len()))]
+pub(crate) async fn touch_api_keys(db: impl PgExecutor<'_>, uses: &[(ApiKeyId, OffsetDateTime)]) -> Result<()> {
+    let ids: Vec<&str> = uses.iter().map(|(id, _)| id.as_str()).collect();
+    let times: Vec<OffsetDateTime> = uses.iter().map(|(_, at)| *at).collect();
+    sqlx::query(
+        "UPDATE api_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
+         FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+         WHERE k.id = u.id",
+    )
+    .bind(ids)
+    .bind(times)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// A tenant's unrevoked keys, newest first, before the cursor `before`.

@@ -28,6 +28,8 @@ pub struct Runtime {
     pub ready: Readiness,
     /// Background tasks (consumers, sweepers); awaited on shutdown.
     pub tasks: TaskTracker,
+    /// API key uses and rate limit buckets of this process (shared by its APIs).
+    pub keys: auth::KeyActivity,
 }
 
 impl Runtime {
@@ -51,6 +53,7 @@ impl Runtime {
             db,
             ready,
             tasks: TaskTracker::new(),
+            keys: auth::KeyActivity::new(cfg.api_key_rate_limit),
         })
     }
 }

@@ -22,6 +22,9 @@ pub(crate) struct NewKey {
     tenant_id: Option<String>,
     name: String,
     scopes: Vec<String>,
+    /// Requests per second (per process); absent or null = `HOOKRELAY_API_KEY_RATE_LIMIT`.
+    #[serde(default)]
+    rate_limit_per_sec: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +57,19 @@ fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, Invalid> {
     Ok(scopes)
 }
 
+fn check_rate_limit(limit: Option<i64>) -> Result<Option<i32>, Invalid> {
+    limit
+        .map(|n| {
+            i32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                Invalid::new(
+                    "invalid_rate_limit",
+                    "rate_limit_per_sec must be a whole number of at least 1 (or null for the configured default)",
+                )
+            })
+        })
+        .transpose()
+}
+
 /// A tenant key may only hand out scopes it holds itself.
 fn may_grant(principal: &Principal, scopes: &[Scope]) -> Result<(), ApiError> {
     scopes.iter().try_for_each(|s| principal.require(*s))
@@ -76,10 +92,20 @@ pub(crate) async fn create(
     let tenant = tenant_of(&principal, body.tenant_id.as_deref())?;
     let name = check_name(&body.name)?;
     let scopes = parse_scopes(&body.scopes)?;
+    let rate_limit = check_rate_limit(body.rate_limit_per_sec)?;
     may_grant(&principal, &scopes)?;
     let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
     let (secret, hash) = new_api_key();
-    let key = store::insert_api_key(&state.db, &ApiKeyId::generate(), &tenant, name, &scopes, &hash).await?;
+    let key = store::insert_api_key(
+        &state.db,
+        &ApiKeyId::generate(),
+        &tenant,
+        name,
+        &scopes,
+        &hash,
+        rate_limit,
+    )
+    .await?;
     Ok(json(StatusCode::CREATED, Created { key, secret }))
 }
 
@@ -126,6 +152,15 @@ mod tests {
         );
         assert_eq!(parse_scopes(&names(&["root"])).unwrap_err().code, "invalid_scope");
         assert_eq!(parse_scopes(&[]).unwrap_err().code, "invalid_scopes");
+    }
+
+    #[test]
+    fn rate_limits_are_positive_and_fit() {
+        assert_eq!(check_rate_limit(None).unwrap(), None);
+        assert_eq!(check_rate_limit(Some(5)).unwrap(), Some(5));
+        for bad in [0, -3, i64::from(i32::MAX) + 1] {
+            assert_eq!(check_rate_limit(Some(bad)).unwrap_err().code, "invalid_rate_limit");
+        }
     }
 
     #[test]
