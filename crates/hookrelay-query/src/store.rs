@@ -17,7 +17,7 @@ type Result<T> = std::result::Result<T, QueryError>;
 
 // --- tenants -------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Tenant {
     pub(crate) id: String,
     pub(crate) name: String,
@@ -57,7 +57,7 @@ pub(crate) async fn tenants(db: impl PgExecutor<'_>, after: Option<&TenantId>, l
 // --- API keys ------------------------------------------------------------------------------
 
 /// An API key as listed: never its secret or hash.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct ApiKey {
     pub(crate) id: String,
     pub(crate) tenant_id: String,
@@ -153,7 +153,7 @@ pub(crate) async fn revoke_api_key(db: impl PgExecutor<'_>, id: &ApiKeyId, tenan
 // --- endpoints -----------------------------------------------------------------------------
 
 /// An endpoint as shown: the secrets are never serialized.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Endpoint {
     pub(crate) id: String,
     pub(crate) tenant_id: String,
@@ -342,7 +342,7 @@ pub(crate) async fn rotate_secret(
 // --- deliveries, attempts, events (read only) ----------------------------------------------
 
 /// A delivery as listed.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Delivery {
     pub(crate) id: String,
     #[serde(skip)]
@@ -431,7 +431,7 @@ pub(crate) async fn delivery(
 }
 
 /// One attempt of a delivery, as recorded by the deliverer.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Attempt {
     pub(crate) attempt: i32,
     pub(crate) trigger: String,
@@ -629,7 +629,7 @@ pub(crate) async fn health(db: impl PgExecutor<'_>, endpoint: &EndpointId) -> Re
     .await?)
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Transition {
     pub(crate) kind: String,
     pub(crate) reason: String,
@@ -661,7 +661,7 @@ pub(crate) async fn health_transitions(
 // --- event types ---------------------------------------------------------------------------
 
 /// A declared event type with its current schema.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct EventType {
     pub(crate) name: String,
     pub(crate) description: String,
@@ -685,7 +685,7 @@ pub(crate) struct EventTypeSpec {
     pub(crate) example: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct SchemaVersion {
     pub(crate) version: i32,
     pub(crate) schema: Value,

@@ -16,6 +16,14 @@ use serde_json::Value;
 use super::{AppState, TenantParam};
 use crate::{error::QueryError, store};
 
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}",
+    tag = "events",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
+    responses((status = 200, description = "the stored envelope with its deliveries", body = super::openapi::StoredEvent)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{AppState, ListParams, cursor, paginate, tenants::check_name};
 use crate::{error::QueryError, store};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
     tenant_id: Option<String>,
@@ -27,8 +27,9 @@ pub(crate) struct NewKey {
     rate_limit_per_sec: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct Created {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = CreatedApiKey)]
+pub(crate) struct Created {
     #[serde(flatten)]
     key: store::ApiKey,
     /// The secret, shown this once.
@@ -83,6 +84,14 @@ fn tenant_of(principal: &Principal, requested: Option<&str>) -> Result<TenantId,
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    request_body = NewKey,
+    responses((status = 201, description = "created; `key` is shown this once", body = Created)),
+    security(("bearer" = ["keys:write"]))
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -109,6 +118,14 @@ pub(crate) async fn create(
     Ok(json(StatusCode::CREATED, Created { key, secret }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "a page of unrevoked keys, without secrets", body = super::openapi::ApiKeyList)),
+    security(("bearer" = ["keys:write"]))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -126,6 +143,14 @@ pub(crate) async fn list(
     Ok(json(StatusCode::OK, paginate(rows, limit, |k| &k.id)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "revoked")),
+    security(("bearer" = ["keys:write"]))
+)]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     principal: Principal,

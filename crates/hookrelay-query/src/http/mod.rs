@@ -8,6 +8,7 @@ mod endpoints;
 mod event_types;
 mod events;
 mod keys;
+mod openapi;
 mod stats;
 mod tenants;
 
@@ -121,6 +122,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         )
         .route("/v1/events/{event_id}", get(events::get.layer(scope(DeliveriesRead))))
         .route("/v1/stats", get(stats::tenant_stats.layer(scope(DeliveriesRead))))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(count_requests))
         .with_state(state)
         .merge(dashboard::routes())

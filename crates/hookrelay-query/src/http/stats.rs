@@ -30,15 +30,15 @@ pub(crate) struct StatsParams {
 /// The pipeline's window when none is given.
 const PIPELINE_WINDOW: &str = "1h";
 
-#[derive(Serialize)]
-struct PipelineStats {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PipelineStats {
     window: String,
     #[serde(flatten)]
     pipeline: Pipeline,
 }
 
 /// An endpoint's health as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct HealthSummary {
     pub(crate) state: Health,
     /// Failed attempts in a row, as the deliverer counts them.
@@ -75,8 +75,8 @@ pub(crate) async fn current_health(state: &AppState, endpoint: &store::Endpoint)
     })
 }
 
-#[derive(Serialize)]
-struct Stats {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Stats {
     window: String,
     #[serde(flatten)]
     counts: Counts,
@@ -86,6 +86,14 @@ struct Stats {
 }
 
 /// Computed from the window's rows on every request (no rollups yet).
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints/{id}/stats",
+    tag = "stats",
+    params(("id" = String, Path), ("window" = Option<String>, Query, description = "e.g. 1h, 24h")),
+    responses((status = 200, description = "delivery stats over the window", body = Stats)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn endpoint_stats(
     State(state): State<AppState>,
     principal: Principal,
@@ -116,6 +124,14 @@ pub(crate) async fn endpoint_stats(
 }
 
 /// Events received and deliveries created within the window, by stage.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "stats",
+    params(("window" = Option<String>, Query, description = "e.g. 1h, 24h"), ("tenant_id" = Option<String>, Query)),
+    responses((status = 200, description = "the pipeline over the window", body = PipelineStats)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn tenant_stats(
     State(state): State<AppState>,
     principal: Principal,
