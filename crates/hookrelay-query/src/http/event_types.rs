@@ -64,6 +64,7 @@ pub(crate) struct Entry {
     name: Option<String>,
     declared: bool,
     #[serde(flatten)]
+    #[schema(value_type = super::openapi::DeclaredFields)]
     declaration: Option<store::EventType>,
     /// Events of this type among the newest scanned ([`SEEN_SCAN`]).
     count: i64,

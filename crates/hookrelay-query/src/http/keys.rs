@@ -21,9 +21,11 @@ use crate::{error::QueryError, store};
 pub(crate) struct NewKey {
     tenant_id: Option<String>,
     name: String,
+    #[schema(value_type = Vec<super::openapi::ScopeName>, min_items = 1)]
     scopes: Vec<String>,
     /// Requests per second (per process); absent or null = `HOOKRELAY_API_KEY_RATE_LIMIT`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2147483647)]
     rate_limit_per_sec: Option<i64>,
 }
 

@@ -79,6 +79,40 @@ pub(crate) struct ErrorDetail {
     message: String,
 }
 
+/// A scope an API key may hold.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum ScopeName {
+    #[serde(rename = "events:write")]
+    EventsWrite,
+    #[serde(rename = "endpoints:read")]
+    EndpointsRead,
+    #[serde(rename = "endpoints:write")]
+    EndpointsWrite,
+    #[serde(rename = "deliveries:read")]
+    DeliveriesRead,
+    #[serde(rename = "deliveries:write")]
+    DeliveriesWrite,
+    #[serde(rename = "keys:write")]
+    KeysWrite,
+}
+
+/// A listed event type's declaration, present only when `declared` (a type only seen in
+/// events has none of these).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeclaredFields {
+    description: Option<String>,
+    validation: Option<String>,
+    deprecated: Option<bool>,
+    schema_version: Option<i32>,
+    schema: Option<Value>,
+    example: Option<Value>,
+    #[schema(format = DateTime)]
+    created_at: Option<String>,
+    #[schema(format = DateTime)]
+    updated_at: Option<String>,
+}
+
 macro_rules! list {
     ($name:ident, $item:ty) => {
         /// A page: `next_cursor` is null on the last one.
@@ -242,6 +276,19 @@ mod tests {
              HOOKRELAY_UPDATE_OPENAPI=1 cargo nextest run -p hookrelay-query --lib openapi\n\
              and commit the result"
         );
+    }
+
+    #[test]
+    fn documented_scope_names_are_the_ones_keys_take() {
+        let doc: Value = serde_json::from_str(&document()).unwrap();
+        let names: Vec<&str> = doc["components"]["schemas"]["ScopeName"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let known: Vec<&str> = hookrelay_runtime::auth::Scope::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, known);
     }
 
     #[test]

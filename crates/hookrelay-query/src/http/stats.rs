@@ -90,7 +90,7 @@ pub(crate) struct Stats {
     get,
     path = "/v1/endpoints/{id}/stats",
     tag = "stats",
-    params(("id" = String, Path), ("window" = Option<String>, Query, description = "e.g. 1h, 24h")),
+    params(("id" = String, Path), ("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h")),
     responses((status = 200, description = "delivery stats over the window", body = Stats)),
     security(("bearer" = ["deliveries:read"]))
 )]
@@ -128,7 +128,7 @@ pub(crate) async fn endpoint_stats(
     get,
     path = "/v1/stats",
     tag = "stats",
-    params(("window" = Option<String>, Query, description = "e.g. 1h, 24h"), ("tenant_id" = Option<String>, Query)),
+    params(("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h"), ("tenant_id" = Option<String>, Query)),
     responses((status = 200, description = "the pipeline over the window", body = PipelineStats)),
     security(("bearer" = ["deliveries:read"]))
 )]
