@@ -439,10 +439,9 @@ fn check_page(body: &Value, shape: &Shape, failures: &mut Vec<String>) -> usize 
         return 0;
     };
     let ids: Vec<&str> = data.iter().filter_map(|d| d["id"].as_str()).collect();
-    if ids.len() != data.len() || data.len() > PAGE || ids.windows(2).any(|w| w[0] <= w[1]) {
-        if failures.len() < 10 {
-            failures.push(format!("{}: a page out of order or too long", shape.name));
-        }
+    let bad = ids.len() != data.len() || data.len() > PAGE || ids.windows(2).any(|w| w[0] <= w[1]);
+    if bad && failures.len() < 10 {
+        failures.push(format!("{}: a page out of order or too long", shape.name));
     }
     data.len()
 }
