@@ -357,6 +357,45 @@ async fn since_and_until_select_a_window_and_pages_walk_through_it() {
 }
 
 #[tokio::test]
+async fn a_delivery_stored_long_after_it_was_routed_is_listed_where_its_id_puts_it() {
+    let f = fixture().await;
+    let app = &f.app;
+    let recent = app.delivery(Dlv::new("acme", "evt_recent", &f.ep1, "delivered")).await;
+    // Routed two hours ago, stored only now (its job waited out a deliverer outage).
+    let late = app
+        .delivery(Dlv {
+            age_secs: 2 * 3_600,
+            ..Dlv::new("acme", "evt_late", &f.ep1, "pending")
+        })
+        .await;
+    sqlx::query("UPDATE deliveries SET created_at = now() WHERE id = $1")
+        .bind(&late)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let get = |q: String| {
+        let key = f.key.clone();
+        async move { app.api.get(&format!("/v1/deliveries?{q}"), &key).await }
+    };
+    assert_eq!(ids(&get(String::new()).await), [recent.clone(), late.clone()]);
+    // A window from half an hour ago starts after its id: not in it (docs/delivery-log.md).
+    assert_eq!(
+        ids(&get(format!("since={}", rfc3339_ago(1_800))).await),
+        [recent.clone()]
+    );
+    // A window from before it was routed finds it.
+    assert_eq!(
+        ids(&get(format!("since={}", rfc3339_ago(3 * 3_600))).await),
+        [recent, late.clone()]
+    );
+    assert_eq!(
+        ids(&get(format!("until={}", rfc3339_ago(1_800))).await),
+        Vec::<String>::new()
+    );
+    assert_eq!(ids(&get("status=pending".into()).await), [late]);
+}
+
+#[tokio::test]
 async fn filtered_pages_continue_where_they_ended_while_matching_rows_arrive() {
     let f = fixture().await;
     let app = &f.app;
