@@ -9,7 +9,7 @@ use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::{endpoint::EndpointSpec, error::QueryError};
 
@@ -348,13 +348,70 @@ pub(crate) struct DeliveryFilter {
     pub(crate) event_type: Option<String>,
     pub(crate) event_id: Option<EventId>,
     pub(crate) status: Option<&'static str>,
+    pub(crate) status_class: Option<StatusClass>,
     /// `created_at >= since`
     pub(crate) since: Option<OffsetDateTime>,
     /// `created_at < until`
     pub(crate) until: Option<OffsetDateTime>,
 }
 
+/// The class of a delivery's last response: `2xx`, `4xx`, `5xx`, or `none` (no response
+/// yet, or the attempt got none: a timeout or a connection error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusClass {
+    Success,
+    ClientError,
+    ServerError,
+    NoResponse,
+}
+
+impl StatusClass {
+    pub(crate) const NAMES: [&'static str; 4] = ["2xx", "4xx", "5xx", "none"];
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "2xx" => Some(Self::Success),
+            "4xx" => Some(Self::ClientError),
+            "5xx" => Some(Self::ServerError),
+            "none" => Some(Self::NoResponse),
+            _ => None,
+        }
+    }
+
+    /// The condition, over the expression `deliveries_by_response_class` indexes.
+    fn condition(self) -> &'static str {
+        match self {
+            Self::Success => " AND coalesce(last_response_code / 100, 0) = 2",
+            Self::ClientError => " AND coalesce(last_response_code / 100, 0) = 4",
+            Self::ServerError => " AND coalesce(last_response_code / 100, 0) = 5",
+            Self::NoResponse => " AND coalesce(last_response_code / 100, 0) = 0",
+        }
+    }
+}
+
+/// How far apart the clock that stamps a delivery id (the router's) and Postgres's, which
+/// stamps `created_at`, may be. The id is made just before the row is stored, so a row
+/// created before `until` has an id older than `until` plus this.
+const ID_CLOCK_SLACK: Duration = Duration::minutes(1);
+
+/// The smallest delivery id made at `at`: every id made earlier sorts below it.
+fn first_id_at(at: OffsetDateTime) -> String {
+    let ms = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let ulid = ulid::Ulid::from_parts(ms.min((1 << 48) - 1), 0);
+    format!("{}{}", DeliveryId::PREFIX, ulid.to_string().to_lowercase())
+}
+
 /// A tenant's deliveries, newest first (ids are `dlv_` + ULID), strictly before `before`.
+///
+/// Every filter is a condition the walk down one of the log's indexes (migration 0009,
+/// docs/delivery-log.md) checks as it goes, so a page stops after `limit` rows. `status`
+/// and `status_class` go in as literals, not binds: the partial indexes serve a query only
+/// when the planner can prove their predicate from the query's, which it cannot from a
+/// parameter in a generic plan. `since` and `until` also bound the id, so the walk starts
+/// and ends at the window's edges instead of running from the newest row to the oldest.
+/// The `until` bound drops nothing; the `since` bound drops a row stored more than
+/// [`ID_CLOCK_SLACK`] after its id was made (a job that waited out a deliverer outage):
+/// such a row is listed where its id puts it, with the rows routed when it was.
 pub(crate) async fn deliveries(
     db: impl PgExecutor<'_>,
     tenant: &TenantId,
@@ -376,19 +433,35 @@ pub(crate) async fn deliveries(
         q.push(" AND event_id = ").push_bind(v.as_str());
     }
     if let Some(v) = filter.status {
-        q.push(" AND status = ").push_bind(v);
+        q.push(status_condition(v));
+    }
+    if let Some(v) = filter.status_class {
+        q.push(v.condition());
     }
     if let Some(v) = filter.since {
         q.push(" AND created_at >= ").push_bind(v);
+        q.push(" AND id >= ").push_bind(first_id_at(v - ID_CLOCK_SLACK));
     }
     if let Some(v) = filter.until {
         q.push(" AND created_at < ").push_bind(v);
+        q.push(" AND id < ").push_bind(first_id_at(v + ID_CLOCK_SLACK));
     }
     if let Some(v) = before {
         q.push(" AND id < ").push_bind(v.as_str());
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
     Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+/// `status = '<status>'` for one of the four statuses; anything else matches nothing.
+fn status_condition(status: &str) -> &'static str {
+    match status {
+        "pending" => " AND status = 'pending'",
+        "delivered" => " AND status = 'delivered'",
+        "retrying" => " AND status = 'retrying'",
+        "failed" => " AND status = 'failed'",
+        _ => " AND false",
+    }
 }
 
 pub(crate) async fn delivery(
@@ -862,4 +935,24 @@ pub(crate) async fn event_schema_check(
             .await?
             .unwrap_or((None, None)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_sorts_between_the_first_ids_of_its_neighbouring_milliseconds() {
+        let now = OffsetDateTime::now_utc();
+        let id = DeliveryId::generate();
+        let ms = Duration::milliseconds(1);
+        assert!(first_id_at(now - Duration::seconds(1)).as_str() <= id.as_str());
+        assert!(id.as_str() < first_id_at(now + Duration::seconds(1)).as_str());
+        assert!(first_id_at(now) < first_id_at(now + ms));
+        assert!(DeliveryId::parse(&first_id_at(now)).is_ok());
+        assert_eq!(
+            first_id_at(OffsetDateTime::UNIX_EPOCH),
+            "dlv_00000000000000000000000000"
+        );
+    }
 }

@@ -116,7 +116,13 @@ impl App {
 
     /// A `deliveries` row, as the deliverer writes it, created `age_secs` ago.
     pub async fn delivery(&self, d: Dlv<'_>) -> String {
-        let id = DeliveryId::generate().to_string();
+        // As in production, the id carries the time the delivery was made.
+        let made = std::time::SystemTime::now() - std::time::Duration::from_secs(d.age_secs.unsigned_abs());
+        let id = format!(
+            "{}{}",
+            DeliveryId::PREFIX,
+            ulid::Ulid::from_datetime(made).to_string().to_lowercase()
+        );
         sqlx::query(
             "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count,
                                      last_response_code, last_duration_ms, next_attempt_at, created_at, updated_at)
