@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, eventually, spawn_service};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -290,4 +290,39 @@ async fn intake_and_delivery_go_on_while_a_long_sweep_runs() {
     eprintln!("old deliveries left when the last event was sent: {during} of {OLD}");
     s.shutdown.cancel();
     let _ = (s.task.await, s.env);
+}
+
+#[tokio::test]
+async fn sweeps_that_fail_while_postgres_is_down_are_tried_again_once_it_is_back() {
+    let pg = PgCluster::start().unwrap();
+    let env = TestEnv::start_on(pg.admin_url()).await.unwrap();
+    let src = env.source(&[("HOOKRELAY_RETENTION", "1h"), ("HOOKRELAY_RETENTION_INTERVAL", "200ms")]);
+    let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
+
+    // Down for longer than the pool waits for a connection (5 s): the sweeps then running
+    // (of both services) fail.
+    pg.crash().unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    pg.up().unwrap();
+
+    let db = env.db().await.unwrap();
+    history(&db, "afterdown", 20, "2 hours", "delivered", 1).await;
+    let gone = eventually(Duration::from_secs(30), || async {
+        (deliveries_like(&db, "afterdown").await == 0 && events_like(&db, "afterdown").await == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "retention stopped after its sweeps failed");
+    assert_eq!(attempts_like(&db, "afterdown").await, 0);
+    let text = reqwest::get(format!("{}/metrics", s.api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for service in ["deliverer", "ingest"] {
+        let failed = format!("hookrelay_retention_failures_total{{service=\"{service}\"}}");
+        assert!(text.contains(&failed), "no `{failed}` in /metrics:\n{text}");
+    }
+    s.shutdown.cancel();
+    let _ = (s.task.await, env, pg);
 }

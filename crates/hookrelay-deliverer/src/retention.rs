@@ -19,6 +19,8 @@ use crate::store;
 
 /// Rows removed by retention, by `table`.
 pub(crate) const REMOVED: &str = "hookrelay_retention_removed_total";
+/// Sweeps that stopped on an error (tried again at the next interval), by `service`.
+pub(crate) const FAILED: &str = "hookrelay_retention_failures_total";
 
 /// Between two batches of one sweep, so other writers get the tables.
 const PAUSE: Duration = Duration::from_millis(20);
@@ -55,7 +57,10 @@ pub(crate) async fn run(db: PgPool, r: Retention, shutdown: CancellationToken) {
                 attempts = removed.attempts,
                 "retention removed old deliveries"
             ),
-            Err(error) => warn!(%error, "retention sweep failed; trying again at the next interval"),
+            Err(error) => {
+                metrics::counter!(FAILED, "service" => "deliverer").increment(1);
+                warn!(%error, "retention sweep failed; trying again at the next interval");
+            }
         }
     }
 }

@@ -18,6 +18,8 @@ use crate::store;
 
 /// Rows removed by retention, by `table`.
 pub(crate) const REMOVED: &str = "hookrelay_retention_removed_total";
+/// Sweeps that stopped on an error (tried again at the next interval), by `service`.
+pub(crate) const FAILED: &str = "hookrelay_retention_failures_total";
 
 /// Between two batches of one sweep, so intake gets the table.
 const PAUSE: Duration = Duration::from_millis(20);
@@ -50,7 +52,10 @@ pub(crate) async fn run(db: PgPool, r: Retention, shutdown: CancellationToken) {
         match sweep(&db, r, &shutdown).await {
             Ok(0) => {}
             Ok(events) => info!(events, "retention removed old events"),
-            Err(error) => warn!(%error, "retention sweep failed; trying again at the next interval"),
+            Err(error) => {
+                metrics::counter!(FAILED, "service" => "ingest").increment(1);
+                warn!(%error, "retention sweep failed; trying again at the next interval");
+            }
         }
     }
 }
