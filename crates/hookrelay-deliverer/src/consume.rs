@@ -4,7 +4,8 @@
 //!   once the row is stored, then attempt 1 is made at once, unless the endpoint's limits
 //!   (`limits`) or health hold it back: then the row is stored due for the scheduler.
 //! - Commands: HOOKRELAY_COMMANDS (`hookrelay.commands.deliverer.<tenant>`, durable
-//!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows.
+//!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows;
+//!   `replay` requeues or creates one per endpoint an event matches now.
 
 use std::time::Duration;
 
@@ -195,6 +196,19 @@ async fn on_command(d: &Deliverer, msg: &Message) -> Result<(), DeliverError> {
             let n = store::requeue_failed(&d.db, tenant.as_str(), endpoint.as_str(), recover.since_ms).await?;
             info!(endpoint_id = %endpoint, requeued = n, command_id = %command.command_id,
                   "failed deliveries requeued by an operator");
+        }
+        Some(Action::Replay(replay)) => {
+            let event = EventId::parse(&replay.event_id).map_err(|e| poison(&e))?;
+            let endpoints = replay
+                .endpoint_ids
+                .iter()
+                .map(|id| EndpointId::parse(id).map_err(|e| poison(&e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let endpoints: Vec<&str> = endpoints.iter().map(EndpointId::as_str).collect();
+            let new_ids: Vec<String> = endpoints.iter().map(|_| DeliveryId::generate().to_string()).collect();
+            let done = store::replay(&d.db, tenant.as_str(), event.as_str(), &endpoints, &new_ids).await?;
+            info!(event_id = %event, endpoints = endpoints.len(), created = done.created, requeued = done.requeued,
+                  command_id = %command.command_id, "event replayed by an operator");
         }
         None => return Err(DeliverError::Poison("a command without an action".into())),
     }

@@ -4,7 +4,7 @@
 //! commands (retry, recover) arrive on HOOKRELAY_COMMANDS. It keeps each endpoint's health
 //! (`endpoint_health`), paces attempts to failing endpoints, and announces health changes
 //! on HOOKRELAY_SYSTEM (asking query, over HOOKRELAY_COMMANDS, to disable an endpoint). It has no API; only `/healthz`,
-//! `/readyz` and `/metrics`.
+//! `/readyz` and `/metrics`. It removes its own rows past `HOOKRELAY_RETENTION` (`retention`).
 
 mod attempt;
 mod config;
@@ -16,6 +16,7 @@ mod health;
 mod limits;
 mod publish;
 mod replicas;
+mod retention;
 mod retry;
 mod scheduler;
 mod store;
@@ -65,6 +66,9 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     });
     rt.tasks.spawn(publish::republish(d.clone(), shutdown.clone()));
     rt.tasks.spawn(gauges::run(d.db.clone(), shutdown.clone()));
+    let retention = retention::Retention::from_config(&cfg.common);
+    rt.tasks
+        .spawn(retention::run(d.db.clone(), retention, shutdown.clone()));
     rt.tasks.spawn(scheduler::run(d, shutdown));
     Ok(axum::Router::new())
 }

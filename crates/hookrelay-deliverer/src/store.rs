@@ -588,3 +588,104 @@ pub(crate) async fn unpublished_transitions(
     .fetch_all(db)
     .await
 }
+
+/// What one retention batch removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct Removed {
+    pub(crate) deliveries: i64,
+    pub(crate) attempts: i64,
+}
+
+/// Removes up to `batch` finished (`delivered`/`failed`) deliveries created more than `age`
+/// ago, oldest first, with their attempts, in one statement. Rows are locked `SKIP LOCKED`:
+/// another deliverer sweeping at the same time takes other rows, and a row an operator's
+/// retry is updating is left for the next sweep. Pending and retrying rows never match.
+pub(crate) async fn remove_finished_deliveries(
+    db: impl PgExecutor<'_>,
+    age: Duration,
+    batch: i64,
+) -> Result<Removed, sqlx::Error> {
+    sqlx::query_as(
+        "WITH doomed AS (
+             SELECT id FROM deliveries
+             WHERE status IN ('delivered', 'failed') AND created_at < now() - make_interval(secs => $1)
+             ORDER BY created_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED),
+         attempts_gone AS (
+             DELETE FROM attempts a USING doomed WHERE a.delivery_id = doomed.id RETURNING 1),
+         deliveries_gone AS (
+             DELETE FROM deliveries d USING doomed WHERE d.id = doomed.id RETURNING 1)
+         SELECT (SELECT count(*) FROM deliveries_gone) AS deliveries,
+                (SELECT count(*) FROM attempts_gone) AS attempts",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .fetch_one(db)
+    .await
+}
+
+/// Removes up to `batch` health transitions recorded more than `age` ago and already
+/// announced (an unannounced one still waits for its publish). Returns how many.
+pub(crate) async fn remove_old_transitions(
+    db: impl PgExecutor<'_>,
+    age: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM endpoint_health_transitions WHERE id IN (
+             SELECT id FROM endpoint_health_transitions
+             WHERE at < now() - make_interval(secs => $1) AND published_at IS NOT NULL
+             ORDER BY at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// What a replay did: deliveries created, and existing ones requeued.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) created: u64,
+    pub(crate) requeued: u64,
+}
+
+/// A replay of a stored event to `endpoints` (each paired with the id a new delivery gets):
+/// an endpoint without a delivery of the event gets one, due now; one with a delivery has it
+/// requeued as an operator's retry (due now, unparked). Either way the next attempt is
+/// `manual`. A delivery already waiting for a manual attempt is left as it is, so the same
+/// command handled twice (a lost ack) sends once. Nothing happens if the event is gone.
+pub(crate) async fn replay(
+    db: impl PgExecutor<'_>,
+    tenant: &str,
+    event_id: &str,
+    endpoints: &[&str],
+    new_ids: &[String],
+) -> Result<Replayed, sqlx::Error> {
+    let inserted: Vec<bool> = sqlx::query_scalar(
+        "INSERT INTO deliveries
+             (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at, manual_retry)
+         SELECT x.id, e.tenant_id, e.event_id, e.event_type, x.endpoint_id, 'pending', now(), true
+         FROM events e, unnest($3::text[], $4::text[]) AS x(endpoint_id, id)
+         WHERE e.tenant_id = $1 AND e.event_id = $2
+         ON CONFLICT (tenant_id, event_id, endpoint_id) DO UPDATE
+         SET status = 'retrying', next_attempt_at = now(), manual_retry = true, parked = false, updated_at = now()
+         WHERE NOT (deliveries.manual_retry AND deliveries.status IN ('pending', 'retrying'))
+         RETURNING xmax = 0",
+    )
+    .bind(tenant)
+    .bind(event_id)
+    .bind(endpoints)
+    .bind(new_ids)
+    .fetch_all(db)
+    .await?;
+    let created = inserted.iter().filter(|i| **i).count() as u64;
+    Ok(Replayed {
+        created,
+        requeued: inserted.len() as u64 - created,
+    })
+}

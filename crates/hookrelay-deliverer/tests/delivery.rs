@@ -16,7 +16,7 @@ use hookrelay_deliverer::{Config, run};
 use hookrelay_testkit::{Receiver, TestEnv, eventually, spawn_service, verify};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
-    messages::{DeliveryCommand, DeliveryJob, RecoverEndpoint, RetryDelivery, delivery_command::Action},
+    messages::{DeliveryCommand, DeliveryJob, RecoverEndpoint, ReplayEvent, RetryDelivery, delivery_command::Action},
     signature::Secret,
     subjects,
 };
@@ -1542,4 +1542,79 @@ async fn a_failing_endpoint_is_probed_once_per_interval_across_two_deliverers() 
     );
     first.stop().await;
     second.stop().await;
+}
+
+/// The delivery of `event_id` to `endpoint_id`, if there is one.
+async fn delivery_of(db: &sqlx::PgPool, event_id: &str, endpoint_id: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT id FROM deliveries WHERE event_id = $1 AND endpoint_id = $2")
+        .bind(event_id)
+        .bind(endpoint_id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_command_handled_twice_sends_once_and_a_malformed_one_is_poison() {
+    let env = TestEnv::start().await.unwrap();
+    // A slow scheduler: both copies of the command are handled before it next claims.
+    let extra = [("HOOKRELAY_SCHEDULER_INTERVAL", "1500ms")];
+    let (running, db, js) = setup(&env, &extra).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (old_ep, _) = endpoint(&db, &receiver.url("ok/old"), json!({})).await;
+    let (new_ep, _) = endpoint(&db, &receiver.url("ok/new"), json!({})).await;
+    let sent = send_event(&db, &js, &old_ep).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    running.stop().await;
+
+    // The same replay twice (as after a lost ack), one of an event never stored, one malformed.
+    let replay = |event_id: &str, endpoints: &[&str]| {
+        Action::Replay(ReplayEvent {
+            event_id: event_id.to_owned(),
+            endpoint_ids: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+        })
+    };
+    publish_command(&js, replay(&sent.event_id, &[&old_ep, &new_ep])).await;
+    publish_command(&js, replay(&sent.event_id, &[&old_ep, &new_ep])).await;
+    publish_command(&js, replay("evt_never_stored", &[&old_ep])).await;
+    publish_command(&js, replay(&sent.event_id, &["not an endpoint id"])).await;
+    let running = start(&env, &extra).await;
+
+    let row = wait_for(&db, &sent.delivery_id, "delivered", 2).await;
+    assert!(!row.manual_retry);
+    let triggers: Vec<_> = attempts(&db, &sent.delivery_id)
+        .await
+        .into_iter()
+        .map(|a| a.trigger)
+        .collect();
+    assert_eq!(triggers, ["scheduled", "manual"]);
+    let new_id = eventually(WAIT, || delivery_of(&db, &sent.event_id, &new_ep)).await;
+    let new_id = new_id.expect("the replay created a delivery for the other endpoint");
+    assert_ne!(new_id, sent.delivery_id);
+    wait_for(&db, &new_id, "delivered", 1).await;
+    assert_eq!(attempts(&db, &new_id).await[0].trigger, "manual");
+    assert_eq!(
+        attempts(&db, &new_id).await[0].request_headers["webhook-id"],
+        sent.event_id.as_str()
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        receiver.received_id("ok/old", &sent.event_id).len(),
+        2,
+        "first delivery and one replay"
+    );
+    assert_eq!(receiver.received_id("ok/new", &sent.event_id).len(), 1, "one replay");
+    assert_eq!(receiver.received("ok/new").len(), 1, "nothing else reached it");
+    assert!(delivery_of(&db, "evt_never_stored", &old_ep).await.is_none());
+    let poisoned = eventually(WAIT, || async {
+        running
+            .metrics()
+            .await
+            .contains("hookrelay_deliverer_poison_messages_total 1")
+            .then_some(())
+    })
+    .await;
+    assert!(poisoned.is_some(), "the malformed replay was not counted as poison");
+    running.stop().await;
 }

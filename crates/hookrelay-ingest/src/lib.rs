@@ -5,7 +5,8 @@
 //! NATS messages go to `hookrelay.dead.ingest`. An event whose type is declared with a
 //! schema is checked first (see `catalogue`); it listens on `hookrelay.control.event-types.>`.
 //! hookrelay's own `hookrelay/` events come only from HOOKRELAY_SYSTEM
-//! (`hookrelay.system.<tenant>`), see `system.rs`.
+//! (`hookrelay.system.<tenant>`), see `system.rs`. Events past `HOOKRELAY_RETENTION` are
+//! removed by `retention`.
 
 mod accept;
 mod catalogue;
@@ -14,6 +15,7 @@ mod consume;
 mod error;
 mod http;
 mod publish;
+mod retention;
 mod store;
 mod sweeper;
 mod system;
@@ -25,7 +27,7 @@ pub use error::IngestError;
 use hookrelay_runtime::{Runtime, auth::Authenticator};
 use tokio_util::sync::CancellationToken;
 
-/// Creates the intake consumer, starts the consumer and sweeper on `rt.tasks`, and returns
+/// Creates the intake consumer, starts the consumer, sweeper and retention on `rt.tasks`, and returns
 /// the REST routes.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
     let cfg = Arc::new(cfg.clone());
@@ -48,6 +50,9 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "system event consumer stopped");
         }
     });
+    let retention = retention::Retention::from_config(&cfg.common);
+    rt.tasks
+        .spawn(retention::run(rt.db.clone(), retention, shutdown.clone()));
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown));
     let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token);
     Ok(http::routes(http::AppState { ingest, auth }))

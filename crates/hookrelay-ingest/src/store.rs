@@ -1,5 +1,6 @@
 //! All of ingest's SQL. Writes `events`; reads `tenants`, `event_types` and
-//! `event_type_versions` (written by query).
+//! `event_type_versions` (written by query), and `deliveries` (written by the deliverer,
+//! for retention: an event stays while a delivery of it waits).
 
 use hookrelay_types::{EndpointId, Envelope, EventId, TenantId};
 use sqlx::PgExecutor;
@@ -135,4 +136,32 @@ pub(crate) async fn event_type_rule(
     .bind(name)
     .fetch_optional(db)
     .await
+}
+
+/// Removes up to `batch` events received more than `age` ago, oldest first, that are done
+/// with: published, and with no delivery still pending or retrying (a waiting delivery needs
+/// its payload). Rows are locked `SKIP LOCKED`, so sweepers running at once take different
+/// rows. Returns how many were removed.
+pub(crate) async fn remove_old_events(
+    db: impl PgExecutor<'_>,
+    age: std::time::Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM events WHERE (tenant_id, event_id) IN (
+             SELECT e.tenant_id, e.event_id FROM events e
+             WHERE e.received_at < now() - make_interval(secs => $1) AND e.published_at IS NOT NULL
+               AND NOT EXISTS (
+                   SELECT 1 FROM deliveries d
+                   WHERE d.tenant_id = e.tenant_id AND d.event_id = e.event_id
+                     AND d.status IN ('pending', 'retrying'))
+             ORDER BY e.received_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
 }

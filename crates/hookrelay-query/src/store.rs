@@ -937,6 +937,41 @@ pub(crate) async fn event_schema_check(
     )
 }
 
+// --- replay --------------------------------------------------------------------------------
+
+/// A stored event, as replay needs it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StoredEvent {
+    pub(crate) event_type: String,
+    pub(crate) body: String,
+    /// Set when the event was aimed at one endpoint (a `hookrelay/ping`).
+    pub(crate) only_endpoint_id: Option<String>,
+}
+
+pub(crate) async fn stored_event(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    event_id: &EventId,
+) -> Result<Option<StoredEvent>> {
+    Ok(
+        sqlx::query_as("SELECT event_type, body, only_endpoint_id FROM events WHERE tenant_id = $1 AND event_id = $2")
+            .bind(tenant.as_str())
+            .bind(event_id.as_str())
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// The tenant's enabled endpoints' subscriptions, by id.
+pub(crate) async fn subscribers(db: impl PgExecutor<'_>, tenant: &TenantId) -> Result<Vec<crate::replay::Subscriber>> {
+    Ok(
+        sqlx::query_as("SELECT id, events, filter FROM endpoints WHERE tenant_id = $1 AND enabled ORDER BY id")
+            .bind(tenant.as_str())
+            .fetch_all(db)
+            .await?,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

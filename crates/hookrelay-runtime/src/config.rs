@@ -134,6 +134,14 @@ pub struct Config {
     /// `HOOKRELAY_STREAM_REPLICAS`: copies of each JetStream stream (1 to 5; 3 on a
     /// three-server NATS cluster, so a server can fail without losing an accepted event).
     pub stream_replicas: usize,
+    /// `HOOKRELAY_RETENTION`: finished deliveries (with their attempts) and the events they
+    /// carried are removed once older than this. Each table's writer sweeps its own rows.
+    pub retention: Duration,
+    /// `HOOKRELAY_RETENTION_INTERVAL`: how often the retention sweep runs.
+    pub retention_interval: Duration,
+    /// `HOOKRELAY_RETENTION_BATCH`: rows removed per statement, so no statement holds its
+    /// locks for long.
+    pub retention_batch: i64,
 }
 
 impl Config {
@@ -152,8 +160,27 @@ impl Config {
                 n @ 1..=5 => n,
                 n => anyhow::bail!("HOOKRELAY_STREAM_REPLICAS must be 1 to 5, not {n}"),
             },
+            retention: positive(src, "HOOKRELAY_RETENTION", Self::DEFAULT_RETENTION)?,
+            retention_interval: positive(src, "HOOKRELAY_RETENTION_INTERVAL", Duration::from_secs(3600))?,
+            retention_batch: match src.get("HOOKRELAY_RETENTION_BATCH", 5000i64)? {
+                n @ 1..=100_000 => n,
+                n => anyhow::bail!("HOOKRELAY_RETENTION_BATCH must be 1 to 100000, not {n}"),
+            },
         })
     }
+}
+
+impl Config {
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+}
+
+/// A duration setting that must be more than zero.
+fn positive(src: &Source, key: &str, default: Duration) -> anyhow::Result<Duration> {
+    let d = src.duration(key, default)?;
+    if d.is_zero() {
+        bail!("{key} must be more than 0");
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -173,6 +200,36 @@ mod tests {
             let src = Source::from_pairs([("HOOKRELAY_STREAM_REPLICAS", bad)]);
             let e = Config::from_source(&src, addr).unwrap_err().to_string();
             assert!(e.contains("HOOKRELAY_STREAM_REPLICAS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn retention_defaults_to_30_days_swept_hourly_and_bad_values_name_their_key() {
+        let addr = ([127, 0, 0, 1], 0).into();
+        let cfg = Config::from_source(&Source::default(), addr).unwrap();
+        assert_eq!(cfg.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(cfg.retention_interval, Duration::from_secs(3600));
+        assert_eq!(cfg.retention_batch, 5000);
+        let src = Source::from_pairs([
+            ("HOOKRELAY_RETENTION", "12h"),
+            ("HOOKRELAY_RETENTION_INTERVAL", "250ms"),
+        ]);
+        let cfg = Config::from_source(&src, addr).unwrap();
+        assert_eq!(cfg.retention, Duration::from_secs(12 * 3600));
+        assert_eq!(cfg.retention_interval, Duration::from_millis(250));
+        for (key, bad) in [
+            ("HOOKRELAY_RETENTION", "30"),
+            ("HOOKRELAY_RETENTION", "a month"),
+            ("HOOKRELAY_RETENTION", "0d"),
+            ("HOOKRELAY_RETENTION_INTERVAL", "hourly"),
+            ("HOOKRELAY_RETENTION_INTERVAL", "0s"),
+            ("HOOKRELAY_RETENTION_BATCH", "0"),
+            ("HOOKRELAY_RETENTION_BATCH", "lots"),
+        ] {
+            let e = Config::from_source(&Source::from_pairs([(key, bad)]), addr)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}={bad}: {e}");
         }
     }
 

@@ -75,6 +75,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
         .route("/v1/events/{event_id}", get(events::get))
+        .route("/v1/events/{event_id}/replay", post(events::replay))
         .route("/v1/stats", get(stats::tenant_stats))
         .route_layer(middleware::from_fn(count_requests))
         .with_state(state)
