@@ -6,6 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use hookrelay_runtime::batch::Batcher;
 use hookrelay_types::signature::Secret;
 use tokio::sync::Semaphore;
 use tracing::{Instrument as _, error, info, warn};
@@ -13,7 +14,6 @@ use tracing::{Instrument as _, error, info, warn};
 use crate::{
     Config,
     attempt::{Outcome, Request, Sender},
-    batch::Batcher,
     endpoints::{self, Endpoints},
     health::Observed,
     limits::Limits,
@@ -65,11 +65,11 @@ impl Deliverer {
         let (insert_db, record_db) = (db.clone(), db.clone());
         Self {
             endpoints: Endpoints::new(db.clone()),
-            inserts: Batcher::spawn(BATCH_MAX, move |batch: Vec<NewDelivery>| {
+            inserts: Batcher::spawn("deliveries", BATCH_MAX, move |batch: Vec<NewDelivery>| {
                 let db = insert_db.clone();
                 async move { store::insert_deliveries(&db, &batch).await }
             }),
-            records: Batcher::spawn(BATCH_MAX, move |batch: Vec<Record>| {
+            records: Batcher::spawn("attempts", BATCH_MAX, move |batch: Vec<Record>| {
                 let db = record_db.clone();
                 async move { store::record_batch(&db, &batch).await }
             }),

@@ -7,7 +7,6 @@
 //! `/readyz` and `/metrics`.
 
 mod attempt;
-mod batch;
 mod config;
 mod consume;
 mod deliver;

@@ -1,4 +1,4 @@
-//! Group commit: many concurrent callers, one statement (or transaction) for all of them.
+//! Group commit (the deliverer's inserts and attempt records, ingest's events): many concurrent callers, one statement (or transaction) for all of them.
 //!
 //! A [`Batcher`] owns one task. A caller hands over its item and waits for its own answer;
 //! the task takes whatever items are waiting (at most `max`), runs them as one batch, and
@@ -12,12 +12,12 @@ use std::{future::Future, sync::Arc};
 use tokio::sync::{mpsc, oneshot};
 
 /// A whole batch's failure, handed to every caller in it.
-pub(crate) type BatchError = Arc<sqlx::Error>;
+pub type BatchError = Arc<sqlx::Error>;
 
 type Job<T, R> = (T, oneshot::Sender<Result<R, BatchError>>);
 
 /// Hands items to the batch task; cheap to clone.
-pub(crate) struct Batcher<T, R> {
+pub struct Batcher<T, R> {
     tx: mpsc::Sender<Job<T, R>>,
 }
 
@@ -28,10 +28,10 @@ impl<T, R> Clone for Batcher<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Starts the task. `run` gets a batch (at most `max` items, in arrival order) and
+    /// Starts the task. `name` labels its `hookrelay_batch_size` histogram. `run` gets a batch (at most `max` items, in arrival order) and
     /// answers with one result per item, in the same order. The task ends when the last
     /// `Batcher` is dropped.
-    pub(crate) fn spawn<F, Fut>(max: usize, run: F) -> Self
+    pub fn spawn<F, Fut>(name: &'static str, max: usize, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, sqlx::Error>> + Send,
@@ -54,7 +54,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                     }
                 }
                 let n = items.len();
-                metrics::histogram!("hookrelay_deliverer_batch_size").record(n as f64);
+                metrics::histogram!("hookrelay_batch_size", "batch" => name).record(n as f64);
                 match run(std::mem::replace(&mut items, Vec::with_capacity(max))).await {
                     Ok(results) => {
                         if results.len() != n {
@@ -81,7 +81,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
     /// Runs `item` in the next batch and returns its answer. A batcher that has stopped
     /// answers with an error, as a failed batch would.
-    pub(crate) async fn call(&self, item: T) -> Result<R, BatchError> {
+    pub async fn call(&self, item: T) -> Result<R, BatchError> {
         let stopped = || Arc::new(sqlx::Error::PoolClosed);
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).await.map_err(|_| stopped())?;
@@ -97,7 +97,7 @@ mod tests {
     async fn concurrent_callers_share_batches_and_each_gets_its_own_answer() {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let batcher = Batcher::spawn(8, move |items: Vec<u32>| {
+        let batcher = Batcher::spawn("test", 8, move |items: Vec<u32>| {
             seen.lock().unwrap().push(items.len());
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -125,14 +125,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_every_caller_in_it() {
-        let batcher = Batcher::spawn(4, |_: Vec<u32>| async { Err::<Vec<u32>, _>(sqlx::Error::PoolTimedOut) });
+        let batcher = Batcher::spawn("test", 4, |_: Vec<u32>| async {
+            Err::<Vec<u32>, _>(sqlx::Error::PoolTimedOut)
+        });
         let error = batcher.call(1).await.unwrap_err();
         assert!(matches!(*error, sqlx::Error::PoolTimedOut));
     }
 
     #[tokio::test]
     async fn a_short_answer_is_a_failure_not_a_silent_success() {
-        let batcher = Batcher::spawn(4, |_: Vec<u32>| async { Ok(Vec::<u32>::new()) });
+        let batcher = Batcher::spawn("test", 4, |_: Vec<u32>| async { Ok(Vec::<u32>::new()) });
         assert!(batcher.call(1).await.is_err());
     }
 }
