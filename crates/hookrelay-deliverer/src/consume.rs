@@ -186,8 +186,8 @@ async fn on_job(d: &Deliverer, msg: Message) {
         traceparent,
     };
     tokio::time::sleep(wait).await;
-    deliver::deliver(d, due).await;
-    drop((slot, permit));
+    deliver::deliver(d, due, slot).await;
+    drop(permit);
 }
 
 #[tracing::instrument(skip_all, fields(subject = %msg.subject))]

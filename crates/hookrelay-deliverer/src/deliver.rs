@@ -16,7 +16,7 @@ use crate::{
     attempt::{Outcome, Request, Sender},
     endpoints::{self, Endpoints},
     health::Observed,
-    limits::Limits,
+    limits::{Limits, Slot},
     publish,
     retry::{self, Next},
     store::{self, Due, Endpoint, NewDelivery, Record},
@@ -84,11 +84,16 @@ impl Deliverer {
     }
 }
 
-/// Makes the next attempt of `due` and records it. Never fails: trouble is logged, and a
+/// Makes the next attempt of `due` (holding `slot`, its endpoint's in-flight slot, until
+/// the response is in) and records it. Never fails: trouble is logged, and a
 /// delivery whose attempt could not be recorded comes due again when its lease runs out.
 #[tracing::instrument(name = "deliverer.deliver", skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
-pub(crate) async fn deliver(d: &Deliverer, due: Due) {
-    let Some((outcome, is_final, endpoint)) = attempt(d, &due).await else {
+pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
+    let attempted = attempt(d, &due).await;
+    // The endpoint's in-flight cap counts requests to it: its slot is free once the
+    // response is in, while the attempt is still being recorded.
+    drop(slot);
+    let Some((outcome, is_final, endpoint)) = attempted else {
         return;
     };
     if let Some(error) = &outcome.error {
@@ -107,6 +112,7 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due) {
     };
     let record = || Record {
         delivery_id: due.id.clone(),
+        tenant_id: due.tenant_id.clone(),
         endpoint_id: due.endpoint_id.clone(),
         succeeded,
         trigger: if due.manual_retry { "manual" } else { "scheduled" },

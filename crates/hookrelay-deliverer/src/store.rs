@@ -276,10 +276,12 @@ pub(crate) async fn claim_probes(
 }
 
 /// Gives a claimed delivery back unattempted, due `after` from now (zero: for whichever
-/// deliverer has room).
+/// deliverer has room), parked if its endpoint turned failing meanwhile.
 pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str, after: Duration) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
+        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2),
+             parked = EXISTS (SELECT 1 FROM endpoint_health h
+                              WHERE h.endpoint_id = deliveries.endpoint_id AND h.state = 'failing')
          WHERE id = $1 AND status IN ('pending', 'retrying')",
     )
     .bind(id)
@@ -292,6 +294,7 @@ pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str, after: Duration) 
 /// One attempt to record, and how to move its delivery on.
 pub(crate) struct Record {
     pub(crate) delivery_id: String,
+    pub(crate) tenant_id: String,
     pub(crate) endpoint_id: String,
     /// The attempt succeeded (2xx).
     pub(crate) succeeded: bool,
@@ -316,8 +319,8 @@ impl std::fmt::Debug for Record {
 }
 
 /// Records a batch of attempts in one transaction: numbers each after its delivery's
-/// current count, stores them all, and moves each delivery on as its `decide(number)`
-/// says. Answers each with its attempt number and decision, or `None` if the delivery no
+/// current count, stores them all, moves each delivery on as its `decide(number)` says,
+/// and adds them to their endpoints' minutes (`endpoint_minutes`, for stats). Answers each with its attempt number and decision, or `None` if the delivery no
 /// longer exists. Then, outside the transaction, a success resets the failure count of a
 /// healthy endpoint (what the health machine would do, without reading the row first).
 ///
@@ -400,6 +403,7 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
         .bind(retry_in)
         .execute(&mut *tx)
         .await?;
+        add_minutes(&mut tx, batch, &answers).await?;
     }
     tx.commit().await?;
     let mut succeeded: Vec<&str> = batch
@@ -427,6 +431,87 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
         }
     }
     Ok(answers)
+}
+
+/// Adds the recorded attempts to their endpoints' minutes, one upsert for the batch (rows
+/// in key order, so two deliverers' batches never deadlock on them).
+async fn add_minutes(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Record],
+    answers: &[Option<(i32, Next)>],
+) -> Result<(), sqlx::Error> {
+    use hookrelay_types::latency;
+    #[derive(Default)]
+    struct Minute<'a> {
+        tenant_id: &'a str,
+        attempts: i32,
+        succeeded: i32,
+        delivered: i32,
+        failed: i32,
+        latency: Vec<i32>,
+    }
+    let mut minutes: std::collections::BTreeMap<(&str, OffsetDateTime), Minute<'_>> = Default::default();
+    for (r, answer) in batch.iter().zip(answers) {
+        let Some((_, next)) = answer else { continue };
+        let at = r.started_at;
+        let minute =
+            at - Duration::from_secs(u64::from(at.second())) - Duration::from_nanos(u64::from(at.nanosecond()));
+        let m = minutes
+            .entry((r.endpoint_id.as_str(), minute))
+            .or_insert_with(|| Minute {
+                tenant_id: &r.tenant_id,
+                latency: latency::empty(),
+                ..Default::default()
+            });
+        m.attempts += 1;
+        if r.succeeded {
+            m.succeeded += 1;
+            m.latency[latency::bucket(i64::from(r.duration_ms))] += 1;
+        }
+        match next {
+            Next::Delivered => m.delivered += 1,
+            Next::Failed => m.failed += 1,
+            Next::Retry(_) => {}
+        }
+    }
+    if minutes.is_empty() {
+        return Ok(());
+    }
+    let histogram = |h: &[i32]| format!("{{{}}}", h.iter().map(i32::to_string).collect::<Vec<_>>().join(","));
+    let (mut endpoint, mut minute, mut tenant, mut attempts, mut succeeded, mut delivered, mut failed, mut hist) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((e, at), m) in &minutes {
+        endpoint.push(*e);
+        minute.push(*at);
+        tenant.push(m.tenant_id);
+        attempts.push(m.attempts);
+        succeeded.push(m.succeeded);
+        delivered.push(m.delivered);
+        failed.push(m.failed);
+        hist.push(histogram(&m.latency));
+    }
+    sqlx::query(
+        "INSERT INTO endpoint_minutes AS m (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
+         SELECT u.endpoint_id, u.minute, u.tenant_id, u.attempts, u.succeeded, u.delivered, u.failed, u.latency::int4[]
+         FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int4[], $6::int4[], $7::int4[], $8::text[])
+              AS u(endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
+         ON CONFLICT (endpoint_id, minute) DO UPDATE
+         SET attempts = m.attempts + excluded.attempts, succeeded = m.succeeded + excluded.succeeded,
+             delivered = m.delivered + excluded.delivered, failed = m.failed + excluded.failed,
+             latency = ARRAY(SELECT COALESCE(a, 0) + COALESCE(b, 0)
+                             FROM unnest(m.latency, excluded.latency) WITH ORDINALITY AS t(a, b, i) ORDER BY i)",
+    )
+    .bind(endpoint)
+    .bind(minute)
+    .bind(tenant)
+    .bind(attempts)
+    .bind(succeeded)
+    .bind(delivered)
+    .bind(failed)
+    .bind(hist)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// `attempts` rows as columns, for `unnest`.
