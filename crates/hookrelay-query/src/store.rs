@@ -520,43 +520,43 @@ pub(crate) async fn event_body(
 
 // --- stats and recovery --------------------------------------------------------------------
 
-/// `(status, count)` of an endpoint's deliveries created since `since`.
-pub(crate) async fn status_counts(
-    db: impl PgExecutor<'_>,
+/// An endpoint's deliveries finished (`delivered`, `failed`) by attempts started since
+/// `since`'s minute, and those attempts' success latency histogram, added up from
+/// `endpoint_minutes` (the deliverer's rollup), and its unfinished deliveries now.
+pub(crate) async fn endpoint_totals(
+    db: impl PgExecutor<'_> + Copy,
     tenant: &TenantId,
     endpoint: &EndpointId,
     since: OffsetDateTime,
-) -> Result<Vec<(String, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT status, count(*) FROM deliveries
-         WHERE tenant_id = $1 AND endpoint_id = $2 AND created_at >= $3 GROUP BY status",
+) -> Result<(i64, i64, i64, Vec<i64>)> {
+    let (delivered, failed): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(delivered), 0)::int8, COALESCE(sum(failed), 0)::int8 FROM endpoint_minutes
+         WHERE endpoint_id = $2 AND tenant_id = $1 AND minute >= date_trunc('minute', $3::timestamptz)",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .bind(since)
+    .fetch_one(db)
+    .await?;
+    let latency: Vec<i64> = sqlx::query_scalar(
+        "SELECT COALESCE(sum(t.n), 0)::int8 FROM endpoint_minutes m, unnest(m.latency) WITH ORDINALITY AS t(n, i)
+         WHERE m.endpoint_id = $2 AND m.tenant_id = $1 AND m.minute >= date_trunc('minute', $3::timestamptz)
+         GROUP BY t.i ORDER BY t.i",
     )
     .bind(tenant.as_str())
     .bind(endpoint.as_str())
     .bind(since)
     .fetch_all(db)
-    .await?)
-}
-
-/// Durations (ms, ascending) of the successful attempts of an endpoint's deliveries created
-/// since `since`.
-pub(crate) async fn success_durations(
-    db: impl PgExecutor<'_>,
-    tenant: &TenantId,
-    endpoint: &EndpointId,
-    since: OffsetDateTime,
-) -> Result<Vec<i64>> {
-    Ok(sqlx::query_scalar(
-        "SELECT a.duration_ms::bigint FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-         WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND d.created_at >= $3
-           AND a.error IS NULL AND a.response_code BETWEEN 200 AND 299
-         ORDER BY a.duration_ms",
+    .await?;
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries
+         WHERE endpoint_id = $2 AND tenant_id = $1 AND status IN ('pending', 'retrying')",
     )
     .bind(tenant.as_str())
     .bind(endpoint.as_str())
-    .bind(since)
-    .fetch_all(db)
-    .await?)
+    .fetch_one(db)
+    .await?;
+    Ok((delivered, failed, pending, latency))
 }
 
 /// Whether each of an endpoint's latest `n` attempts (started at or after `since`, when

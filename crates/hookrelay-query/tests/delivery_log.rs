@@ -623,7 +623,13 @@ async fn stats_count_the_window_and_report_health() {
     );
     assert_eq!(r.body["pending"], 2);
     assert_eq!(r.body["delivery_rate"], 0.75);
-    assert_eq!(r.body["latency_ms"], json!({"p50": 200, "p95": 300, "p99": 300}));
+    // Read off the rollup's histogram: each within 10 % of the one duration it stands for.
+    let near = |v: &Value, ms: i64| v.as_i64().is_some_and(|v| (v - ms).abs() * 10 <= ms);
+    let l = &r.body["latency_ms"];
+    assert!(
+        near(&l["p50"], 200) && near(&l["p95"], 300) && near(&l["p99"], 300),
+        "{l}"
+    );
     // One failure among the last attempts; the most recently finished delivery succeeded.
     assert_eq!(r.body["health"], "degraded");
 
@@ -635,7 +641,7 @@ async fn stats_count_the_window_and_report_health() {
         (wide.body["window"].as_str(), wide.body["delivered"].as_i64()),
         (Some("7d"), Some(4))
     );
-    assert_eq!(wide.body["latency_ms"]["p99"], 9_000);
+    assert!(near(&wide.body["latency_ms"]["p99"], 9_000), "{}", wide.body);
 
     // ep2 has nothing: healthy with nulls.
     let empty = app

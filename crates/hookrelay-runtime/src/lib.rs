@@ -6,6 +6,7 @@
 //! and routes.
 
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod http;

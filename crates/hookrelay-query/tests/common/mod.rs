@@ -170,6 +170,31 @@ impl App {
         .execute(&self.db)
         .await
         .unwrap();
+        // The deliverer's rollup of the same attempt: it finishes a delivered delivery when
+        // it succeeded and a failed one when it failed.
+        let mut latency = hookrelay_types::latency::empty();
+        if ok {
+            latency[hookrelay_types::latency::bucket(i64::from(duration_ms))] = 1;
+        }
+        sqlx::query(
+            "INSERT INTO endpoint_minutes AS m (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
+             SELECT d.endpoint_id, date_trunc('minute', now() - $2 * interval '1 second'), d.tenant_id, 1, $3::int4,
+                    CASE WHEN $3 = 1 AND d.status = 'delivered' THEN 1 ELSE 0 END,
+                    CASE WHEN $3 = 0 AND d.status = 'failed' THEN 1 ELSE 0 END, $4
+             FROM deliveries d WHERE d.id = $1
+             ON CONFLICT (endpoint_id, minute) DO UPDATE
+             SET attempts = m.attempts + 1, succeeded = m.succeeded + excluded.succeeded,
+                 delivered = m.delivered + excluded.delivered, failed = m.failed + excluded.failed,
+                 latency = ARRAY(SELECT a + b FROM unnest(m.latency, excluded.latency) WITH ORDINALITY AS t(a, b, i)
+                                 ORDER BY i)",
+        )
+        .bind(delivery)
+        .bind(age_secs)
+        .bind(i32::from(ok))
+        .bind(latency)
+        .execute(&self.db)
+        .await
+        .unwrap();
     }
 
     /// Every `DeliveryCommand` on HOOKRELAY_COMMANDS, with its subject and `Nats-Msg-Id`.
