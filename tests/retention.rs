@@ -162,6 +162,15 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
         .unwrap();
         transition(&db, "2 hours").await;
         transition(&db, "10 minutes").await;
+        // The stats rollup: one old minute and one recent.
+        sqlx::query(
+            "INSERT INTO endpoint_minutes (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, latency)
+             VALUES ('ep_old', date_trunc('minute', now() - interval '2 hours'), 'acme', 1, 1, 1, '{1}'),
+                    ('ep_old', date_trunc('minute', now() - interval '10 minutes'), 'acme', 1, 1, 1, '{1}')",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
     })
     .await;
 
@@ -194,6 +203,17 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
     .await;
     assert_eq!(transitions, 1, "the recent transition stays");
     assert_eq!(count(db, "SELECT count(*) FROM endpoint_health_transitions").await, 1);
+    let minutes = count(
+        db,
+        "SELECT count(*) FROM endpoint_minutes WHERE minute > now() - interval '1 hour'",
+    )
+    .await;
+    assert_eq!(minutes, 1, "the recent minute of the stats rollup stays");
+    assert_eq!(
+        count(db, "SELECT count(*) FROM endpoint_minutes").await,
+        1,
+        "the old minute goes"
+    );
 
     // What a user sees: a waiting delivery's event is still there; a removed one is gone.
     let r = s.api.get("/v1/events/oldwaiting_1?tenant_id=acme", ADMIN_TOKEN).await;
@@ -213,6 +233,7 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
         ("attempts", 620),
         ("events", 281),
         ("endpoint_health_transitions", 1),
+        ("endpoint_minutes", 1),
     ] {
         let line = format!("hookrelay_retention_removed_total{{table=\"{table}\"}} {n}");
         assert!(text.contains(&line), "no `{line}` in /metrics:\n{text}");

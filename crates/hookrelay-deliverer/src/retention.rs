@@ -1,7 +1,7 @@
 //! Retention, for the tables the deliverer writes: every `HOOKRELAY_RETENTION_INTERVAL` it
 //! removes finished `deliveries` (`delivered`/`failed`) created more than
-//! `HOOKRELAY_RETENTION` ago with their `attempts`, and announced
-//! `endpoint_health_transitions` as old. A delivery still pending or retrying stays, however
+//! `HOOKRELAY_RETENTION` ago with their `attempts`, announced
+//! `endpoint_health_transitions` as old, and the stats rollup's `endpoint_minutes` as old. A delivery still pending or retrying stays, however
 //! old. (`events` are ingest's to remove; an event stays while a delivery of it waits.)
 //!
 //! Removal goes in batches of `HOOKRELAY_RETENTION_BATCH` rows, oldest first by an index,
@@ -81,6 +81,13 @@ async fn sweep(db: &PgPool, r: Retention, shutdown: &CancellationToken) -> Resul
     loop {
         let removed = store::remove_old_transitions(db, r.age, r.batch).await?;
         metrics::counter!(REMOVED, "table" => "endpoint_health_transitions").increment(removed);
+        if removed < r.batch.unsigned_abs() || !pause(shutdown).await {
+            break;
+        }
+    }
+    loop {
+        let removed = store::remove_old_minutes(db, r.age, r.batch).await?;
+        metrics::counter!(REMOVED, "table" => "endpoint_minutes").increment(removed);
         if removed < r.batch.unsigned_abs() || !pause(shutdown).await {
             break;
         }

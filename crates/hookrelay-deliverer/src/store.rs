@@ -829,6 +829,24 @@ pub(crate) async fn remove_old_transitions(
     .rows_affected())
 }
 
+/// Removes up to `batch` of the endpoints' minutes (`endpoint_minutes`) older than `age`.
+/// Returns how many.
+pub(crate) async fn remove_old_minutes(db: impl PgExecutor<'_>, age: Duration, batch: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM endpoint_minutes WHERE (endpoint_id, minute) IN (
+             SELECT endpoint_id, minute FROM endpoint_minutes
+             WHERE minute < now() - make_interval(secs => $1)
+             ORDER BY minute
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
 /// What a replay did: deliveries created, and existing ones requeued.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Replayed {

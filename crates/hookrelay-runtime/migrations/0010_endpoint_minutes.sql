@@ -15,7 +15,5 @@ CREATE TABLE endpoint_minutes (
     latency      integer[] NOT NULL,
     PRIMARY KEY (endpoint_id, minute)
 );
-CREATE INDEX endpoint_minutes_tenant ON endpoint_minutes (tenant_id, minute);
-
--- An endpoint's unfinished deliveries, counted for its stats without walking its log.
-CREATE INDEX deliveries_unfinished ON deliveries (endpoint_id) WHERE status IN ('pending', 'retrying');
+-- For retention, which removes the oldest minutes first.
+CREATE INDEX endpoint_minutes_minute ON endpoint_minutes (minute);
