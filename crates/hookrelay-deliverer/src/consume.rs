@@ -4,7 +4,8 @@
 //!   once the row is stored, then attempt 1 is made at once, unless the endpoint's limits
 //!   (`limits`) or health hold it back: then the row is stored due for the scheduler.
 //! - Commands: HOOKRELAY_COMMANDS (`hookrelay.commands.deliverer.<tenant>`, durable
-//!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows.
+//!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows;
+//!   `replay` requeues or creates one per endpoint an event matches now.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use crate::{
     deliver::{self, Deliverer},
     error::DeliverError,
     limits::Refused,
-    store::{self, Due},
+    store::{self, Due, NewDelivery},
 };
 
 const POISON: &str = "hookrelay_deliverer_poison_messages_total";
@@ -114,17 +115,22 @@ async fn on_job(d: &Deliverer, msg: Message) {
     // slot frees, and this job's permit goes back at once. An endpoint whose pacing puts
     // its next attempt past a poll interval gets its row due then. So does an endpoint
     // that is not healthy: the scheduler paces its attempts (a failing one's row parked).
-    let gate = store::gate(&d.db, &job.endpoint_id).await.unwrap_or_else(|error| {
-        warn!(%error, "reading the endpoint's health and limits failed; attempting at once");
-        store::Gate::default()
-    });
-    let (started, after) = if gate.paced() {
+    let endpoint = d
+        .endpoints
+        .get(&job.tenant_id, &job.endpoint_id)
+        .await
+        .unwrap_or_else(|error| {
+            warn!(%error, "reading the endpoint's health and limits failed; attempting at once");
+            None
+        });
+    let rate_limit_per_sec = endpoint.as_ref().and_then(|e| e.rate_limit_per_sec);
+    let (started, after) = if endpoint.as_ref().is_some_and(|e| e.paced()) {
         (None, Duration::ZERO)
     } else {
         let now = std::time::Instant::now();
         match d
             .limits
-            .try_start(&job.endpoint_id, gate.rate_limit_per_sec, now, d.cfg.poll_interval)
+            .try_start(&job.endpoint_id, rate_limit_per_sec, now, d.cfg.poll_interval)
         {
             Ok(started) => (Some(started), d.cfg.lease),
             Err(Refused::AtCap) => (None, Duration::ZERO),
@@ -132,11 +138,21 @@ async fn on_job(d: &Deliverer, msg: Message) {
         }
     };
     let traceparent = hookrelay_runtime::telemetry::traceparent();
-    let inserted = match store::insert_delivery(&d.db, &job, after, gate.failing(), traceparent.as_deref()).await {
-        Ok(inserted) => inserted,
-        Err(error) => return settle(&msg, Err(error.into()), "job").await,
+    let new = NewDelivery {
+        id: job.delivery_id.clone(),
+        tenant_id: job.tenant_id.clone(),
+        event_id: job.event_id.clone(),
+        event_type: job.event_type.clone(),
+        endpoint_id: job.endpoint_id.clone(),
+        after,
+        parked: endpoint.as_ref().is_some_and(|e| e.failing()),
+        traceparent: traceparent.clone(),
     };
-    if inserted.is_none() {
+    let inserted = match d.inserts.call(new).await {
+        Ok(inserted) => inserted,
+        Err(error) => return settle(&msg, Err(DeliverError::Batch(error)), "job").await,
+    };
+    if !inserted {
         let existing = store::existing_delivery(&d.db, &job.tenant_id, &job.event_id, &job.endpoint_id).await;
         let outcome = match existing {
             // Our own job again (its ack was lost): the row, and the scheduler, have it.
@@ -167,12 +183,12 @@ async fn on_job(d: &Deliverer, msg: Message) {
         attempt_count: 0,
         manual_retry: false,
         body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
-        rate_limit_per_sec: gate.rate_limit_per_sec,
+        rate_limit_per_sec,
         traceparent,
     };
     tokio::time::sleep(wait).await;
-    deliver::deliver(d, due).await;
-    drop((slot, permit));
+    deliver::deliver(d, due, slot).await;
+    drop(permit);
 }
 
 #[tracing::instrument(skip_all, fields(subject = %msg.subject))]
@@ -195,6 +211,19 @@ async fn on_command(d: &Deliverer, msg: &Message) -> Result<(), DeliverError> {
             let n = store::requeue_failed(&d.db, tenant.as_str(), endpoint.as_str(), recover.since_ms).await?;
             info!(endpoint_id = %endpoint, requeued = n, command_id = %command.command_id,
                   "failed deliveries requeued by an operator");
+        }
+        Some(Action::Replay(replay)) => {
+            let event = EventId::parse(&replay.event_id).map_err(|e| poison(&e))?;
+            let endpoints = replay
+                .endpoint_ids
+                .iter()
+                .map(|id| EndpointId::parse(id).map_err(|e| poison(&e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let endpoints: Vec<&str> = endpoints.iter().map(EndpointId::as_str).collect();
+            let new_ids: Vec<String> = endpoints.iter().map(|_| DeliveryId::generate().to_string()).collect();
+            let done = store::replay(&d.db, tenant.as_str(), event.as_str(), &endpoints, &new_ids).await?;
+            info!(event_id = %event, endpoints = endpoints.len(), created = done.created, requeued = done.requeued,
+                  command_id = %command.command_id, "event replayed by an operator");
         }
         None => return Err(DeliverError::Poison("a command without an action".into())),
     }

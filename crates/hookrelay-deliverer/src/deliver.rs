@@ -6,6 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use hookrelay_runtime::batch::Batcher;
 use hookrelay_types::signature::Secret;
 use tokio::sync::Semaphore;
 use tracing::{Instrument as _, error, info, warn};
@@ -13,11 +14,12 @@ use tracing::{Instrument as _, error, info, warn};
 use crate::{
     Config,
     attempt::{Outcome, Request, Sender},
+    endpoints::{self, Endpoints},
     health::Observed,
-    limits::Limits,
+    limits::{Limits, Slot},
     publish,
     retry::{self, Next},
-    store::{self, AttemptRow, Due},
+    store::{self, Due, Endpoint, NewDelivery, Record},
 };
 
 const ATTEMPTS: &str = "hookrelay_delivery_attempts_total";
@@ -39,48 +41,95 @@ pub(crate) struct Deliverer {
     pub(crate) limits: Arc<Limits>,
     /// For health announcements (`publish`).
     pub(crate) js: async_nats::jetstream::Context,
+    /// For endpoint change notifications (`endpoints`).
+    pub(crate) nats: async_nats::Client,
+    /// Endpoints as last read, kept fresh by change notifications.
+    pub(crate) endpoints: Arc<Endpoints>,
+    /// New deliveries, stored a batch per statement.
+    pub(crate) inserts: Batcher<NewDelivery, bool>,
+    /// Attempts, recorded a batch per transaction.
+    pub(crate) records: Batcher<Record, Option<(i32, Next)>>,
 }
 
-/// Makes the next attempt of `due` and records it. Never fails: trouble is logged, and a
+/// Most rows a batch writes at once.
+const BATCH_MAX: usize = 256;
+
+impl Deliverer {
+    pub(crate) fn new(
+        cfg: &Config,
+        db: sqlx::PgPool,
+        sender: Sender,
+        nats: async_nats::Client,
+        js: async_nats::jetstream::Context,
+    ) -> Self {
+        let (insert_db, record_db) = (db.clone(), db.clone());
+        Self {
+            endpoints: Endpoints::new(db.clone()),
+            inserts: Batcher::spawn("deliveries", BATCH_MAX, move |batch: Vec<NewDelivery>| {
+                let db = insert_db.clone();
+                async move { store::insert_deliveries(&db, &batch).await }
+            }),
+            records: Batcher::spawn("attempts", BATCH_MAX, move |batch: Vec<Record>| {
+                let db = record_db.clone();
+                async move { store::record_batch(&db, &batch).await }
+            }),
+            db,
+            sender: Arc::new(sender),
+            cfg: Arc::new(cfg.clone()),
+            permits: Arc::new(Semaphore::new(cfg.concurrency)),
+            limits: Limits::new(cfg.endpoint_max_in_flight),
+            js,
+            nats,
+        }
+    }
+}
+
+/// Makes the next attempt of `due` (holding `slot`, its endpoint's in-flight slot, until
+/// the response is in) and records it. Never fails: trouble is logged, and a
 /// delivery whose attempt could not be recorded comes due again when its lease runs out.
 #[tracing::instrument(name = "deliverer.deliver", skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
-pub(crate) async fn deliver(d: &Deliverer, due: Due) {
-    let Some((outcome, is_final, url)) = attempt(d, &due).await else {
+pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
+    let attempted = attempt(d, &due).await;
+    // The endpoint's in-flight cap counts requests to it: its slot is free once the
+    // response is in, while the attempt is still being recorded.
+    drop(slot);
+    let Some((outcome, is_final, endpoint)) = attempted else {
         return;
     };
     if let Some(error) = &outcome.error {
         warn!(%error, endpoint_id = %due.endpoint_id, event_id = %due.event_id, "delivery attempt failed");
     }
-    let decide = |number: i32| {
-        if is_final || outcome.gone() {
+    let (cfg, gone, succeeded, backoff) = (d.cfg.clone(), outcome.gone(), outcome.succeeded(), outcome.backoff);
+    let decide = move |number: i32| {
+        if is_final || gone {
             return Next::Failed;
         }
         let number = u32::try_from(number).unwrap_or(u32::MAX);
-        match retry::next(
-            &d.cfg.retry_schedule,
-            number,
-            outcome.succeeded(),
-            retry::random_jitter(),
-        ) {
-            Next::Retry(wait) => Next::Retry(retry::stretch(wait, outcome.backoff, d.cfg.retry_floor)),
+        match retry::next(&cfg.retry_schedule, number, succeeded, retry::random_jitter()) {
+            Next::Retry(wait) => Next::Retry(retry::stretch(wait, backoff, cfg.retry_floor)),
             next => next,
         }
     };
-    let row = AttemptRow {
+    let record = || Record {
+        delivery_id: due.id.clone(),
+        tenant_id: due.tenant_id.clone(),
+        endpoint_id: due.endpoint_id.clone(),
+        succeeded,
         trigger: if due.manual_retry { "manual" } else { "scheduled" },
         started_at: outcome.started_at,
         duration_ms: i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX),
-        request_headers: &outcome.request_headers,
+        request_headers: outcome.request_headers.clone(),
         response_code: outcome.response_code.map(i32::from),
-        response_body: outcome.response_body.as_deref(),
-        error: outcome.error.as_deref(),
+        response_body: outcome.response_body.clone(),
+        error: outcome.error.clone(),
+        decide: Box::new(decide.clone()),
     };
     let recording = tracing::info_span!("deliverer.record", delivery_id = %due.id);
     let mut tries = 0;
     let recorded = async {
         loop {
             tries += 1;
-            match store::record(&d.db, &due.id, &row, &decide).await {
+            match d.records.call(record()).await {
                 Ok(recorded) => break Some(recorded),
                 Err(e) if tries < RECORD_TRIES => {
                     warn!(error = %e, tries, "recording an attempt failed; trying again");
@@ -102,7 +151,7 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due) {
     let Some(recorded) = recorded else {
         return;
     };
-    let outcome_label = if outcome.succeeded() { "success" } else { "failure" };
+    let outcome_label = if succeeded { "success" } else { "failure" };
     metrics::counter!(ATTEMPTS, "outcome" => outcome_label).increment(1);
     if outcome.sent {
         metrics::histogram!(ATTEMPT_DURATION).record(outcome.duration.as_secs_f64());
@@ -114,9 +163,13 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due) {
         }
         Some((_, Next::Retry(_))) => {}
     }
-    // Only attempts that sent a request say something about the receiver.
-    if outcome.sent {
-        observe_health(d, &due, &url, &outcome).await;
+    // Only attempts that sent a request say something about the receiver. A success to an
+    // endpoint known healthy changes nothing the recording has not (it reset the count).
+    if let Some(endpoint) = endpoint
+        && outcome.sent
+        && (!succeeded || endpoint.paced())
+    {
+        observe_health(d, &due, &endpoint.url, &outcome).await;
     }
 }
 
@@ -130,7 +183,7 @@ async fn observe_health(d: &Deliverer, due: &Due, url: &str, outcome: &Outcome) 
         Some(error) => Observed::Failure(error),
     };
     let rules = d.cfg.health_rules();
-    let transition = match store::observe_health(
+    let changed = store::observe_health(
         &d.db,
         &due.tenant_id,
         &due.endpoint_id,
@@ -139,8 +192,8 @@ async fn observe_health(d: &Deliverer, due: &Due, url: &str, outcome: &Outcome) 
         rules,
         d.cfg.probe_interval,
     )
-    .await
-    {
+    .await;
+    let transition = match changed {
         Ok(Some(t)) => t,
         Ok(None) => return,
         Err(e) => {
@@ -148,20 +201,22 @@ async fn observe_health(d: &Deliverer, due: &Due, url: &str, outcome: &Outcome) 
             return;
         }
     };
+    d.endpoints.forget(&due.endpoint_id);
+    endpoints::announce(&d.nats, &due.tenant_id, &due.endpoint_id).await;
     if let Err(e) = publish::announce(d, &transition).await {
         warn!(error = %e, endpoint_id = %due.endpoint_id, "announcing a health transition failed; it is published again later");
     }
 }
 
-/// The attempt's outcome, and whether it ends the delivery whatever the schedule says
-/// (nothing could ever be sent). `None` when the endpoint could not be read: nothing is
-/// sent or recorded, and the delivery comes due again when its lease runs out.
-async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, String)> {
-    let refused = |why: &str| Some((Outcome::refused(why), true, String::new()));
+/// The attempt's outcome, whether it ends the delivery whatever the schedule says (nothing
+/// could ever be sent), and the endpoint. `None` when the endpoint could not be read:
+/// nothing is sent or recorded, and the delivery comes due again when its lease runs out.
+async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<Endpoint>>)> {
+    let refused = |why: &str| Some((Outcome::refused(why), true, None));
     let Some(body) = &due.body else {
         return refused("event payload no longer stored");
     };
-    let endpoint = match store::endpoint(&d.db, &due.tenant_id, &due.endpoint_id).await {
+    let endpoint = match d.endpoints.get(&due.tenant_id, &due.endpoint_id).await {
         Ok(Some(endpoint)) => endpoint,
         Ok(None) => return refused("endpoint deleted"),
         Err(e) => {
@@ -175,7 +230,11 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, String)> {
     }
     if endpoint.reenabled() {
         match store::reset_health(&d.db, &due.tenant_id, &due.endpoint_id, &endpoint.url).await {
-            Ok(_) => info!(endpoint_id = %due.endpoint_id, "endpoint enabled again; its health starts fresh"),
+            Ok(_) => {
+                info!(endpoint_id = %due.endpoint_id, "endpoint enabled again; its health starts fresh");
+                d.endpoints.forget(&due.endpoint_id);
+                endpoints::announce(&d.nats, &due.tenant_id, &due.endpoint_id).await;
+            }
             Err(e) => warn!(error = %e, "resetting the health of a re-enabled endpoint failed"),
         }
     }
@@ -186,7 +245,7 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, String)> {
             return Some((
                 Outcome::refused("the endpoint's secret is not valid"),
                 false,
-                endpoint.url,
+                Some(endpoint),
             ));
         }
     }
@@ -215,5 +274,5 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, String)> {
     if let Some(code) = outcome.response_code {
         span.record("status", code);
     }
-    Some((outcome, false, endpoint.url))
+    Some((outcome, false, Some(endpoint)))
 }

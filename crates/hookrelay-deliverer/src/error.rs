@@ -7,6 +7,9 @@ pub enum DeliverError {
     Poison(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A batched write failed (every caller in the batch gets the same error).
+    #[error("database: {0}")]
+    Batch(std::sync::Arc<sqlx::Error>),
     #[error("building the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
     #[error("NATS consumer {consumer}: {message}")]

@@ -4,24 +4,24 @@
 //! commands (retry, recover) arrive on HOOKRELAY_COMMANDS. It keeps each endpoint's health
 //! (`endpoint_health`), paces attempts to failing endpoints, and announces health changes
 //! on HOOKRELAY_SYSTEM (asking query, over HOOKRELAY_COMMANDS, to disable an endpoint). It has no API; only `/healthz`,
-//! `/readyz` and `/metrics`.
+//! `/readyz` and `/metrics`. It removes its own rows past `HOOKRELAY_RETENTION` (`retention`).
 
 mod attempt;
 mod config;
 mod consume;
 mod deliver;
+mod endpoints;
 mod error;
 mod gauges;
 mod health;
 mod limits;
 mod publish;
 mod replicas;
+mod retention;
 mod retry;
 mod scheduler;
 mod store;
 mod target;
-
-use std::sync::Arc;
 
 pub use config::Config;
 pub use error::DeliverError;
@@ -32,14 +32,13 @@ use tokio_util::sync::CancellationToken;
 /// Creates the `deliverer` and `deliverer-commands` consumers and starts the job consumer,
 /// the command consumer and the retry scheduler on `rt.tasks`. Returns no routes.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
-    let d = deliver::Deliverer {
-        db: rt.db.clone(),
-        sender: Arc::new(attempt::Sender::new(cfg).map_err(DeliverError::from)?),
-        cfg: Arc::new(cfg.clone()),
-        permits: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency)),
-        limits: limits::Limits::new(cfg.endpoint_max_in_flight),
-        js: rt.js.clone(),
-    };
+    let sender = attempt::Sender::new(cfg).map_err(DeliverError::from)?;
+    let d = deliver::Deliverer::new(cfg, rt.db.clone(), sender, rt.nats.clone(), rt.js.clone());
+    rt.tasks.spawn(endpoints::listen(
+        rt.nats.clone(),
+        d.endpoints.clone(),
+        shutdown.clone(),
+    ));
     // Count the live deliverers before taking any work, so limits are shared from the start.
     let replica = replicas::new_id();
     let live = replicas::beat(&d.db, &replica)
@@ -65,6 +64,9 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     });
     rt.tasks.spawn(publish::republish(d.clone(), shutdown.clone()));
     rt.tasks.spawn(gauges::run(d.db.clone(), shutdown.clone()));
+    let retention = retention::Retention::from_config(&cfg.common);
+    rt.tasks
+        .spawn(retention::run(d.db.clone(), retention, shutdown.clone()));
     rt.tasks.spawn(scheduler::run(d, shutdown));
     Ok(axum::Router::new())
 }

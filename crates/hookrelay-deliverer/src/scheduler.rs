@@ -121,8 +121,8 @@ async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due) -> bool {
     tracker.spawn(
         async move {
             tokio::time::sleep(wait).await;
-            deliver::deliver(&d, row).await;
-            drop((slot, permit));
+            deliver::deliver(&d, row, slot).await;
+            drop(permit);
         }
         .instrument(span),
     );

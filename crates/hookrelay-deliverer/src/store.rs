@@ -32,6 +32,7 @@ pub(crate) struct Due {
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Endpoint {
+    pub(crate) tenant_id: String,
     pub(crate) url: String,
     pub(crate) headers: serde_json::Value,
     pub(crate) secret: String,
@@ -40,6 +41,8 @@ pub(crate) struct Endpoint {
     pub(crate) enabled: bool,
     /// The endpoint's own attempt timeout in seconds (NULL: the configured default).
     pub(crate) timeout_seconds: Option<i32>,
+    /// Its attempts are paced to this many a second (`None`: no limit).
+    pub(crate) rate_limit_per_sec: Option<i32>,
     pub(crate) updated_at: OffsetDateTime,
     /// From `endpoint_health`; `None` when it has no row (healthy).
     pub(crate) health_state: Option<String>,
@@ -47,6 +50,16 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
+    /// Failing: its deliveries wait, parked, for the probes.
+    pub(crate) fn failing(&self) -> bool {
+        self.health_state.as_deref() == Some("failing")
+    }
+
+    /// Not healthy: its new deliveries go to the scheduler instead of being attempted at once.
+    pub(crate) fn paced(&self) -> bool {
+        self.health_state.as_deref().is_some_and(|s| s != "healthy")
+    }
+
     /// Health disabled it and no user has enabled it since (query may not have applied
     /// the disable yet).
     pub(crate) fn health_disabled(&self) -> bool {
@@ -62,46 +75,57 @@ impl Endpoint {
     }
 }
 
-/// One attempt as recorded.
+/// A delivery to store, from a job.
 #[derive(Debug)]
-pub(crate) struct AttemptRow<'a> {
-    pub(crate) trigger: &'static str,
-    pub(crate) started_at: OffsetDateTime,
-    pub(crate) duration_ms: i32,
-    pub(crate) request_headers: &'a serde_json::Value,
-    pub(crate) response_code: Option<i32>,
-    pub(crate) response_body: Option<&'a str>,
-    pub(crate) error: Option<&'a str>,
+pub(crate) struct NewDelivery {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) endpoint_id: String,
+    /// Due this long from now: leased (a lease long) while its first attempt runs here, so
+    /// the scheduler leaves it alone; due now (zero) or when its endpoint's pacing allows,
+    /// for the scheduler to attempt.
+    pub(crate) after: Duration,
+    /// Its endpoint is failing: it waits for the probes.
+    pub(crate) parked: bool,
+    pub(crate) traceparent: Option<String>,
 }
 
-/// The new delivery's id, or `None` when (tenant, event, endpoint) already has one. The row
-/// starts due `after` from now: leased (a lease long) while its first attempt runs here, so
-/// the scheduler leaves it alone; due now (zero) or when its endpoint's pacing allows, for
-/// the scheduler to attempt; parked when its endpoint is failing.
-pub(crate) async fn insert_delivery(
+/// Stores a batch of new deliveries in one statement; for each, whether it was stored
+/// (`false`: its (tenant, event, endpoint) already has a delivery, or its id came twice in
+/// the batch and the first one stands for it).
+pub(crate) async fn insert_deliveries(
     db: impl PgExecutor<'_>,
-    job: &hookrelay_types::messages::DeliveryJob,
-    after: Duration,
-    parked: bool,
-    traceparent: Option<&str>,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    batch: &[NewDelivery],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let column = |f: fn(&NewDelivery) -> &str| batch.iter().map(f).collect::<Vec<_>>();
+    let after: Vec<f64> = batch.iter().map(|n| n.after.as_secs_f64()).collect();
+    let parked: Vec<bool> = batch.iter().map(|n| n.parked).collect();
+    let traceparent: Vec<Option<&str>> = batch.iter().map(|n| n.traceparent.as_deref()).collect();
+    let stored: Vec<String> = sqlx::query_scalar(
         "INSERT INTO deliveries
              (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at, parked, traceparent)
-         VALUES ($1, $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6), $7, $8)
+         SELECT j.id, j.tenant_id, j.event_id, j.event_type, j.endpoint_id, 'pending',
+                now() + make_interval(secs => j.after), j.parked, j.traceparent
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::bool[], $8::text[])
+              AS j(id, tenant_id, event_id, event_type, endpoint_id, after, parked, traceparent)
          ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
          RETURNING id",
     )
-    .bind(&job.delivery_id)
-    .bind(&job.tenant_id)
-    .bind(&job.event_id)
-    .bind(&job.event_type)
-    .bind(&job.endpoint_id)
-    .bind(after.as_secs_f64())
+    .bind(column(|n| &n.id))
+    .bind(column(|n| &n.tenant_id))
+    .bind(column(|n| &n.event_id))
+    .bind(column(|n| &n.event_type))
+    .bind(column(|n| &n.endpoint_id))
+    .bind(after)
     .bind(parked)
     .bind(traceparent)
-    .fetch_optional(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    let mut stored: std::collections::HashSet<String> = stored.into_iter().collect();
+    // `remove`: a second job with the same id in this batch was not stored by this batch.
+    Ok(batch.iter().map(|n| stored.remove(&n.id)).collect())
 }
 
 /// The id of the delivery that already holds (tenant, event, endpoint).
@@ -119,15 +143,15 @@ pub(crate) async fn existing_delivery(
         .await
 }
 
-pub(crate) async fn endpoint(db: impl PgExecutor<'_>, tenant: &str, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
+/// The endpoint and its health, for `endpoints` (which checks the tenant).
+pub(crate) async fn endpoint(db: impl PgExecutor<'_>, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT e.url, e.headers, e.secret,
+        "SELECT e.tenant_id, e.url, e.headers, e.secret,
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
-                e.enabled, e.timeout_seconds, e.updated_at, h.state AS health_state, h.disabled_at
+                e.enabled, e.timeout_seconds, e.rate_limit_per_sec, e.updated_at, h.state AS health_state, h.disabled_at
          FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id
-         WHERE e.tenant_id = $1 AND e.id = $2",
+         WHERE e.id = $1",
     )
-    .bind(tenant)
     .bind(id)
     .fetch_optional(db)
     .await
@@ -252,10 +276,12 @@ pub(crate) async fn claim_probes(
 }
 
 /// Gives a claimed delivery back unattempted, due `after` from now (zero: for whichever
-/// deliverer has room).
+/// deliverer has room), parked if its endpoint turned failing meanwhile.
 pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str, after: Duration) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
+        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2),
+             parked = EXISTS (SELECT 1 FROM endpoint_health h
+                              WHERE h.endpoint_id = deliveries.endpoint_id AND h.state = 'failing')
          WHERE id = $1 AND status IN ('pending', 'retrying')",
     )
     .bind(id)
@@ -265,67 +291,255 @@ pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str, after: Duration) 
     Ok(())
 }
 
-/// In one transaction: numbers the attempt after the row's current count, stores it, and
-/// moves the delivery on as `decide(attempt number)` says. Returns the attempt number and
-/// the decision, or `None` if the delivery no longer exists.
+/// One attempt to record, and how to move its delivery on.
+pub(crate) struct Record {
+    pub(crate) delivery_id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) endpoint_id: String,
+    /// The attempt succeeded (2xx).
+    pub(crate) succeeded: bool,
+    pub(crate) trigger: &'static str,
+    pub(crate) started_at: OffsetDateTime,
+    pub(crate) duration_ms: i32,
+    pub(crate) request_headers: serde_json::Value,
+    pub(crate) response_code: Option<i32>,
+    pub(crate) response_body: Option<String>,
+    pub(crate) error: Option<String>,
+    /// What happens to the delivery, given the attempt's number.
+    pub(crate) decide: Box<dyn Fn(i32) -> Next + Send + Sync>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("delivery_id", &self.delivery_id)
+            .field("response_code", &self.response_code)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records a batch of attempts in one transaction: numbers each after its delivery's
+/// current count, stores them all, moves each delivery on as its `decide(number)` says,
+/// and adds them to their endpoints' minutes (`endpoint_minutes`, for stats). Answers each with its attempt number and decision, or `None` if the delivery no
+/// longer exists. Then, outside the transaction, a success resets the failure count of a
+/// healthy endpoint (what the health machine would do, without reading the row first).
 ///
 /// Numbering at write time keeps attempts 1, 2, 3… even when two attempts overlap (an
-/// operator's retry makes a leased row due at once, so the scheduler starts a second one).
-pub(crate) async fn record(
-    db: &PgPool,
-    delivery_id: &str,
-    attempt: &AttemptRow<'_>,
-    decide: impl Fn(i32) -> Next,
-) -> Result<Option<(i32, Next)>, sqlx::Error> {
+/// operator's retry makes a leased row due at once, so the scheduler starts a second one);
+/// two attempts of one delivery in a batch are numbered in arrival order, and the later
+/// one moves the delivery on.
+pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Option<(i32, Next)>>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let count: Option<i32> = sqlx::query_scalar("SELECT attempt_count FROM deliveries WHERE id = $1 FOR UPDATE")
-        .bind(delivery_id)
-        .fetch_optional(&mut *tx)
+    let ids: Vec<&str> = batch.iter().map(|r| r.delivery_id.as_str()).collect();
+    // Locked in id order, so two batches touching the same rows never deadlock.
+    let counts: Vec<(String, i32)> =
+        sqlx::query_as("SELECT id, attempt_count FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut counts: std::collections::HashMap<String, i32> = counts.into_iter().collect();
+    let mut answers = Vec::with_capacity(batch.len());
+    // The attempts' columns, and the deliveries' final state (one entry per delivery).
+    let mut a = AttemptColumns::default();
+    let mut moved: std::collections::HashMap<&str, (i32, Next, Option<i32>, i32)> = Default::default();
+    for r in batch {
+        let Some(count) = counts.get_mut(&r.delivery_id) else {
+            answers.push(None);
+            continue;
+        };
+        *count += 1;
+        let (number, next) = (*count, (r.decide)(*count));
+        a.push(r, number);
+        moved.insert(&r.delivery_id, (number, next, r.response_code, r.duration_ms));
+        answers.push(Some((number, next)));
+    }
+    if !a.delivery_id.is_empty() {
+        sqlx::query(
+            "INSERT INTO attempts
+                 (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
+             SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::timestamptz[], $5::int4[], $6::jsonb[],
+                                  $7::int4[], $8::text[], $9::text[])",
+        )
+        .bind(&a.delivery_id)
+        .bind(&a.attempt)
+        .bind(&a.trigger)
+        .bind(&a.started_at)
+        .bind(&a.duration_ms)
+        .bind(&a.request_headers)
+        .bind(&a.response_code)
+        .bind(&a.response_body)
+        .bind(&a.error)
+        .execute(&mut *tx)
         .await?;
-    let Some(count) = count else {
-        return Ok(None);
-    };
-    let number = count + 1;
-    let next = decide(number);
-    sqlx::query(
-        "INSERT INTO attempts
-             (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(delivery_id)
-    .bind(number)
-    .bind(attempt.trigger)
-    .bind(attempt.started_at)
-    .bind(attempt.duration_ms)
-    .bind(attempt.request_headers)
-    .bind(attempt.response_code)
-    .bind(attempt.response_body)
-    .bind(attempt.error)
-    .execute(&mut *tx)
-    .await?;
-    let retry_in = match next {
-        Next::Retry(d) => Some(d.as_secs_f64()),
-        Next::Delivered | Next::Failed => None,
-    };
-    sqlx::query(
-        "UPDATE deliveries
-         SET status = $2, attempt_count = $3, last_response_code = $4, last_duration_ms = $5,
-             next_attempt_at = CASE WHEN $6::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $6) END,
-             manual_retry = false, updated_at = now(),
-             parked = $6::float8 IS NOT NULL AND EXISTS (
-                 SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = deliveries.endpoint_id AND h.state = 'failing')
-         WHERE id = $1",
-    )
-    .bind(delivery_id)
-    .bind(next.status())
-    .bind(number)
-    .bind(attempt.response_code)
-    .bind(attempt.duration_ms)
-    .bind(retry_in)
-    .execute(&mut *tx)
-    .await?;
+        let (mut id, mut status, mut number, mut code, mut duration, mut retry_in) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (d, (n, next, c, ms)) in &moved {
+            id.push(*d);
+            status.push(next.status());
+            number.push(*n);
+            code.push(*c);
+            duration.push(*ms);
+            retry_in.push(match next {
+                Next::Retry(wait) => Some(wait.as_secs_f64()),
+                Next::Delivered | Next::Failed => None,
+            });
+        }
+        sqlx::query(
+            "UPDATE deliveries d
+             SET status = u.status, attempt_count = u.number, last_response_code = u.code, last_duration_ms = u.duration,
+                 next_attempt_at = CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
+                 manual_retry = false, updated_at = now(),
+                 parked = u.retry_in IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = d.endpoint_id AND h.state = 'failing')
+             FROM unnest($1::text[], $2::text[], $3::int4[], $4::int4[], $5::int4[], $6::float8[])
+                  AS u(id, status, number, code, duration, retry_in)
+             WHERE d.id = u.id",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(number)
+        .bind(code)
+        .bind(duration)
+        .bind(retry_in)
+        .execute(&mut *tx)
+        .await?;
+        add_minutes(&mut tx, batch, &answers).await?;
+    }
     tx.commit().await?;
-    Ok(Some((number, next)))
+    let mut succeeded: Vec<&str> = batch
+        .iter()
+        .zip(&answers)
+        .filter(|(r, answer)| r.succeeded && answer.is_some())
+        .map(|(r, _)| r.endpoint_id.as_str())
+        .collect();
+    succeeded.sort_unstable();
+    succeeded.dedup();
+    if !succeeded.is_empty() {
+        // Its own statement, after the commit: the health machine locks a health row and
+        // then deliveries (parking), so taking them the other way round here could deadlock.
+        // The attempts are recorded whatever happens here: a failure is only logged (the
+        // next success resets the count).
+        let reset = sqlx::query(
+            "UPDATE endpoint_health SET consecutive_failures = 0, first_failure_at = NULL, updated_at = now()
+             WHERE endpoint_id = ANY($1) AND state = 'healthy' AND consecutive_failures > 0",
+        )
+        .bind(succeeded)
+        .execute(db)
+        .await;
+        if let Err(error) = reset {
+            tracing::warn!(%error, "resetting healthy endpoints' failure counts failed");
+        }
+    }
+    Ok(answers)
+}
+
+/// Adds the recorded attempts to their endpoints' minutes, one upsert for the batch (rows
+/// in key order, so two deliverers' batches never deadlock on them).
+async fn add_minutes(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Record],
+    answers: &[Option<(i32, Next)>],
+) -> Result<(), sqlx::Error> {
+    use hookrelay_types::latency;
+    #[derive(Default)]
+    struct Minute<'a> {
+        tenant_id: &'a str,
+        attempts: i32,
+        succeeded: i32,
+        delivered: i32,
+        failed: i32,
+        latency: Vec<i32>,
+    }
+    let mut minutes: std::collections::BTreeMap<(&str, OffsetDateTime), Minute<'_>> = Default::default();
+    for (r, answer) in batch.iter().zip(answers) {
+        let Some((_, next)) = answer else { continue };
+        let at = r.started_at;
+        let minute =
+            at - Duration::from_secs(u64::from(at.second())) - Duration::from_nanos(u64::from(at.nanosecond()));
+        let m = minutes
+            .entry((r.endpoint_id.as_str(), minute))
+            .or_insert_with(|| Minute {
+                tenant_id: &r.tenant_id,
+                latency: latency::empty(),
+                ..Default::default()
+            });
+        m.attempts += 1;
+        if r.succeeded {
+            m.succeeded += 1;
+            m.latency[latency::bucket(i64::from(r.duration_ms))] += 1;
+        }
+        match next {
+            Next::Delivered => m.delivered += 1,
+            Next::Failed => m.failed += 1,
+            Next::Retry(_) => {}
+        }
+    }
+    if minutes.is_empty() {
+        return Ok(());
+    }
+    let histogram = |h: &[i32]| format!("{{{}}}", h.iter().map(i32::to_string).collect::<Vec<_>>().join(","));
+    let (mut endpoint, mut minute, mut tenant, mut attempts, mut succeeded, mut delivered, mut failed, mut hist) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((e, at), m) in &minutes {
+        endpoint.push(*e);
+        minute.push(*at);
+        tenant.push(m.tenant_id);
+        attempts.push(m.attempts);
+        succeeded.push(m.succeeded);
+        delivered.push(m.delivered);
+        failed.push(m.failed);
+        hist.push(histogram(&m.latency));
+    }
+    sqlx::query(
+        "INSERT INTO endpoint_minutes AS m (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
+         SELECT u.endpoint_id, u.minute, u.tenant_id, u.attempts, u.succeeded, u.delivered, u.failed, u.latency::int4[]
+         FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int4[], $6::int4[], $7::int4[], $8::text[])
+              AS u(endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
+         ON CONFLICT (endpoint_id, minute) DO UPDATE
+         SET attempts = m.attempts + excluded.attempts, succeeded = m.succeeded + excluded.succeeded,
+             delivered = m.delivered + excluded.delivered, failed = m.failed + excluded.failed,
+             latency = ARRAY(SELECT COALESCE(a, 0) + COALESCE(b, 0)
+                             FROM unnest(m.latency, excluded.latency) WITH ORDINALITY AS t(a, b, i) ORDER BY i)",
+    )
+    .bind(endpoint)
+    .bind(minute)
+    .bind(tenant)
+    .bind(attempts)
+    .bind(succeeded)
+    .bind(delivered)
+    .bind(failed)
+    .bind(hist)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// `attempts` rows as columns, for `unnest`.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    delivery_id: Vec<&'a str>,
+    attempt: Vec<i32>,
+    trigger: Vec<&'static str>,
+    started_at: Vec<OffsetDateTime>,
+    duration_ms: Vec<i32>,
+    request_headers: Vec<&'a serde_json::Value>,
+    response_code: Vec<Option<i32>>,
+    response_body: Vec<Option<&'a str>>,
+    error: Vec<Option<&'a str>>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn push(&mut self, r: &'a Record, number: i32) {
+        self.delivery_id.push(&r.delivery_id);
+        self.attempt.push(number);
+        self.trigger.push(r.trigger);
+        self.started_at.push(r.started_at);
+        self.duration_ms.push(r.duration_ms);
+        self.request_headers.push(&r.request_headers);
+        self.response_code.push(r.response_code);
+        self.response_body.push(r.response_body.as_deref());
+        self.error.push(r.error.as_deref());
+    }
 }
 
 /// An operator's retry: due now, whatever its status (unparked: an operator's retry is not
@@ -364,38 +578,6 @@ pub(crate) async fn requeue_failed(
     .execute(db)
     .await?
     .rows_affected())
-}
-
-/// What decides whether a new delivery is attempted at once: its endpoint's health state
-/// (`None`: healthy, no row) and rate limit.
-#[derive(Debug, Default, sqlx::FromRow)]
-pub(crate) struct Gate {
-    pub(crate) state: Option<String>,
-    pub(crate) rate_limit_per_sec: Option<i32>,
-}
-
-impl Gate {
-    /// Failing: its deliveries wait, parked, for the probes.
-    pub(crate) fn failing(&self) -> bool {
-        self.state.as_deref() == Some("failing")
-    }
-
-    /// Not healthy: its new deliveries go to the scheduler instead of being attempted at once.
-    pub(crate) fn paced(&self) -> bool {
-        self.state.as_deref().is_some_and(|s| s != "healthy")
-    }
-}
-
-pub(crate) async fn gate(db: impl PgExecutor<'_>, endpoint_id: &str) -> Result<Gate, sqlx::Error> {
-    let gate = sqlx::query_as(
-        "SELECT h.state, e.rate_limit_per_sec
-         FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id
-         WHERE e.id = $1",
-    )
-    .bind(endpoint_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(gate.unwrap_or_default())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -587,4 +769,123 @@ pub(crate) async fn unpublished_transitions(
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// What one retention batch removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct Removed {
+    pub(crate) deliveries: i64,
+    pub(crate) attempts: i64,
+}
+
+/// Removes up to `batch` finished (`delivered`/`failed`) deliveries created more than `age`
+/// ago, oldest first, with their attempts, in one statement. Rows are locked `SKIP LOCKED`:
+/// another deliverer sweeping at the same time takes other rows, and a row an operator's
+/// retry is updating is left for the next sweep. Pending and retrying rows never match.
+pub(crate) async fn remove_finished_deliveries(
+    db: impl PgExecutor<'_>,
+    age: Duration,
+    batch: i64,
+) -> Result<Removed, sqlx::Error> {
+    sqlx::query_as(
+        "WITH doomed AS (
+             SELECT id FROM deliveries
+             WHERE status IN ('delivered', 'failed') AND created_at < now() - make_interval(secs => $1)
+             ORDER BY created_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED),
+         attempts_gone AS (
+             DELETE FROM attempts a USING doomed WHERE a.delivery_id = doomed.id RETURNING 1),
+         deliveries_gone AS (
+             DELETE FROM deliveries d USING doomed WHERE d.id = doomed.id RETURNING 1)
+         SELECT (SELECT count(*) FROM deliveries_gone) AS deliveries,
+                (SELECT count(*) FROM attempts_gone) AS attempts",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .fetch_one(db)
+    .await
+}
+
+/// Removes up to `batch` health transitions recorded more than `age` ago and already
+/// announced (an unannounced one still waits for its publish). Returns how many.
+pub(crate) async fn remove_old_transitions(
+    db: impl PgExecutor<'_>,
+    age: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM endpoint_health_transitions WHERE id IN (
+             SELECT id FROM endpoint_health_transitions
+             WHERE at < now() - make_interval(secs => $1) AND published_at IS NOT NULL
+             ORDER BY at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Removes up to `batch` of the endpoints' minutes (`endpoint_minutes`) older than `age`.
+/// Returns how many.
+pub(crate) async fn remove_old_minutes(db: impl PgExecutor<'_>, age: Duration, batch: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM endpoint_minutes WHERE (endpoint_id, minute) IN (
+             SELECT endpoint_id, minute FROM endpoint_minutes
+             WHERE minute < now() - make_interval(secs => $1)
+             ORDER BY minute
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// What a replay did: deliveries created, and existing ones requeued.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) created: u64,
+    pub(crate) requeued: u64,
+}
+
+/// A replay of a stored event to `endpoints` (each paired with the id a new delivery gets):
+/// an endpoint without a delivery of the event gets one, due now; one with a delivery has it
+/// requeued as an operator's retry (due now, unparked). Either way the next attempt is
+/// `manual`. A delivery already waiting for a manual attempt is left as it is, so the same
+/// command handled twice (a lost ack) sends once. Nothing happens if the event is gone.
+pub(crate) async fn replay(
+    db: impl PgExecutor<'_>,
+    tenant: &str,
+    event_id: &str,
+    endpoints: &[&str],
+    new_ids: &[String],
+) -> Result<Replayed, sqlx::Error> {
+    let inserted: Vec<bool> = sqlx::query_scalar(
+        "INSERT INTO deliveries
+             (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at, manual_retry)
+         SELECT x.id, e.tenant_id, e.event_id, e.event_type, x.endpoint_id, 'pending', now(), true
+         FROM events e, unnest($3::text[], $4::text[]) AS x(endpoint_id, id)
+         WHERE e.tenant_id = $1 AND e.event_id = $2
+         ON CONFLICT (tenant_id, event_id, endpoint_id) DO UPDATE
+         SET status = 'retrying', next_attempt_at = now(), manual_retry = true, parked = false, updated_at = now()
+         WHERE NOT (deliveries.manual_retry AND deliveries.status IN ('pending', 'retrying'))
+         RETURNING xmax = 0",
+    )
+    .bind(tenant)
+    .bind(event_id)
+    .bind(endpoints)
+    .bind(new_ids)
+    .fetch_all(db)
+    .await?;
+    let created = inserted.iter().filter(|i| **i).count() as u64;
+    Ok(Replayed {
+        created,
+        requeued: inserted.len() as u64 - created,
+    })
 }

@@ -16,7 +16,7 @@ use hookrelay_deliverer::{Config, run};
 use hookrelay_testkit::{Receiver, TestEnv, eventually, spawn_service, verify};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
-    messages::{DeliveryCommand, DeliveryJob, RecoverEndpoint, RetryDelivery, delivery_command::Action},
+    messages::{DeliveryCommand, DeliveryJob, RecoverEndpoint, ReplayEvent, RetryDelivery, delivery_command::Action},
     signature::Secret,
     subjects,
 };
@@ -100,6 +100,17 @@ async fn endpoint(db: &sqlx::PgPool, url: &str, headers: Value) -> (String, Stri
     .await
     .unwrap();
     (id, secret)
+}
+
+/// Announces that an endpoint row changed, as query does after every write to it (the
+/// deliverer keeps endpoints it has read until told or for a second).
+async fn changed(js: &jetstream::Context, endpoint_id: &str) {
+    let tenant = hookrelay_types::TenantId::parse(TENANT).unwrap();
+    js.client()
+        .publish(subjects::endpoint_changed(&tenant), endpoint_id.to_owned().into())
+        .await
+        .unwrap();
+    js.client().flush().await.unwrap();
 }
 
 struct Sent {
@@ -648,6 +659,7 @@ async fn manual_retry_and_recover_commands_requeue_failed_deliveries() {
             .execute(&db)
             .await
             .unwrap();
+        changed(&js, ep).await;
     }
     publish_command(
         &js,
@@ -688,6 +700,7 @@ async fn manual_retry_and_recover_commands_requeue_failed_deliveries() {
         .execute(&db)
         .await
         .unwrap();
+    changed(&js, &b_ep).await;
     let five = send_event(&db, &js, &b_ep).await;
     wait_for(&db, &five.delivery_id, "failed", 2).await;
     publish_command(
@@ -721,6 +734,7 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period() {
         .execute(&db)
         .await
         .unwrap();
+        changed(&js, ep).await;
     }
     let a = send_event(&db, &js, &rotating).await;
     let b = send_event(&db, &js, &expired).await;
@@ -790,6 +804,7 @@ async fn deleted_and_disabled_endpoints_fail_the_delivery_at_once() {
         .execute(&db)
         .await
         .unwrap();
+    changed(&js, &disabled).await;
     let gone = EndpointId::generate().to_string();
     let a = send_event(&db, &js, &disabled).await;
     let b = send_event(&db, &js, &gone).await;
@@ -1028,8 +1043,16 @@ async fn a_dead_endpoints_backlog_does_not_delay_healthy_endpoints() {
             .lines()
             .find_map(|l| l.strip_prefix("hookrelay_retry_backlog{state=\"parked\"} "))
             .and_then(|v| v.parse::<f64>().ok());
-        (parked_gauge >= Some(f64::from(BACKLOG - 16)) && text.contains("hookrelay_endpoints{health=\"failing\"} 1"))
-            .then_some(text)
+        // Rows whose last attempt failed them before the endpoint turned failing are
+        // finished, not waiting: the rest of the backlog is what must be parked.
+        let finished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE endpoint_id = $1 AND status = 'failed'")
+                .bind(&dead)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        let waiting = (i64::from(BACKLOG) - finished - 16) as f64;
+        (parked_gauge >= Some(waiting) && text.contains("hookrelay_endpoints{health=\"failing\"} 1")).then_some(text)
     })
     .await
     .unwrap_or_else(|| panic!("gauges never showed the parked backlog"));
@@ -1314,6 +1337,7 @@ async fn an_endpoints_own_timeout_replaces_the_default() {
         .execute(&db)
         .await
         .unwrap();
+    changed(&js, &ep).await;
     let sent = send_event(&db, &js, &ep).await;
 
     wait_for(&db, &sent.delivery_id, "retrying", 1).await;
@@ -1431,6 +1455,7 @@ async fn an_endpoints_rate_limit_holds_across_two_deliverers_and_costs_no_attemp
         .execute(&db)
         .await
         .unwrap();
+    changed(&js, &ep).await;
     let mut sent = Vec::new();
     for _ in 0..EVENTS {
         sent.push(send_event(&db, &js, &ep).await);
@@ -1542,4 +1567,79 @@ async fn a_failing_endpoint_is_probed_once_per_interval_across_two_deliverers() 
     );
     first.stop().await;
     second.stop().await;
+}
+
+/// The delivery of `event_id` to `endpoint_id`, if there is one.
+async fn delivery_of(db: &sqlx::PgPool, event_id: &str, endpoint_id: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT id FROM deliveries WHERE event_id = $1 AND endpoint_id = $2")
+        .bind(event_id)
+        .bind(endpoint_id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_command_handled_twice_sends_once_and_a_malformed_one_is_poison() {
+    let env = TestEnv::start().await.unwrap();
+    // A slow scheduler: both copies of the command are handled before it next claims.
+    let extra = [("HOOKRELAY_SCHEDULER_INTERVAL", "1500ms")];
+    let (running, db, js) = setup(&env, &extra).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (old_ep, _) = endpoint(&db, &receiver.url("ok/old"), json!({})).await;
+    let (new_ep, _) = endpoint(&db, &receiver.url("ok/new"), json!({})).await;
+    let sent = send_event(&db, &js, &old_ep).await;
+    wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+    running.stop().await;
+
+    // The same replay twice (as after a lost ack), one of an event never stored, one malformed.
+    let replay = |event_id: &str, endpoints: &[&str]| {
+        Action::Replay(ReplayEvent {
+            event_id: event_id.to_owned(),
+            endpoint_ids: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+        })
+    };
+    publish_command(&js, replay(&sent.event_id, &[&old_ep, &new_ep])).await;
+    publish_command(&js, replay(&sent.event_id, &[&old_ep, &new_ep])).await;
+    publish_command(&js, replay("evt_never_stored", &[&old_ep])).await;
+    publish_command(&js, replay(&sent.event_id, &["not an endpoint id"])).await;
+    let running = start(&env, &extra).await;
+
+    let row = wait_for(&db, &sent.delivery_id, "delivered", 2).await;
+    assert!(!row.manual_retry);
+    let triggers: Vec<_> = attempts(&db, &sent.delivery_id)
+        .await
+        .into_iter()
+        .map(|a| a.trigger)
+        .collect();
+    assert_eq!(triggers, ["scheduled", "manual"]);
+    let new_id = eventually(WAIT, || delivery_of(&db, &sent.event_id, &new_ep)).await;
+    let new_id = new_id.expect("the replay created a delivery for the other endpoint");
+    assert_ne!(new_id, sent.delivery_id);
+    wait_for(&db, &new_id, "delivered", 1).await;
+    assert_eq!(attempts(&db, &new_id).await[0].trigger, "manual");
+    assert_eq!(
+        attempts(&db, &new_id).await[0].request_headers["webhook-id"],
+        sent.event_id.as_str()
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        receiver.received_id("ok/old", &sent.event_id).len(),
+        2,
+        "first delivery and one replay"
+    );
+    assert_eq!(receiver.received_id("ok/new", &sent.event_id).len(), 1, "one replay");
+    assert_eq!(receiver.received("ok/new").len(), 1, "nothing else reached it");
+    assert!(delivery_of(&db, "evt_never_stored", &old_ep).await.is_none());
+    let poisoned = eventually(WAIT, || async {
+        running
+            .metrics()
+            .await
+            .contains("hookrelay_deliverer_poison_messages_total 1")
+            .then_some(())
+    })
+    .await;
+    assert!(poisoned.is_some(), "the malformed replay was not counted as poison");
+    running.stop().await;
 }

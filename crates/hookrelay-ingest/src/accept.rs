@@ -14,8 +14,12 @@ use crate::{
     catalogue::{self, Catalogue},
     error::IngestError,
     publish,
-    store::{self, Checked, Stored},
+    store::{self, Checked, NewEvent, Stored},
 };
+use hookrelay_runtime::batch::Batcher;
+
+/// Most events a batch stores at once.
+const BATCH_MAX: usize = 512;
 
 pub(crate) const EVENTS_ACCEPTED: &str = "hookrelay_events_accepted_total";
 pub(crate) const EVENTS_DUPLICATE: &str = "hookrelay_events_duplicate_total";
@@ -32,6 +36,10 @@ pub(crate) struct Ingest {
     /// Tenants seen to exist. Tenants are never renamed, so a positive answer can be kept.
     known_tenants: Arc<Mutex<HashSet<String>>>,
     pub(crate) catalogue: Catalogue,
+    /// Events stored a batch per statement (concurrent requests and messages share one).
+    events: Batcher<NewEvent, Stored>,
+    /// (tenant, event id)s marked published, a batch per statement.
+    published: Batcher<(String, String), ()>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +49,19 @@ pub(crate) struct Accepted {
 
 impl Ingest {
     pub(crate) fn new(db: sqlx::PgPool, js: async_nats::jetstream::Context, cfg: Arc<Config>) -> Self {
+        let (events_db, published_db) = (db.clone(), db.clone());
         Self {
+            events: Batcher::spawn("events", BATCH_MAX, move |batch: Vec<NewEvent>| {
+                let db = events_db.clone();
+                async move { store::insert_events(&db, &batch).await }
+            }),
+            published: Batcher::spawn("events_published", BATCH_MAX, move |batch: Vec<(String, String)>| {
+                let db = published_db.clone();
+                async move {
+                    store::mark_published_all(&db, &batch).await?;
+                    Ok(vec![(); batch.len()])
+                }
+            }),
             db,
             js,
             cfg,
@@ -109,7 +129,18 @@ impl Ingest {
         let checked = self.check_schema(tenant, envelope).await?;
         let body = envelope.to_body();
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::Publish(e.to_string()))?;
-        let stored = store::insert_event(&self.db, tenant, envelope, text, &checked, only_endpoint).await?;
+        let stored = self
+            .events
+            .call(NewEvent {
+                tenant_id: tenant.to_string(),
+                event_id: envelope.event_id.to_string(),
+                event_type: envelope.event.to_string(),
+                occurred_at: envelope.timestamp,
+                body: text.to_owned(),
+                checked,
+                only_endpoint_id: only_endpoint.map(ToString::to_string),
+            })
+            .await?;
         let duplicate = matches!(stored, Stored::Duplicate { .. });
         if stored != (Stored::Duplicate { published: true }) {
             let accepted_at = OffsetDateTime::now_utc();
@@ -123,7 +154,7 @@ impl Ingest {
                 only_endpoint,
             )
             .await?;
-            store::mark_published(&self.db, tenant, &envelope.event_id).await?;
+            self.mark_published(tenant, &envelope.event_id);
         }
         if duplicate {
             metrics::counter!(EVENTS_DUPLICATE, "via" => via).increment(1);
@@ -131,5 +162,17 @@ impl Ingest {
             metrics::counter!(EVENTS_ACCEPTED, "via" => via).increment(1);
         }
         Ok(Accepted { duplicate })
+    }
+
+    /// Notes, in the background, that the event reached HOOKRELAY_EVENTS. Nothing waits for
+    /// it: an event left unmarked (the write failed, or the process stopped first) is
+    /// published again by the sweeper, and the router and deliverer drop the repeat.
+    pub(crate) fn mark_published(&self, tenant: &TenantId, event_id: &hookrelay_types::EventId) {
+        let (published, item) = (self.published.clone(), (tenant.to_string(), event_id.to_string()));
+        tokio::spawn(async move {
+            if let Err(error) = published.call(item).await {
+                tracing::warn!(%error, "marking an event published failed; the sweeper publishes it again");
+            }
+        });
     }
 }

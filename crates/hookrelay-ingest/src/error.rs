@@ -17,10 +17,23 @@ pub enum IngestError {
     },
     #[error("tenant `{0}` does not exist")]
     UnknownTenant(String),
+    /// Shared: one failed batch fails every event in it.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(std::sync::Arc<sqlx::Error>),
     #[error("publishing to NATS: {0}")]
     Publish(String),
+}
+
+impl From<sqlx::Error> for IngestError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(std::sync::Arc::new(e))
+    }
+}
+
+impl From<std::sync::Arc<sqlx::Error>> for IngestError {
+    fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
+        Self::Database(e)
+    }
 }
 
 impl IngestError {

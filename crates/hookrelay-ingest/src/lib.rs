@@ -5,8 +5,9 @@
 //! NATS messages go to `hookrelay.dead.ingest`. An event whose type is declared with a
 //! schema is checked first (see `catalogue`); it listens on `hookrelay.control.event-types.>`.
 //! hookrelay's own `hookrelay/` events come only from HOOKRELAY_SYSTEM
-//! (`hookrelay.system.<tenant>`), see `system.rs`. The API keys it authenticates are
-//! reported to query on `hookrelay.control.key-uses` (query writes `api_keys`).
+//! (`hookrelay.system.<tenant>`), see `system.rs`. Events past `HOOKRELAY_RETENTION` are
+//! removed by `retention`. The API keys it authenticates are reported to query on
+//! `hookrelay.control.key-uses` (query writes `api_keys`).
 
 mod accept;
 mod catalogue;
@@ -15,6 +16,7 @@ mod consume;
 mod error;
 mod http;
 mod publish;
+mod retention;
 mod store;
 mod sweeper;
 mod system;
@@ -29,7 +31,7 @@ use hookrelay_runtime::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// Creates the intake consumer, starts the consumer and sweeper on `rt.tasks`, and returns
+/// Creates the intake consumer, starts the consumer, sweeper and retention on `rt.tasks`, and returns
 /// the REST routes.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
     let cfg = Arc::new(cfg.clone());
@@ -52,6 +54,9 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "system event consumer stopped");
         }
     });
+    let retention = retention::Retention::from_config(&cfg.common);
+    rt.tasks
+        .spawn(retention::run(rt.db.clone(), retention, shutdown.clone()));
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown.clone()));
     let (nats, uses_shutdown) = (rt.nats.clone(), shutdown);
     rt.tasks.spawn(

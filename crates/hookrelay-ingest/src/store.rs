@@ -1,7 +1,10 @@
 //! All of ingest's SQL. Writes `events`; reads `tenants`, `event_types` and
-//! `event_type_versions` (written by query).
+//! `event_type_versions` (written by query), and `deliveries` (written by the deliverer,
+//! for retention: an event stays while a delivery of it waits).
 
-use hookrelay_types::{EndpointId, Envelope, EventId, TenantId};
+use std::collections::HashSet;
+
+use hookrelay_types::{EventId, TenantId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -23,43 +26,97 @@ pub(crate) enum Stored {
     Duplicate { published: bool },
 }
 
-pub(crate) async fn insert_event(
+/// An event to store, as accepted.
+#[derive(Debug)]
+pub(crate) struct NewEvent {
+    pub(crate) tenant_id: String,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) occurred_at: OffsetDateTime,
+    pub(crate) body: String,
+    pub(crate) checked: Checked,
+    pub(crate) only_endpoint_id: Option<String>,
+}
+
+/// Stores a batch of events in one statement (a second, for the duplicates' state); for
+/// each, whether it is new. An event id twice in one batch is new the first time and a
+/// duplicate the second.
+pub(crate) async fn insert_events(
     db: impl PgExecutor<'_> + Copy,
-    tenant: &TenantId,
-    envelope: &Envelope,
-    body: &str,
-    checked: &Checked,
-    only_endpoint: Option<&EndpointId>,
-) -> Result<Stored, sqlx::Error> {
-    let inserted = sqlx::query(
+    batch: &[NewEvent],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let text = |f: fn(&NewEvent) -> &str| batch.iter().map(f).collect::<Vec<_>>();
+    let inserted: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, schema_version, schema_violation,
                              only_endpoint_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (tenant_id, event_id) DO NOTHING",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int4[],
+                              $7::text[], $8::text[])
+         ON CONFLICT (tenant_id, event_id) DO NOTHING
+         RETURNING tenant_id, event_id",
     )
-    .bind(tenant.as_str())
-    .bind(envelope.event_id.as_str())
-    .bind(envelope.event.as_str())
-    .bind(envelope.timestamp)
-    .bind(body)
-    .bind(checked.schema_version)
-    .bind(checked.violation.as_deref())
-    .bind(only_endpoint.map(EndpointId::as_str))
-    .execute(db)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Stored::New);
+    .bind(text(|e| &e.tenant_id))
+    .bind(text(|e| &e.event_id))
+    .bind(text(|e| &e.event_type))
+    .bind(batch.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(text(|e| &e.body))
+    .bind(batch.iter().map(|e| e.checked.schema_version).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.checked.violation.as_deref()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.only_endpoint_id.as_deref()).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await?;
+    let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
+    let new: Vec<bool> = batch
+        .iter()
+        .map(|e| inserted.remove(&(e.tenant_id.clone(), e.event_id.clone())))
+        .collect();
+    if new.iter().all(|&n| n) {
+        return Ok(vec![Stored::New; batch.len()]);
     }
-    let published: Option<OffsetDateTime> =
-        sqlx::query_scalar("SELECT published_at FROM events WHERE tenant_id = $1 AND event_id = $2")
-            .bind(tenant.as_str())
-            .bind(envelope.event_id.as_str())
-            .fetch_one(db)
-            .await?;
-    Ok(Stored::Duplicate {
-        published: published.is_some(),
-    })
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = batch
+        .iter()
+        .zip(&new)
+        .filter(|(_, new)| !**new)
+        .map(|(e, _)| (e.tenant_id.as_str(), e.event_id.as_str()))
+        .unzip();
+    let published: Vec<(String, String)> = sqlx::query_as(
+        "SELECT e.tenant_id, e.event_id FROM events e
+         JOIN unnest($1::text[], $2::text[]) AS d(tenant_id, event_id)
+           ON e.tenant_id = d.tenant_id AND e.event_id = d.event_id
+         WHERE e.published_at IS NOT NULL",
+    )
+    .bind(tenants)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    let published: HashSet<(String, String)> = published.into_iter().collect();
+    Ok(batch
+        .iter()
+        .zip(new)
+        .map(|(e, new)| match new {
+            true => Stored::New,
+            false => Stored::Duplicate {
+                published: published.contains(&(e.tenant_id.clone(), e.event_id.clone())),
+            },
+        })
+        .collect())
+}
+
+/// Notes that these (tenant, event id)s reached HOOKRELAY_EVENTS, in one statement.
+pub(crate) async fn mark_published_all(
+    db: impl PgExecutor<'_>,
+    events: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = events.iter().map(|(t, e)| (t.as_str(), e.as_str())).unzip();
+    sqlx::query(
+        "UPDATE events e SET published_at = now()
+         FROM unnest($1::text[], $2::text[]) AS p(tenant_id, event_id)
+         WHERE e.tenant_id = p.tenant_id AND e.event_id = p.event_id AND e.published_at IS NULL",
+    )
+    .bind(tenants)
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn mark_published(
@@ -135,4 +192,32 @@ pub(crate) async fn event_type_rule(
     .bind(name)
     .fetch_optional(db)
     .await
+}
+
+/// Removes up to `batch` events received more than `age` ago, oldest first, that are done
+/// with: published, and with no delivery still pending or retrying (a waiting delivery needs
+/// its payload). Rows are locked `SKIP LOCKED`, so sweepers running at once take different
+/// rows. Returns how many were removed.
+pub(crate) async fn remove_old_events(
+    db: impl PgExecutor<'_>,
+    age: std::time::Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM events WHERE (tenant_id, event_id) IN (
+             SELECT e.tenant_id, e.event_id FROM events e
+             WHERE e.received_at < now() - make_interval(secs => $1) AND e.published_at IS NOT NULL
+               AND NOT EXISTS (
+                   SELECT 1 FROM deliveries d
+                   WHERE d.tenant_id = e.tenant_id AND d.event_id = e.event_id
+                     AND d.status IN ('pending', 'retrying'))
+             ORDER BY e.received_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(age.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
 }

@@ -4,7 +4,7 @@
 //! `event_type_versions` (changes to the last two are announced on
 //! `hookrelay.control.event-types.<tenant>` for ingest's schema cache); it reads `events`
 //! (written by ingest) and `deliveries` and `attempts` (written by the deliverer). Operator
-//! actions on deliveries (retry, recover) are `DeliveryCommand`s published on
+//! actions on deliveries (retry, recover, replay) are `DeliveryCommand`s published on
 //! `hookrelay.commands.deliverer.<tenant>` (stream HOOKRELAY_COMMANDS) for the deliverer,
 //! the only writer of `deliveries`, to carry out. The deliverer, which keeps endpoint health,
 //! asks query to disable an endpoint with an `EndpointCommand` on
@@ -19,6 +19,7 @@ mod error;
 mod http;
 mod key_uses;
 mod publish;
+mod replay;
 mod stats;
 mod store;
 mod target;

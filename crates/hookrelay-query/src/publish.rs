@@ -9,7 +9,7 @@
 use async_nats::{HeaderMap, jetstream};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
-    messages::{DeliveryCommand, RecoverEndpoint, RetryDelivery, SystemEvent, delivery_command::Action},
+    messages::{DeliveryCommand, RecoverEndpoint, ReplayEvent, RetryDelivery, SystemEvent, delivery_command::Action},
     subjects,
 };
 use prost::Message as _;
@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use crate::error::QueryError;
 
-/// Commands published, by `action` (`retry`, `recover`).
+/// Commands published, by `action` (`retry`, `recover`, `replay`).
 pub(crate) const COMMANDS_PUBLISHED: &str = "hookrelay_query_commands_published_total";
 /// System events published, by `type`.
 pub(crate) const SYSTEM_EVENTS_PUBLISHED: &str = "hookrelay_query_system_events_published_total";
@@ -40,6 +40,24 @@ pub(crate) async fn recover(
         since_ms: i64::try_from(since.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MIN),
     });
     command(js, tenant, action, "recover").await
+}
+
+/// A replay of `event` to `endpoints`, in commands of at most
+/// [`crate::replay::ENDPOINTS_PER_COMMAND`] endpoints each.
+pub(crate) async fn replay(
+    js: &jetstream::Context,
+    tenant: &TenantId,
+    event: &EventId,
+    endpoints: &[String],
+) -> Result<(), QueryError> {
+    for chunk in endpoints.chunks(crate::replay::ENDPOINTS_PER_COMMAND) {
+        let action = Action::Replay(ReplayEvent {
+            event_id: event.to_string(),
+            endpoint_ids: chunk.to_vec(),
+        });
+        command(js, tenant, action, "replay").await?;
+    }
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, action = name))]

@@ -1,8 +1,8 @@
 //! An endpoint's numbers and health, from rows `store` reads out of `deliveries` and
 //! `attempts`. Pure: no I/O.
 //!
-//! Computed per request over the window's rows; rollup tables will replace the scan when
-//! windows of a busy endpoint grow large.
+//! Counts and latency come from the deliverer's per-minute rollup (`endpoint_minutes`);
+//! health from the endpoint's latest attempts and the deliverer's health machine.
 
 use std::time::Duration;
 
@@ -111,19 +111,6 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    /// From `(status, count)` rows.
-    pub(crate) fn from_rows<'a>(rows: impl IntoIterator<Item = (&'a str, i64)>) -> Self {
-        let mut c = Self::default();
-        for (status, n) in rows {
-            match status {
-                "delivered" => c.delivered += n,
-                "failed" => c.failed += n,
-                _ => c.pending += n,
-            }
-        }
-        c
-    }
-
     /// delivered ÷ (delivered + failed), from 0 to 1; `None` before anything finished.
     pub(crate) fn delivery_rate(&self) -> Option<f64> {
         let finished = self.delivered + self.failed;
@@ -172,24 +159,15 @@ pub(crate) struct Latency {
 }
 
 impl Latency {
-    /// From attempt durations in milliseconds, sorted ascending.
-    pub(crate) fn from_sorted(sorted: &[i64]) -> Self {
+    /// From a latency histogram (`hookrelay_types::latency`).
+    pub(crate) fn from_histogram(counts: &[i64]) -> Self {
+        use hookrelay_types::latency::percentile;
         Self {
-            p50: percentile(sorted, 50),
-            p95: percentile(sorted, 95),
-            p99: percentile(sorted, 99),
+            p50: percentile(counts, 50),
+            p95: percentile(counts, 95),
+            p99: percentile(counts, 99),
         }
     }
-}
-
-/// The nearest-rank percentile: the smallest value with at least `p`% of values at or below
-/// it. Always one of the observed values; `None` when there are none.
-pub(crate) fn percentile(sorted: &[i64], p: u32) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (sorted.len() * p as usize).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied()
 }
 
 #[cfg(test)]
@@ -251,18 +229,18 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_rate() {
-        let c = Counts::from_rows([("delivered", 3), ("failed", 1), ("pending", 2), ("retrying", 1)]);
-        assert_eq!(
-            c,
-            Counts {
-                delivered: 3,
-                failed: 1,
-                pending: 3
-            }
-        );
+    fn delivery_rate_is_delivered_over_finished() {
+        let c = Counts {
+            delivered: 3,
+            failed: 1,
+            pending: 3,
+        };
         assert_eq!(c.delivery_rate(), Some(0.75));
-        assert_eq!(Counts::from_rows([("pending", 2)]).delivery_rate(), None);
+        let unfinished = Counts {
+            pending: 2,
+            ..Counts::default()
+        };
+        assert_eq!(unfinished.delivery_rate(), None);
     }
 
     #[test]
@@ -282,33 +260,45 @@ mod tests {
         assert_eq!(Pipeline::from_rows(0, []), Pipeline::default());
     }
 
+    fn histogram(durations: &[i64]) -> Vec<i64> {
+        let mut h = vec![0; hookrelay_types::latency::buckets()];
+        for &d in durations {
+            h[hookrelay_types::latency::bucket(d)] += 1;
+        }
+        h
+    }
+
+    /// The exact nearest-rank percentile of sorted values.
+    fn exact(sorted: &[i64], p: usize) -> i64 {
+        sorted[(sorted.len() * p).div_ceil(100).max(1) - 1]
+    }
+
     #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<i64> = (1..=100).collect();
+    fn latency_from_a_histogram() {
+        let v: Vec<i64> = (1..=9).collect();
         assert_eq!(
-            Latency::from_sorted(&v),
+            Latency::from_histogram(&histogram(&v)),
             Latency {
-                p50: Some(50),
-                p95: Some(95),
-                p99: Some(99)
+                p50: Some(5),
+                p95: Some(9),
+                p99: Some(9)
             }
         );
-        assert_eq!(percentile(&[7], 99), Some(7));
-        assert_eq!(percentile(&[10, 20, 30, 40], 50), Some(20));
-        assert_eq!(percentile(&[10, 20, 30, 40], 95), Some(40));
-        assert_eq!(percentile(&[], 50), None);
+        let none = Latency::from_histogram(&histogram(&[]));
+        assert_eq!((none.p50, none.p95, none.p99), (None, None, None));
     }
 
     proptest! {
         #[test]
-        fn percentiles_are_observed_and_ordered(mut v in prop::collection::vec(0i64..10_000, 1..200)) {
+        fn histogram_percentiles_are_ordered_and_near_the_exact_ones(mut v in prop::collection::vec(0i64..100_000, 1..300)) {
             v.sort_unstable();
-            let l = Latency::from_sorted(&v);
+            let l = Latency::from_histogram(&histogram(&v));
             let (p50, p95, p99) = (l.p50.unwrap(), l.p95.unwrap(), l.p99.unwrap());
-            prop_assert!(v.contains(&p50) && v.contains(&p95) && v.contains(&p99));
-            prop_assert!(p50 <= p95 && p95 <= p99 && p99 <= *v.last().unwrap());
-            let at_or_below = v.iter().filter(|x| **x <= p50).count();
-            prop_assert!(at_or_below * 2 >= v.len());
+            prop_assert!(p50 <= p95 && p95 <= p99);
+            for (got, p) in [(p50, 50), (p95, 95), (p99, 99)] {
+                let truth = exact(&v, p);
+                prop_assert!((got - truth).abs() * 5 <= truth.max(5), "p{}: {} vs {}", p, got, truth);
+            }
         }
     }
 }

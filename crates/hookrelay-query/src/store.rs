@@ -9,7 +9,7 @@ use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::{endpoint::EndpointSpec, error::QueryError};
 
@@ -372,13 +372,70 @@ pub(crate) struct DeliveryFilter {
     pub(crate) event_type: Option<String>,
     pub(crate) event_id: Option<EventId>,
     pub(crate) status: Option<&'static str>,
+    pub(crate) status_class: Option<StatusClass>,
     /// `created_at >= since`
     pub(crate) since: Option<OffsetDateTime>,
     /// `created_at < until`
     pub(crate) until: Option<OffsetDateTime>,
 }
 
+/// The class of a delivery's last response: `2xx`, `4xx`, `5xx`, or `none` (no response
+/// yet, or the attempt got none: a timeout or a connection error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusClass {
+    Success,
+    ClientError,
+    ServerError,
+    NoResponse,
+}
+
+impl StatusClass {
+    pub(crate) const NAMES: [&'static str; 4] = ["2xx", "4xx", "5xx", "none"];
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "2xx" => Some(Self::Success),
+            "4xx" => Some(Self::ClientError),
+            "5xx" => Some(Self::ServerError),
+            "none" => Some(Self::NoResponse),
+            _ => None,
+        }
+    }
+
+    /// The condition, over the expression `deliveries_by_response_class` indexes.
+    fn condition(self) -> &'static str {
+        match self {
+            Self::Success => " AND coalesce(last_response_code / 100, 0) = 2",
+            Self::ClientError => " AND coalesce(last_response_code / 100, 0) = 4",
+            Self::ServerError => " AND coalesce(last_response_code / 100, 0) = 5",
+            Self::NoResponse => " AND coalesce(last_response_code / 100, 0) = 0",
+        }
+    }
+}
+
+/// How far apart the clock that stamps a delivery id (the router's) and Postgres's, which
+/// stamps `created_at`, may be. The id is made just before the row is stored, so a row
+/// created before `until` has an id older than `until` plus this.
+const ID_CLOCK_SLACK: Duration = Duration::minutes(1);
+
+/// The smallest delivery id made at `at`: every id made earlier sorts below it.
+fn first_id_at(at: OffsetDateTime) -> String {
+    let ms = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let ulid = ulid::Ulid::from_parts(ms.min((1 << 48) - 1), 0);
+    format!("{}{}", DeliveryId::PREFIX, ulid.to_string().to_lowercase())
+}
+
 /// A tenant's deliveries, newest first (ids are `dlv_` + ULID), strictly before `before`.
+///
+/// Every filter is a condition the walk down one of the log's indexes (migration 0009,
+/// docs/delivery-log.md) checks as it goes, so a page stops after `limit` rows. `status`
+/// and `status_class` go in as literals, not binds: the partial indexes serve a query only
+/// when the planner can prove their predicate from the query's, which it cannot from a
+/// parameter in a generic plan. `since` and `until` also bound the id, so the walk starts
+/// and ends at the window's edges instead of running from the newest row to the oldest.
+/// The `until` bound drops nothing; the `since` bound drops a row stored more than
+/// [`ID_CLOCK_SLACK`] after its id was made (a job that waited out a deliverer outage):
+/// such a row is listed where its id puts it, with the rows routed when it was.
 pub(crate) async fn deliveries(
     db: impl PgExecutor<'_>,
     tenant: &TenantId,
@@ -400,19 +457,35 @@ pub(crate) async fn deliveries(
         q.push(" AND event_id = ").push_bind(v.as_str());
     }
     if let Some(v) = filter.status {
-        q.push(" AND status = ").push_bind(v);
+        q.push(status_condition(v));
+    }
+    if let Some(v) = filter.status_class {
+        q.push(v.condition());
     }
     if let Some(v) = filter.since {
         q.push(" AND created_at >= ").push_bind(v);
+        q.push(" AND id >= ").push_bind(first_id_at(v - ID_CLOCK_SLACK));
     }
     if let Some(v) = filter.until {
         q.push(" AND created_at < ").push_bind(v);
+        q.push(" AND id < ").push_bind(first_id_at(v + ID_CLOCK_SLACK));
     }
     if let Some(v) = before {
         q.push(" AND id < ").push_bind(v.as_str());
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
     Ok(q.build_query_as().fetch_all(db).await?)
+}
+
+/// `status = '<status>'` for one of the four statuses; anything else matches nothing.
+fn status_condition(status: &str) -> &'static str {
+    match status {
+        "pending" => " AND status = 'pending'",
+        "delivered" => " AND status = 'delivered'",
+        "retrying" => " AND status = 'retrying'",
+        "failed" => " AND status = 'failed'",
+        _ => " AND false",
+    }
 }
 
 pub(crate) async fn delivery(
@@ -471,43 +544,43 @@ pub(crate) async fn event_body(
 
 // --- stats and recovery --------------------------------------------------------------------
 
-/// `(status, count)` of an endpoint's deliveries created since `since`.
-pub(crate) async fn status_counts(
-    db: impl PgExecutor<'_>,
+/// An endpoint's deliveries finished (`delivered`, `failed`) by attempts started since
+/// `since`'s minute, and those attempts' success latency histogram, added up from
+/// `endpoint_minutes` (the deliverer's rollup), and its unfinished deliveries now.
+pub(crate) async fn endpoint_totals(
+    db: impl PgExecutor<'_> + Copy,
     tenant: &TenantId,
     endpoint: &EndpointId,
     since: OffsetDateTime,
-) -> Result<Vec<(String, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT status, count(*) FROM deliveries
-         WHERE tenant_id = $1 AND endpoint_id = $2 AND created_at >= $3 GROUP BY status",
+) -> Result<(i64, i64, i64, Vec<i64>)> {
+    let (delivered, failed): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(delivered), 0)::int8, COALESCE(sum(failed), 0)::int8 FROM endpoint_minutes
+         WHERE endpoint_id = $2 AND tenant_id = $1 AND minute >= date_trunc('minute', $3::timestamptz)",
+    )
+    .bind(tenant.as_str())
+    .bind(endpoint.as_str())
+    .bind(since)
+    .fetch_one(db)
+    .await?;
+    let latency: Vec<i64> = sqlx::query_scalar(
+        "SELECT COALESCE(sum(t.n), 0)::int8 FROM endpoint_minutes m, unnest(m.latency) WITH ORDINALITY AS t(n, i)
+         WHERE m.endpoint_id = $2 AND m.tenant_id = $1 AND m.minute >= date_trunc('minute', $3::timestamptz)
+         GROUP BY t.i ORDER BY t.i",
     )
     .bind(tenant.as_str())
     .bind(endpoint.as_str())
     .bind(since)
     .fetch_all(db)
-    .await?)
-}
-
-/// Durations (ms, ascending) of the successful attempts of an endpoint's deliveries created
-/// since `since`.
-pub(crate) async fn success_durations(
-    db: impl PgExecutor<'_>,
-    tenant: &TenantId,
-    endpoint: &EndpointId,
-    since: OffsetDateTime,
-) -> Result<Vec<i64>> {
-    Ok(sqlx::query_scalar(
-        "SELECT a.duration_ms::bigint FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-         WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND d.created_at >= $3
-           AND a.error IS NULL AND a.response_code BETWEEN 200 AND 299
-         ORDER BY a.duration_ms",
+    .await?;
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries
+         WHERE endpoint_id = $2 AND tenant_id = $1 AND status IN ('pending', 'retrying')",
     )
     .bind(tenant.as_str())
     .bind(endpoint.as_str())
-    .bind(since)
-    .fetch_all(db)
-    .await?)
+    .fetch_one(db)
+    .await?;
+    Ok((delivered, failed, pending, latency))
 }
 
 /// Whether each of an endpoint's latest `n` attempts (started at or after `since`, when
@@ -886,4 +959,59 @@ pub(crate) async fn event_schema_check(
             .await?
             .unwrap_or((None, None)),
     )
+}
+
+// --- replay --------------------------------------------------------------------------------
+
+/// A stored event, as replay needs it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StoredEvent {
+    pub(crate) event_type: String,
+    pub(crate) body: String,
+    /// Set when the event was aimed at one endpoint (a `hookrelay/ping`).
+    pub(crate) only_endpoint_id: Option<String>,
+}
+
+pub(crate) async fn stored_event(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    event_id: &EventId,
+) -> Result<Option<StoredEvent>> {
+    Ok(
+        sqlx::query_as("SELECT event_type, body, only_endpoint_id FROM events WHERE tenant_id = $1 AND event_id = $2")
+            .bind(tenant.as_str())
+            .bind(event_id.as_str())
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// The tenant's enabled endpoints' subscriptions, by id.
+pub(crate) async fn subscribers(db: impl PgExecutor<'_>, tenant: &TenantId) -> Result<Vec<crate::replay::Subscriber>> {
+    Ok(
+        sqlx::query_as("SELECT id, events, filter FROM endpoints WHERE tenant_id = $1 AND enabled ORDER BY id")
+            .bind(tenant.as_str())
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_sorts_between_the_first_ids_of_its_neighbouring_milliseconds() {
+        let now = OffsetDateTime::now_utc();
+        let id = DeliveryId::generate();
+        let ms = Duration::milliseconds(1);
+        assert!(first_id_at(now - Duration::seconds(1)).as_str() <= id.as_str());
+        assert!(id.as_str() < first_id_at(now + Duration::seconds(1)).as_str());
+        assert!(first_id_at(now) < first_id_at(now + ms));
+        assert!(DeliveryId::parse(&first_id_at(now)).is_ok());
+        assert_eq!(
+            first_id_at(OffsetDateTime::UNIX_EPOCH),
+            "dlv_00000000000000000000000000"
+        );
+    }
 }

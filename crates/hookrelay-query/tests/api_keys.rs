@@ -52,6 +52,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/v1/deliveries/{id}", Some("deliveries:read")),
     ("POST", "/v1/deliveries/{id}/retry", Some("deliveries:write")),
     ("GET", "/v1/events/{event_id}", Some("deliveries:read")),
+    ("POST", "/v1/events/{event_id}/replay", Some("deliveries:write")),
     ("GET", "/v1/stats", Some("deliveries:read")),
 ];
 

@@ -137,6 +137,14 @@ pub struct Config {
     /// `HOOKRELAY_API_KEY_RATE_LIMIT`: requests per second an API key may make (per
     /// process) when the key sets no `rate_limit_per_sec` of its own; unset = no limit.
     pub api_key_rate_limit: Option<u32>,
+    /// `HOOKRELAY_RETENTION`: finished deliveries (with their attempts) and the events they
+    /// carried are removed once older than this. Each table's writer sweeps its own rows.
+    pub retention: Duration,
+    /// `HOOKRELAY_RETENTION_INTERVAL`: how often the retention sweep runs.
+    pub retention_interval: Duration,
+    /// `HOOKRELAY_RETENTION_BATCH`: rows removed per statement, so no statement holds its
+    /// locks for long.
+    pub retention_batch: i64,
 }
 
 impl Config {
@@ -164,8 +172,27 @@ impl Config {
                     ),
                 },
             },
+            retention: positive(src, "HOOKRELAY_RETENTION", Self::DEFAULT_RETENTION)?,
+            retention_interval: positive(src, "HOOKRELAY_RETENTION_INTERVAL", Duration::from_secs(3600))?,
+            retention_batch: match src.get("HOOKRELAY_RETENTION_BATCH", 5000i64)? {
+                n @ 1..=100_000 => n,
+                n => anyhow::bail!("HOOKRELAY_RETENTION_BATCH must be 1 to 100000, not {n}"),
+            },
         })
     }
+}
+
+impl Config {
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+}
+
+/// A duration setting that must be more than zero.
+fn positive(src: &Source, key: &str, default: Duration) -> anyhow::Result<Duration> {
+    let d = src.duration(key, default)?;
+    if d.is_zero() {
+        bail!("{key} must be more than 0");
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -203,6 +230,36 @@ mod tests {
             let src = Source::from_pairs([("HOOKRELAY_API_KEY_RATE_LIMIT", bad)]);
             let e = Config::from_source(&src, addr).unwrap_err().to_string();
             assert!(e.contains("HOOKRELAY_API_KEY_RATE_LIMIT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn retention_defaults_to_30_days_swept_hourly_and_bad_values_name_their_key() {
+        let addr = ([127, 0, 0, 1], 0).into();
+        let cfg = Config::from_source(&Source::default(), addr).unwrap();
+        assert_eq!(cfg.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(cfg.retention_interval, Duration::from_secs(3600));
+        assert_eq!(cfg.retention_batch, 5000);
+        let src = Source::from_pairs([
+            ("HOOKRELAY_RETENTION", "12h"),
+            ("HOOKRELAY_RETENTION_INTERVAL", "250ms"),
+        ]);
+        let cfg = Config::from_source(&src, addr).unwrap();
+        assert_eq!(cfg.retention, Duration::from_secs(12 * 3600));
+        assert_eq!(cfg.retention_interval, Duration::from_millis(250));
+        for (key, bad) in [
+            ("HOOKRELAY_RETENTION", "30"),
+            ("HOOKRELAY_RETENTION", "a month"),
+            ("HOOKRELAY_RETENTION", "0d"),
+            ("HOOKRELAY_RETENTION_INTERVAL", "hourly"),
+            ("HOOKRELAY_RETENTION_INTERVAL", "0s"),
+            ("HOOKRELAY_RETENTION_BATCH", "0"),
+            ("HOOKRELAY_RETENTION_BATCH", "lots"),
+        ] {
+            let e = Config::from_source(&Source::from_pairs([(key, bad)]), addr)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}={bad}: {e}");
         }
     }
 

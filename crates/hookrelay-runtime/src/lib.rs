@@ -6,6 +6,7 @@
 //! and routes.
 
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod http;
@@ -37,6 +38,9 @@ impl Runtime {
     /// connections until `shutdown` so a service can start before its dependencies.
     pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
         telemetry::install_crypto_provider();
+        // The recorder before anything counts: tasks spawned by a service's start (a
+        // retention sweep runs at once) may count before `serve` builds `/metrics`.
+        ops::metrics_handle();
         let db = db::connect(&cfg.database_url)
             .await
             .context("connecting to PostgreSQL")?;

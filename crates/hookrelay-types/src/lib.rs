@@ -8,6 +8,7 @@ pub mod event_type;
 pub mod filter;
 pub mod ids;
 pub mod index;
+pub mod latency;
 pub mod pattern;
 pub mod schema;
 pub mod signature;

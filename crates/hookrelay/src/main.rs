@@ -31,7 +31,7 @@ enum Command {
     /// Run everything with a demo receiver, tenant, key and endpoint, and send sample events.
     Demo,
     /// Measure a running (or `--spawn`ed) hookrelay end to end; see docs/benchmarks.md.
-    Bench(hookrelay::bench::Args),
+    Bench(Box<hookrelay::bench::Args>),
 }
 
 #[tokio::main]
@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Query => hookrelay_query::run(hookrelay_query::Config::from_source(&src)?, None, stop).await,
         Command::Migrate => hookrelay::migrate(&src).await,
         Command::Demo => hookrelay::demo::run(src, stop).await,
-        Command::Bench(args) => hookrelay::bench::run(args, &src, stop).await,
+        Command::Bench(args) => hookrelay::bench::run(*args, &src, stop).await,
     };
     telemetry.finish().await;
     result

@@ -191,3 +191,56 @@ async fn bench_intake_measures_rest_and_nats_with_and_without_validation() {
     }
     assert_eq!(n(&r["deliveries"]), 0);
 }
+
+#[tokio::test]
+async fn bench_log_times_every_filter_shape_over_its_own_loaded_database() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(&env, &["log", "--rows", "20000", "--requests", "3"]).await;
+    assert_eq!(r["scenario"], "log");
+    assert_eq!(r["rows"], 20_000);
+    let shapes = r["shapes"].as_object().unwrap();
+    assert_eq!(shapes.len(), 20, "{r}");
+    for (name, shape) in shapes {
+        for kind in ["first_ms", "deep_ms"] {
+            assert!(
+                shape[kind]["p50"].as_f64().is_some_and(|ms| ms > 0.0),
+                "{name} {kind}: {r}"
+            );
+        }
+    }
+    // The mix holds every kind of row, the rare ones included, and pages are full.
+    for name in [
+        "none",
+        "endpoint_id",
+        "status_failed",
+        "class_4xx",
+        "class_5xx",
+        "class_none",
+        "until_20d",
+        "window_1d",
+    ] {
+        assert_eq!(shapes[name]["rows_first_page"], 50, "{name}: {r}");
+    }
+    for name in ["event_type_rare", "status_pending_rare", "endpoint_failed"] {
+        assert!(n(&shapes[name]["rows_first_page"]) > 0, "{name}: {r}");
+    }
+    assert_eq!(shapes["event_id"]["rows_first_page"], 3, "{r}");
+    for index in [
+        "deliveries_by_type",
+        "deliveries_unsettled",
+        "deliveries_unsettled_by_endpoint",
+        "deliveries_by_response_class",
+    ] {
+        assert!(r["index_mb"][index].as_f64().is_some(), "{index}: {r}");
+    }
+    // Its database is gone afterwards.
+    let name = r["database"].as_str().unwrap();
+    assert!(name.starts_with("hookrelay_bench_log_"), "{r}");
+    let db = env.db().await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

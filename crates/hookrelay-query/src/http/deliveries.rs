@@ -1,5 +1,6 @@
-//! `/v1/deliveries` and `POST /v1/endpoints/{id}/recover`: the delivery log and operator
-//! actions on it. Reads `deliveries`, `attempts` and `events`; retry and recover publish a
+//! `/v1/deliveries` and `POST /v1/endpoints/{id}/recover`: the delivery log (the contract's
+//! filters plus `status_class`, newest first, keyset pages) and operator actions on it.
+//! Reads `deliveries`, `attempts` and `events`; retry and recover publish a
 //! `DeliveryCommand` on `hookrelay.commands.deliverer.<tenant>` (the deliverer writes the
 //! rows).
 
@@ -28,6 +29,7 @@ pub(crate) struct LogParams {
     event_type: Option<String>,
     event_id: Option<String>,
     status: Option<String>,
+    status_class: Option<String>,
     since: Option<String>,
     until: Option<String>,
     #[serde(default, deserialize_with = "hookrelay_runtime::http::de_number")]
@@ -60,6 +62,17 @@ fn filter(p: &LogParams) -> Result<store::DeliveryFilter, Invalid> {
             )
         })?;
         f.status = Some(status);
+    }
+    if let Some(v) = given(&p.status_class) {
+        f.status_class = Some(store::StatusClass::parse(&v).ok_or_else(|| {
+            Invalid::new(
+                "invalid_status_class",
+                format!(
+                    "status_class `{v}` is not one of {}",
+                    store::StatusClass::NAMES.join(", ")
+                ),
+            )
+        })?);
     }
     if let Some(v) = given(&p.since) {
         f.since = Some(rfc3339("since", "invalid_since", &v)?);
@@ -248,6 +261,8 @@ mod tests {
     fn each_bad_filter_is_named() {
         for (key, value, code) in [
             ("status", "done", "invalid_status"),
+            ("status_class", "3xx", "invalid_status_class"),
+            ("status_class", "5XX", "invalid_status_class"),
             ("since", "yesterday", "invalid_since"),
             ("until", "2024-13-01T00:00:00Z", "invalid_until"),
             ("endpoint_id", "ep_nope", "invalid_endpoint_id"),
@@ -264,12 +279,14 @@ mod tests {
     fn good_filters_are_kept_and_empty_ones_ignored() {
         let f = filter(&params(&[
             ("status", "retrying"),
+            ("status_class", "none"),
             ("event_type", "orders/created"),
             ("since", "2024-03-15T14:30:00Z"),
             ("endpoint_id", ""),
         ]))
         .unwrap();
         assert_eq!(f.status, Some("retrying"));
+        assert_eq!(f.status_class, Some(store::StatusClass::NoResponse));
         assert_eq!(f.event_type.as_deref(), Some("orders/created"));
         assert!(f.since.is_some() && f.endpoint_id.is_none());
     }

@@ -1,5 +1,6 @@
 //! `GET /v1/events/{event_id}`: one stored event and its deliveries. Reads `events`
 //! (written by ingest) and `deliveries`. (`POST /v1/events` is ingest's.)
+//! `POST /v1/events/{event_id}/replay`: delivers it again to every endpoint it matches now.
 
 use axum::{
     extract::{Path, State},
@@ -10,11 +11,12 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppQuery, Page, json},
 };
-use hookrelay_types::EventId;
+use hookrelay_types::{EventId, EventType};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::{AppState, TenantParam};
-use crate::{error::QueryError, store};
+use crate::{error::QueryError, publish, replay, store};
 
 #[utoipa::path(
     get,
@@ -55,4 +57,49 @@ pub(crate) async fn get(
         serde_json::to_value(deliveries).map_err(ApiError::internal)?,
     );
     Ok(json(StatusCode::OK, Value::Object(event)))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Replayed {
+    event_id: String,
+    endpoints: Vec<String>,
+}
+
+/// Works out which enabled endpoints the stored event matches now and asks the deliverer
+/// to deliver it to each again: an endpoint's existing delivery is retried, a new match
+/// gets a new delivery; every attempt this causes is `manual`. `202` once JetStream holds
+/// the command(s), with the endpoints chosen (none: nothing is sent).
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event_id}/replay",
+    tag = "events",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
+    responses((status = 202, description = "replay queued", body = Replayed)),
+    security(("bearer" = ["deliveries:write"]))
+)]
+#[tracing::instrument(skip_all, fields(event_id = %event_id))]
+pub(crate) async fn replay(
+    State(state): State<AppState>,
+    principal: Principal,
+    AppQuery(param): AppQuery<TenantParam>,
+    Path(event_id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DeliveriesWrite)?;
+    let tenant = principal.tenant(param.tenant_id.as_deref())?;
+    let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
+    let event = store::stored_event(&state.db, &tenant, &event_id)
+        .await?
+        .ok_or(QueryError::NotFound("event"))?;
+    let event_type = EventType::parse(&event.event_type).map_err(ApiError::internal)?;
+    let envelope: Value = serde_json::from_str(&event.body).map_err(ApiError::internal)?;
+    let subscribers = store::subscribers(&state.db, &tenant).await?;
+    let endpoints = replay::targets(&event_type, &envelope, event.only_endpoint_id.as_deref(), &subscribers);
+    publish::replay(&state.js, &tenant, &event_id, &endpoints).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        Replayed {
+            event_id: event_id.to_string(),
+            endpoints,
+        },
+    ))
 }

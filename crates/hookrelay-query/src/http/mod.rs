@@ -121,6 +121,10 @@ pub(crate) fn routes(state: AppState) -> Router {
             post(deliveries::retry.layer(scope(DeliveriesWrite))),
         )
         .route("/v1/events/{event_id}", get(events::get.layer(scope(DeliveriesRead))))
+        .route(
+            "/v1/events/{event_id}/replay",
+            post(events::replay.layer(scope(DeliveriesWrite))),
+        )
         .route("/v1/stats", get(stats::tenant_stats.layer(scope(DeliveriesRead))))
         .route("/v1/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(count_requests))

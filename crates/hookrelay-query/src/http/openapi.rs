@@ -55,6 +55,7 @@ use crate::store;
         event_types::update,
         ingest_event,
         events::get,
+        events::replay,
         deliveries::list,
         deliveries::get,
         deliveries::retry,

@@ -85,7 +85,10 @@ pub(crate) struct Stats {
     health: Health,
 }
 
-/// Computed from the window's rows on every request (no rollups yet).
+/// From the deliverer's per-minute rollup (`endpoint_minutes`), not the log: `delivered`
+/// and `failed` count deliveries finished within the window (whole minutes), latency is
+/// that of the window's successful attempts (from a histogram: within 20 %), and
+/// `pending` is every delivery of the endpoint not finished now.
 #[utoipa::path(
     get,
     path = "/v1/endpoints/{id}/stats",
@@ -107,9 +110,12 @@ pub(crate) async fn endpoint_stats(
     let (tenant, id) = endpoints::keys(&endpoint)?;
     let since = OffsetDateTime::now_utc() - span;
 
-    let rows = store::status_counts(&state.db, &tenant, &id, since).await?;
-    let counts = Counts::from_rows(rows.iter().map(|(s, n)| (s.as_str(), *n)));
-    let durations = store::success_durations(&state.db, &tenant, &id, since).await?;
+    let (delivered, failed, pending, latency) = store::endpoint_totals(&state.db, &tenant, &id, since).await?;
+    let counts = Counts {
+        delivered,
+        failed,
+        pending,
+    };
     let health = current_health(&state, &endpoint).await?.state;
     Ok(json(
         StatusCode::OK,
@@ -117,7 +123,7 @@ pub(crate) async fn endpoint_stats(
             window,
             delivery_rate: counts.delivery_rate(),
             counts,
-            latency_ms: Latency::from_sorted(&durations),
+            latency_ms: Latency::from_histogram(&latency),
             health,
         },
     ))

@@ -116,7 +116,13 @@ impl App {
 
     /// A `deliveries` row, as the deliverer writes it, created `age_secs` ago.
     pub async fn delivery(&self, d: Dlv<'_>) -> String {
-        let id = DeliveryId::generate().to_string();
+        // As in production, the id carries the time the delivery was made.
+        let made = std::time::SystemTime::now() - std::time::Duration::from_secs(d.age_secs.unsigned_abs());
+        let id = format!(
+            "{}{}",
+            DeliveryId::PREFIX,
+            ulid::Ulid::from_datetime(made).to_string().to_lowercase()
+        );
         sqlx::query(
             "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count,
                                      last_response_code, last_duration_ms, next_attempt_at, created_at, updated_at)
@@ -161,6 +167,31 @@ impl App {
         .bind(code)
         .bind(code.map(|c| format!("status {c}")))
         .bind(error)
+        .execute(&self.db)
+        .await
+        .unwrap();
+        // The deliverer's rollup of the same attempt: it finishes a delivered delivery when
+        // it succeeded and a failed one when it failed.
+        let mut latency = hookrelay_types::latency::empty();
+        if ok {
+            latency[hookrelay_types::latency::bucket(i64::from(duration_ms))] = 1;
+        }
+        sqlx::query(
+            "INSERT INTO endpoint_minutes AS m (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
+             SELECT d.endpoint_id, date_trunc('minute', now() - $2 * interval '1 second'), d.tenant_id, 1, $3::int4,
+                    CASE WHEN $3 = 1 AND d.status = 'delivered' THEN 1 ELSE 0 END,
+                    CASE WHEN $3 = 0 AND d.status = 'failed' THEN 1 ELSE 0 END, $4
+             FROM deliveries d WHERE d.id = $1
+             ON CONFLICT (endpoint_id, minute) DO UPDATE
+             SET attempts = m.attempts + 1, succeeded = m.succeeded + excluded.succeeded,
+                 delivered = m.delivered + excluded.delivered, failed = m.failed + excluded.failed,
+                 latency = ARRAY(SELECT a + b FROM unnest(m.latency, excluded.latency) WITH ORDINALITY AS t(a, b, i)
+                                 ORDER BY i)",
+        )
+        .bind(delivery)
+        .bind(age_secs)
+        .bind(i32::from(ok))
+        .bind(latency)
         .execute(&self.db)
         .await
         .unwrap();

@@ -2,9 +2,11 @@
 //! with its own loopback receiver, and checks the result: every delivery confirmed at the
 //! receiver and recorded in the delivery log, none lost, none duplicated, signatures valid
 //! on a sample. Scenarios (docs/benchmarks.md): `throughput`, `latency`, `fanout`, `noisy`,
-//! `intake`. A run that loses, duplicates or leaves an attempt unlogged exits non-zero.
+//! `intake`, and `log` (the delivery log's queries over a bulk-loaded database). A run that
+//! loses, duplicates or leaves an attempt unlogged exits non-zero.
 
 mod log;
+mod log_query;
 mod receiver;
 mod report;
 mod scenarios;
@@ -43,6 +45,9 @@ pub enum Scenario {
     /// REST and NATS acceptance alone (no endpoint matches); `--validate` adds the same
     /// with a declared JSON Schema enforced, and the ratio of the rates.
     Intake,
+    /// `GET /v1/deliveries` per filter shape over `--rows` (default 10,000,000) deliveries
+    /// bulk-loaded into a database of its own; query runs in this process unless `--spawn`.
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +91,15 @@ pub struct Args {
     /// intake: also measure with a declared JSON Schema enforced.
     #[arg(long)]
     pub validate: bool,
+    /// log: deliveries to load.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub rows: i64,
+    /// log: requests per filter shape, for the first page and again for deep pages.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// log: keep the loaded database (its name is printed) instead of dropping it.
+    #[arg(long)]
+    pub keep_db: bool,
     /// Print one JSON line (after the human summary, on stdout).
     #[arg(long)]
     pub json: bool,
@@ -125,6 +139,15 @@ fn seconds(s: &str) -> Result<Duration, String> {
 /// lost, duplicated, refused, left unlogged or badly signed.
 pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::Result<()> {
     hookrelay_runtime::telemetry::install_crypto_provider();
+    if args.scenario == Scenario::Log {
+        let report = log_query::run(&args, src, stop).await.context("bench log failed")?;
+        report.print(args.json);
+        let problems = report.problems();
+        if !problems.is_empty() {
+            bail!("bench log: {}", problems.join("; "));
+        }
+        return Ok(());
+    }
     let target = match args.spawn {
         Some(mode) => Target::spawn(mode, src).await?,
         None => {

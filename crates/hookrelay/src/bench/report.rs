@@ -136,37 +136,41 @@ impl Report {
 
     pub(crate) fn print(&self, json_line: bool) {
         println!("hookrelay bench {} (via {})", self.scenario, self.via);
-        println!(
-            "  events      {:>10}   {:>9.0}/s",
-            self.events,
-            self.per_sec(self.events)
-        );
-        println!(
-            "  deliveries  {:>10}   {:>9.0}/s   over {:.2} s",
-            self.deliveries,
-            self.per_sec(self.deliveries),
-            self.seconds
-        );
-        if let Some(l) = self.latency {
+        // The log scenario sends no events: its figures are its own table and the extras.
+        if self.scenario != "log" {
             println!(
-                "  latency ms  p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}  ({} samples)",
-                l.p50, l.p95, l.p99, l.max, l.samples
+                "  events      {:>10}   {:>9.0}/s",
+                self.events,
+                self.per_sec(self.events)
+            );
+            println!(
+                "  deliveries  {:>10}   {:>9.0}/s   over {:.2} s",
+                self.deliveries,
+                self.per_sec(self.deliveries),
+                self.seconds
+            );
+            if let Some(l) = self.latency {
+                println!(
+                    "  latency ms  p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}  ({} samples)",
+                    l.p50, l.p95, l.p99, l.max, l.samples
+                );
+            }
+            println!(
+                "  checked     lost {}  duplicates {}  attempts logged {}  unlogged {}  signatures {} checked, {} bad",
+                self.lost,
+                self.duplicates,
+                self.attempts_logged,
+                self.unlogged,
+                self.signatures_checked,
+                self.bad_signatures
             );
         }
-        println!(
-            "  checked     lost {}  duplicates {}  attempts logged {}  unlogged {}  signatures {} checked, {} bad",
-            self.lost,
-            self.duplicates,
-            self.attempts_logged,
-            self.unlogged,
-            self.signatures_checked,
-            self.bad_signatures
-        );
         if let Value::Object(rss) = &self.rss_mb {
             let parts: Vec<String> = rss.iter().map(|(k, v)| format!("{k} {v} MB")).collect();
             println!("  peak RSS    {}", parts.join(", "));
         }
-        for (k, v) in &self.extra {
+        // A nested table (the log's shapes) is printed by its scenario, and is in the JSON.
+        for (k, v) in self.extra.iter().filter(|(k, _)| k.as_str() != "shapes") {
             println!("  {k:<11} {v}");
         }
         let problems = self.problems();

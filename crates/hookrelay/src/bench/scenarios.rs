@@ -29,6 +29,7 @@ pub(crate) async fn run(args: &Args, src: &Source, target: &Target, stop: Cancel
         Scenario::Fanout => fanout(args, src, target, stop).await,
         Scenario::Noisy => noisy(args, src, target, stop).await,
         Scenario::Intake => intake(args, src, target, stop).await,
+        Scenario::Log => anyhow::bail!("the log scenario starts its own hookrelay"),
     }
 }
 
@@ -39,6 +40,7 @@ fn name(s: Scenario) -> &'static str {
         Scenario::Fanout => "fanout",
         Scenario::Noisy => "noisy",
         Scenario::Intake => "intake",
+        Scenario::Log => "log",
     }
 }
 

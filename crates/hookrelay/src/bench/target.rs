@@ -76,6 +76,10 @@ impl Target {
                 .stdout(file.try_clone()?)
                 .stderr(file.try_clone()?)
                 .kill_on_drop(true);
+            // The `log` scenario points the services at the database it loaded.
+            if let Some(db) = src.raw("HOOKRELAY_DATABASE_URL") {
+                cmd.env("HOOKRELAY_DATABASE_URL", db);
+            }
             let child = cmd
                 .spawn()
                 .with_context(|| format!("starting {} {service}", exe.display()))?;
