@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hookrelay/v1/query_to_deliverer.proto",
         "hookrelay/v1/system_to_ingest.proto",
         "hookrelay/v1/deliverer_to_query.proto",
+        "hookrelay/v1/ingest_to_query.proto",
     ];
     let descriptors = protox::compile(files, [&root])?;
     prost_build::Config::new().compile_fds(descriptors)?;

@@ -8,7 +8,7 @@ use hookrelay_types::envelope::DEFAULT_MAX_ENVELOPE_BYTES;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: hookrelay_runtime::Config,
-    pub admin_token: String,
+    pub admin_token: hookrelay_runtime::auth::AdminToken,
     /// `HOOKRELAY_MAX_EVENT_BYTES`: the largest envelope accepted (default 256 KiB).
     pub max_envelope_bytes: usize,
     /// `HOOKRELAY_REPUBLISH_AFTER`: an event stored but not yet on HOOKRELAY_EVENTS after
@@ -22,7 +22,7 @@ impl Config {
     pub fn from_source(src: &Source) -> anyhow::Result<Self> {
         let cfg = Self {
             common: hookrelay_runtime::Config::from_source(src, ([127, 0, 0, 1], 8080).into())?,
-            admin_token: src.required("HOOKRELAY_ADMIN_TOKEN")?,
+            admin_token: hookrelay_runtime::auth::AdminToken::new(src.required("HOOKRELAY_ADMIN_TOKEN")?),
             max_envelope_bytes: src.get("HOOKRELAY_MAX_EVENT_BYTES", DEFAULT_MAX_ENVELOPE_BYTES)?,
             republish_after: src.duration("HOOKRELAY_REPUBLISH_AFTER", Duration::from_secs(10))?,
             concurrency: src.get("HOOKRELAY_INGEST_CONCURRENCY", 64)?,

@@ -4,12 +4,14 @@
 use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRef, State},
+    handler::Handler as _,
     http::{HeaderMap, StatusCode},
+    middleware::from_fn_with_state,
     response::Response,
     routing::post,
 };
 use hookrelay_runtime::{
-    auth::{Authenticator, Principal, Scope},
+    auth::{Authenticator, Principal, Scope, Who, guard},
     http::{ApiError, AppBytes, AppQuery, json},
 };
 use hookrelay_types::{EventId, IncomingEnvelope};
@@ -35,7 +37,14 @@ pub(crate) fn routes(state: AppState) -> Router {
     // Room for the envelope and some slack: beyond that the body is refused unread (413).
     let limit = state.ingest.cfg.max_envelope_bytes + 16 * 1024;
     Router::new()
-        .route("/v1/events", post(create_event).layer(DefaultBodyLimit::max(limit)))
+        .route(
+            "/v1/events",
+            post(create_event.layer(from_fn_with_state(
+                state.auth.guard(Who::Scope(Scope::EventsWrite)),
+                guard,
+            )))
+            .layer(DefaultBodyLimit::max(limit)),
+        )
         .with_state(state)
 }
 

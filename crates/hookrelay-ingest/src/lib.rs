@@ -6,7 +6,8 @@
 //! schema is checked first (see `catalogue`); it listens on `hookrelay.control.event-types.>`.
 //! hookrelay's own `hookrelay/` events come only from HOOKRELAY_SYSTEM
 //! (`hookrelay.system.<tenant>`), see `system.rs`. Events past `HOOKRELAY_RETENTION` are
-//! removed by `retention`.
+//! removed by `retention`. The API keys it authenticates are reported to query on
+//! `hookrelay.control.key-uses` (query writes `api_keys`).
 
 mod accept;
 mod catalogue;
@@ -24,7 +25,10 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use error::IngestError;
-use hookrelay_runtime::{Runtime, auth::Authenticator};
+use hookrelay_runtime::{
+    Runtime,
+    auth::{Authenticator, KEY_USE_FLUSH_INTERVAL},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Creates the intake consumer, starts the consumer, sweeper and retention on `rt.tasks`, and returns
@@ -53,8 +57,16 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     let retention = retention::Retention::from_config(&cfg.common);
     rt.tasks
         .spawn(retention::run(rt.db.clone(), retention, shutdown.clone()));
-    rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown));
-    let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token);
+    rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown.clone()));
+    let (nats, uses_shutdown) = (rt.nats.clone(), shutdown);
+    rt.tasks.spawn(
+        rt.keys
+            .clone()
+            .flush_every(KEY_USE_FLUSH_INTERVAL, uses_shutdown, move |uses| {
+                publish::key_uses(nats.clone(), uses)
+            }),
+    );
+    let auth = Authenticator::new(rt.db.clone(), &cfg.admin_token, rt.keys.clone());
     Ok(http::routes(http::AppState { ingest, auth }))
 }
 

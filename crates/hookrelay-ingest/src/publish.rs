@@ -1,5 +1,6 @@
 //! Publishes `EventAccepted` to `hookrelay.events.<tenant>.<event tokens>` (stream
-//! HOOKRELAY_EVENTS) and dead letters to `hookrelay.dead.ingest` (stream HOOKRELAY_DEAD).
+//! HOOKRELAY_EVENTS) and dead letters to `hookrelay.dead.ingest` (stream HOOKRELAY_DEAD);
+//! reports API key uses on `hookrelay.control.key-uses` (core NATS).
 
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
@@ -55,4 +56,14 @@ pub(crate) async fn dead_letter(
         .map_err(|e| IngestError::Publish(e.to_string()))?;
     ack.await.map_err(|e| IngestError::Publish(e.to_string()))?;
     Ok(())
+}
+
+/// Reports the API keys used lately to query, which writes `api_keys.last_used_at`. Core
+/// NATS: a lost report leaves `last_used_at` a few seconds stale, nothing worse.
+pub(crate) async fn key_uses(
+    nats: async_nats::Client,
+    uses: Vec<(hookrelay_types::ApiKeyId, OffsetDateTime)>,
+) -> Result<(), async_nats::PublishError> {
+    let report = hookrelay_runtime::auth::key_uses_report(&uses);
+    nats.publish(subjects::CONTROL_KEY_USES, report.into()).await
 }

@@ -7,7 +7,7 @@ use hookrelay_runtime::config::Source;
 pub struct Config {
     pub common: hookrelay_runtime::Config,
     /// `HOOKRELAY_ADMIN_TOKEN` (required): the operator's credential, every scope and tenant.
-    pub admin_token: String,
+    pub admin_token: hookrelay_runtime::auth::AdminToken,
     /// `HOOKRELAY_ALLOW_PRIVATE_TARGETS` (false): endpoints may point at loopback and
     /// private addresses (local work and tests).
     pub allow_private_targets: bool,
@@ -20,7 +20,7 @@ impl Config {
     pub fn from_source(src: &Source) -> anyhow::Result<Self> {
         Ok(Self {
             common: hookrelay_runtime::Config::from_source(src, Self::DEFAULT_HTTP_ADDR.into())?,
-            admin_token: src.required("HOOKRELAY_ADMIN_TOKEN")?,
+            admin_token: hookrelay_runtime::auth::AdminToken::new(src.required("HOOKRELAY_ADMIN_TOKEN")?),
             allow_private_targets: src.bool("HOOKRELAY_ALLOW_PRIVATE_TARGETS", false)?,
         })
     }
@@ -48,5 +48,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("HOOKRELAY_ALLOW_PRIVATE_TARGETS"), "{e}");
+    }
+
+    #[test]
+    fn a_logged_config_does_not_show_the_admin_token() {
+        let cfg = Config::from_source(&Source::from_pairs([("HOOKRELAY_ADMIN_TOKEN", "s3cret-token")])).unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
     }
 }

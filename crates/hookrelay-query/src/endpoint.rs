@@ -28,24 +28,35 @@ const RESERVED_HEADERS: [&str; 7] = [
 /// The body of `POST` and `PATCH /v1/endpoints`. Every field is kept as raw JSON so a bad
 /// one is refused with its own name; `null` is kept apart from an absent field (`PATCH`
 /// with `"filter": null` removes the filter).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EndpointInput {
+    /// Required at create.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     url: Option<Value>,
+    /// Subscription patterns; required at create.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
     events: Option<Value>,
+    /// A MongoDB-style filter over the envelope; null removes it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     headers: Option<Value>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     description: Option<Value>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
     enabled: Option<Value>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     rate_limit_per_sec: Option<Value>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 30)]
     timeout_seconds: Option<Value>,
 }
 

@@ -8,13 +8,16 @@
 //! `hookrelay.commands.deliverer.<tenant>` (stream HOOKRELAY_COMMANDS) for the deliverer,
 //! the only writer of `deliveries`, to carry out. The deliverer, which keeps endpoint health,
 //! asks query to disable an endpoint with an `EndpointCommand` on
-//! `hookrelay.commands.query.<tenant>` (same stream; see `consume`).
+//! `hookrelay.commands.query.<tenant>` (same stream; see `consume`). API keys' last uses,
+//! its own and those ingest reports on `hookrelay.control.key-uses`, are written every few
+//! seconds (see `key_uses`).
 
 mod config;
 mod consume;
 mod endpoint;
 mod error;
 mod http;
+mod key_uses;
 mod publish;
 mod replay;
 mod stats;
@@ -36,15 +39,18 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         nats: rt.nats.clone(),
     };
     let drain = cfg.common.drain_timeout;
+    let consumer_shutdown = shutdown.clone();
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run(ctx, commands, drain, shutdown).await {
+        if let Err(error) = consume::run(ctx, commands, drain, consumer_shutdown).await {
             tracing::error!(%error, "query command consumer stopped");
         }
     });
+    rt.tasks
+        .spawn(key_uses::run(rt.db.clone(), rt.nats.clone(), rt.keys.clone(), shutdown));
     let state = http::AppState {
         db: rt.db.clone(),
         js: rt.js.clone(),
-        auth: Authenticator::new(rt.db.clone(), &cfg.admin_token),
+        auth: Authenticator::new(rt.db.clone(), &cfg.admin_token, rt.keys.clone()),
         cfg: Arc::new(cfg.clone()),
     };
     Ok(http::routes(state))

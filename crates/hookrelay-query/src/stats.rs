@@ -18,7 +18,7 @@ pub(crate) const FAILING_STREAK: usize = 5;
 /// Any failure among this many latest attempts makes an endpoint `degraded`.
 pub(crate) const DEGRADED_SPAN: usize = 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Health {
     Healthy,
@@ -102,7 +102,7 @@ pub(crate) fn parse_window(s: &str) -> Result<Duration, Invalid> {
     Ok(d)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub(crate) struct Counts {
     pub(crate) delivered: i64,
     pub(crate) failed: i64,
@@ -120,7 +120,7 @@ impl Counts {
 
 /// A tenant's pipeline over a window, stage by stage: events `ingested`, delivery jobs
 /// `routed` (one per matching endpoint), and those jobs by where they are now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub(crate) struct Pipeline {
     pub(crate) ingested: i64,
     pub(crate) routed: i64,
@@ -151,7 +151,7 @@ impl Pipeline {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub(crate) struct Latency {
     pub(crate) p50: Option<i64>,
     pub(crate) p95: Option<i64>,

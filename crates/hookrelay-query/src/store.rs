@@ -17,7 +17,7 @@ type Result<T> = std::result::Result<T, QueryError>;
 
 // --- tenants -------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Tenant {
     pub(crate) id: String,
     pub(crate) name: String,
@@ -57,7 +57,7 @@ pub(crate) async fn tenants(db: impl PgExecutor<'_>, after: Option<&TenantId>, l
 // --- API keys ------------------------------------------------------------------------------
 
 /// An API key as listed: never its secret or hash.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct ApiKey {
     pub(crate) id: String,
     pub(crate) tenant_id: String,
@@ -65,11 +65,14 @@ pub(crate) struct ApiKey {
     pub(crate) scopes: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) created_at: OffsetDateTime,
+    /// Kept in memory by each service and written every few seconds, so it lags a little.
     #[serde(with = "time::serde::rfc3339::option")]
     pub(crate) last_used_at: Option<OffsetDateTime>,
+    /// Requests per second (per process); `None` = `HOOKRELAY_API_KEY_RATE_LIMIT`.
+    pub(crate) rate_limit_per_sec: Option<i32>,
 }
 
-const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, created_at, last_used_at";
+const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, created_at, last_used_at, rate_limit_per_sec";
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, key_id = %id))]
 pub(crate) async fn insert_api_key(
@@ -79,18 +82,39 @@ pub(crate) async fn insert_api_key(
     name: &str,
     scopes: &[String],
     key_hash: &[u8],
+    rate_limit_per_sec: Option<i32>,
 ) -> Result<ApiKey> {
     Ok(sqlx::query_as(
-        "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash) VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, tenant_id, name, scopes, created_at, last_used_at",
+        "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash, rate_limit_per_sec)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, tenant_id, name, scopes, created_at, last_used_at, rate_limit_per_sec",
     )
     .bind(id.as_str())
     .bind(tenant.as_str())
     .bind(name)
     .bind(scopes)
     .bind(key_hash)
+    .bind(rate_limit_per_sec)
     .fetch_one(db)
     .await?)
+}
+
+/// Moves each key's `last_used_at` forward to its latest use (never back: reports from
+/// several processes may arrive in any order). One statement for a whole flush.
+#[tracing::instrument(skip_all, fields(keys = uses.len()))]
+pub(crate) async fn touch_api_keys(db: impl PgExecutor<'_>, uses: &[(ApiKeyId, OffsetDateTime)]) -> Result<()> {
+    let ids: Vec<&str> = uses.iter().map(|(id, _)| id.as_str()).collect();
+    let times: Vec<OffsetDateTime> = uses.iter().map(|(_, at)| *at).collect();
+    sqlx::query(
+        "UPDATE api_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
+         FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+         WHERE k.id = u.id",
+    )
+    .bind(ids)
+    .bind(times)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// A tenant's unrevoked keys, newest first, before the cursor `before`.
@@ -129,7 +153,7 @@ pub(crate) async fn revoke_api_key(db: impl PgExecutor<'_>, id: &ApiKeyId, tenan
 // --- endpoints -----------------------------------------------------------------------------
 
 /// An endpoint as shown: the secrets are never serialized.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Endpoint {
     pub(crate) id: String,
     pub(crate) tenant_id: String,
@@ -318,7 +342,7 @@ pub(crate) async fn rotate_secret(
 // --- deliveries, attempts, events (read only) ----------------------------------------------
 
 /// A delivery as listed.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Delivery {
     pub(crate) id: String,
     #[serde(skip)]
@@ -480,7 +504,7 @@ pub(crate) async fn delivery(
 }
 
 /// One attempt of a delivery, as recorded by the deliverer.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Attempt {
     pub(crate) attempt: i32,
     pub(crate) trigger: String,
@@ -678,7 +702,7 @@ pub(crate) async fn health(db: impl PgExecutor<'_>, endpoint: &EndpointId) -> Re
     .await?)
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Transition {
     pub(crate) kind: String,
     pub(crate) reason: String,
@@ -710,7 +734,7 @@ pub(crate) async fn health_transitions(
 // --- event types ---------------------------------------------------------------------------
 
 /// A declared event type with its current schema.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct EventType {
     pub(crate) name: String,
     pub(crate) description: String,
@@ -734,7 +758,7 @@ pub(crate) struct EventTypeSpec {
     pub(crate) example: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct SchemaVersion {
     pub(crate) version: i32,
     pub(crate) schema: Value,

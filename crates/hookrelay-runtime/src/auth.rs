@@ -1,20 +1,42 @@
 //! Who is calling: the operator's admin token or a tenant's API key (`hr_…`, stored only
 //! as its SHA-256). Handlers take a [`Principal`] and ask it for scopes and the tenant.
+//!
 //! Keys are read from `api_keys` (written by query) on every request, so a revoke takes
-//! effect at once.
+//! effect at once. What is not read per request is kept per process in [`KeyActivity`]:
+//! each key's last use (flushed every [`KEY_USE_FLUSH_INTERVAL`]: query writes it to
+//! `api_keys.last_used_at`, ingest reports it on `hookrelay.control.key-uses` for query to
+//! write) and each key's rate limit bucket (GCRA). With N processes the effective limit of
+//! a key is N times its `rate_limit_per_sec`.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use axum::{
-    extract::{FromRef, FromRequestParts},
+    extract::{FromRef, FromRequestParts, Request, State},
     http::{header::AUTHORIZATION, request::Parts},
+    middleware::Next,
+    response::Response,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use hookrelay_types::{ApiKeyId, TenantId};
+use hookrelay_types::{
+    ApiKeyId, TenantId,
+    messages::{KeyUse, KeyUses},
+};
+use prost::Message as _;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use crate::http::ApiError;
+
+/// How often each process hands on the key uses it saw (so `last_used_at` lags by about
+/// this much).
+pub const KEY_USE_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 
 pub const KEY_PREFIX: &str = "hr_";
 
@@ -102,6 +124,27 @@ impl Principal {
     }
 }
 
+/// `HOOKRELAY_ADMIN_TOKEN`. Its `Debug` never shows it, so a logged config cannot leak it.
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl AdminToken {
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself: only for comparing or handing to a child process.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken([redacted])")
+    }
+}
+
 /// Checks credentials. Put one in the router state (`FromRef`) and take [`Principal`] in
 /// handlers.
 #[derive(Clone)]
@@ -110,13 +153,15 @@ pub struct Authenticator(Arc<AuthInner>);
 struct AuthInner {
     db: sqlx::PgPool,
     admin_token_hash: [u8; 32],
+    activity: KeyActivity,
 }
 
 impl Authenticator {
-    pub fn new(db: sqlx::PgPool, admin_token: &str) -> Self {
+    pub fn new(db: sqlx::PgPool, admin_token: &AdminToken, activity: KeyActivity) -> Self {
         Self(Arc::new(AuthInner {
             db,
-            admin_token_hash: sha256(admin_token.as_bytes()),
+            admin_token_hash: sha256(admin_token.expose().as_bytes()),
+            activity,
         }))
     }
 
@@ -134,19 +179,212 @@ impl Authenticator {
         if !token.starts_with(KEY_PREFIX) {
             return Err(ApiError::unauthorized("the credential is not valid"));
         }
-        let row: Option<(String, String, Vec<String>)> =
-            sqlx::query_as("SELECT id, tenant_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-                .bind(hash.as_slice())
-                .fetch_optional(&self.0.db)
-                .await?;
-        let (id, tenant, scopes) =
+        // Looked up by hash through a unique index: the database never compares the key.
+        let row: Option<(String, String, Vec<String>, Option<i32>)> = sqlx::query_as(
+            "SELECT id, tenant_id, scopes, rate_limit_per_sec FROM api_keys
+             WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.0.db)
+        .await?;
+        let (id, tenant, scopes, rate_limit) =
             row.ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
+        let id = ApiKeyId::parse(&id).map_err(ApiError::internal)?;
+        let limit = rate_limit.and_then(|n| u32::try_from(n).ok());
+        if let Err(wait) = self.0.activity.admit(&id, limit, Instant::now()) {
+            return Err(ApiError::rate_limited(
+                "this API key is over its request rate limit: retry after the Retry-After seconds",
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            ));
+        }
+        self.0.activity.record(&id, OffsetDateTime::now_utc());
         Ok(Principal::Key {
-            id: ApiKeyId::parse(&id).map_err(ApiError::internal)?,
+            id,
             tenant: TenantId::parse(&tenant).map_err(ApiError::internal)?,
             scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         })
     }
+}
+
+/// Per-process memory of API keys: last uses not yet flushed, and rate limit buckets. Cheap
+/// to clone; every clone shares the same state (`hookrelay all` shares one between its
+/// APIs, so a key has one bucket per process).
+#[derive(Clone)]
+pub struct KeyActivity(Arc<Mutex<Activity>>);
+
+struct Activity {
+    /// `HOOKRELAY_API_KEY_RATE_LIMIT`, for keys without their own limit.
+    default_limit: Option<u32>,
+    uses: HashMap<ApiKeyId, OffsetDateTime>,
+    /// Per key, GCRA's theoretical arrival time.
+    buckets: HashMap<ApiKeyId, Instant>,
+}
+
+impl KeyActivity {
+    pub fn new(default_limit: Option<u32>) -> Self {
+        Self(Arc::new(Mutex::new(Activity {
+            default_limit,
+            uses: HashMap::new(),
+            buckets: HashMap::new(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes a use of `id` at `at` (keeps the latest).
+    pub fn record(&self, id: &ApiKeyId, at: OffsetDateTime) {
+        let mut a = self.lock();
+        match a.uses.get_mut(id) {
+            Some(t) => *t = (*t).max(at),
+            None => {
+                a.uses.insert(id.clone(), at);
+            }
+        }
+    }
+
+    /// The uses noted since the last call, oldest key id first. Also forgets rate limit
+    /// buckets that have refilled, so the map holds only keys busy lately.
+    pub fn take_uses(&self) -> Vec<(ApiKeyId, OffsetDateTime)> {
+        let mut a = self.lock();
+        let now = Instant::now();
+        a.buckets.retain(|_, tat| *tat > now);
+        let mut uses: Vec<_> = a.uses.drain().collect();
+        uses.sort();
+        uses
+    }
+
+    /// Lets a request of `id` through, or says how long until one would be let through.
+    /// `limit` is the key's own; without one the process default applies.
+    fn admit(&self, id: &ApiKeyId, limit: Option<u32>, now: Instant) -> Result<(), Duration> {
+        let mut a = self.lock();
+        let Some(per_sec) = limit.or(a.default_limit) else {
+            return Ok(());
+        };
+        let tat = a.buckets.entry(id.clone()).or_insert(now);
+        gcra(tat, now, per_sec)
+    }
+
+    /// Merges a `KeyUses` report from another process; a report that does not decode is
+    /// ignored (the next one will do).
+    pub fn merge_report(&self, payload: &[u8]) {
+        let Ok(report) = KeyUses::decode(payload) else {
+            tracing::warn!("ignoring a key-use report that does not decode");
+            return;
+        };
+        for u in report.uses {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(u.used_at_unix_ms) * 1_000_000);
+            if let (Ok(id), Ok(at)) = (ApiKeyId::parse(&u.key_id), at) {
+                self.record(&id, at);
+            }
+        }
+    }
+
+    /// Every `period`, and once more at `shutdown`, hands the uses noted since the last time
+    /// to `flush`; uses it fails to hand on are kept for the next round.
+    pub async fn flush_every<F, Fut, E>(self, period: Duration, shutdown: CancellationToken, mut flush: F)
+    where
+        F: FnMut(Vec<(ApiKeyId, OffsetDateTime)>) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stop = tokio::select! {
+                () = shutdown.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            let uses = self.take_uses();
+            if !uses.is_empty()
+                && let Err(error) = flush(uses.clone()).await
+            {
+                tracing::warn!(%error, keys = uses.len(), "could not hand on API key uses; will retry");
+                for (id, at) in &uses {
+                    self.record(id, *at);
+                }
+            }
+            if stop {
+                break;
+            }
+        }
+    }
+}
+
+/// A `KeyUses` report of `uses`, for `hookrelay.control.key-uses`.
+pub fn key_uses_report(uses: &[(ApiKeyId, OffsetDateTime)]) -> Vec<u8> {
+    KeyUses {
+        uses: uses
+            .iter()
+            .map(|(id, at)| KeyUse {
+                key_id: id.to_string(),
+                used_at_unix_ms: i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+/// GCRA with a burst of one second's worth: `per_sec` requests at once, then one every
+/// `1/per_sec` s. `tat` (the theoretical arrival time) moves on only for admitted requests.
+/// `Err` holds the wait until the next request would be admitted.
+fn gcra(tat: &mut Instant, now: Instant, per_sec: u32) -> Result<(), Duration> {
+    let interval = Duration::from_secs(1) / per_sec.max(1);
+    let tolerance = Duration::from_secs(1).saturating_sub(interval);
+    let start = (*tat).max(now);
+    let ahead = start - now;
+    if ahead > tolerance {
+        return Err(ahead - tolerance);
+    }
+    *tat = start + interval;
+    Ok(())
+}
+
+/// Who may call a route: the "who" column of the contract's API table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// The admin token only.
+    Admin,
+    /// Any valid credential; the handler limits a key to its own tenant.
+    AnyKey,
+    /// A key holding this scope, or the admin token (which holds all).
+    Scope(Scope),
+}
+
+/// The state of [`guard`]: one per route, naming who may call it.
+#[derive(Clone)]
+pub struct Guard {
+    auth: Authenticator,
+    who: Who,
+}
+
+impl Authenticator {
+    /// A [`guard`] for a route `who` may call:
+    /// `post(handler.layer(from_fn_with_state(auth.guard(who), guard)))`.
+    pub fn guard(&self, who: Who) -> Guard {
+        Guard {
+            auth: self.clone(),
+            who,
+        }
+    }
+}
+
+/// Route middleware: authenticates (401), checks the route's [`Who`] (403) before the body
+/// is read or parsed, and leaves the [`Principal`] for the handler, so a request is
+/// authenticated and counted against its key's rate limit once.
+pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = g.auth.authenticate(header).await?;
+    match (g.who, &principal) {
+        (Who::Admin, Principal::Key { .. }) => {
+            return Err(ApiError::forbidden("only the admin token may do this"));
+        }
+        (Who::Scope(scope), p) => p.require(scope)?,
+        (Who::Admin, Principal::Admin) | (Who::AnyKey, _) => {}
+    }
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
 }
 
 impl<S> FromRequestParts<S> for Principal
@@ -157,6 +395,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
         let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
         Authenticator::from_ref(state).authenticate(header).await
     }
@@ -211,5 +452,73 @@ mod tests {
         assert_eq!(p.require(Scope::EndpointsWrite).unwrap_err().status, 403);
         assert!(p.require(Scope::DeliveriesRead).is_ok());
         assert_eq!(Principal::Admin.tenant(None).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn the_admin_token_never_shows_in_debug_output() {
+        let token = AdminToken::new("s3cret-admin-token");
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert_eq!(token.expose(), "s3cret-admin-token");
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(&sha256(b"a"), &sha256(b"a")));
+        assert!(!constant_time_eq(&sha256(b"a"), &sha256(b"b")));
+        assert!(!constant_time_eq(b"ab", b"a"));
+    }
+
+    #[test]
+    fn gcra_allows_a_burst_of_one_second_then_the_rate() {
+        let t0 = Instant::now();
+        let mut tat = t0;
+        assert!(gcra(&mut tat, t0, 2).is_ok());
+        assert!(gcra(&mut tat, t0, 2).is_ok());
+        let wait = gcra(&mut tat, t0, 2).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        // A refused request costs nothing: after the wait one more goes through.
+        assert!(gcra(&mut tat, t0 + Duration::from_millis(499), 2).is_err());
+        assert!(gcra(&mut tat, t0 + wait, 2).is_ok());
+        assert!(gcra(&mut tat, t0 + wait, 2).is_err());
+        // After a quiet second the whole burst is back.
+        let later = t0 + Duration::from_secs(3);
+        assert!(gcra(&mut tat, later, 2).is_ok());
+        assert!(gcra(&mut tat, later, 2).is_ok());
+        assert!(gcra(&mut tat, later, 2).is_err());
+    }
+
+    #[test]
+    fn key_activity_limits_per_key_with_the_default_for_keys_without_a_limit() {
+        let activity = KeyActivity::new(Some(1));
+        let (a, b) = (ApiKeyId::generate(), ApiKeyId::generate());
+        let now = Instant::now();
+        assert!(activity.admit(&a, None, now).is_ok());
+        assert!(activity.admit(&a, None, now).is_err());
+        assert!(activity.admit(&b, None, now).is_ok(), "buckets are per key");
+        let c = ApiKeyId::generate();
+        assert!(
+            (0..3).all(|_| activity.admit(&c, Some(3), now).is_ok()),
+            "a key's own limit wins"
+        );
+        assert!(activity.admit(&c, Some(3), now).is_err());
+        let unlimited = KeyActivity::new(None);
+        assert!((0..1000).all(|_| unlimited.admit(&a, None, now).is_ok()));
+    }
+
+    #[test]
+    fn key_uses_keep_the_latest_and_survive_a_report_round_trip() {
+        let activity = KeyActivity::new(None);
+        let id = ApiKeyId::generate();
+        let t1 = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let t2 = t1 + time::Duration::seconds(5);
+        activity.record(&id, t2);
+        activity.record(&id, t1);
+        let uses = activity.take_uses();
+        assert_eq!(uses, [(id.clone(), t2)]);
+        assert!(activity.take_uses().is_empty(), "taken uses are gone");
+        let query = KeyActivity::new(None);
+        query.merge_report(&key_uses_report(&uses));
+        query.merge_report(b"\xff not protobuf");
+        assert_eq!(query.take_uses(), [(id, t2)]);
     }
 }

@@ -134,6 +134,9 @@ pub struct Config {
     /// `HOOKRELAY_STREAM_REPLICAS`: copies of each JetStream stream (1 to 5; 3 on a
     /// three-server NATS cluster, so a server can fail without losing an accepted event).
     pub stream_replicas: usize,
+    /// `HOOKRELAY_API_KEY_RATE_LIMIT`: requests per second an API key may make (per
+    /// process) when the key sets no `rate_limit_per_sec` of its own; unset = no limit.
+    pub api_key_rate_limit: Option<u32>,
     /// `HOOKRELAY_RETENTION`: finished deliveries (with their attempts) and the events they
     /// carried are removed once older than this. Each table's writer sweeps its own rows.
     pub retention: Duration,
@@ -159,6 +162,15 @@ impl Config {
             stream_replicas: match src.get("HOOKRELAY_STREAM_REPLICAS", 1usize)? {
                 n @ 1..=5 => n,
                 n => anyhow::bail!("HOOKRELAY_STREAM_REPLICAS must be 1 to 5, not {n}"),
+            },
+            api_key_rate_limit: match src.raw("HOOKRELAY_API_KEY_RATE_LIMIT").map(str::trim) {
+                None | Some("") => None,
+                Some(v) => match v.parse::<u32>() {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => anyhow::bail!(
+                        "HOOKRELAY_API_KEY_RATE_LIMIT must be a whole number of requests per second, at least 1 (or unset for no limit), not `{v}`"
+                    ),
+                },
             },
             retention: positive(src, "HOOKRELAY_RETENTION", Self::DEFAULT_RETENTION)?,
             retention_interval: positive(src, "HOOKRELAY_RETENTION_INTERVAL", Duration::from_secs(3600))?,
@@ -200,6 +212,24 @@ mod tests {
             let src = Source::from_pairs([("HOOKRELAY_STREAM_REPLICAS", bad)]);
             let e = Config::from_source(&src, addr).unwrap_err().to_string();
             assert!(e.contains("HOOKRELAY_STREAM_REPLICAS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_api_key_rate_limit_defaults_to_none_and_refuses_nonsense() {
+        let addr = ([127, 0, 0, 1], 0).into();
+        assert_eq!(
+            Config::from_source(&Source::default(), addr)
+                .unwrap()
+                .api_key_rate_limit,
+            None
+        );
+        let ten = Source::from_pairs([("HOOKRELAY_API_KEY_RATE_LIMIT", "10")]);
+        assert_eq!(Config::from_source(&ten, addr).unwrap().api_key_rate_limit, Some(10));
+        for bad in ["0", "-1", "fast", "1.5"] {
+            let src = Source::from_pairs([("HOOKRELAY_API_KEY_RATE_LIMIT", bad)]);
+            let e = Config::from_source(&src, addr).unwrap_err().to_string();
+            assert!(e.contains("HOOKRELAY_API_KEY_RATE_LIMIT"), "{bad}: {e}");
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Runtime {
     pub ready: Readiness,
     /// Background tasks (consumers, sweepers); awaited on shutdown.
     pub tasks: TaskTracker,
+    /// API key uses and rate limit buckets of this process (shared by its APIs).
+    pub keys: auth::KeyActivity,
 }
 
 impl Runtime {
@@ -55,6 +57,7 @@ impl Runtime {
             db,
             ready,
             tasks: TaskTracker::new(),
+            keys: auth::KeyActivity::new(cfg.api_key_rate_limit),
         })
     }
 }

@@ -11,6 +11,7 @@
 //! query, deliverer ──hookrelay.system.<tenant>─────────▶ HOOKRELAY_SYSTEM ──▶ ingest
 //! query, deliverer ──hookrelay.control.endpoints.<tenant> (core NATS)──▶ routers
 //! query    ──hookrelay.control.event-types.<tenant> (core NATS)──────▶ ingest
+//! ingest   ──hookrelay.control.key-uses (core NATS, `KeyUses`)──────▶ query
 //! ```
 //!
 //! `hookrelay.control.>` subjects are plain NATS notifications ("this changed, reload it"),
@@ -56,6 +57,9 @@ pub const CONTROL_ENDPOINTS_ALL: &str = "hookrelay.control.endpoints.>";
 /// `endpoint_changed(tenant)` is this prefix and the tenant.
 pub const CONTROL_ENDPOINTS_PREFIX: &str = "hookrelay.control.endpoints.";
 pub const CONTROL_EVENT_TYPES_ALL: &str = "hookrelay.control.event-types.>";
+/// Ingest's report of the API keys it authenticated lately (`KeyUses`), for query to move
+/// `api_keys.last_used_at` forward. A lost report leaves it a few seconds stale.
+pub const CONTROL_KEY_USES: &str = "hookrelay.control.key-uses";
 
 pub fn endpoint_changed(tenant: &TenantId) -> String {
     format!("{CONTROL_ENDPOINTS_PREFIX}{tenant}")

@@ -83,6 +83,14 @@ fn filter(p: &LogParams) -> Result<store::DeliveryFilter, Invalid> {
     Ok(f)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    params(("tenant_id" = Option<String>, Query), ("endpoint_id" = Option<String>, Query), ("event_type" = Option<String>, Query), ("event_id" = Option<String>, Query), ("status" = Option<String>, Query, description = "pending, delivered, retrying or failed"), ("since" = Option<String>, Query, format = DateTime), ("until" = Option<String>, Query, format = DateTime), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "the delivery log, newest first", body = super::openapi::DeliveryList)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -101,8 +109,9 @@ pub(crate) async fn list(
     Ok(json(StatusCode::OK, paginate(rows, limit, |d| &d.id)))
 }
 
-#[derive(Serialize)]
-struct Detail {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = DeliveryDetail)]
+pub(crate) struct Detail {
     #[serde(flatten)]
     delivery: store::Delivery,
     /// The envelope as delivered; null if its event is gone.
@@ -124,6 +133,14 @@ fn tenant_of_row(tenant_id: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(tenant_id).map_err(ApiError::internal)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the delivery with its payload and attempts", body = Detail)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -152,14 +169,22 @@ pub(crate) async fn get(
     ))
 }
 
-#[derive(Serialize)]
-struct Queued {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Queued {
     id: String,
     status: &'static str,
 }
 
 /// Asks the deliverer to attempt the delivery again now, whatever its status.
 #[tracing::instrument(skip_all, fields(delivery_id = %id))]
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "deliveries",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "queued for delivery", body = Queued)),
+    security(("bearer" = ["deliveries:write"]))
+)]
 pub(crate) async fn retry(
     State(state): State<AppState>,
     principal: Principal,
@@ -179,20 +204,29 @@ pub(crate) async fn retry(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Recover {
     since: String,
 }
 
-#[derive(Serialize)]
-struct Requeued {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Requeued {
     requeued: i64,
 }
 
 /// Asks the deliverer to requeue the endpoint's failed deliveries created since `since`.
 /// `requeued` counts them as of now; the deliverer acts on the same rule.
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints/{id}/recover",
+    tag = "deliveries",
+    params(("id" = String, Path)),
+    request_body = Recover,
+    responses((status = 202, description = "failed deliveries requeued", body = Requeued)),
+    security(("bearer" = ["deliveries:write"]))
+)]
 pub(crate) async fn recover(
     State(state): State<AppState>,
     principal: Principal,

@@ -31,19 +31,19 @@ use crate::{endpoint::EndpointInput, error::QueryError, publish, store};
 pub(crate) const DEFAULT_GRACE_SECS: i64 = 86_400;
 pub(crate) const MAX_GRACE_SECS: i64 = 7 * 86_400;
 
-#[derive(Serialize)]
-struct WithSecret {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct WithSecret {
     #[serde(flatten)]
     endpoint: store::Endpoint,
     secret: String,
 }
 
-#[derive(Serialize)]
-struct SecretOnly {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SecretOnly {
     secret: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rotate {
     grace_period_seconds: Option<i64>,
@@ -70,6 +70,15 @@ pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> 
         .ok_or(QueryError::NotFound("endpoint"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints",
+    tag = "endpoints",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
+    request_body = crate::endpoint::EndpointInput,
+    responses((status = 201, description = "created, with its signing secret", body = WithSecret)),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -85,6 +94,14 @@ pub(crate) async fn create(
     Ok(json(StatusCode::CREATED, WithSecret { endpoint, secret }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints",
+    tag = "endpoints",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "a page of endpoints", body = super::openapi::EndpointList)),
+    security(("bearer" = ["endpoints:read"]))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -99,13 +116,21 @@ pub(crate) async fn list(
     Ok(json(StatusCode::OK, paginate(rows, limit, |e| &e.id)))
 }
 
-#[derive(Serialize)]
-struct WithHealth {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct WithHealth {
     #[serde(flatten)]
     endpoint: store::Endpoint,
     health: HealthSummary,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints/{id}",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the endpoint with its health", body = WithHealth)),
+    security(("bearer" = ["endpoints:read"]))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -117,8 +142,8 @@ pub(crate) async fn get(
     Ok(json(StatusCode::OK, WithHealth { endpoint, health }))
 }
 
-#[derive(Serialize)]
-struct HealthHistory {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct HealthHistory {
     #[serde(flatten)]
     health: HealthSummary,
     disabled_reason: Option<String>,
@@ -131,6 +156,14 @@ const TRANSITIONS_SHOWN: i64 = 100;
 
 /// `GET /v1/endpoints/{id}/health`: its health now and how it got there (the deliverer's
 /// `endpoint_health` and `endpoint_health_transitions`).
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints/{id}/health",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "health with its transitions", body = HealthHistory)),
+    security(("bearer" = ["endpoints:read"]))
+)]
 pub(crate) async fn health(
     State(state): State<AppState>,
     principal: Principal,
@@ -151,6 +184,15 @@ pub(crate) async fn health(
     ))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/endpoints/{id}",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    request_body = crate::endpoint::EndpointInput,
+    responses((status = 200, description = "updated", body = crate::store::Endpoint)),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -170,6 +212,14 @@ pub(crate) async fn update(
     Ok(json(StatusCode::OK, endpoint))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/endpoints/{id}",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "deleted")),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -185,6 +235,14 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints/{id}/secret",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the signing secret", body = SecretOnly)),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn secret(
     State(state): State<AppState>,
     principal: Principal,
@@ -201,6 +259,15 @@ pub(crate) async fn secret(
 }
 
 /// A new secret; the old one keeps signing for the grace period so receivers can switch.
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints/{id}/rotate-secret",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    request_body = Rotate,
+    responses((status = 200, description = "the new secret", body = SecretOnly)),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
@@ -226,7 +293,7 @@ pub(crate) async fn rotate_secret(
     Ok(json(StatusCode::OK, SecretOnly { secret }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PreviewInput {
     event: String,
@@ -234,14 +301,14 @@ pub(crate) struct PreviewInput {
     data: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Serialize)]
-struct Matches {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Matches {
     patterns: bool,
     filter: bool,
 }
 
-#[derive(Serialize)]
-struct Preview {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Preview {
     url: String,
     headers: serde_json::Map<String, serde_json::Value>,
     /// The envelope exactly as it would be POSTed (compact JSON).
@@ -251,6 +318,15 @@ struct Preview {
 
 /// The request a delivery of `{event, data}` to this endpoint would send now, signed with
 /// every secret that signs now; nothing is sent or stored.
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints/{id}/preview",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    request_body = PreviewInput,
+    responses((status = 200, description = "the request that would ship", body = Preview)),
+    security(("bearer" = ["endpoints:read"]))
+)]
 pub(crate) async fn preview(
     State(state): State<AppState>,
     principal: Principal,
@@ -307,6 +383,14 @@ pub(crate) async fn preview(
 
 /// `hookrelay/ping` to this endpoint only, through the same path as every event: stored,
 /// logged and signed. `202` once JetStream holds it.
+#[utoipa::path(
+    post,
+    path = "/v1/endpoints/{id}/test",
+    tag = "endpoints",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "a hookrelay/ping was sent", body = super::openapi::Sent)),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn test(
     State(state): State<AppState>,
     principal: Principal,

@@ -32,8 +32,9 @@ use crate::{error::QueryError, store};
 /// How many of a tenant's newest events the list scans for types only seen.
 pub(crate) const SEEN_SCAN: i64 = 10_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = EventTypeDeclaration)]
 pub(crate) struct Declare {
     name: String,
     description: Option<String>,
@@ -43,8 +44,9 @@ pub(crate) struct Declare {
     deprecated: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = EventTypeChange)]
 pub(crate) struct Change {
     description: Option<String>,
     schema: Option<Value>,
@@ -54,13 +56,15 @@ pub(crate) struct Change {
 }
 
 /// One entry of the list: declared, seen, or both.
-#[derive(Serialize)]
-struct Entry {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = EventTypeEntry)]
+pub(crate) struct Entry {
     /// Only for a type not declared (a declaration carries its own `name`).
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     declared: bool,
     #[serde(flatten)]
+    #[schema(value_type = super::openapi::DeclaredFields)]
     declaration: Option<store::EventType>,
     /// Events of this type among the newest scanned ([`SEEN_SCAN`]).
     count: i64,
@@ -68,8 +72,9 @@ struct Entry {
     sample: Option<Value>,
 }
 
-#[derive(Serialize)]
-struct Detail {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = EventTypeDetail)]
+pub(crate) struct Detail {
     #[serde(flatten)]
     declaration: store::EventType,
     versions: Vec<store::SchemaVersion>,
@@ -130,6 +135,15 @@ async fn detail(state: &AppState, tenant: &TenantId, name: &str) -> Result<Detai
     Ok(Detail { declaration, versions })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/event-types",
+    tag = "event-types",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
+    request_body = Declare,
+    responses((status = 201, description = "declared", body = Detail)),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -160,6 +174,15 @@ pub(crate) async fn create(
     Ok(json(StatusCode::CREATED, detail(&state, &tenant, name.as_str()).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/event-types/{name}",
+    tag = "event-types",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
+    request_body = Change,
+    responses((status = 200, description = "updated", body = Detail)),
+    security(("bearer" = ["endpoints:write"]))
+)]
 pub(crate) async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -200,6 +223,14 @@ pub(crate) async fn update(
     Ok(json(StatusCode::OK, detail(&state, &tenant, &name).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/event-types/{name}",
+    tag = "event-types",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
+    responses((status = 200, description = "the type with its schema versions", body = Detail)),
+    security(("bearer" = ["endpoints:read"]))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -212,6 +243,14 @@ pub(crate) async fn get(
 }
 
 /// Declared and seen types merged by name, in name order; the cursor is the last name.
+#[utoipa::path(
+    get,
+    path = "/v1/event-types",
+    tag = "event-types",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "declared and seen types", body = super::openapi::EventTypeList)),
+    security(("bearer" = ["endpoints:read"]))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,

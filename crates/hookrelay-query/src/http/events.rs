@@ -18,6 +18,14 @@ use serde_json::Value;
 use super::{AppState, TenantParam};
 use crate::{error::QueryError, publish, replay, store};
 
+#[utoipa::path(
+    get,
+    path = "/v1/events/{event_id}",
+    tag = "events",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
+    responses((status = 200, description = "the stored envelope with its deliveries", body = super::openapi::StoredEvent)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -51,8 +59,8 @@ pub(crate) async fn get(
     Ok(json(StatusCode::OK, Value::Object(event)))
 }
 
-#[derive(Serialize)]
-struct Replayed {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Replayed {
     event_id: String,
     endpoints: Vec<String>,
 }
@@ -61,6 +69,14 @@ struct Replayed {
 /// to deliver it to each again: an endpoint's existing delivery is retried, a new match
 /// gets a new delivery; every attempt this causes is `manual`. `202` once JetStream holds
 /// the command(s), with the endpoints chosen (none: nothing is sent).
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event_id}/replay",
+    tag = "events",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
+    responses((status = 202, description = "replay queued", body = Replayed)),
+    security(("bearer" = ["deliveries:write"]))
+)]
 #[tracing::instrument(skip_all, fields(event_id = %event_id))]
 pub(crate) async fn replay(
     State(state): State<AppState>,

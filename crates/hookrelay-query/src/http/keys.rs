@@ -16,16 +16,22 @@ use serde::{Deserialize, Serialize};
 use super::{AppState, ListParams, cursor, paginate, tenants::check_name};
 use crate::{error::QueryError, store};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
     tenant_id: Option<String>,
     name: String,
+    #[schema(value_type = Vec<super::openapi::ScopeName>, min_items = 1)]
     scopes: Vec<String>,
+    /// Requests per second (per process); absent or null = `HOOKRELAY_API_KEY_RATE_LIMIT`.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2147483647)]
+    rate_limit_per_sec: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct Created {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = CreatedApiKey)]
+pub(crate) struct Created {
     #[serde(flatten)]
     key: store::ApiKey,
     /// The secret, shown this once.
@@ -54,6 +60,19 @@ fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, Invalid> {
     Ok(scopes)
 }
 
+fn check_rate_limit(limit: Option<i64>) -> Result<Option<i32>, Invalid> {
+    limit
+        .map(|n| {
+            i32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                Invalid::new(
+                    "invalid_rate_limit",
+                    "rate_limit_per_sec must be a whole number of at least 1 (or null for the configured default)",
+                )
+            })
+        })
+        .transpose()
+}
+
 /// A tenant key may only hand out scopes it holds itself.
 fn may_grant(principal: &Principal, scopes: &[Scope]) -> Result<(), ApiError> {
     scopes.iter().try_for_each(|s| principal.require(*s))
@@ -67,6 +86,14 @@ fn tenant_of(principal: &Principal, requested: Option<&str>) -> Result<TenantId,
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    request_body = NewKey,
+    responses((status = 201, description = "created; `key` is shown this once", body = Created)),
+    security(("bearer" = ["keys:write"]))
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -76,13 +103,31 @@ pub(crate) async fn create(
     let tenant = tenant_of(&principal, body.tenant_id.as_deref())?;
     let name = check_name(&body.name)?;
     let scopes = parse_scopes(&body.scopes)?;
+    let rate_limit = check_rate_limit(body.rate_limit_per_sec)?;
     may_grant(&principal, &scopes)?;
     let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
     let (secret, hash) = new_api_key();
-    let key = store::insert_api_key(&state.db, &ApiKeyId::generate(), &tenant, name, &scopes, &hash).await?;
+    let key = store::insert_api_key(
+        &state.db,
+        &ApiKeyId::generate(),
+        &tenant,
+        name,
+        &scopes,
+        &hash,
+        rate_limit,
+    )
+    .await?;
     Ok(json(StatusCode::CREATED, Created { key, secret }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "a page of unrevoked keys, without secrets", body = super::openapi::ApiKeyList)),
+    security(("bearer" = ["keys:write"]))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -100,6 +145,14 @@ pub(crate) async fn list(
     Ok(json(StatusCode::OK, paginate(rows, limit, |k| &k.id)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "revoked")),
+    security(("bearer" = ["keys:write"]))
+)]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
@@ -126,6 +179,15 @@ mod tests {
         );
         assert_eq!(parse_scopes(&names(&["root"])).unwrap_err().code, "invalid_scope");
         assert_eq!(parse_scopes(&[]).unwrap_err().code, "invalid_scopes");
+    }
+
+    #[test]
+    fn rate_limits_are_positive_and_fit() {
+        assert_eq!(check_rate_limit(None).unwrap(), None);
+        assert_eq!(check_rate_limit(Some(5)).unwrap(), Some(5));
+        for bad in [0, -3, i64::from(i32::MAX) + 1] {
+            assert_eq!(check_rate_limit(Some(bad)).unwrap_err().code, "invalid_rate_limit");
+        }
     }
 
     #[test]

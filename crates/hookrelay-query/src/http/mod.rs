@@ -8,6 +8,7 @@ mod endpoints;
 mod event_types;
 mod events;
 mod keys;
+mod openapi;
 mod stats;
 mod tenants;
 
@@ -17,12 +18,13 @@ use async_nats::jetstream;
 use axum::{
     Router,
     extract::{FromRef, MatchedPath, Request},
+    handler::Handler as _,
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use hookrelay_runtime::{
-    auth::Authenticator,
+    auth::{Authenticator, Scope, Who, guard},
     http::{ApiError, List, Page},
 };
 use hookrelay_types::Invalid;
@@ -48,35 +50,83 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
+/// Every route with who may call it (the contract's "who" column), checked by
+/// [`guard`] before the handler runs or the body is read.
 pub(crate) fn routes(state: AppState) -> Router {
+    use Scope::*;
+    let auth = state.auth.clone();
+    let who = |w: Who| middleware::from_fn_with_state(auth.guard(w), guard);
+    let scope = |s: Scope| who(Who::Scope(s));
     Router::new()
-        .route("/v1/tenants", post(tenants::create).get(tenants::list))
-        .route("/v1/tenants/{id}", get(tenants::get))
-        .route("/v1/api-keys", post(keys::create).get(keys::list))
-        .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
-        .route("/v1/endpoints", post(endpoints::create).get(endpoints::list))
+        .route(
+            "/v1/tenants",
+            post(tenants::create.layer(who(Who::Admin))).get(tenants::list.layer(who(Who::Admin))),
+        )
+        .route("/v1/tenants/{id}", get(tenants::get.layer(who(Who::AnyKey))))
+        .route(
+            "/v1/api-keys",
+            post(keys::create.layer(scope(KeysWrite))).get(keys::list.layer(scope(KeysWrite))),
+        )
+        .route("/v1/api-keys/{id}", delete(keys::revoke.layer(scope(KeysWrite))))
+        .route(
+            "/v1/endpoints",
+            post(endpoints::create.layer(scope(EndpointsWrite))).get(endpoints::list.layer(scope(EndpointsRead))),
+        )
         .route(
             "/v1/endpoints/{id}",
-            get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
+            get(endpoints::get.layer(scope(EndpointsRead)))
+                .patch(endpoints::update.layer(scope(EndpointsWrite)))
+                .delete(endpoints::delete.layer(scope(EndpointsWrite))),
         )
-        .route("/v1/endpoints/{id}/secret", get(endpoints::secret))
-        .route("/v1/endpoints/{id}/rotate-secret", post(endpoints::rotate_secret))
-        .route("/v1/endpoints/{id}/stats", get(stats::endpoint_stats))
-        .route("/v1/endpoints/{id}/health", get(endpoints::health))
-        .route("/v1/endpoints/{id}/recover", post(deliveries::recover))
-        .route("/v1/endpoints/{id}/preview", post(endpoints::preview))
-        .route("/v1/endpoints/{id}/test", post(endpoints::test))
-        .route("/v1/event-types", post(event_types::create).get(event_types::list))
+        .route(
+            "/v1/endpoints/{id}/secret",
+            get(endpoints::secret.layer(scope(EndpointsWrite))),
+        )
+        .route(
+            "/v1/endpoints/{id}/rotate-secret",
+            post(endpoints::rotate_secret.layer(scope(EndpointsWrite))),
+        )
+        .route(
+            "/v1/endpoints/{id}/stats",
+            get(stats::endpoint_stats.layer(scope(DeliveriesRead))),
+        )
+        .route(
+            "/v1/endpoints/{id}/health",
+            get(endpoints::health.layer(scope(EndpointsRead))),
+        )
+        .route(
+            "/v1/endpoints/{id}/recover",
+            post(deliveries::recover.layer(scope(DeliveriesWrite))),
+        )
+        .route(
+            "/v1/endpoints/{id}/preview",
+            post(endpoints::preview.layer(scope(EndpointsRead))),
+        )
+        .route(
+            "/v1/endpoints/{id}/test",
+            post(endpoints::test.layer(scope(EndpointsWrite))),
+        )
+        .route(
+            "/v1/event-types",
+            post(event_types::create.layer(scope(EndpointsWrite))).get(event_types::list.layer(scope(EndpointsRead))),
+        )
         .route(
             "/v1/event-types/{name}",
-            get(event_types::get).patch(event_types::update),
+            get(event_types::get.layer(scope(EndpointsRead))).patch(event_types::update.layer(scope(EndpointsWrite))),
         )
-        .route("/v1/deliveries", get(deliveries::list))
-        .route("/v1/deliveries/{id}", get(deliveries::get))
-        .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
-        .route("/v1/events/{event_id}", get(events::get))
-        .route("/v1/events/{event_id}/replay", post(events::replay))
-        .route("/v1/stats", get(stats::tenant_stats))
+        .route("/v1/deliveries", get(deliveries::list.layer(scope(DeliveriesRead))))
+        .route("/v1/deliveries/{id}", get(deliveries::get.layer(scope(DeliveriesRead))))
+        .route(
+            "/v1/deliveries/{id}/retry",
+            post(deliveries::retry.layer(scope(DeliveriesWrite))),
+        )
+        .route("/v1/events/{event_id}", get(events::get.layer(scope(DeliveriesRead))))
+        .route(
+            "/v1/events/{event_id}/replay",
+            post(events::replay.layer(scope(DeliveriesWrite))),
+        )
+        .route("/v1/stats", get(stats::tenant_stats.layer(scope(DeliveriesRead))))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(count_requests))
         .with_state(state)
         .merge(dashboard::routes())

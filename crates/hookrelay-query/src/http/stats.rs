@@ -30,15 +30,15 @@ pub(crate) struct StatsParams {
 /// The pipeline's window when none is given.
 const PIPELINE_WINDOW: &str = "1h";
 
-#[derive(Serialize)]
-struct PipelineStats {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PipelineStats {
     window: String,
     #[serde(flatten)]
     pipeline: Pipeline,
 }
 
 /// An endpoint's health as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct HealthSummary {
     pub(crate) state: Health,
     /// Failed attempts in a row, as the deliverer counts them.
@@ -75,8 +75,8 @@ pub(crate) async fn current_health(state: &AppState, endpoint: &store::Endpoint)
     })
 }
 
-#[derive(Serialize)]
-struct Stats {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Stats {
     window: String,
     #[serde(flatten)]
     counts: Counts,
@@ -89,6 +89,14 @@ struct Stats {
 /// and `failed` count deliveries finished within the window (whole minutes), latency is
 /// that of the window's successful attempts (from a histogram: within 20 %), and
 /// `pending` is every delivery of the endpoint not finished now.
+#[utoipa::path(
+    get,
+    path = "/v1/endpoints/{id}/stats",
+    tag = "stats",
+    params(("id" = String, Path), ("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h")),
+    responses((status = 200, description = "delivery stats over the window", body = Stats)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn endpoint_stats(
     State(state): State<AppState>,
     principal: Principal,
@@ -122,6 +130,14 @@ pub(crate) async fn endpoint_stats(
 }
 
 /// Events received and deliveries created within the window, by stage.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "stats",
+    params(("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h"), ("tenant_id" = Option<String>, Query)),
+    responses((status = 200, description = "the pipeline over the window", body = PipelineStats)),
+    security(("bearer" = ["deliveries:read"]))
+)]
 pub(crate) async fn tenant_stats(
     State(state): State<AppState>,
     principal: Principal,

@@ -18,7 +18,7 @@ use crate::{error::QueryError, store};
 
 pub(crate) const MAX_NAME_CHARS: usize = 200;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTenant {
     id: String,
@@ -44,6 +44,14 @@ pub(crate) fn check_name(name: &str) -> Result<&str, Invalid> {
     Ok(name)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    request_body = NewTenant,
+    responses((status = 201, description = "created", body = crate::store::Tenant)),
+    security(("bearer" = ["admin"]))
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -56,6 +64,14 @@ pub(crate) async fn create(
     Ok(json(StatusCode::CREATED, tenant))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "a page of tenants", body = super::openapi::TenantList)),
+    security(("bearer" = ["admin"]))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -70,6 +86,14 @@ pub(crate) async fn list(
 }
 
 /// The admin sees any tenant; a key sees its own.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the tenant", body = crate::store::Tenant)),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,

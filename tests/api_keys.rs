@@ -1,0 +1,131 @@
+//! API keys across split services: query (the only writer of `api_keys`) and ingest, each
+//! its own service over one NATS and database. A revoke made on query stops the key on
+//! ingest at its next request; ingest's uses reach `last_used_at` through query; ingest's
+//! `POST /v1/events` checks `events:write` before reading the body.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Service, TestEnv, eventually, spawn_service};
+use serde_json::{Value, json};
+
+struct Split {
+    ingest: Service,
+    query: Service,
+    // Dropped last: it owns the NATS server and the database.
+    _env: TestEnv,
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        self.ingest.shutdown.cancel();
+        self.query.shutdown.cancel();
+    }
+}
+
+async fn split(extra: &[(&str, &str)]) -> Split {
+    let env = TestEnv::start().await.unwrap();
+    let query_cfg = hookrelay_query::Config::from_source(&env.source(extra)).unwrap();
+    let query = spawn_service(|l, stop| hookrelay_query::run(query_cfg, Some(l), stop)).await;
+    let ingest_cfg = hookrelay_ingest::Config::from_source(&env.source(extra)).unwrap();
+    let ingest = spawn_service(|l, stop| hookrelay_ingest::run(ingest_cfg, Some(l), stop)).await;
+    let r = query
+        .api
+        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    Split {
+        ingest,
+        query,
+        _env: env,
+    }
+}
+
+/// A key made on query: `(id, secret)`.
+async fn key(query: &Api, name: &str, scopes: &[&str], extra: Value) -> (String, String) {
+    let mut body = json!({"tenant_id": "acme", "name": name, "scopes": scopes});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let r = query.post("/v1/api-keys", ADMIN_TOKEN, body).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    (
+        r.body["id"].as_str().unwrap().to_owned(),
+        r.body["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn event(n: u32) -> Value {
+    json!({"event": "orders/created", "event_id": format!("evt_keys_{n}"), "data": {"n": n}})
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_query_is_refused_by_ingest_on_its_next_request() {
+    let s = split(&[]).await;
+    let (id, secret) = key(&s.query.api, "producer", &["events:write"], json!({})).await;
+    assert_eq!(s.ingest.api.post("/v1/events", &secret, event(1)).await.status, 202);
+    let r = s.query.api.delete(&format!("/v1/api-keys/{id}"), ADMIN_TOKEN).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = s.ingest.api.post("/v1/events", &secret, event(2)).await;
+    assert_eq!((r.status, r.code()), (401, "unauthorized"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_key_used_only_on_ingest_shows_its_last_use_on_query() {
+    let s = split(&[]).await;
+    let (id, secret) = key(&s.query.api, "producer", &["events:write"], json!({})).await;
+    assert_eq!(s.ingest.api.post("/v1/events", &secret, event(1)).await.status, 202);
+    let used = eventually(Duration::from_secs(15), || async {
+        let list = s.query.api.get("/v1/api-keys?tenant_id=acme", ADMIN_TOKEN).await;
+        list.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .and_then(|k| k["last_used_at"].as_str().map(str::to_owned))
+    })
+    .await;
+    assert!(used.is_some(), "ingest's use never reached last_used_at");
+}
+
+#[tokio::test]
+async fn ingest_checks_events_write_before_reading_the_body() {
+    let s = split(&[]).await;
+    let (_, reader) = key(
+        &s.query.api,
+        "reader",
+        &["endpoints:read", "deliveries:read", "keys:write"],
+        json!({}),
+    )
+    .await;
+    for body in [event(1), json!({"not": "an envelope"})] {
+        let r = s.ingest.api.post("/v1/events", &reader, body).await;
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{r:?}");
+    }
+    let (_, writer) = key(&s.query.api, "writer", &["events:write"], json!({})).await;
+    let r = s
+        .ingest
+        .api
+        .post("/v1/events", &writer, json!({"not": "an envelope"}))
+        .await;
+    assert!(r.status != 403 && r.status != 401 && r.status < 500, "{r:?}");
+    let r = s.ingest.api.post("/v1/events", "hr_nonsense", event(1)).await;
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[tokio::test]
+async fn ingest_limits_a_key_to_its_rate() {
+    let s = split(&[]).await;
+    let (_, secret) = key(
+        &s.query.api,
+        "producer",
+        &["events:write"],
+        json!({"rate_limit_per_sec": 1}),
+    )
+    .await;
+    assert_eq!(s.ingest.api.post("/v1/events", &secret, event(1)).await.status, 202);
+    let r = s.ingest.api.post("/v1/events", &secret, event(2)).await;
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(s.ingest.api.post("/v1/events", &secret, event(3)).await.status, 202);
+}
