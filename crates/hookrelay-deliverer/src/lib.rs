@@ -64,7 +64,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     });
     rt.tasks.spawn(publish::republish(d.clone(), shutdown.clone()));
     rt.tasks.spawn(gauges::run(d.db.clone(), shutdown.clone()));
-    let retention = retention::Retention::from_config(&cfg.common);
+    let retention = hookrelay_runtime::retention::Retention::from_config(&cfg.common);
     rt.tasks
         .spawn(retention::run(d.db.clone(), retention, shutdown.clone()));
     rt.tasks.spawn(scheduler::run(d, shutdown));

@@ -54,7 +54,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "system event consumer stopped");
         }
     });
-    let retention = retention::Retention::from_config(&cfg.common);
+    let retention = hookrelay_runtime::retention::Retention::from_config(&cfg.common);
     rt.tasks
         .spawn(retention::run(rt.db.clone(), retention, shutdown.clone()));
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown.clone()));

@@ -12,6 +12,7 @@ pub mod db;
 pub mod http;
 pub mod nats;
 pub mod ops;
+pub mod retention;
 pub mod shutdown;
 pub mod telemetry;
 
