@@ -583,6 +583,33 @@ pub(crate) async fn endpoint_totals(
     Ok((delivered, failed, pending, latency))
 }
 
+/// A tenant's deliveries finished (`delivered`, `failed`) by attempts started since
+/// `since`'s minute, and those attempts' success latency histogram, from `endpoint_minutes`.
+pub(crate) async fn tenant_totals(
+    db: impl PgExecutor<'_> + Copy,
+    tenant: &TenantId,
+    since: OffsetDateTime,
+) -> Result<(i64, i64, Vec<i64>)> {
+    let (delivered, failed): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(delivered), 0)::int8, COALESCE(sum(failed), 0)::int8 FROM endpoint_minutes
+         WHERE tenant_id = $1 AND minute >= date_trunc('minute', $2::timestamptz)",
+    )
+    .bind(tenant.as_str())
+    .bind(since)
+    .fetch_one(db)
+    .await?;
+    let latency: Vec<i64> = sqlx::query_scalar(
+        "SELECT COALESCE(sum(t.n), 0)::int8 FROM endpoint_minutes m, unnest(m.latency) WITH ORDINALITY AS t(n, i)
+         WHERE m.tenant_id = $1 AND m.minute >= date_trunc('minute', $2::timestamptz)
+         GROUP BY t.i ORDER BY t.i",
+    )
+    .bind(tenant.as_str())
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    Ok((delivered, failed, latency))
+}
+
 /// Whether each of an endpoint's latest `n` attempts (started at or after `since`, when
 /// given) succeeded, newest first.
 pub(crate) async fn recent_outcomes(

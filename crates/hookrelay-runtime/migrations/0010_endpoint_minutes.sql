@@ -15,5 +15,7 @@ CREATE TABLE endpoint_minutes (
     latency      integer[] NOT NULL,
     PRIMARY KEY (endpoint_id, minute)
 );
+-- For the tenant's summary (GET /v1/stats).
+CREATE INDEX endpoint_minutes_tenant ON endpoint_minutes (tenant_id, minute);
 -- For retention, which removes the oldest minutes first.
 CREATE INDEX endpoint_minutes_minute ON endpoint_minutes (minute);

@@ -35,6 +35,18 @@ pub(crate) struct PipelineStats {
     window: String,
     #[serde(flatten)]
     pipeline: Pipeline,
+    /// The tenant's deliveries that finished within the window, and its successful
+    /// attempts' latency, from the per-minute rollup.
+    finished: Finished,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Finished {
+    delivered: i64,
+    failed: i64,
+    /// delivered ÷ (delivered + failed); `null` before anything finished.
+    delivery_rate: Option<f64>,
+    latency_ms: Latency,
 }
 
 /// An endpoint's health as the API shows it.
@@ -150,5 +162,24 @@ pub(crate) async fn tenant_stats(
     let ingested = store::events_received_since(&state.db, &tenant, since).await?;
     let rows = store::tenant_status_counts(&state.db, &tenant, since).await?;
     let pipeline = Pipeline::from_rows(ingested, rows.iter().map(|(s, n)| (s.as_str(), *n)));
-    Ok(json(StatusCode::OK, PipelineStats { window, pipeline }))
+    let (delivered, failed, latency) = store::tenant_totals(&state.db, &tenant, since).await?;
+    let finished = Finished {
+        delivered,
+        failed,
+        delivery_rate: Counts {
+            delivered,
+            failed,
+            pending: 0,
+        }
+        .delivery_rate(),
+        latency_ms: Latency::from_histogram(&latency),
+    };
+    Ok(json(
+        StatusCode::OK,
+        PipelineStats {
+            window,
+            pipeline,
+            finished,
+        },
+    ))
 }
