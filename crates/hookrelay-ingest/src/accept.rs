@@ -58,7 +58,7 @@ impl Ingest {
             published: Batcher::spawn("events_published", BATCH_MAX, move |batch: Vec<(String, String)>| {
                 let db = published_db.clone();
                 async move {
-                    store::mark_published_all(&db, &batch).await?;
+                    store::mark_published(&db, &batch).await?;
                     Ok(vec![(); batch.len()])
                 }
             }),

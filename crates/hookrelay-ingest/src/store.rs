@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use hookrelay_types::{EventId, TenantId};
+use hookrelay_types::TenantId;
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -102,10 +102,7 @@ pub(crate) async fn insert_events(
 }
 
 /// Notes that these (tenant, event id)s reached HOOKRELAY_EVENTS, in one statement.
-pub(crate) async fn mark_published_all(
-    db: impl PgExecutor<'_>,
-    events: &[(String, String)],
-) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark_published(db: impl PgExecutor<'_>, events: &[(String, String)]) -> Result<(), sqlx::Error> {
     let (tenants, ids): (Vec<&str>, Vec<&str>) = events.iter().map(|(t, e)| (t.as_str(), e.as_str())).unzip();
     sqlx::query(
         "UPDATE events e SET published_at = now()
@@ -114,21 +111,6 @@ pub(crate) async fn mark_published_all(
     )
     .bind(tenants)
     .bind(ids)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-pub(crate) async fn mark_published(
-    db: impl PgExecutor<'_>,
-    tenant: &TenantId,
-    event_id: &EventId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE events SET published_at = now() WHERE tenant_id = $1 AND event_id = $2 AND published_at IS NULL",
-    )
-    .bind(tenant.as_str())
-    .bind(event_id.as_str())
     .execute(db)
     .await?;
     Ok(())

@@ -43,7 +43,7 @@ async fn sweep(ingest: &Ingest) -> anyhow::Result<usize> {
             only.as_ref(),
         )
         .await?;
-        store::mark_published(&ingest.db, &tenant, &event_id).await?;
+        store::mark_published(&ingest.db, &[(row.tenant_id.clone(), row.event_id.clone())]).await?;
         metrics::counter!(REPUBLISHED).increment(1);
     }
     Ok(rows.len())

@@ -544,70 +544,56 @@ pub(crate) async fn event_body(
 
 // --- stats and recovery --------------------------------------------------------------------
 
-/// An endpoint's deliveries finished (`delivered`, `failed`) by attempts started since
-/// `since`'s minute, and those attempts' success latency histogram, added up from
-/// `endpoint_minutes` (the deliverer's rollup), and its unfinished deliveries now.
-pub(crate) async fn endpoint_totals(
+/// Deliveries finished (`delivered`, `failed`) by attempts started since `since`'s minute,
+/// and those attempts' success latency histogram, added up from `endpoint_minutes` (the
+/// deliverer's rollup): the tenant's, or one endpoint's when given.
+pub(crate) async fn minute_totals(
     db: impl PgExecutor<'_> + Copy,
     tenant: &TenantId,
-    endpoint: &EndpointId,
+    endpoint: Option<&EndpointId>,
     since: OffsetDateTime,
-) -> Result<(i64, i64, i64, Vec<i64>)> {
-    let (delivered, failed): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(sum(delivered), 0)::int8, COALESCE(sum(failed), 0)::int8 FROM endpoint_minutes
-         WHERE endpoint_id = $2 AND tenant_id = $1 AND minute >= date_trunc('minute', $3::timestamptz)",
-    )
-    .bind(tenant.as_str())
-    .bind(endpoint.as_str())
-    .bind(since)
-    .fetch_one(db)
-    .await?;
-    let latency: Vec<i64> = sqlx::query_scalar(
+) -> Result<(i64, i64, Vec<i64>)> {
+    // Two fixed statements (an endpoint's minutes by the primary key, a tenant's by
+    // endpoint_minutes_tenant), not one with an optional filter the planner cannot index.
+    let scope = match endpoint {
+        Some(_) => "m.tenant_id = $1 AND m.endpoint_id = $3",
+        None => "m.tenant_id = $1",
+    };
+    let counts = format!(
+        "SELECT COALESCE(sum(m.delivered), 0)::int8, COALESCE(sum(m.failed), 0)::int8 FROM endpoint_minutes m
+         WHERE {scope} AND m.minute >= date_trunc('minute', $2::timestamptz)"
+    );
+    let histogram = format!(
         "SELECT COALESCE(sum(t.n), 0)::int8 FROM endpoint_minutes m, unnest(m.latency) WITH ORDINALITY AS t(n, i)
-         WHERE m.endpoint_id = $2 AND m.tenant_id = $1 AND m.minute >= date_trunc('minute', $3::timestamptz)
-         GROUP BY t.i ORDER BY t.i",
-    )
-    .bind(tenant.as_str())
-    .bind(endpoint.as_str())
-    .bind(since)
-    .fetch_all(db)
-    .await?;
-    let pending: i64 = sqlx::query_scalar(
+         WHERE {scope} AND m.minute >= date_trunc('minute', $2::timestamptz)
+         GROUP BY t.i ORDER BY t.i"
+    );
+    let endpoint = endpoint.map(EndpointId::as_str);
+    let mut counts = sqlx::query_as(sqlx::AssertSqlSafe(counts))
+        .bind(tenant.as_str())
+        .bind(since);
+    let mut histogram = sqlx::query_scalar(sqlx::AssertSqlSafe(histogram))
+        .bind(tenant.as_str())
+        .bind(since);
+    if let Some(endpoint) = endpoint {
+        counts = counts.bind(endpoint);
+        histogram = histogram.bind(endpoint);
+    }
+    let (delivered, failed): (i64, i64) = counts.fetch_one(db).await?;
+    let latency: Vec<i64> = histogram.fetch_all(db).await?;
+    Ok((delivered, failed, latency))
+}
+
+/// An endpoint's deliveries not finished now.
+pub(crate) async fn unfinished_count(db: impl PgExecutor<'_>, tenant: &TenantId, endpoint: &EndpointId) -> Result<i64> {
+    Ok(sqlx::query_scalar(
         "SELECT count(*) FROM deliveries
          WHERE endpoint_id = $2 AND tenant_id = $1 AND status IN ('pending', 'retrying')",
     )
     .bind(tenant.as_str())
     .bind(endpoint.as_str())
     .fetch_one(db)
-    .await?;
-    Ok((delivered, failed, pending, latency))
-}
-
-/// A tenant's deliveries finished (`delivered`, `failed`) by attempts started since
-/// `since`'s minute, and those attempts' success latency histogram, from `endpoint_minutes`.
-pub(crate) async fn tenant_totals(
-    db: impl PgExecutor<'_> + Copy,
-    tenant: &TenantId,
-    since: OffsetDateTime,
-) -> Result<(i64, i64, Vec<i64>)> {
-    let (delivered, failed): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(sum(delivered), 0)::int8, COALESCE(sum(failed), 0)::int8 FROM endpoint_minutes
-         WHERE tenant_id = $1 AND minute >= date_trunc('minute', $2::timestamptz)",
-    )
-    .bind(tenant.as_str())
-    .bind(since)
-    .fetch_one(db)
-    .await?;
-    let latency: Vec<i64> = sqlx::query_scalar(
-        "SELECT COALESCE(sum(t.n), 0)::int8 FROM endpoint_minutes m, unnest(m.latency) WITH ORDINALITY AS t(n, i)
-         WHERE m.tenant_id = $1 AND m.minute >= date_trunc('minute', $2::timestamptz)
-         GROUP BY t.i ORDER BY t.i",
-    )
-    .bind(tenant.as_str())
-    .bind(since)
-    .fetch_all(db)
-    .await?;
-    Ok((delivered, failed, latency))
+    .await?)
 }
 
 /// Whether each of an endpoint's latest `n` attempts (started at or after `since`, when

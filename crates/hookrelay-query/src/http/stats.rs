@@ -122,7 +122,8 @@ pub(crate) async fn endpoint_stats(
     let (tenant, id) = endpoints::keys(&endpoint)?;
     let since = OffsetDateTime::now_utc() - span;
 
-    let (delivered, failed, pending, latency) = store::endpoint_totals(&state.db, &tenant, &id, since).await?;
+    let (delivered, failed, latency) = store::minute_totals(&state.db, &tenant, Some(&id), since).await?;
+    let pending = store::unfinished_count(&state.db, &tenant, &id).await?;
     let counts = Counts {
         delivered,
         failed,
@@ -162,7 +163,7 @@ pub(crate) async fn tenant_stats(
     let ingested = store::events_received_since(&state.db, &tenant, since).await?;
     let rows = store::tenant_status_counts(&state.db, &tenant, since).await?;
     let pipeline = Pipeline::from_rows(ingested, rows.iter().map(|(s, n)| (s.as_str(), *n)));
-    let (delivered, failed, latency) = store::tenant_totals(&state.db, &tenant, since).await?;
+    let (delivered, failed, latency) = store::minute_totals(&state.db, &tenant, None, since).await?;
     let finished = Finished {
         delivered,
         failed,
