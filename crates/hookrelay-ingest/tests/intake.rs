@@ -253,16 +253,24 @@ async fn refused_nats_messages_go_to_the_dead_letter_subject_with_their_reason()
         );
     }
     // Dead letters are kept in HOOKRELAY_DEAD, and intake goes on.
+    // (The stream's count may trail the subscriber by a moment: read it until it settles.)
     let js = jetstream::new(nats.clone());
-    let kept = js
-        .get_stream(subjects::DEAD_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let mut kept = 0;
+    for _ in 0..50 {
+        kept = js
+            .get_stream(subjects::DEAD_STREAM)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if kept >= cases.len() as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(kept, cases.len() as u64);
     nats.publish(
         "hookrelay.ingest.acme.orders.created",
