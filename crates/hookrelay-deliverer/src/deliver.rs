@@ -53,6 +53,9 @@ pub(crate) struct Deliverer {
 
 /// Most rows a batch writes at once.
 const BATCH_MAX: usize = 256;
+/// Batches of each kind written at once, each on its own connection (their rows are locked
+/// in key order, so they cannot deadlock): one is being written while another commits.
+const PARALLEL: usize = 2;
 
 impl Deliverer {
     pub(crate) fn new(
@@ -65,11 +68,11 @@ impl Deliverer {
         let (insert_db, record_db) = (db.clone(), db.clone());
         Self {
             endpoints: Endpoints::new(db.clone()),
-            inserts: Batcher::spawn("deliveries", BATCH_MAX, move |batch: Vec<NewDelivery>| {
+            inserts: Batcher::spawn_parallel("deliveries", BATCH_MAX, PARALLEL, move |batch: Vec<NewDelivery>| {
                 let db = insert_db.clone();
                 async move { store::insert_deliveries(&db, &batch).await }
             }),
-            records: Batcher::spawn("attempts", BATCH_MAX, move |batch: Vec<Record>| {
+            records: Batcher::spawn_parallel("attempts", BATCH_MAX, PARALLEL, move |batch: Vec<Record>| {
                 let db = record_db.clone();
                 async move { store::record_batch(&db, &batch).await }
             }),

@@ -99,10 +99,15 @@ pub(crate) async fn insert_deliveries(
     db: impl PgExecutor<'_>,
     batch: &[NewDelivery],
 ) -> Result<Vec<bool>, sqlx::Error> {
-    let column = |f: fn(&NewDelivery) -> &str| batch.iter().map(f).collect::<Vec<_>>();
-    let after: Vec<f64> = batch.iter().map(|n| n.after.as_secs_f64()).collect();
-    let parked: Vec<bool> = batch.iter().map(|n| n.parked).collect();
-    let traceparent: Vec<Option<&str>> = batch.iter().map(|n| n.traceparent.as_deref()).collect();
+    // Rows go in key order: two batches running at once that share a key (a job delivered
+    // twice) then wait on each other in one order and cannot deadlock.
+    let mut sorted: Vec<&NewDelivery> = batch.iter().collect();
+    sorted
+        .sort_by(|a, b| (&a.tenant_id, &a.event_id, &a.endpoint_id).cmp(&(&b.tenant_id, &b.event_id, &b.endpoint_id)));
+    let column = |f: fn(&NewDelivery) -> &str| sorted.iter().map(|n| f(n)).collect::<Vec<_>>();
+    let after: Vec<f64> = sorted.iter().map(|n| n.after.as_secs_f64()).collect();
+    let parked: Vec<bool> = sorted.iter().map(|n| n.parked).collect();
+    let traceparent: Vec<Option<&str>> = sorted.iter().map(|n| n.traceparent.as_deref()).collect();
     let stored: Vec<String> = sqlx::query_scalar(
         "INSERT INTO deliveries
              (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at, parked, traceparent)

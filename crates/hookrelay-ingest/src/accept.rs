@@ -20,6 +20,9 @@ use hookrelay_runtime::batch::Batcher;
 
 /// Most events a batch stores at once.
 const BATCH_MAX: usize = 512;
+/// Event batches written at once, each on its own connection: one is being written while
+/// another waits for its commit.
+const PARALLEL: usize = 3;
 
 pub(crate) const EVENTS_ACCEPTED: &str = "hookrelay_events_accepted_total";
 pub(crate) const EVENTS_DUPLICATE: &str = "hookrelay_events_duplicate_total";
@@ -51,7 +54,7 @@ impl Ingest {
     pub(crate) fn new(db: sqlx::PgPool, js: async_nats::jetstream::Context, cfg: Arc<Config>) -> Self {
         let (events_db, published_db) = (db.clone(), db.clone());
         Self {
-            events: Batcher::spawn("events", BATCH_MAX, move |batch: Vec<NewEvent>| {
+            events: Batcher::spawn_parallel("events", BATCH_MAX, PARALLEL, move |batch: Vec<NewEvent>| {
                 let db = events_db.clone();
                 async move { store::insert_events(&db, &batch).await }
             }),

@@ -45,7 +45,11 @@ pub(crate) async fn insert_events(
     db: impl PgExecutor<'_> + Copy,
     batch: &[NewEvent],
 ) -> Result<Vec<Stored>, sqlx::Error> {
-    let text = |f: fn(&NewEvent) -> &str| batch.iter().map(f).collect::<Vec<_>>();
+    // Rows go in key order: two batches running at once that share an id (a producer's
+    // retry) then wait on each other in one order and cannot deadlock.
+    let mut sorted: Vec<&NewEvent> = batch.iter().collect();
+    sorted.sort_by(|a, b| (&a.tenant_id, &a.event_id).cmp(&(&b.tenant_id, &b.event_id)));
+    let text = |f: fn(&NewEvent) -> &str| sorted.iter().map(|e| f(e)).collect::<Vec<_>>();
     let inserted: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, schema_version, schema_violation,
                              only_endpoint_id)
@@ -57,11 +61,16 @@ pub(crate) async fn insert_events(
     .bind(text(|e| &e.tenant_id))
     .bind(text(|e| &e.event_id))
     .bind(text(|e| &e.event_type))
-    .bind(batch.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
     .bind(text(|e| &e.body))
-    .bind(batch.iter().map(|e| e.checked.schema_version).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.checked.violation.as_deref()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.only_endpoint_id.as_deref()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.checked.schema_version).collect::<Vec<_>>())
+    .bind(
+        sorted
+            .iter()
+            .map(|e| e.checked.violation.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(sorted.iter().map(|e| e.only_endpoint_id.as_deref()).collect::<Vec<_>>())
     .fetch_all(db)
     .await?;
     let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();

@@ -29,19 +29,41 @@ impl<T, R> Clone for Batcher<T, R> {
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Starts the task. `name` labels its `hookrelay_batch_size` histogram. `run` gets a batch (at most `max` items, in arrival order) and
-    /// answers with one result per item, in the same order. The task ends when the last
-    /// `Batcher` is dropped.
+    /// answers with one result per item, in the same order. One batch runs at a time. The
+    /// task ends when the last `Batcher` is dropped.
     pub fn spawn<F, Fut>(name: &'static str, max: usize, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<R>, sqlx::Error>> + Send,
+        Fut: Future<Output = Result<Vec<R>, sqlx::Error>> + Send + 'static,
+    {
+        Self::spawn_parallel(name, max, 1, run)
+    }
+
+    /// As [`Batcher::spawn`], with up to `parallel` batches running at once: while one
+    /// batch waits for its commit (an fsync), the next is already being written on another
+    /// connection. Items that arrive while all `parallel` batches run wait together for the
+    /// next free one. `run` must then be safe to run concurrently with itself: batches that
+    /// may touch the same rows must lock them in one order (sort by key), or they can
+    /// deadlock.
+    pub fn spawn_parallel<F, Fut>(name: &'static str, max: usize, parallel: usize, run: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, sqlx::Error>> + Send + 'static,
     {
         let max = max.max(1);
+        let running = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
         let (tx, mut rx) = mpsc::channel::<Job<T, R>>(max * 4);
         tokio::spawn(async move {
-            let mut items = Vec::with_capacity(max);
-            let mut replies = Vec::with_capacity(max);
-            while let Some((item, reply)) = rx.recv().await {
+            loop {
+                // A free run first, then the items: what arrives while every run is busy
+                // goes into the next batch together.
+                let Ok(permit) = running.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some((item, reply)) = rx.recv().await else {
+                    return;
+                };
+                let (mut items, mut replies) = (Vec::with_capacity(max), Vec::with_capacity(max));
                 items.push(item);
                 replies.push(reply);
                 while items.len() < max {
@@ -53,27 +75,12 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                         Err(_) => break,
                     }
                 }
-                let n = items.len();
-                metrics::histogram!("hookrelay_batch_size", "batch" => name).record(n as f64);
-                match run(std::mem::replace(&mut items, Vec::with_capacity(max))).await {
-                    Ok(results) => {
-                        if results.len() != n {
-                            tracing::error!(items = n, answers = results.len(), "a batch answered short");
-                        }
-                        for (reply, result) in replies.drain(..).zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Err(error) => {
-                        let error = Arc::new(error);
-                        for reply in replies.drain(..) {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                    }
-                }
-                // A reply sender left over (a short answer) is dropped here: its caller
-                // sees the batch as failed, never as done.
-                replies.clear();
+                metrics::histogram!("hookrelay_batch_size", "batch" => name).record(items.len() as f64);
+                let batch = run(items);
+                tokio::spawn(async move {
+                    answer(batch.await, replies);
+                    drop(permit);
+                });
             }
         });
         Self { tx }
@@ -86,6 +93,27 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Hands each caller its result, or the batch's error. A reply sender left over (a short
+/// answer) is dropped: its caller sees the batch as failed, never as done.
+fn answer<R>(outcome: Result<Vec<R>, sqlx::Error>, replies: Vec<oneshot::Sender<Result<R, BatchError>>>) {
+    match outcome {
+        Ok(results) => {
+            if results.len() != replies.len() {
+                tracing::error!(items = replies.len(), answers = results.len(), "a batch answered short");
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(error) => {
+            let error = Arc::new(error);
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
     }
 }
 
@@ -121,6 +149,38 @@ mod tests {
             sizes.len() < 20,
             "callers waiting together went in one batch: {sizes:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn parallel_batches_overlap_and_one_batch_at_a_time_does_not() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Each batch holds for 50 ms and notes how many batches were running at its start.
+        async fn most_at_once(parallel: usize) -> usize {
+            let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (r, m) = (running.clone(), most.clone());
+            let batcher = Batcher::spawn_parallel("test", 2, parallel, move |items: Vec<u32>| {
+                let (r, m) = (r.clone(), m.clone());
+                async move {
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    Ok(items)
+                }
+            });
+            let calls: Vec<_> = (0..16)
+                .map(|i| {
+                    let b = batcher.clone();
+                    tokio::spawn(async move { b.call(i).await.unwrap() == i })
+                })
+                .collect();
+            for call in calls {
+                assert!(call.await.unwrap(), "each caller gets its own answer");
+            }
+            most.load(Ordering::SeqCst)
+        }
+        assert_eq!(most_at_once(1).await, 1);
+        assert_eq!(most_at_once(3).await, 3);
     }
 
     #[tokio::test]

@@ -18,6 +18,12 @@ pub mod telemetry;
 
 use anyhow::Context as _;
 pub use config::Config;
+
+/// Every hookrelay process allocates with mimalloc: the hot path (NATS messages, JSON
+/// bodies, HTTP requests) is many small short-lived allocations, and glibc's malloc spent
+/// about half of hookrelay's user time in a throughput profile (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use ops::Readiness;
 use tokio_util::task::TaskTracker;
 
