@@ -154,8 +154,16 @@ async fn a_deliverer_killed_mid_request_is_replaced_and_the_delivery_is_attempte
     let mut first = spawn(&env, "deliverer", &lease).await;
     let id = send(&ingest.api, &key, 1).await;
 
-    // The request is at the receiver (which answers after 1.5 s): kill the deliverer now.
+    // The request is at the receiver (which answers after 1.5 s). A first attempt is made
+    // before its delivery row exists; one still running after 200 ms gets its row, leased,
+    // so the log shows it pending. Kill the deliverer once it is there.
     assert_eq!(rx.wait_for("slow/1500/kill", &id, 1, WAIT).await.len(), 1);
+    let shown = eventually(Duration::from_secs(1), || async { delivery(&db, &id).await }).await;
+    assert_eq!(
+        shown,
+        Some(("pending".to_owned(), 0)),
+        "a slow first attempt shows as pending"
+    );
     first.kill9();
     assert_eq!(delivery(&db, &id).await.map(|d| d.1), Some(0), "nothing recorded yet");
 
@@ -165,6 +173,30 @@ async fn a_deliverer_killed_mid_request_is_replaced_and_the_delivery_is_attempte
     // repeats. The receiver saw the event twice, with the same webhook-id.
     assert_eq!(attempts, 1);
     let got = rx.received_id("slow/1500/kill", &id);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+}
+
+#[tokio::test]
+async fn a_deliverer_killed_during_a_first_attempt_not_yet_stored_gets_its_job_back() {
+    let env = TestEnv::start().await.unwrap();
+    let db = env.db().await.unwrap();
+    let (ingest, query, _router) = front(&env).await;
+    let rx = Receiver::start().await.unwrap();
+    // The receiver answers after 2 s; the row would be stored after 10 s.
+    let (key, _) = tenant_with_endpoint(&query.api, &rx.url("slow/2000/early")).await;
+    let mut first = spawn(&env, "deliverer", &[("HOOKRELAY_PENDING_AFTER", "10s")]).await;
+    let id = send(&ingest.api, &key, 1).await;
+    assert_eq!(rx.wait_for("slow/2000/early", &id, 1, WAIT).await.len(), 1);
+    first.kill9();
+    // The attempt was made and the process died before writing anything: no row, and the
+    // job, never acknowledged, comes back from JetStream (after its 30 s ack wait).
+    assert_eq!(delivery(&db, &id).await, None);
+
+    let _second = spawn(&env, "deliverer", &[]).await;
+    let attempts = wait_delivered(&db, &id).await;
+    assert_eq!(attempts, 1, "the unrecorded attempt is the one that repeats");
+    let got = rx.received_id("slow/2000/early", &id);
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
 }

@@ -33,6 +33,12 @@ pub struct Config {
     /// `HOOKRELAY_ATTEMPT_LEASE`: how long a claimed delivery is held by one deliverer; if
     /// its process dies, the delivery is attempted again once the lease runs out.
     pub lease: Duration,
+    /// `HOOKRELAY_PENDING_AFTER`: a job's first attempt is made before its delivery row is
+    /// written (the row is written once, with the attempt); one still running after this
+    /// long gets its row stored `pending` (leased) meanwhile, so the log shows it and the
+    /// lease brings it back if the process dies. Until then a dying process leaves the job
+    /// unacknowledged, and JetStream hands it out again after its 30 s ack wait.
+    pub pending_after: Duration,
     /// Fixed DNS answers (name → addresses) consulted before the system resolver, and
     /// checked like any answer. Not read from the environment: tests set it to point a name
     /// at a loopback receiver (or at addresses that must be refused) without real DNS.
@@ -58,6 +64,7 @@ impl Config {
             retry_floor: src.duration("HOOKRELAY_RETRY_FLOOR", Duration::from_secs(1))?,
             poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_millis(100))?,
             lease: src.duration("HOOKRELAY_ATTEMPT_LEASE", Duration::from_secs(60))?,
+            pending_after: src.duration("HOOKRELAY_PENDING_AFTER", Duration::from_millis(200))?,
             dns_overrides: crate::DnsOverrides::new(),
             failing_threshold: src.get("HOOKRELAY_FAILING_THRESHOLD", 5)?,
             probe_interval: src.duration("HOOKRELAY_PROBE_INTERVAL", Duration::from_secs(30))?,

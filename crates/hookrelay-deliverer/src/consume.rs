@@ -23,7 +23,7 @@ use crate::{
     deliver::{self, Deliverer},
     error::DeliverError,
     limits::Refused,
-    store::{self, Due, NewDelivery},
+    store::{self, Due, First, NewDelivery},
 };
 
 const POISON: &str = "hookrelay_deliverer_poison_messages_total";
@@ -138,6 +138,62 @@ async fn on_job(d: &Deliverer, msg: Message) {
         }
     };
     let traceparent = hookrelay_runtime::telemetry::traceparent();
+    let parked = endpoint.as_ref().is_some_and(|e| e.failing());
+    // A job attempted at once whose event and endpoint have no delivery yet: the attempt
+    // goes first, and the row is written with its record (`deliver::deliver_first`). A
+    // redelivered job (its ack was lost, or a deliverer died with it), or a second job for
+    // an event and endpoint (the router routed the event again), stores its row first, as
+    // below, so a row that already exists is found before anything is sent again.
+    let first_seen = msg.info().is_ok_and(|info| info.delivered == 1);
+    if first_seen
+        && !parked
+        && started.is_some()
+        && d.known
+            .call((job.tenant_id.clone(), job.event_id.clone(), job.endpoint_id.clone()))
+            .await
+            .is_ok_and(|known| !known)
+        && let Some((slot, wait)) = started
+    {
+        let (job_tenant, job_event, job_endpoint) =
+            (job.tenant_id.clone(), job.event_id.clone(), job.endpoint_id.clone());
+        let first = First {
+            event_id: job.event_id.clone(),
+            event_type: job.event_type.clone(),
+            traceparent: traceparent.clone(),
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        let pending = NewDelivery {
+            id: job.delivery_id.clone(),
+            tenant_id: job_tenant,
+            event_id: job_event,
+            event_type: job.event_type.clone(),
+            endpoint_id: job_endpoint,
+            after,
+            parked: false,
+            traceparent: traceparent.clone(),
+        };
+        let due = Due {
+            id: job.delivery_id,
+            tenant_id: job.tenant_id,
+            event_id: job.event_id,
+            event_type: job.event_type,
+            endpoint_id: job.endpoint_id,
+            attempt_count: 0,
+            manual_retry: false,
+            body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
+            rate_limit_per_sec,
+            traceparent,
+        };
+        tokio::time::sleep(wait).await;
+        let done = deliver::deliver_first(d, due, slot, first, pending).await;
+        drop(permit);
+        let outcome = if done {
+            Ok(AckKind::Ack)
+        } else {
+            Err(DeliverError::NotRecorded)
+        };
+        return settle(&msg, outcome, "job").await;
+    }
     let new = NewDelivery {
         id: job.delivery_id.clone(),
         tenant_id: job.tenant_id.clone(),
@@ -145,7 +201,7 @@ async fn on_job(d: &Deliverer, msg: Message) {
         event_type: job.event_type.clone(),
         endpoint_id: job.endpoint_id.clone(),
         after,
-        parked: endpoint.as_ref().is_some_and(|e| e.failing()),
+        parked,
         traceparent: traceparent.clone(),
     };
     let inserted = match d.inserts.call(new).await {

@@ -19,7 +19,7 @@ use crate::{
     limits::{Limits, Slot},
     publish,
     retry::{self, Next},
-    store::{self, Due, Endpoint, NewDelivery, Record},
+    store::{self, Due, Endpoint, First, NewDelivery, Record},
 };
 
 const ATTEMPTS: &str = "hookrelay_delivery_attempts_total";
@@ -47,6 +47,8 @@ pub(crate) struct Deliverer {
     pub(crate) endpoints: Arc<Endpoints>,
     /// New deliveries, stored a batch per statement.
     pub(crate) inserts: Batcher<NewDelivery, bool>,
+    /// Whether a delivery holds a (tenant, event, endpoint) already, a batch per read.
+    pub(crate) known: Batcher<(String, String, String), bool>,
     /// Attempts, recorded a batch per transaction.
     pub(crate) records: Batcher<Record, Option<(i32, Next)>>,
 }
@@ -65,8 +67,17 @@ impl Deliverer {
         nats: async_nats::Client,
         js: async_nats::jetstream::Context,
     ) -> Self {
-        let (insert_db, record_db) = (db.clone(), db.clone());
+        let (insert_db, record_db, known_db) = (db.clone(), db.clone(), db.clone());
         Self {
+            known: Batcher::spawn_parallel(
+                "known",
+                BATCH_MAX,
+                PARALLEL,
+                move |batch: Vec<(String, String, String)>| {
+                    let db = known_db.clone();
+                    async move { store::deliveries_exist(&db, &batch).await }
+                },
+            ),
             endpoints: Endpoints::new(db.clone()),
             inserts: Batcher::spawn_parallel("deliveries", BATCH_MAX, PARALLEL, move |batch: Vec<NewDelivery>| {
                 let db = insert_db.clone();
@@ -96,8 +107,50 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
     // The endpoint's in-flight cap counts requests to it: its slot is free once the
     // response is in, while the attempt is still being recorded.
     drop(slot);
+    record(d, &due, attempted, None).await;
+}
+
+/// A job's first attempt, made before its delivery row exists: the row is written once,
+/// with the attempt, in its state after it (one insert instead of an insert, a commit and
+/// an update, and no commit between the job and the request). An attempt still running
+/// after `HOOKRELAY_PENDING_AFTER` (200 ms) gets its row stored `pending` (leased) meanwhile, so the log shows
+/// it and the lease brings it back should this process die. Returns whether the job is
+/// done with: its delivery is stored (or another job's delivery holds its event and
+/// endpoint). `false`: nothing is stored, and the job must come back.
+#[tracing::instrument(name = "deliverer.deliver", skip_all, fields(delivery_id = %due.id, attempt = 1))]
+pub(crate) async fn deliver_first(d: &Deliverer, due: Due, slot: Slot, first: First, pending: NewDelivery) -> bool {
+    let attempting = attempt(d, &due);
+    tokio::pin!(attempting);
+    let mut first = Some(first);
+    let attempted = tokio::select! {
+        attempted = &mut attempting => attempted,
+        () = tokio::time::sleep(d.cfg.pending_after) => {
+            match d.inserts.call(pending).await {
+                // Stored: the attempt is recorded against it like any other.
+                Ok(true) => first = None,
+                // Another job's delivery holds this event and endpoint: the record finds it.
+                Ok(false) => {}
+                Err(error) => warn!(%error, "storing a slow first attempt's delivery failed; it is stored with its record"),
+            }
+            attempting.await
+        }
+    };
+    drop(slot);
+    let stored = first.is_none();
+    record(d, &due, attempted, first).await || stored
+}
+
+/// Records an attempt (`None`: none was made) and moves the delivery and the endpoint's
+/// health on. `first`: the delivery's row is written with this record. Returns whether the
+/// attempt is recorded.
+async fn record(
+    d: &Deliverer,
+    due: &Due,
+    attempted: Option<(Outcome, bool, Option<Arc<Endpoint>>)>,
+    first: Option<First>,
+) -> bool {
     let Some((outcome, is_final, endpoint)) = attempted else {
-        return;
+        return false;
     };
     if let Some(error) = &outcome.error {
         warn!(%error, endpoint_id = %due.endpoint_id, event_id = %due.event_id, "delivery attempt failed");
@@ -126,6 +179,7 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
         response_body: outcome.response_body.clone(),
         error: outcome.error.clone(),
         decide: Box::new(decide.clone()),
+        first: first.clone(),
     };
     let recording = tracing::info_span!("deliverer.record", delivery_id = %due.id);
     let mut tries = 0;
@@ -152,7 +206,7 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
     .instrument(recording)
     .await;
     let Some(recorded) = recorded else {
-        return;
+        return false;
     };
     let outcome_label = if succeeded { "success" } else { "failure" };
     metrics::counter!(ATTEMPTS, "outcome" => outcome_label).increment(1);
@@ -172,8 +226,9 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
         && outcome.sent
         && (!succeeded || endpoint.paced())
     {
-        observe_health(d, &due, &endpoint.url, &outcome).await;
+        observe_health(d, due, &endpoint.url, &outcome).await;
     }
+    true
 }
 
 /// Moves the endpoint's health on by this attempt and announces a transition it makes. A

@@ -10,6 +10,10 @@ pub enum DeliverError {
     /// A batched write failed (every caller in the batch gets the same error).
     #[error("database: {0}")]
     Batch(std::sync::Arc<sqlx::Error>),
+    /// A first attempt whose delivery could not be stored (or whose endpoint could not be
+    /// read): the job comes back and is handled again.
+    #[error("the first attempt's delivery could not be stored")]
+    NotRecorded,
     #[error("building the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
     #[error("NATS consumer {consumer}: {message}")]

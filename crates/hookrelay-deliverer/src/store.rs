@@ -148,6 +148,27 @@ pub(crate) async fn existing_delivery(
         .await
 }
 
+/// For each (tenant, event, endpoint), whether a delivery holds it already, in one
+/// statement for the batch (a read: nothing to commit).
+pub(crate) async fn deliveries_exist(
+    db: impl PgExecutor<'_>,
+    keys: &[(String, String, String)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let column = |f: fn(&(String, String, String)) -> &str| keys.iter().map(f).collect::<Vec<_>>();
+    let found: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT d.tenant_id, d.event_id, d.endpoint_id FROM deliveries d
+         JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant_id, event_id, endpoint_id)
+           ON d.tenant_id = k.tenant_id AND d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id",
+    )
+    .bind(column(|k| &k.0))
+    .bind(column(|k| &k.1))
+    .bind(column(|k| &k.2))
+    .fetch_all(db)
+    .await?;
+    let found: std::collections::HashSet<(String, String, String)> = found.into_iter().collect();
+    Ok(keys.iter().map(|k| found.contains(k)).collect())
+}
+
 /// The endpoint and its health, for `endpoints` (which checks the tenant).
 pub(crate) async fn endpoint(db: impl PgExecutor<'_>, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
     sqlx::query_as(
@@ -312,6 +333,19 @@ pub(crate) struct Record {
     pub(crate) error: Option<String>,
     /// What happens to the delivery, given the attempt's number.
     pub(crate) decide: Box<dyn Fn(i32) -> Next + Send + Sync>,
+    /// The delivery's row is not stored yet: its first attempt was made straight from the
+    /// job, and the row is written now, in its state after this attempt.
+    pub(crate) first: Option<First>,
+}
+
+/// What a delivery row holds beyond its attempt, for a row written with its first attempt.
+#[derive(Debug, Clone)]
+pub(crate) struct First {
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) traceparent: Option<String>,
+    /// When the job arrived: the row's `created_at`.
+    pub(crate) created_at: OffsetDateTime,
 }
 
 impl std::fmt::Debug for Record {
@@ -334,28 +368,71 @@ impl std::fmt::Debug for Record {
 /// two attempts of one delivery in a batch are numbered in arrival order, and the later
 /// one moves the delivery on.
 pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Option<(i32, Next)>>, sqlx::Error> {
+    // The common case under load: every record is a job's first attempt.
+    let mut done = std::collections::HashMap::new();
+    if batch.iter().all(|r| r.first.is_some()) {
+        let nexts: Vec<Next> = batch.iter().map(|r| (r.decide)(1)).collect();
+        let (created, complete) = record_firsts(db, batch, &nexts).await?;
+        if complete {
+            reset_failure_counts(db, batch, &vec![true; batch.len()]);
+            return Ok(nexts.into_iter().map(|next| Some((1, next))).collect());
+        }
+        done = batch
+            .iter()
+            .zip(nexts)
+            .filter(|(r, _)| created.contains(&r.delivery_id))
+            .map(|(r, next)| (r.delivery_id.clone(), next))
+            .collect();
+    }
     let mut tx = db.begin().await?;
-    let ids: Vec<&str> = batch.iter().map(|r| r.delivery_id.as_str()).collect();
+    // Rows written with their first attempt; a row that turns out to exist already (a
+    // second job for its event and endpoint) has the attempt recorded against it instead.
+    // `done`: written and recorded above, only their minutes are left.
+    let (mut created, existing) = insert_firsts(&mut tx, batch, &done).await?;
+    let delivery_id = |r: &'_ Record| -> String {
+        match existing.get(r.delivery_id.as_str()) {
+            Some(id) => id.clone(),
+            None => r.delivery_id.clone(),
+        }
+    };
+    let ids: Vec<String> = batch
+        .iter()
+        .filter(|r| !created.contains_key(r.delivery_id.as_str()) && !done.contains_key(&r.delivery_id))
+        .map(delivery_id)
+        .collect();
     // Locked in id order, so two batches touching the same rows never deadlock.
-    let counts: Vec<(String, i32)> =
+    let counts: Vec<(String, i32)> = if ids.is_empty() {
+        Vec::new()
+    } else {
         sqlx::query_as("SELECT id, attempt_count FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(&ids)
             .fetch_all(&mut *tx)
-            .await?;
+            .await?
+    };
     let mut counts: std::collections::HashMap<String, i32> = counts.into_iter().collect();
     let mut answers = Vec::with_capacity(batch.len());
     // The attempts' columns, and the deliveries' final state (one entry per delivery).
     let mut a = AttemptColumns::default();
-    let mut moved: std::collections::HashMap<&str, (i32, Next, Option<i32>, i32)> = Default::default();
+    let mut moved: std::collections::HashMap<String, (i32, Next, Option<i32>, i32)> = Default::default();
     for r in batch {
-        let Some(count) = counts.get_mut(&r.delivery_id) else {
+        if let Some(next) = done.get(r.delivery_id.as_str()) {
+            answers.push(Some((1, *next)));
+            continue;
+        }
+        if let Some(next) = created.remove(r.delivery_id.as_str()) {
+            a.push(r, r.delivery_id.clone(), 1);
+            answers.push(Some((1, next)));
+            continue;
+        }
+        let id = delivery_id(r);
+        let Some(count) = counts.get_mut(&id) else {
             answers.push(None);
             continue;
         };
         *count += 1;
         let (number, next) = (*count, (r.decide)(*count));
-        a.push(r, number);
-        moved.insert(&r.delivery_id, (number, next, r.response_code, r.duration_ms));
+        a.push(r, id.clone(), number);
+        moved.insert(id, (number, next, r.response_code, r.duration_ms));
         answers.push(Some((number, next)));
     }
     if !a.delivery_id.is_empty() {
@@ -379,7 +456,7 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
         let (mut id, mut status, mut number, mut code, mut duration, mut retry_in) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (d, (n, next, c, ms)) in &moved {
-            id.push(*d);
+            id.push(d.as_str());
             status.push(next.status());
             number.push(*n);
             code.push(*c);
@@ -389,7 +466,8 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
                 Next::Delivered | Next::Failed => None,
             });
         }
-        sqlx::query(
+        if !moved.is_empty() {
+            sqlx::query(
             "UPDATE deliveries d
              SET status = u.status, attempt_count = u.number, last_response_code = u.code, last_duration_ms = u.duration,
                  next_attempt_at = CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
@@ -408,34 +486,144 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
         .bind(retry_in)
         .execute(&mut *tx)
         .await?;
-        add_minutes(&mut tx, batch, &answers).await?;
+        }
     }
+    add_minutes(&mut tx, batch, &answers).await?;
     tx.commit().await?;
-    let mut succeeded: Vec<&str> = batch
+    reset_failure_counts(db, batch, &answers.iter().map(Option::is_some).collect::<Vec<_>>());
+    Ok(answers)
+}
+
+/// A success resets the failure count of a healthy endpoint (what the health machine would
+/// do, without reading the row first), in the background: its own statement after the
+/// commit, because the health machine locks a health row and then deliveries (parking), so
+/// taking them the other way round in one transaction could deadlock. The attempts are
+/// recorded whatever happens here: a failure is only logged (the next success resets the
+/// count).
+fn reset_failure_counts(db: &PgPool, batch: &[Record], recorded: &[bool]) {
+    let mut succeeded: Vec<String> = batch
         .iter()
-        .zip(&answers)
-        .filter(|(r, answer)| r.succeeded && answer.is_some())
-        .map(|(r, _)| r.endpoint_id.as_str())
+        .zip(recorded)
+        .filter(|(r, recorded)| r.succeeded && **recorded)
+        .map(|(r, _)| r.endpoint_id.clone())
         .collect();
     succeeded.sort_unstable();
     succeeded.dedup();
-    if !succeeded.is_empty() {
-        // Its own statement, after the commit: the health machine locks a health row and
-        // then deliveries (parking), so taking them the other way round here could deadlock.
-        // The attempts are recorded whatever happens here: a failure is only logged (the
-        // next success resets the count).
+    if succeeded.is_empty() {
+        return;
+    }
+    let db = db.clone();
+    tokio::spawn(async move {
         let reset = sqlx::query(
             "UPDATE endpoint_health SET consecutive_failures = 0, first_failure_at = NULL, updated_at = now()
              WHERE endpoint_id = ANY($1) AND state = 'healthy' AND consecutive_failures > 0",
         )
         .bind(succeeded)
-        .execute(db)
+        .execute(&db)
         .await;
         if let Err(error) = reset {
             tracing::warn!(%error, "resetting healthy endpoints' failure counts failed");
         }
+    });
+}
+
+/// Writes the rows of the batch's first attempts (`Record::first`) in their state after
+/// that attempt, in key order. Returns the ids written with the attempt's decision, and for each row that already
+/// existed under its (tenant, event, endpoint), the id it exists under.
+async fn insert_firsts<'a>(
+    tx: &mut sqlx::PgConnection,
+    batch: &'a [Record],
+    done: &std::collections::HashMap<String, Next>,
+) -> Result<
+    (
+        std::collections::HashMap<String, Next>,
+        std::collections::HashMap<&'a str, String>,
+    ),
+    sqlx::Error,
+> {
+    let mut firsts: Vec<(&Record, &First)> = batch
+        .iter()
+        .filter(|r| !done.contains_key(&r.delivery_id))
+        .filter_map(|r| Some((r, r.first.as_ref()?)))
+        .collect();
+    if firsts.is_empty() {
+        return Ok(Default::default());
     }
-    Ok(answers)
+    firsts.sort_by(|(ra, fa), (rb, fb)| {
+        (&ra.tenant_id, &fa.event_id, &ra.endpoint_id).cmp(&(&rb.tenant_id, &fb.event_id, &rb.endpoint_id))
+    });
+    let text =
+        |f: for<'r> fn(&'r Record, &'r First) -> &'r str| firsts.iter().map(|(r, x)| f(r, x)).collect::<Vec<_>>();
+    let nexts: Vec<Next> = firsts.iter().map(|(r, _)| (r.decide)(1)).collect();
+    let retry_in: Vec<Option<f64>> = nexts
+        .iter()
+        .map(|next| match next {
+            Next::Retry(wait) => Some(wait.as_secs_f64()),
+            Next::Delivered | Next::Failed => None,
+        })
+        .collect();
+    let created: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO deliveries
+             (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, last_response_code,
+              last_duration_ms, next_attempt_at, parked, traceparent, created_at)
+         SELECT u.id, u.tenant_id, u.event_id, u.event_type, u.endpoint_id, u.status, 1, u.code, u.duration,
+                CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
+                u.retry_in IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = u.endpoint_id AND h.state = 'failing'),
+                u.traceparent, u.created_at
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int4[],
+                     $9::float8[], $10::text[], $11::timestamptz[])
+              AS u(id, tenant_id, event_id, event_type, endpoint_id, status, code, duration, retry_in, traceparent,
+                   created_at)
+         ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(text(|r, _| &r.delivery_id))
+    .bind(text(|r, _| &r.tenant_id))
+    .bind(text(|_, f| &f.event_id))
+    .bind(text(|_, f| &f.event_type))
+    .bind(text(|r, _| &r.endpoint_id))
+    .bind(nexts.iter().map(|n| n.status()).collect::<Vec<_>>())
+    .bind(firsts.iter().map(|(r, _)| r.response_code).collect::<Vec<_>>())
+    .bind(firsts.iter().map(|(r, _)| r.duration_ms).collect::<Vec<_>>())
+    .bind(retry_in)
+    .bind(firsts.iter().map(|(_, f)| f.traceparent.as_deref()).collect::<Vec<_>>())
+    .bind(firsts.iter().map(|(_, f)| f.created_at).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let created: std::collections::HashSet<String> = created.into_iter().collect();
+    let others: Vec<&(&Record, &First)> = firsts
+        .iter()
+        .filter(|(r, _)| !created.contains(&r.delivery_id))
+        .collect();
+    let created: std::collections::HashMap<String, Next> = firsts
+        .iter()
+        .zip(&nexts)
+        .filter(|((r, _), _)| created.contains(&r.delivery_id))
+        .map(|((r, _), next)| (r.delivery_id.clone(), *next))
+        .collect();
+    let mut existing = std::collections::HashMap::new();
+    if !others.is_empty() {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT d.id, d.tenant_id, d.event_id, d.endpoint_id FROM deliveries d
+             JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant_id, event_id, endpoint_id)
+               ON d.tenant_id = k.tenant_id AND d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id",
+        )
+        .bind(others.iter().map(|(r, _)| r.tenant_id.as_str()).collect::<Vec<_>>())
+        .bind(others.iter().map(|(_, f)| f.event_id.as_str()).collect::<Vec<_>>())
+        .bind(others.iter().map(|(r, _)| r.endpoint_id.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        for (r, f) in others {
+            if let Some((id, ..)) = rows
+                .iter()
+                .find(|(_, t, e, p)| *t == r.tenant_id && *e == f.event_id && *p == r.endpoint_id)
+            {
+                existing.insert(r.delivery_id.as_str(), id.clone());
+            }
+        }
+    }
+    Ok((created, existing))
 }
 
 /// Adds the recorded attempts to their endpoints' minutes, one upsert for the batch (rows
@@ -445,84 +633,222 @@ async fn add_minutes(
     batch: &[Record],
     answers: &[Option<(i32, Next)>],
 ) -> Result<(), sqlx::Error> {
-    use hookrelay_types::latency;
-    #[derive(Default)]
-    struct Minute<'a> {
-        tenant_id: &'a str,
-        attempts: i32,
-        succeeded: i32,
-        delivered: i32,
-        failed: i32,
-        latency: Vec<i32>,
-    }
-    let mut minutes: std::collections::BTreeMap<(&str, OffsetDateTime), Minute<'_>> = Default::default();
-    for (r, answer) in batch.iter().zip(answers) {
-        let Some((_, next)) = answer else { continue };
-        let at = r.started_at;
-        let minute =
-            at - Duration::from_secs(u64::from(at.second())) - Duration::from_nanos(u64::from(at.nanosecond()));
-        let m = minutes
-            .entry((r.endpoint_id.as_str(), minute))
-            .or_insert_with(|| Minute {
-                tenant_id: &r.tenant_id,
-                latency: latency::empty(),
-                ..Default::default()
-            });
-        m.attempts += 1;
-        if r.succeeded {
-            m.succeeded += 1;
-            m.latency[latency::bucket(i64::from(r.duration_ms))] += 1;
-        }
-        match next {
-            Next::Delivered => m.delivered += 1,
-            Next::Failed => m.failed += 1,
-            Next::Retry(_) => {}
-        }
-    }
-    if minutes.is_empty() {
+    let m = MinuteColumns::new(batch, answers.iter().map(|a| a.map(|(_, next)| next)));
+    if m.endpoint.is_empty() {
         return Ok(());
     }
-    let histogram = |h: &[i32]| format!("{{{}}}", h.iter().map(i32::to_string).collect::<Vec<_>>().join(","));
-    let (mut endpoint, mut minute, mut tenant, mut attempts, mut succeeded, mut delivered, mut failed, mut hist) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for ((e, at), m) in &minutes {
-        endpoint.push(*e);
-        minute.push(*at);
-        tenant.push(m.tenant_id);
-        attempts.push(m.attempts);
-        succeeded.push(m.succeeded);
-        delivered.push(m.delivered);
-        failed.push(m.failed);
-        hist.push(histogram(&m.latency));
-    }
-    sqlx::query(
+    sqlx::query(sqlx::AssertSqlSafe(upsert_minutes(1, "")))
+        .bind(m.endpoint)
+        .bind(m.minute)
+        .bind(m.tenant)
+        .bind(m.attempts)
+        .bind(m.succeeded)
+        .bind(m.delivered)
+        .bind(m.failed)
+        .bind(m.latency)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// The upsert of `endpoint_minutes` rows given as eight arrays from `$first` on (see
+/// [`MinuteColumns::bind`]); `only_if` (SQL, or empty) gates the whole insert.
+fn upsert_minutes(first: usize, only_if: &str) -> String {
+    let p: Vec<String> = (first..first + 8).map(|i| format!("${i}")).collect();
+    let only_if = if only_if.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {only_if}")
+    };
+    format!(
         "INSERT INTO endpoint_minutes AS m (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
          SELECT u.endpoint_id, u.minute, u.tenant_id, u.attempts, u.succeeded, u.delivered, u.failed, u.latency::int4[]
-         FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::int4[], $6::int4[], $7::int4[], $8::text[])
+         FROM unnest({}::text[], {}::timestamptz[], {}::text[], {}::int4[], {}::int4[], {}::int4[], {}::int4[], {}::text[])
               AS u(endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
+         {only_if}
          ON CONFLICT (endpoint_id, minute) DO UPDATE
          SET attempts = m.attempts + excluded.attempts, succeeded = m.succeeded + excluded.succeeded,
              delivered = m.delivered + excluded.delivered, failed = m.failed + excluded.failed,
              latency = ARRAY(SELECT COALESCE(a, 0) + COALESCE(b, 0)
                              FROM unnest(m.latency, excluded.latency) WITH ORDINALITY AS t(a, b, i) ORDER BY i)",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     )
-    .bind(endpoint)
-    .bind(minute)
-    .bind(tenant)
-    .bind(attempts)
-    .bind(succeeded)
-    .bind(delivered)
-    .bind(failed)
-    .bind(hist)
-    .execute(tx)
-    .await?;
-    Ok(())
+}
+
+/// `endpoint_minutes` rows as columns, in key order: a batch's attempts added up per
+/// endpoint and minute.
+#[derive(Default)]
+struct MinuteColumns<'a> {
+    endpoint: Vec<&'a str>,
+    minute: Vec<OffsetDateTime>,
+    tenant: Vec<&'a str>,
+    attempts: Vec<i32>,
+    succeeded: Vec<i32>,
+    delivered: Vec<i32>,
+    failed: Vec<i32>,
+    latency: Vec<String>,
+}
+
+impl<'a> MinuteColumns<'a> {
+    /// `nexts`: each record's decision, `None` for a record not recorded.
+    fn new(batch: &'a [Record], nexts: impl Iterator<Item = Option<Next>>) -> Self {
+        use hookrelay_types::latency;
+        #[derive(Default)]
+        struct Minute<'a> {
+            tenant_id: &'a str,
+            attempts: i32,
+            succeeded: i32,
+            delivered: i32,
+            failed: i32,
+            latency: Vec<i32>,
+        }
+        let mut minutes: std::collections::BTreeMap<(&str, OffsetDateTime), Minute<'_>> = Default::default();
+        for (r, next) in batch.iter().zip(nexts) {
+            let Some(next) = next else { continue };
+            let at = r.started_at;
+            let minute =
+                at - Duration::from_secs(u64::from(at.second())) - Duration::from_nanos(u64::from(at.nanosecond()));
+            let m = minutes
+                .entry((r.endpoint_id.as_str(), minute))
+                .or_insert_with(|| Minute {
+                    tenant_id: &r.tenant_id,
+                    latency: latency::empty(),
+                    ..Default::default()
+                });
+            m.attempts += 1;
+            if r.succeeded {
+                m.succeeded += 1;
+                m.latency[latency::bucket(i64::from(r.duration_ms))] += 1;
+            }
+            match next {
+                Next::Delivered => m.delivered += 1,
+                Next::Failed => m.failed += 1,
+                Next::Retry(_) => {}
+            }
+        }
+        let histogram = |h: &[i32]| format!("{{{}}}", h.iter().map(i32::to_string).collect::<Vec<_>>().join(","));
+        let mut c = Self::default();
+        for ((e, at), m) in minutes {
+            c.endpoint.push(e);
+            c.minute.push(at);
+            c.tenant.push(m.tenant_id);
+            c.attempts.push(m.attempts);
+            c.succeeded.push(m.succeeded);
+            c.delivered.push(m.delivered);
+            c.failed.push(m.failed);
+            c.latency.push(histogram(&m.latency));
+        }
+        c
+    }
+}
+
+/// Records a batch made only of first attempts in one statement (one round trip, its own
+/// transaction): the delivery rows in their state after the attempt, the attempts, and
+/// the minutes. Returns the ids written, and whether that was the whole batch. When a row
+/// already existed (a second job for its event and endpoint), its attempt and everything's
+/// minutes are left for [`record_batch`]'s transaction.
+async fn record_firsts(
+    db: &PgPool,
+    batch: &[Record],
+    nexts: &[Next],
+) -> Result<(std::collections::HashSet<String>, bool), sqlx::Error> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    let key = |i: &usize| {
+        let r = &batch[*i];
+        (&r.tenant_id, r.first.as_ref().map(|f| &f.event_id), &r.endpoint_id)
+    };
+    order.sort_by(|a, b| key(a).cmp(&key(b)));
+    let first = |i: &usize| {
+        batch[*i]
+            .first
+            .as_ref()
+            .expect("record_firsts gets first attempts only")
+    };
+    let record = |i: &usize| &batch[*i];
+    let retry_in = |next: &Next| match next {
+        Next::Retry(wait) => Some(wait.as_secs_f64()),
+        Next::Delivered | Next::Failed => None,
+    };
+    let mut a = AttemptColumns::default();
+    for r in batch {
+        a.push(r, r.delivery_id.clone(), 1);
+    }
+    let minutes = MinuteColumns::new(batch, nexts.iter().map(|n| Some(*n)));
+    let sql = format!(
+        "WITH ins AS (
+             INSERT INTO deliveries
+                 (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, last_response_code,
+                  last_duration_ms, next_attempt_at, parked, traceparent, created_at)
+             SELECT u.id, u.tenant_id, u.event_id, u.event_type, u.endpoint_id, u.status, 1, u.code, u.duration,
+                    CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
+                    u.retry_in IS NOT NULL AND EXISTS (
+                        SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = u.endpoint_id AND h.state = 'failing'),
+                    u.traceparent, u.created_at
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[],
+                         $8::int4[], $9::float8[], $10::text[], $11::timestamptz[])
+                  AS u(id, tenant_id, event_id, event_type, endpoint_id, status, code, duration, retry_in,
+                       traceparent, created_at)
+             ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
+             RETURNING id),
+         att AS (
+             INSERT INTO attempts
+                 (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
+             SELECT * FROM unnest($12::text[], $13::int4[], $14::text[], $15::timestamptz[], $16::int4[], $17::jsonb[],
+                                  $18::int4[], $19::text[], $20::text[])
+                  AS a(delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code,
+                       response_body, error)
+             WHERE a.delivery_id IN (SELECT id FROM ins)),
+         minutes AS ({})
+         SELECT id FROM ins",
+        upsert_minutes(21, "(SELECT count(*) FROM ins) = $29")
+    );
+    let q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+        .bind(order.iter().map(|i| record(i).delivery_id.as_str()).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| record(i).tenant_id.as_str()).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| first(i).event_id.as_str()).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| first(i).event_type.as_str()).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| record(i).endpoint_id.as_str()).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| nexts[*i].status()).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| record(i).response_code).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| record(i).duration_ms).collect::<Vec<_>>())
+        .bind(order.iter().map(|i| retry_in(&nexts[*i])).collect::<Vec<_>>())
+        .bind(
+            order
+                .iter()
+                .map(|i| first(i).traceparent.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(order.iter().map(|i| first(i).created_at).collect::<Vec<_>>())
+        .bind(&a.delivery_id)
+        .bind(&a.attempt)
+        .bind(&a.trigger)
+        .bind(&a.started_at)
+        .bind(&a.duration_ms)
+        .bind(&a.request_headers)
+        .bind(&a.response_code)
+        .bind(&a.response_body)
+        .bind(&a.error);
+    // The minutes' eight arrays, then the batch size they wait for.
+    let created: Vec<String> = q
+        .bind(minutes.endpoint)
+        .bind(minutes.minute)
+        .bind(minutes.tenant)
+        .bind(minutes.attempts)
+        .bind(minutes.succeeded)
+        .bind(minutes.delivered)
+        .bind(minutes.failed)
+        .bind(minutes.latency)
+        .bind(i64::try_from(batch.len()).unwrap_or(i64::MAX))
+        .fetch_all(db)
+        .await?;
+    let complete = created.len() == batch.len();
+    Ok((created.into_iter().collect(), complete))
 }
 
 /// `attempts` rows as columns, for `unnest`.
 #[derive(Default)]
 struct AttemptColumns<'a> {
-    delivery_id: Vec<&'a str>,
+    delivery_id: Vec<String>,
     attempt: Vec<i32>,
     trigger: Vec<&'static str>,
     started_at: Vec<OffsetDateTime>,
@@ -534,8 +860,8 @@ struct AttemptColumns<'a> {
 }
 
 impl<'a> AttemptColumns<'a> {
-    fn push(&mut self, r: &'a Record, number: i32) {
-        self.delivery_id.push(&r.delivery_id);
+    fn push(&mut self, r: &'a Record, delivery_id: String, number: i32) {
+        self.delivery_id.push(delivery_id);
         self.attempt.push(number);
         self.trigger.push(r.trigger);
         self.started_at.push(r.started_at);

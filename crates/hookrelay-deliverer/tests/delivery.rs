@@ -894,8 +894,18 @@ async fn a_retry_asked_for_during_an_attempt_is_not_lost() {
     let (ep, _) = endpoint(&db, &receiver.url("slow/1500/x"), json!({})).await;
     let sent = send_event(&db, &js, &ep).await;
 
-    // The receiver logs a request as it arrives, then takes 1.5s to answer.
+    // The receiver logs a request as it arrives, then takes 1.5s to answer. An operator
+    // asks for a retry of the delivery the log shows in flight (a slow first attempt's row
+    // is stored within HOOKRELAY_PENDING_AFTER, 200 ms).
     receiver.wait_for("slow/1500/x", &sent.event_id, 1, WAIT).await;
+    let shown = eventually(Duration::from_secs(1), || async {
+        delivery(&db, &sent.delivery_id).await
+    })
+    .await;
+    assert_eq!(
+        shown.map(|d| (d.status, d.attempt_count)),
+        Some(("pending".to_owned(), 0))
+    );
     publish_command(
         &js,
         Action::Retry(RetryDelivery {

@@ -28,7 +28,8 @@ impl<T, R> Clone for Batcher<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Starts the task. `name` labels its `hookrelay_batch_size` histogram. `run` gets a batch (at most `max` items, in arrival order) and
+    /// Starts the task. `name` labels its `hookrelay_batch_size` and `hookrelay_batch_seconds`
+    /// (a batch's run, from start to answer) histograms. `run` gets a batch (at most `max` items, in arrival order) and
     /// answers with one result per item, in the same order. One batch runs at a time. The
     /// task ends when the last `Batcher` is dropped.
     pub fn spawn<F, Fut>(name: &'static str, max: usize, run: F) -> Self
@@ -78,7 +79,11 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 metrics::histogram!("hookrelay_batch_size", "batch" => name).record(items.len() as f64);
                 let batch = run(items);
                 tokio::spawn(async move {
-                    answer(batch.await, replies);
+                    let started = std::time::Instant::now();
+                    let outcome = batch.await;
+                    metrics::histogram!("hookrelay_batch_seconds", "batch" => name)
+                        .record(started.elapsed().as_secs_f64());
+                    answer(outcome, replies);
                     drop(permit);
                 });
             }
