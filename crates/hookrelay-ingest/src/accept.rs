@@ -39,10 +39,45 @@ pub(crate) struct Ingest {
     /// Tenants seen to exist. Tenants are never renamed, so a positive answer can be kept.
     known_tenants: Arc<Mutex<HashSet<String>>>,
     pub(crate) catalogue: Catalogue,
-    /// Events stored a batch per statement (concurrent requests and messages share one).
-    events: Batcher<NewEvent, Stored>,
-    /// (tenant, event id)s marked published, a batch per statement.
-    published: Batcher<(String, String), ()>,
+    /// Events stored a batch per statement (concurrent requests and messages share one),
+    /// each with its batch's publication.
+    events: Batcher<NewEvent, (Stored, Arc<Publication>)>,
+}
+
+/// One stored batch's publication. Every event of the batch holds it and reports
+/// [`Publication::published`] once its `EventAccepted` is on HOOKRELAY_EVENTS (or it needs
+/// no publish). When the last holder lets go and every event reported, the batch's
+/// `unpublished_batches` row is deleted, in the background. An event that did not report
+/// (its publish failed, or its request was dropped midway) leaves the row, and the sweeper
+/// publishes the batch again.
+pub(crate) struct Publication {
+    mark: i64,
+    done: Batcher<i64, ()>,
+    /// Events of the batch that have not reported yet.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Publication {
+    pub(crate) fn published(&self) {
+        self.waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Drop for Publication {
+    fn drop(&mut self) {
+        if *self.waiting.get_mut() != 0 {
+            return;
+        }
+        let (done, mark) = (self.done.clone(), self.mark);
+        // Nothing waits for it: a row left behind costs a harmless second publish.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = done.call(mark).await {
+                    tracing::warn!(%error, "clearing a published batch's mark failed; the sweeper publishes it again");
+                }
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,17 +87,25 @@ pub(crate) struct Accepted {
 
 impl Ingest {
     pub(crate) fn new(db: sqlx::PgPool, js: async_nats::jetstream::Context, cfg: Arc<Config>) -> Self {
-        let (events_db, published_db) = (db.clone(), db.clone());
+        let (events_db, marks_db) = (db.clone(), db.clone());
+        let done = Batcher::spawn("events_published", BATCH_MAX, move |marks: Vec<i64>| {
+            let db = marks_db.clone();
+            async move {
+                store::remove_marks(&db, &marks).await?;
+                Ok(vec![(); marks.len()])
+            }
+        });
         Self {
             events: Batcher::spawn_parallel("events", BATCH_MAX, PARALLEL, move |batch: Vec<NewEvent>| {
-                let db = events_db.clone();
-                async move { store::insert_events(&db, &batch).await }
-            }),
-            published: Batcher::spawn("events_published", BATCH_MAX, move |batch: Vec<(String, String)>| {
-                let db = published_db.clone();
+                let (db, done) = (events_db.clone(), done.clone());
                 async move {
-                    store::mark_published(&db, &batch).await?;
-                    Ok(vec![(); batch.len()])
+                    let (stored, mark) = store::insert_events(&db, &batch).await?;
+                    let publication = Arc::new(Publication {
+                        mark,
+                        done,
+                        waiting: stored.len().into(),
+                    });
+                    Ok(stored.into_iter().map(|s| (s, publication.clone())).collect())
                 }
             }),
             db,
@@ -132,7 +175,7 @@ impl Ingest {
         let checked = self.check_schema(tenant, envelope).await?;
         let body = envelope.to_body();
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::Publish(e.to_string()))?;
-        let stored = self
+        let (stored, publication) = self
             .events
             .call(NewEvent {
                 tenant_id: tenant.to_string(),
@@ -157,8 +200,8 @@ impl Ingest {
                 only_endpoint,
             )
             .await?;
-            self.mark_published(tenant, &envelope.event_id);
         }
+        publication.published();
         if duplicate {
             metrics::counter!(EVENTS_DUPLICATE, "via" => via).increment(1);
         } else {
@@ -166,16 +209,51 @@ impl Ingest {
         }
         Ok(Accepted { duplicate })
     }
+}
 
-    /// Notes, in the background, that the event reached HOOKRELAY_EVENTS. Nothing waits for
-    /// it: an event left unmarked (the write failed, or the process stopped first) is
-    /// published again by the sweeper, and the router and deliverer drop the repeat.
-    pub(crate) fn mark_published(&self, tenant: &TenantId, event_id: &hookrelay_types::EventId) {
-        let (published, item) = (self.published.clone(), (tenant.to_string(), event_id.to_string()));
-        tokio::spawn(async move {
-            if let Err(error) = published.call(item).await {
-                tracing::warn!(%error, "marking an event published failed; the sweeper publishes it again");
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batcher standing for the mark's deletion, and the marks it was asked to delete.
+    fn marks() -> (Batcher<i64, ()>, Arc<Mutex<Vec<i64>>>) {
+        let cleared = Arc::new(Mutex::new(Vec::new()));
+        let seen = cleared.clone();
+        let done = Batcher::spawn("test", 8, move |marks: Vec<i64>| {
+            seen.lock().unwrap().extend(&marks);
+            async move { Ok(vec![(); marks.len()]) }
         });
+        (done, cleared)
+    }
+
+    #[tokio::test]
+    async fn a_batch_mark_is_cleared_only_when_every_event_reported_published() {
+        let (done, cleared) = marks();
+        let all = Arc::new(Publication {
+            mark: 1,
+            done: done.clone(),
+            waiting: 2.into(),
+        });
+        let other = all.clone();
+        all.published();
+        drop(all);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(cleared.lock().unwrap().is_empty(), "one event still holds it");
+        other.published();
+        drop(other);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(*cleared.lock().unwrap(), [1]);
+
+        // An event that never reports (its publish failed, or its request was dropped
+        // midway) leaves the mark for the sweeper.
+        let failed = Arc::new(Publication {
+            mark: 2,
+            done,
+            waiting: 2.into(),
+        });
+        failed.published();
+        drop(failed);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(*cleared.lock().unwrap(), [1]);
     }
 }

@@ -1,5 +1,5 @@
 //! Retention, for the table ingest writes: every `HOOKRELAY_RETENTION_INTERVAL` it removes
-//! `events` received more than `HOOKRELAY_RETENTION` ago, once published and with no
+//! `events` received more than `HOOKRELAY_RETENTION` ago, once published (no `unpublished_batches` row of their instant) and with no
 //! delivery still pending or retrying (reads `deliveries`, written by the deliverer, which
 //! removes its own old rows). A delivery that outlives its event shows no payload.
 //!

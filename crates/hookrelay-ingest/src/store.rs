@@ -1,4 +1,4 @@
-//! All of ingest's SQL. Writes `events`; reads `tenants`, `event_types` and
+//! All of ingest's SQL. Writes `events` and `unpublished_batches`; reads `tenants`, `event_types` and
 //! `event_type_versions` (written by query), and `deliveries` (written by the deliverer,
 //! for retention: an event stays while a delivery of it waits).
 
@@ -38,25 +38,31 @@ pub(crate) struct NewEvent {
     pub(crate) only_endpoint_id: Option<String>,
 }
 
-/// Stores a batch of events in one statement (a second, for the duplicates' state); for
-/// each, whether it is new. An event id twice in one batch is new the first time and a
+/// Stores a batch of events in one statement, with the batch's `unpublished_batches` row
+/// (a second statement, for the duplicates' state). Returns, for each event, whether it is
+/// new, and the id of the batch's row: delete it ([`remove_marks`]) once every event of
+/// the batch is published. An event id twice in one batch is new the first time and a
 /// duplicate the second.
 pub(crate) async fn insert_events(
     db: impl PgExecutor<'_> + Copy,
     batch: &[NewEvent],
-) -> Result<Vec<Stored>, sqlx::Error> {
+) -> Result<(Vec<Stored>, i64), sqlx::Error> {
     // Rows go in key order: two batches running at once that share an id (a producer's
     // retry) then wait on each other in one order and cannot deadlock.
     let mut sorted: Vec<&NewEvent> = batch.iter().collect();
     sorted.sort_by(|a, b| (&a.tenant_id, &a.event_id).cmp(&(&b.tenant_id, &b.event_id)));
     let text = |f: fn(&NewEvent) -> &str| sorted.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let inserted: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, schema_version, schema_violation,
-                             only_endpoint_id)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int4[],
-                              $7::text[], $8::text[])
-         ON CONFLICT (tenant_id, event_id) DO NOTHING
-         RETURNING tenant_id, event_id",
+    // The mark and the events share the statement's now(): the events' received_at.
+    let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+        "WITH mark AS (INSERT INTO unpublished_batches DEFAULT VALUES RETURNING id),
+         ins AS (
+             INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, schema_version, schema_violation,
+                                 only_endpoint_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int4[],
+                                  $7::text[], $8::text[])
+             ON CONFLICT (tenant_id, event_id) DO NOTHING
+             RETURNING tenant_id, event_id)
+         SELECT mark.id, ins.tenant_id, ins.event_id FROM mark LEFT JOIN ins ON true",
     )
     .bind(text(|e| &e.tenant_id))
     .bind(text(|e| &e.event_id))
@@ -73,13 +79,17 @@ pub(crate) async fn insert_events(
     .bind(sorted.iter().map(|e| e.only_endpoint_id.as_deref()).collect::<Vec<_>>())
     .fetch_all(db)
     .await?;
-    let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
+    let mark = rows.first().map_or(0, |r| r.0);
+    let mut inserted: HashSet<(String, String)> = rows
+        .into_iter()
+        .filter_map(|(_, tenant, event)| Some((tenant?, event?)))
+        .collect();
     let new: Vec<bool> = batch
         .iter()
         .map(|e| inserted.remove(&(e.tenant_id.clone(), e.event_id.clone())))
         .collect();
     if new.iter().all(|&n| n) {
-        return Ok(vec![Stored::New; batch.len()]);
+        return Ok((vec![Stored::New; batch.len()], mark));
     }
     let (tenants, ids): (Vec<&str>, Vec<&str>) = batch
         .iter()
@@ -87,18 +97,19 @@ pub(crate) async fn insert_events(
         .filter(|(_, new)| !**new)
         .map(|(e, _)| (e.tenant_id.as_str(), e.event_id.as_str()))
         .unzip();
+    // Published: no batch received at the same instant is still unpublished.
     let published: Vec<(String, String)> = sqlx::query_as(
         "SELECT e.tenant_id, e.event_id FROM events e
          JOIN unnest($1::text[], $2::text[]) AS d(tenant_id, event_id)
            ON e.tenant_id = d.tenant_id AND e.event_id = d.event_id
-         WHERE e.published_at IS NOT NULL",
+         WHERE NOT EXISTS (SELECT 1 FROM unpublished_batches u WHERE u.received_at = e.received_at)",
     )
     .bind(tenants)
     .bind(ids)
     .fetch_all(db)
     .await?;
     let published: HashSet<(String, String)> = published.into_iter().collect();
-    Ok(batch
+    let stored = batch
         .iter()
         .zip(new)
         .map(|(e, new)| match new {
@@ -107,27 +118,46 @@ pub(crate) async fn insert_events(
                 published: published.contains(&(e.tenant_id.clone(), e.event_id.clone())),
             },
         })
-        .collect())
+        .collect();
+    Ok((stored, mark))
 }
 
-/// Notes that these (tenant, event id)s reached HOOKRELAY_EVENTS, in one statement.
-pub(crate) async fn mark_published(db: impl PgExecutor<'_>, events: &[(String, String)]) -> Result<(), sqlx::Error> {
-    let (tenants, ids): (Vec<&str>, Vec<&str>) = events.iter().map(|(t, e)| (t.as_str(), e.as_str())).unzip();
-    sqlx::query(
-        "UPDATE events e SET published_at = now()
-         FROM unnest($1::text[], $2::text[]) AS p(tenant_id, event_id)
-         WHERE e.tenant_id = p.tenant_id AND e.event_id = p.event_id AND e.published_at IS NULL",
-    )
-    .bind(tenants)
-    .bind(ids)
-    .execute(db)
-    .await?;
+/// Notes that every event of these batches reached HOOKRELAY_EVENTS, in one statement.
+pub(crate) async fn remove_marks(db: impl PgExecutor<'_>, marks: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM unpublished_batches WHERE id = ANY($1)")
+        .bind(marks)
+        .execute(db)
+        .await?;
     Ok(())
 }
 
-/// An event stored but not yet published, for the sweeper.
+/// A batch whose events were stored but not all published, for the sweeper.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Unpublished {
+    pub(crate) id: i64,
+    pub(crate) received_at: OffsetDateTime,
+}
+
+/// Batches left unpublished for longer than `older_than`, oldest first.
+pub(crate) async fn unpublished(
+    db: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Unpublished>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, received_at FROM unpublished_batches
+         WHERE received_at < now() - make_interval(secs => $1)
+         ORDER BY received_at LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// An event of an unpublished batch, to publish again.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct BatchEvent {
     pub(crate) tenant_id: String,
     pub(crate) event_id: String,
     pub(crate) event_type: String,
@@ -136,18 +166,17 @@ pub(crate) struct Unpublished {
     pub(crate) only_endpoint_id: Option<String>,
 }
 
-pub(crate) async fn unpublished(
+/// The events received at `received_at` (an unpublished batch's, and any other batch's of
+/// the same instant: publishing those again is harmless).
+pub(crate) async fn events_received_at(
     db: impl PgExecutor<'_>,
-    older_than: std::time::Duration,
-    limit: i64,
-) -> Result<Vec<Unpublished>, sqlx::Error> {
+    received_at: OffsetDateTime,
+) -> Result<Vec<BatchEvent>, sqlx::Error> {
     sqlx::query_as(
         "SELECT tenant_id, event_id, event_type, body, received_at, only_endpoint_id FROM events
-         WHERE published_at IS NULL AND received_at < now() - make_interval(secs => $1)
-         ORDER BY received_at LIMIT $2",
+         WHERE received_at = $1",
     )
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
+    .bind(received_at)
     .fetch_all(db)
     .await
 }
@@ -197,7 +226,8 @@ pub(crate) async fn remove_old_events(
     Ok(sqlx::query(
         "DELETE FROM events WHERE (tenant_id, event_id) IN (
              SELECT e.tenant_id, e.event_id FROM events e
-             WHERE e.received_at < now() - make_interval(secs => $1) AND e.published_at IS NOT NULL
+             WHERE e.received_at < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM unpublished_batches u WHERE u.received_at = e.received_at)
                AND NOT EXISTS (
                    SELECT 1 FROM deliveries d
                    WHERE d.tenant_id = e.tenant_id AND d.event_id = e.event_id

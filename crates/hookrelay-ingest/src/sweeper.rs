@@ -1,5 +1,6 @@
 //! Publishes events that were stored but never reached HOOKRELAY_EVENTS (the process died
-//! between the two steps, or NATS was down after the insert). Reads and updates `events`.
+//! between the two steps, or NATS was down after the insert): the batches whose
+//! `unpublished_batches` row is still there. Reads `events`, deletes `unpublished_batches`.
 
 use std::time::Duration;
 
@@ -26,25 +27,31 @@ pub(crate) async fn run(ingest: Ingest, shutdown: CancellationToken) {
     }
 }
 
+/// Publishes the events of every batch left unpublished past `HOOKRELAY_REPUBLISH_AFTER`,
+/// then clears the batch's mark. Returns how many events were published.
 async fn sweep(ingest: &Ingest) -> anyhow::Result<usize> {
-    let rows = store::unpublished(&ingest.db, ingest.cfg.republish_after, 500).await?;
-    for row in &rows {
-        let tenant = TenantId::parse(&row.tenant_id)?;
-        let event_id = EventId::parse(&row.event_id)?;
-        let event_type = EventType::parse(&row.event_type)?;
-        let only = row.only_endpoint_id.as_deref().map(EndpointId::parse).transpose()?;
-        publish::event_accepted(
-            &ingest.js,
-            &tenant,
-            &event_id,
-            &event_type,
-            row.body.clone().into_bytes(),
-            row.received_at,
-            only.as_ref(),
-        )
-        .await?;
-        store::mark_published(&ingest.db, &[(row.tenant_id.clone(), row.event_id.clone())]).await?;
-        metrics::counter!(REPUBLISHED).increment(1);
+    let batches = store::unpublished(&ingest.db, ingest.cfg.republish_after, 50).await?;
+    let mut published = 0;
+    for batch in &batches {
+        for row in store::events_received_at(&ingest.db, batch.received_at).await? {
+            let tenant = TenantId::parse(&row.tenant_id)?;
+            let event_id = EventId::parse(&row.event_id)?;
+            let event_type = EventType::parse(&row.event_type)?;
+            let only = row.only_endpoint_id.as_deref().map(EndpointId::parse).transpose()?;
+            publish::event_accepted(
+                &ingest.js,
+                &tenant,
+                &event_id,
+                &event_type,
+                row.body.into_bytes(),
+                row.received_at,
+                only.as_ref(),
+            )
+            .await?;
+            metrics::counter!(REPUBLISHED).increment(1);
+            published += 1;
+        }
+        store::remove_marks(&ingest.db, &[batch.id]).await?;
     }
-    Ok(rows.len())
+    Ok(published)
 }

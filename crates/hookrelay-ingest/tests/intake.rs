@@ -99,13 +99,21 @@ async fn a_rest_event_is_stored_and_published_before_the_202() {
 
     // By the time of the 202 the event is in Postgres and on the stream.
     let db = app.env.db().await.unwrap();
-    let (body, published_at): (String, Option<time::OffsetDateTime>) =
-        sqlx::query_as("SELECT body, published_at FROM events WHERE tenant_id = 'acme' AND event_id = $1")
-            .bind(&id)
+    let body: String = sqlx::query_scalar("SELECT body FROM events WHERE tenant_id = 'acme' AND event_id = $1")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    // Its batch's unpublished mark is cleared just after, in the background.
+    let cleared = eventually(Duration::from_secs(5), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM unpublished_batches")
             .fetch_one(&db)
             .await
             .unwrap();
-    assert!(published_at.is_some());
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(cleared.is_some(), "a published batch's mark is left");
     let on_stream = published(&app.env).await;
     assert_eq!(on_stream.len(), 1);
     assert_eq!(on_stream[0].envelope, body.as_bytes());
@@ -402,10 +410,12 @@ async fn bad_rest_input_gets_the_contract_error_body() {
 async fn events_stored_but_never_published_are_republished() {
     let app = app(&[("HOOKRELAY_REPUBLISH_AFTER", "200ms")]).await;
     let db = app.env.db().await.unwrap();
-    // As if ingest died between the insert and the publish.
+    // As if ingest died between the insert and the publish: the event and its batch's mark.
     sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
-         VALUES ('acme', 'orphan', 'orders/created', now(), $1, now() - interval '1 minute')",
+        "WITH mark AS (INSERT INTO unpublished_batches (received_at) VALUES (now() - interval '1 minute')
+                       RETURNING received_at)
+         INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
+         SELECT 'acme', 'orphan', 'orders/created', now(), $1, received_at FROM mark",
     )
     .bind(r#"{"event":"orders/created","event_id":"orphan","timestamp":"2024-03-15T14:30:00Z","data":{}}"#)
     .execute(&db)
@@ -414,17 +424,16 @@ async fn events_stored_but_never_published_are_republished() {
     let got = published_soon(&app.env, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].event_id, "orphan");
-    // The row is marked just after the publish is acknowledged, so give it a moment.
-    let marked = eventually(Duration::from_secs(5), || async {
-        let published_at: Option<time::OffsetDateTime> =
-            sqlx::query_scalar("SELECT published_at FROM events WHERE event_id = 'orphan'")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        published_at
+    // The mark is cleared just after the publish is acknowledged, so give it a moment.
+    let cleared = eventually(Duration::from_secs(5), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM unpublished_batches")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
     })
     .await;
-    assert!(marked.is_some());
+    assert!(cleared.is_some(), "the swept batch's mark is left");
 }
 
 #[tokio::test]

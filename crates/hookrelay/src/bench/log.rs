@@ -54,16 +54,18 @@ pub(crate) async fn deliveries(db: &PgPool, tenant: &str) -> anyhow::Result<Vec<
         .collect())
 }
 
-/// Events of a type stored and published (`published_at` set: ingest's durable acceptance),
-/// and the Unix time of the last publish.
+/// Events of a type stored and published (ingest's durable acceptance: stored, and no
+/// `unpublished_batches` row of their instant left), and the Unix time the last of them was
+/// stored (its publish follows within milliseconds).
 pub(crate) async fn events_published(
     db: &PgPool,
     tenant: &str,
     event_type: &str,
 ) -> anyhow::Result<(i64, Option<f64>)> {
     Ok(sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM max(published_at))::float8 FROM events \
-         WHERE tenant_id = $1 AND event_type = $2 AND published_at IS NOT NULL",
+        "SELECT count(*), extract(epoch FROM max(received_at))::float8 FROM events e \
+         WHERE tenant_id = $1 AND event_type = $2 \
+           AND NOT EXISTS (SELECT 1 FROM unpublished_batches u WHERE u.received_at = e.received_at)",
     )
     .bind(tenant)
     .bind(event_type)
