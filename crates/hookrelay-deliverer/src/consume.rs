@@ -127,10 +127,17 @@ async fn on_job(d: &Deliverer, msg: Message) {
     let (started, after) = if endpoint.as_ref().is_some_and(|e| e.paced()) {
         (None, Duration::ZERO)
     } else {
-        let now = std::time::Instant::now();
+        // An endpoint at its cap usually frees a slot within milliseconds: wait up to half
+        // a scheduler poll for one before leaving the job to the scheduler.
         match d
             .limits
-            .try_start(&job.endpoint_id, rate_limit_per_sec, now, d.cfg.poll_interval)
+            .start_within(
+                &job.endpoint_id,
+                rate_limit_per_sec,
+                d.cfg.poll_interval,
+                d.cfg.poll_interval / 2,
+            )
+            .await
         {
             Ok(started) => (Some(started), d.cfg.lease),
             Err(Refused::AtCap) => (None, Duration::ZERO),

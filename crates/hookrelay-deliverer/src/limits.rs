@@ -30,6 +30,8 @@ struct EndpointState {
     next_start: Option<Instant>,
     /// The pacing's spacing when `next_start` was set.
     spacing: Duration,
+    /// Woken (one waiter) each time one of its slots is given back (`Limits::start_within`).
+    freed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug)]
@@ -157,6 +159,42 @@ impl Limits {
         Ok((slot, wait))
     }
 
+    /// As [`Limits::try_start`], but an endpoint at its cap is waited for, up to `patience`:
+    /// a job finds a slot freed within milliseconds instead of going to the scheduler (a
+    /// stored row, a claim and a lease). Still `AtCap` after `patience`.
+    pub(crate) async fn start_within(
+        self: &Arc<Self>,
+        endpoint_id: &str,
+        rate_per_sec: Option<i32>,
+        max_wait: Duration,
+        patience: Duration,
+    ) -> Result<(Slot, Duration), Refused> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.try_start(endpoint_id, rate_per_sec, Instant::now(), max_wait) {
+                Err(Refused::AtCap) => {}
+                other => return other,
+            }
+            let freed = self
+                .endpoints()
+                .entry(endpoint_id.to_owned())
+                .or_default()
+                .freed
+                .clone();
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            // Registered before looking again, so a slot given back in between still wakes it.
+            notified.as_mut().enable();
+            match self.try_start(endpoint_id, rate_per_sec, Instant::now(), max_wait) {
+                Err(Refused::AtCap) => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Refused::AtCap);
+            }
+        }
+    }
+
     /// Every endpoint with attempts in flight or a pacing slot still ahead, for a claim
     /// whose rows would start within `window` from `now`. Forgets endpoints with neither.
     pub(crate) fn snapshot(&self, now: Instant, window: Duration) -> Vec<Busy> {
@@ -186,6 +224,7 @@ impl Drop for Slot {
         let mut endpoints = self.owner.endpoints();
         if let Some(s) = endpoints.get_mut(&self.endpoint_id) {
             s.in_flight = s.in_flight.saturating_sub(1);
+            s.freed.notify_one();
             if s.in_flight == 0 && s.next_start.is_none_or(|t| t <= Instant::now()) {
                 endpoints.remove(&self.endpoint_id);
             }
@@ -221,6 +260,33 @@ mod tests {
         assert_eq!(l.cap_share(), 1);
         l.set_replicas(0);
         assert_eq!(l.replicas(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_start_at_the_cap_waits_for_a_slot_to_be_given_back_up_to_its_patience() {
+        let l = Limits::new(1);
+        let (held, _) = l.try_start("ep_a", None, Instant::now(), NO_WAIT).unwrap();
+        // Nobody gives the slot back: refused once the patience is spent.
+        let started = Instant::now();
+        let refused = l.start_within("ep_a", None, NO_WAIT, Duration::from_millis(50)).await;
+        assert_eq!(refused.unwrap_err(), Refused::AtCap);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // Given back meanwhile: the waiting start gets it at once.
+        let waiting = {
+            let l = l.clone();
+            tokio::spawn(async move { l.start_within("ep_a", None, NO_WAIT, Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let given_back = Instant::now();
+        drop(held);
+        let (slot, _) = waiting.await.unwrap().unwrap();
+        assert!(given_back.elapsed() < Duration::from_secs(1));
+        // It holds the only slot now.
+        assert_eq!(
+            l.try_start("ep_a", None, Instant::now(), NO_WAIT).unwrap_err(),
+            Refused::AtCap
+        );
+        drop(slot);
     }
 
     #[test]
