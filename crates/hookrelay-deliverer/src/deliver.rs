@@ -104,6 +104,7 @@ impl Deliverer {
 #[tracing::instrument(name = "deliverer.deliver", skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
 pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
     let attempted = attempt(d, &due).await;
+    note_outcome(d, &due, attempted.as_ref());
     // The endpoint's in-flight cap counts requests to it: its slot is free once the
     // response is in, while the attempt is still being recorded.
     drop(slot);
@@ -135,9 +136,19 @@ pub(crate) async fn deliver_first(d: &Deliverer, due: Due, slot: Slot, first: Fi
             attempting.await
         }
     };
+    note_outcome(d, &due, attempted.as_ref());
     drop(slot);
     let stored = first.is_none();
     record(d, &due, attempted, first).await || stored
+}
+
+/// Tells the endpoint's limits whether a request that was sent succeeded.
+fn note_outcome(d: &Deliverer, due: &Due, attempted: Option<&(Outcome, bool, Option<Arc<Endpoint>>)>) {
+    if let Some((outcome, _, _)) = attempted
+        && outcome.sent
+    {
+        d.limits.note_outcome(&due.endpoint_id, outcome.succeeded());
+    }
 }
 
 /// Records an attempt (`None`: none was made) and moves the delivery and the endpoint's

@@ -32,6 +32,9 @@ struct EndpointState {
     spacing: Duration,
     /// Woken (one waiter) each time one of its slots is given back (`Limits::start_within`).
     freed: Arc<tokio::sync::Notify>,
+    /// Its last attempt here failed: a job at its cap does not wait for a slot (the
+    /// endpoint may be going down; health will pace it once it is known to be failing).
+    last_failed: bool,
 }
 
 #[derive(Debug)]
@@ -175,12 +178,14 @@ impl Limits {
                 Err(Refused::AtCap) => {}
                 other => return other,
             }
-            let freed = self
-                .endpoints()
-                .entry(endpoint_id.to_owned())
-                .or_default()
-                .freed
-                .clone();
+            let freed = {
+                let mut endpoints = self.endpoints();
+                let state = endpoints.entry(endpoint_id.to_owned()).or_default();
+                if state.last_failed {
+                    return Err(Refused::AtCap);
+                }
+                state.freed.clone()
+            };
             let notified = freed.notified();
             tokio::pin!(notified);
             // Registered before looking again, so a slot given back in between still wakes it.
@@ -192,6 +197,13 @@ impl Limits {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(Refused::AtCap);
             }
+        }
+    }
+
+    /// Notes how an attempt to `endpoint_id` went (see `EndpointState::last_failed`).
+    pub(crate) fn note_outcome(&self, endpoint_id: &str, succeeded: bool) {
+        if let Some(state) = self.endpoints().get_mut(endpoint_id) {
+            state.last_failed = !succeeded;
         }
     }
 
@@ -286,6 +298,12 @@ mod tests {
             l.try_start("ep_a", None, Instant::now(), NO_WAIT).unwrap_err(),
             Refused::AtCap
         );
+        // Its last attempt failed: a start at the cap does not wait.
+        l.note_outcome("ep_a", false);
+        let started = Instant::now();
+        let refused = l.start_within("ep_a", None, NO_WAIT, Duration::from_secs(10)).await;
+        assert_eq!(refused.unwrap_err(), Refused::AtCap);
+        assert!(started.elapsed() < Duration::from_secs(1));
         drop(slot);
     }
 
