@@ -169,7 +169,20 @@ def test_config_map_names_only_known_variables(docs):
     for key in cm["data"]:
         if key == "RUST_LOG":  # read by tracing-subscriber's EnvFilter
             continue
+        if key.startswith("MIMALLOC_"):  # read by the allocator (hookrelay-runtime's lib.rs)
+            continue
         assert f'"{key}"' in source, f"ConfigMap key {key} is not read by any service"
+
+
+def test_the_allocator_gives_memory_back(docs):
+    # Without these, mimalloc keeps what a burst allocated: a deliverer peaked at ~100 MB
+    # against the 100 MB budget per service (docs/benchmarks.md).
+    cm = named(docs, "ConfigMap", "hookrelay-config")
+    assert cm["data"]["MIMALLOC_ARENA_EAGER_COMMIT"] == "0"
+    assert cm["data"]["MIMALLOC_PURGE_DELAY"] == "0"
+    for name, d in deployments(docs).items():
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        assert any(src.get("configMapRef", {}).get("name") == "hookrelay-config" for src in c.get("envFrom", [])), name
 
 
 # --- Autoscaling, disruption budgets, Services, migration Job -----------------------------

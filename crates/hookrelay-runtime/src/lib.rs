@@ -22,6 +22,9 @@ pub use config::Config;
 /// Every hookrelay process allocates with mimalloc: the hot path (NATS messages, JSON
 /// bodies, HTTP requests) is many small short-lived allocations, and glibc's malloc spent
 /// about half of hookrelay's user time in a throughput profile (docs/benchmarks.md).
+/// mimalloc keeps freed memory for reuse: where memory counts more than the last few
+/// percent of throughput, set `MIMALLOC_ARENA_EAGER_COMMIT=0` and `MIMALLOC_PURGE_DELAY=0`
+/// (the Kubernetes manifests do; README, "Configuration").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use ops::Readiness;
