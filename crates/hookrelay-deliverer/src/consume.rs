@@ -146,61 +146,6 @@ async fn on_job(d: &Deliverer, msg: Message) {
     };
     let traceparent = hookrelay_runtime::telemetry::traceparent();
     let parked = endpoint.as_ref().is_some_and(|e| e.failing());
-    // A job attempted at once whose event and endpoint have no delivery yet: the attempt
-    // goes first, and the row is written with its record (`deliver::deliver_first`). A
-    // redelivered job (its ack was lost, or a deliverer died with it), or a second job for
-    // an event and endpoint (the router routed the event again), stores its row first, as
-    // below, so a row that already exists is found before anything is sent again.
-    let first_seen = msg.info().is_ok_and(|info| info.delivered == 1);
-    if first_seen
-        && !parked
-        && started.is_some()
-        && d.known
-            .call((job.tenant_id.clone(), job.event_id.clone(), job.endpoint_id.clone()))
-            .await
-            .is_ok_and(|known| !known)
-        && let Some((slot, wait)) = started
-    {
-        let (job_tenant, job_event, job_endpoint) =
-            (job.tenant_id.clone(), job.event_id.clone(), job.endpoint_id.clone());
-        let first = First {
-            event_id: job.event_id.clone(),
-            event_type: job.event_type.clone(),
-            traceparent: traceparent.clone(),
-            created_at: time::OffsetDateTime::now_utc(),
-        };
-        let pending = NewDelivery {
-            id: job.delivery_id.clone(),
-            tenant_id: job_tenant,
-            event_id: job_event,
-            event_type: job.event_type.clone(),
-            endpoint_id: job_endpoint,
-            after,
-            parked: false,
-            traceparent: traceparent.clone(),
-        };
-        let due = Due {
-            id: job.delivery_id,
-            tenant_id: job.tenant_id,
-            event_id: job.event_id,
-            event_type: job.event_type,
-            endpoint_id: job.endpoint_id,
-            attempt_count: 0,
-            manual_retry: false,
-            body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
-            rate_limit_per_sec,
-            traceparent,
-        };
-        tokio::time::sleep(wait).await;
-        let done = deliver::deliver_first(d, due, slot, first, pending).await;
-        drop(permit);
-        let outcome = if done {
-            Ok(AckKind::Ack)
-        } else {
-            Err(DeliverError::NotRecorded)
-        };
-        return settle(&msg, outcome, "job").await;
-    }
     let new = NewDelivery {
         id: job.delivery_id.clone(),
         tenant_id: job.tenant_id.clone(),
@@ -211,18 +156,62 @@ async fn on_job(d: &Deliverer, msg: Message) {
         parked,
         traceparent: traceparent.clone(),
     };
+    let due = Due {
+        id: job.delivery_id,
+        tenant_id: job.tenant_id,
+        event_id: job.event_id,
+        event_type: job.event_type,
+        endpoint_id: job.endpoint_id,
+        attempt_count: 0,
+        manual_retry: false,
+        body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
+        rate_limit_per_sec,
+        traceparent,
+    };
+    // A job attempted at once whose event and endpoint have no delivery yet: the attempt
+    // goes first, and the row is written with its record (`deliver::deliver_first`). A
+    // redelivered job (its ack was lost, or a deliverer died with it), or a second job for
+    // an event and endpoint (the router routed the event again), stores its row first, as
+    // below, so a row that already exists is found before anything is sent again.
+    let first_seen = msg.info().is_ok_and(|info| info.delivered == 1);
+    if first_seen
+        && !parked
+        && started.is_some()
+        && d.known
+            .call((due.tenant_id.clone(), due.event_id.clone(), due.endpoint_id.clone()))
+            .await
+            .is_ok_and(|known| !known)
+        && let Some((slot, wait)) = started
+    {
+        let first = First {
+            event_id: due.event_id.clone(),
+            event_type: due.event_type.clone(),
+            traceparent: due.traceparent.clone(),
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        tokio::time::sleep(wait).await;
+        // `new` is what a slow attempt stores meanwhile: leased, as `after` says.
+        let done = deliver::deliver_first(d, due, slot, first, new).await;
+        drop(permit);
+        let outcome = if done {
+            Ok(AckKind::Ack)
+        } else {
+            Err(DeliverError::NotRecorded)
+        };
+        return settle(&msg, outcome, "job").await;
+    }
     let inserted = match d.inserts.call(new).await {
         Ok(inserted) => inserted,
         Err(error) => return settle(&msg, Err(DeliverError::Batch(error)), "job").await,
     };
     if !inserted {
-        let existing = store::existing_delivery(&d.db, &job.tenant_id, &job.event_id, &job.endpoint_id).await;
+        let existing = store::existing_delivery(&d.db, &due.tenant_id, &due.event_id, &due.endpoint_id).await;
         let outcome = match existing {
             // Our own job again (its ack was lost): the row, and the scheduler, have it.
-            Ok(Some(id)) if id == job.delivery_id => Ok(AckKind::Ack),
+            Ok(Some(id)) if id == due.id => Ok(AckKind::Ack),
             Ok(Some(id)) => {
                 metrics::counter!(DUPLICATES).increment(1);
-                info!(delivery_id = %job.delivery_id, existing = %id, event_id = %job.event_id,
+                info!(delivery_id = %due.id, existing = %id, event_id = %due.event_id,
                       "dropping a second job for an event and endpoint that already have a delivery");
                 Ok(AckKind::Ack)
             }
@@ -236,18 +225,6 @@ async fn on_job(d: &Deliverer, msg: Message) {
     settle(&msg, Ok(AckKind::Ack), "job").await;
     let Some((slot, wait)) = started else {
         return;
-    };
-    let due = Due {
-        id: job.delivery_id,
-        tenant_id: job.tenant_id,
-        event_id: job.event_id,
-        event_type: job.event_type,
-        endpoint_id: job.endpoint_id,
-        attempt_count: 0,
-        manual_retry: false,
-        body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
-        rate_limit_per_sec,
-        traceparent,
     };
     tokio::time::sleep(wait).await;
     deliver::deliver(d, due, slot).await;

@@ -527,6 +527,62 @@ fn reset_failure_counts(db: &PgPool, batch: &[Record], recorded: &[bool]) {
     });
 }
 
+/// Inserts first rows (see [`FirstRows`]: eleven arrays from `$1`) in their state after
+/// their attempt, skipping one whose (tenant, event, endpoint) has a delivery already, and
+/// returns the ids written.
+const INSERT_FIRSTS: &str = "INSERT INTO deliveries
+         (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, last_response_code,
+          last_duration_ms, next_attempt_at, parked, traceparent, created_at)
+     SELECT u.id, u.tenant_id, u.event_id, u.event_type, u.endpoint_id, u.status, 1, u.code, u.duration,
+            CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
+            u.retry_in IS NOT NULL AND EXISTS (
+                SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = u.endpoint_id AND h.state = 'failing'),
+            u.traceparent, u.created_at
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int4[],
+                 $9::float8[], $10::text[], $11::timestamptz[])
+          AS u(id, tenant_id, event_id, event_type, endpoint_id, status, code, duration, retry_in, traceparent,
+               created_at)
+     ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
+     RETURNING id";
+
+/// Delivery rows written with their first attempt, in key order (so two batches cannot
+/// deadlock on them), for [`INSERT_FIRSTS`].
+struct FirstRows<'a>(Vec<(&'a Record, &'a First, Next)>);
+
+impl<'a> FirstRows<'a> {
+    fn new(mut rows: Vec<(&'a Record, &'a First, Next)>) -> Self {
+        rows.sort_by(|(ra, fa, _), (rb, fb, _)| {
+            (&ra.tenant_id, &fa.event_id, &ra.endpoint_id).cmp(&(&rb.tenant_id, &fb.event_id, &rb.endpoint_id))
+        });
+        Self(rows)
+    }
+
+    /// Binds the eleven arrays, as `$1` to `$11`.
+    fn bind<'q>(
+        &self,
+        q: sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
+        let text = |f: for<'r> fn(&'r Record, &'r First) -> &'r str| {
+            self.0.iter().map(|(r, x, _)| f(r, x).to_owned()).collect::<Vec<_>>()
+        };
+        let retry_in = |next: &Next| match next {
+            Next::Retry(wait) => Some(wait.as_secs_f64()),
+            Next::Delivered | Next::Failed => None,
+        };
+        q.bind(text(|r, _| &r.delivery_id))
+            .bind(text(|r, _| &r.tenant_id))
+            .bind(text(|_, f| &f.event_id))
+            .bind(text(|_, f| &f.event_type))
+            .bind(text(|r, _| &r.endpoint_id))
+            .bind(self.0.iter().map(|(_, _, n)| n.status()).collect::<Vec<_>>())
+            .bind(self.0.iter().map(|(r, _, _)| r.response_code).collect::<Vec<_>>())
+            .bind(self.0.iter().map(|(r, _, _)| r.duration_ms).collect::<Vec<_>>())
+            .bind(self.0.iter().map(|(_, _, n)| retry_in(n)).collect::<Vec<_>>())
+            .bind(self.0.iter().map(|(_, f, _)| f.traceparent.clone()).collect::<Vec<_>>())
+            .bind(self.0.iter().map(|(_, f, _)| f.created_at).collect::<Vec<_>>())
+    }
+}
+
 /// Writes the rows of the batch's first attempts (`Record::first`) in their state after
 /// that attempt, in key order. Returns the ids written with the attempt's decision, and for each row that already
 /// existed under its (tenant, event, endpoint), the id it exists under.
@@ -541,7 +597,7 @@ async fn insert_firsts<'a>(
     ),
     sqlx::Error,
 > {
-    let mut firsts: Vec<(&Record, &First)> = batch
+    let firsts: Vec<(&Record, &First)> = batch
         .iter()
         .filter(|r| !done.contains_key(&r.delivery_id))
         .filter_map(|r| Some((r, r.first.as_ref()?)))
@@ -549,48 +605,9 @@ async fn insert_firsts<'a>(
     if firsts.is_empty() {
         return Ok(Default::default());
     }
-    firsts.sort_by(|(ra, fa), (rb, fb)| {
-        (&ra.tenant_id, &fa.event_id, &ra.endpoint_id).cmp(&(&rb.tenant_id, &fb.event_id, &rb.endpoint_id))
-    });
-    let text =
-        |f: for<'r> fn(&'r Record, &'r First) -> &'r str| firsts.iter().map(|(r, x)| f(r, x)).collect::<Vec<_>>();
     let nexts: Vec<Next> = firsts.iter().map(|(r, _)| (r.decide)(1)).collect();
-    let retry_in: Vec<Option<f64>> = nexts
-        .iter()
-        .map(|next| match next {
-            Next::Retry(wait) => Some(wait.as_secs_f64()),
-            Next::Delivered | Next::Failed => None,
-        })
-        .collect();
-    let created: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO deliveries
-             (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, last_response_code,
-              last_duration_ms, next_attempt_at, parked, traceparent, created_at)
-         SELECT u.id, u.tenant_id, u.event_id, u.event_type, u.endpoint_id, u.status, 1, u.code, u.duration,
-                CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
-                u.retry_in IS NOT NULL AND EXISTS (
-                    SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = u.endpoint_id AND h.state = 'failing'),
-                u.traceparent, u.created_at
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int4[],
-                     $9::float8[], $10::text[], $11::timestamptz[])
-              AS u(id, tenant_id, event_id, event_type, endpoint_id, status, code, duration, retry_in, traceparent,
-                   created_at)
-         ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
-         RETURNING id",
-    )
-    .bind(text(|r, _| &r.delivery_id))
-    .bind(text(|r, _| &r.tenant_id))
-    .bind(text(|_, f| &f.event_id))
-    .bind(text(|_, f| &f.event_type))
-    .bind(text(|r, _| &r.endpoint_id))
-    .bind(nexts.iter().map(|n| n.status()).collect::<Vec<_>>())
-    .bind(firsts.iter().map(|(r, _)| r.response_code).collect::<Vec<_>>())
-    .bind(firsts.iter().map(|(r, _)| r.duration_ms).collect::<Vec<_>>())
-    .bind(retry_in)
-    .bind(firsts.iter().map(|(_, f)| f.traceparent.as_deref()).collect::<Vec<_>>())
-    .bind(firsts.iter().map(|(_, f)| f.created_at).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = FirstRows::new(firsts.iter().zip(&nexts).map(|((r, f), n)| (*r, *f, *n)).collect());
+    let created: Vec<String> = rows.bind(sqlx::query_scalar(INSERT_FIRSTS)).fetch_all(&mut *tx).await?;
     let created: std::collections::HashSet<String> = created.into_iter().collect();
     let others: Vec<&(&Record, &First)> = firsts
         .iter()
@@ -752,44 +769,13 @@ async fn record_firsts(
     batch: &[Record],
     nexts: &[Next],
 ) -> Result<(std::collections::HashSet<String>, bool), sqlx::Error> {
-    let mut order: Vec<usize> = (0..batch.len()).collect();
-    let key = |i: &usize| {
-        let r = &batch[*i];
-        (&r.tenant_id, r.first.as_ref().map(|f| &f.event_id), &r.endpoint_id)
-    };
-    order.sort_by(|a, b| key(a).cmp(&key(b)));
-    let first = |i: &usize| {
-        batch[*i]
-            .first
-            .as_ref()
-            .expect("record_firsts gets first attempts only")
-    };
-    let record = |i: &usize| &batch[*i];
-    let retry_in = |next: &Next| match next {
-        Next::Retry(wait) => Some(wait.as_secs_f64()),
-        Next::Delivered | Next::Failed => None,
-    };
     let mut a = AttemptColumns::default();
     for r in batch {
         a.push(r, r.delivery_id.clone(), 1);
     }
     let minutes = MinuteColumns::new(batch, nexts.iter().map(|n| Some(*n)));
     let sql = format!(
-        "WITH ins AS (
-             INSERT INTO deliveries
-                 (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, last_response_code,
-                  last_duration_ms, next_attempt_at, parked, traceparent, created_at)
-             SELECT u.id, u.tenant_id, u.event_id, u.event_type, u.endpoint_id, u.status, 1, u.code, u.duration,
-                    CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
-                    u.retry_in IS NOT NULL AND EXISTS (
-                        SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = u.endpoint_id AND h.state = 'failing'),
-                    u.traceparent, u.created_at
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[],
-                         $8::int4[], $9::float8[], $10::text[], $11::timestamptz[])
-                  AS u(id, tenant_id, event_id, event_type, endpoint_id, status, code, duration, retry_in,
-                       traceparent, created_at)
-             ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
-             RETURNING id),
+        "WITH ins AS ({INSERT_FIRSTS}),
          att AS (
              INSERT INTO attempts
                  (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
@@ -802,23 +788,13 @@ async fn record_firsts(
          SELECT id FROM ins",
         upsert_minutes(21, "(SELECT count(*) FROM ins) = $29")
     );
-    let q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-        .bind(order.iter().map(|i| record(i).delivery_id.as_str()).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| record(i).tenant_id.as_str()).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| first(i).event_id.as_str()).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| first(i).event_type.as_str()).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| record(i).endpoint_id.as_str()).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| nexts[*i].status()).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| record(i).response_code).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| record(i).duration_ms).collect::<Vec<_>>())
-        .bind(order.iter().map(|i| retry_in(&nexts[*i])).collect::<Vec<_>>())
-        .bind(
-            order
-                .iter()
-                .map(|i| first(i).traceparent.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(order.iter().map(|i| first(i).created_at).collect::<Vec<_>>())
+    let firsts = batch
+        .iter()
+        .zip(nexts)
+        .map(|(r, n)| (r, r.first.as_ref().expect("record_firsts gets first attempts only"), *n))
+        .collect();
+    let q = FirstRows::new(firsts)
+        .bind(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)))
         .bind(&a.delivery_id)
         .bind(&a.attempt)
         .bind(&a.trigger)
