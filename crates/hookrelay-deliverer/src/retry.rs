@@ -31,6 +31,14 @@ impl Next {
             Self::Failed => "failed",
         }
     }
+
+    /// Seconds until the retry, for SQL (`NULL`: none).
+    pub(crate) fn retry_in_secs(self) -> Option<f64> {
+        match self {
+            Self::Retry(wait) => Some(wait.as_secs_f64()),
+            Self::Delivered | Self::Failed => None,
+        }
+    }
 }
 
 /// `attempt` is 1-based; `jitter` is a fraction in `[-JITTER, JITTER]` (clamped), drawn by

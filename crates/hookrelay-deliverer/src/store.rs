@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgExecutor, PgPool, Row as _};
 use time::OffsetDateTime;
 
 use crate::{
@@ -369,26 +369,23 @@ impl std::fmt::Debug for Record {
 /// one moves the delivery on.
 pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Option<(i32, Next)>>, sqlx::Error> {
     // The common case under load: every record is a job's first attempt.
-    let mut done = std::collections::HashMap::new();
     if batch.iter().all(|r| r.first.is_some()) {
         let nexts: Vec<Next> = batch.iter().map(|r| (r.decide)(1)).collect();
-        let (created, complete) = record_firsts(db, batch, &nexts).await?;
-        if complete {
-            reset_failure_counts(db, batch, &vec![true; batch.len()]);
-            return Ok(nexts.into_iter().map(|next| Some((1, next))).collect());
+        match record_firsts(db, batch, &nexts).await {
+            Ok(()) => {
+                reset_failure_counts(db, batch, &vec![true; batch.len()]);
+                return Ok(nexts.into_iter().map(|next| Some((1, next))).collect());
+            }
+            // One of the rows exists already: the statement wrote nothing, and the
+            // transaction below records the whole batch, that one against the existing row.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+            Err(e) => return Err(e),
         }
-        done = batch
-            .iter()
-            .zip(nexts)
-            .filter(|(r, _)| created.contains(&r.delivery_id))
-            .map(|(r, next)| (r.delivery_id.clone(), next))
-            .collect();
     }
     let mut tx = db.begin().await?;
     // Rows written with their first attempt; a row that turns out to exist already (a
     // second job for its event and endpoint) has the attempt recorded against it instead.
-    // `done`: written and recorded above, only their minutes are left.
-    let (mut created, existing) = insert_firsts(&mut tx, batch, &done).await?;
+    let (mut created, existing) = insert_firsts(&mut tx, batch).await?;
     let delivery_id = |r: &'_ Record| -> String {
         match existing.get(r.delivery_id.as_str()) {
             Some(id) => id.clone(),
@@ -397,7 +394,7 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
     };
     let ids: Vec<String> = batch
         .iter()
-        .filter(|r| !created.contains_key(r.delivery_id.as_str()) && !done.contains_key(&r.delivery_id))
+        .filter(|r| !created.contains_key(r.delivery_id.as_str()))
         .map(delivery_id)
         .collect();
     // Locked in id order, so two batches touching the same rows never deadlock.
@@ -415,10 +412,6 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
     let mut a = AttemptColumns::default();
     let mut moved: std::collections::HashMap<String, (i32, Next, Option<i32>, i32)> = Default::default();
     for r in batch {
-        if let Some(next) = done.get(r.delivery_id.as_str()) {
-            answers.push(Some((1, *next)));
-            continue;
-        }
         if let Some(next) = created.remove(r.delivery_id.as_str()) {
             a.push(r, r.delivery_id.clone(), 1);
             answers.push(Some((1, next)));
@@ -436,23 +429,9 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
         answers.push(Some((number, next)));
     }
     if !a.delivery_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO attempts
-                 (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
-             SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::timestamptz[], $5::int4[], $6::jsonb[],
-                                  $7::int4[], $8::text[], $9::text[])",
-        )
-        .bind(&a.delivery_id)
-        .bind(&a.attempt)
-        .bind(&a.trigger)
-        .bind(&a.started_at)
-        .bind(&a.duration_ms)
-        .bind(&a.request_headers)
-        .bind(&a.response_code)
-        .bind(&a.response_body)
-        .bind(&a.error)
-        .execute(&mut *tx)
-        .await?;
+        a.bind(sqlx::query(sqlx::AssertSqlSafe(insert_attempts(1, ""))))
+            .execute(&mut *tx)
+            .await?;
         let (mut id, mut status, mut number, mut code, mut duration, mut retry_in) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (d, (n, next, c, ms)) in &moved {
@@ -461,10 +440,7 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
             number.push(*n);
             code.push(*c);
             duration.push(*ms);
-            retry_in.push(match next {
-                Next::Retry(wait) => Some(wait.as_secs_f64()),
-                Next::Delivered | Next::Failed => None,
-            });
+            retry_in.push(next.retry_in_secs());
         }
         if !moved.is_empty() {
             sqlx::query(
@@ -528,8 +504,8 @@ fn reset_failure_counts(db: &PgPool, batch: &[Record], recorded: &[bool]) {
 }
 
 /// Inserts first rows (see [`FirstRows`]: eleven arrays from `$1`) in their state after
-/// their attempt, skipping one whose (tenant, event, endpoint) has a delivery already, and
-/// returns the ids written.
+/// their attempt. Each caller says what a row whose (tenant, event, endpoint) has a
+/// delivery already does, and returns the ids written.
 const INSERT_FIRSTS: &str = "INSERT INTO deliveries
          (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count, last_response_code,
           last_duration_ms, next_attempt_at, parked, traceparent, created_at)
@@ -541,9 +517,7 @@ const INSERT_FIRSTS: &str = "INSERT INTO deliveries
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::int4[],
                  $9::float8[], $10::text[], $11::timestamptz[])
           AS u(id, tenant_id, event_id, event_type, endpoint_id, status, code, duration, retry_in, traceparent,
-               created_at)
-     ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
-     RETURNING id";
+               created_at)";
 
 /// Delivery rows written with their first attempt, in key order (so two batches cannot
 /// deadlock on them), for [`INSERT_FIRSTS`].
@@ -560,14 +534,10 @@ impl<'a> FirstRows<'a> {
     /// Binds the eleven arrays, as `$1` to `$11`.
     fn bind<'q>(
         &self,
-        q: sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
         let text = |f: for<'r> fn(&'r Record, &'r First) -> &'r str| {
             self.0.iter().map(|(r, x, _)| f(r, x).to_owned()).collect::<Vec<_>>()
-        };
-        let retry_in = |next: &Next| match next {
-            Next::Retry(wait) => Some(wait.as_secs_f64()),
-            Next::Delivered | Next::Failed => None,
         };
         q.bind(text(|r, _| &r.delivery_id))
             .bind(text(|r, _| &r.tenant_id))
@@ -577,7 +547,7 @@ impl<'a> FirstRows<'a> {
             .bind(self.0.iter().map(|(_, _, n)| n.status()).collect::<Vec<_>>())
             .bind(self.0.iter().map(|(r, _, _)| r.response_code).collect::<Vec<_>>())
             .bind(self.0.iter().map(|(r, _, _)| r.duration_ms).collect::<Vec<_>>())
-            .bind(self.0.iter().map(|(_, _, n)| retry_in(n)).collect::<Vec<_>>())
+            .bind(self.0.iter().map(|(_, _, n)| n.retry_in_secs()).collect::<Vec<_>>())
             .bind(self.0.iter().map(|(_, f, _)| f.traceparent.clone()).collect::<Vec<_>>())
             .bind(self.0.iter().map(|(_, f, _)| f.created_at).collect::<Vec<_>>())
     }
@@ -589,7 +559,6 @@ impl<'a> FirstRows<'a> {
 async fn insert_firsts<'a>(
     tx: &mut sqlx::PgConnection,
     batch: &'a [Record],
-    done: &std::collections::HashMap<String, Next>,
 ) -> Result<
     (
         std::collections::HashMap<String, Next>,
@@ -597,18 +566,19 @@ async fn insert_firsts<'a>(
     ),
     sqlx::Error,
 > {
-    let firsts: Vec<(&Record, &First)> = batch
-        .iter()
-        .filter(|r| !done.contains_key(&r.delivery_id))
-        .filter_map(|r| Some((r, r.first.as_ref()?)))
-        .collect();
+    let firsts: Vec<(&Record, &First)> = batch.iter().filter_map(|r| Some((r, r.first.as_ref()?))).collect();
     if firsts.is_empty() {
         return Ok(Default::default());
     }
     let nexts: Vec<Next> = firsts.iter().map(|(r, _)| (r.decide)(1)).collect();
     let rows = FirstRows::new(firsts.iter().zip(&nexts).map(|((r, f), n)| (*r, *f, *n)).collect());
-    let created: Vec<String> = rows.bind(sqlx::query_scalar(INSERT_FIRSTS)).fetch_all(&mut *tx).await?;
-    let created: std::collections::HashSet<String> = created.into_iter().collect();
+    let sql = format!("{INSERT_FIRSTS} ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING RETURNING id");
+    let created = rows
+        .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .fetch_all(&mut *tx)
+        .await?;
+    let created: std::collections::HashSet<String> =
+        created.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
     let others: Vec<&(&Record, &First)> = firsts
         .iter()
         .filter(|(r, _)| !created.contains(&r.delivery_id))
@@ -654,35 +624,21 @@ async fn add_minutes(
     if m.endpoint.is_empty() {
         return Ok(());
     }
-    sqlx::query(sqlx::AssertSqlSafe(upsert_minutes(1, "")))
-        .bind(m.endpoint)
-        .bind(m.minute)
-        .bind(m.tenant)
-        .bind(m.attempts)
-        .bind(m.succeeded)
-        .bind(m.delivered)
-        .bind(m.failed)
-        .bind(m.latency)
+    m.bind(sqlx::query(sqlx::AssertSqlSafe(upsert_minutes(1))))
         .execute(tx)
         .await?;
     Ok(())
 }
 
 /// The upsert of `endpoint_minutes` rows given as eight arrays from `$first` on (see
-/// [`MinuteColumns::bind`]); `only_if` (SQL, or empty) gates the whole insert.
-fn upsert_minutes(first: usize, only_if: &str) -> String {
+/// [`MinuteColumns::bind`]).
+fn upsert_minutes(first: usize) -> String {
     let p: Vec<String> = (first..first + 8).map(|i| format!("${i}")).collect();
-    let only_if = if only_if.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {only_if}")
-    };
     format!(
         "INSERT INTO endpoint_minutes AS m (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
          SELECT u.endpoint_id, u.minute, u.tenant_id, u.attempts, u.succeeded, u.delivered, u.failed, u.latency::int4[]
          FROM unnest({}::text[], {}::timestamptz[], {}::text[], {}::int4[], {}::int4[], {}::int4[], {}::int4[], {}::text[])
               AS u(endpoint_id, minute, tenant_id, attempts, succeeded, delivered, failed, latency)
-         {only_if}
          ON CONFLICT (endpoint_id, minute) DO UPDATE
          SET attempts = m.attempts + excluded.attempts, succeeded = m.succeeded + excluded.succeeded,
              delivered = m.delivered + excluded.delivered, failed = m.failed + excluded.failed,
@@ -757,68 +713,71 @@ impl<'a> MinuteColumns<'a> {
         }
         c
     }
+
+    /// Binds the eight arrays, in [`upsert_minutes`]'s order.
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        q.bind(self.endpoint)
+            .bind(self.minute)
+            .bind(self.tenant)
+            .bind(self.attempts)
+            .bind(self.succeeded)
+            .bind(self.delivered)
+            .bind(self.failed)
+            .bind(self.latency)
+    }
 }
 
 /// Records a batch made only of first attempts in one statement (one round trip, its own
 /// transaction): the delivery rows in their state after the attempt, the attempts, and
-/// the minutes. Returns the ids written, and whether that was the whole batch. When a row
-/// already existed (a second job for its event and endpoint), its attempt and everything's
-/// minutes are left for [`record_batch`]'s transaction.
-async fn record_firsts(
-    db: &PgPool,
-    batch: &[Record],
-    nexts: &[Next],
-) -> Result<(std::collections::HashSet<String>, bool), sqlx::Error> {
+/// the minutes. All or nothing: a row that exists already (a second job for its event and
+/// endpoint) fails the statement with a unique violation, and nothing is written.
+async fn record_firsts(db: &PgPool, batch: &[Record], nexts: &[Next]) -> Result<(), sqlx::Error> {
     let mut a = AttemptColumns::default();
     for r in batch {
         a.push(r, r.delivery_id.clone(), 1);
     }
-    let minutes = MinuteColumns::new(batch, nexts.iter().map(|n| Some(*n)));
     let sql = format!(
-        "WITH ins AS ({INSERT_FIRSTS}),
-         att AS (
-             INSERT INTO attempts
-                 (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
-             SELECT * FROM unnest($12::text[], $13::int4[], $14::text[], $15::timestamptz[], $16::int4[], $17::jsonb[],
-                                  $18::int4[], $19::text[], $20::text[])
-                  AS a(delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code,
-                       response_body, error)
-             WHERE a.delivery_id IN (SELECT id FROM ins)),
+        "WITH ins AS ({INSERT_FIRSTS} RETURNING id),
+         att AS ({}),
          minutes AS ({})
-         SELECT id FROM ins",
-        upsert_minutes(21, "(SELECT count(*) FROM ins) = $29")
+         SELECT count(*) FROM ins",
+        insert_attempts(12, "WHERE a.delivery_id IN (SELECT id FROM ins)"),
+        upsert_minutes(21)
     );
     let firsts = batch
         .iter()
         .zip(nexts)
         .map(|(r, n)| (r, r.first.as_ref().expect("record_firsts gets first attempts only"), *n))
         .collect();
-    let q = FirstRows::new(firsts)
-        .bind(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)))
-        .bind(&a.delivery_id)
-        .bind(&a.attempt)
-        .bind(&a.trigger)
-        .bind(&a.started_at)
-        .bind(&a.duration_ms)
-        .bind(&a.request_headers)
-        .bind(&a.response_code)
-        .bind(&a.response_body)
-        .bind(&a.error);
-    // The minutes' eight arrays, then the batch size they wait for.
-    let created: Vec<String> = q
-        .bind(minutes.endpoint)
-        .bind(minutes.minute)
-        .bind(minutes.tenant)
-        .bind(minutes.attempts)
-        .bind(minutes.succeeded)
-        .bind(minutes.delivered)
-        .bind(minutes.failed)
-        .bind(minutes.latency)
-        .bind(i64::try_from(batch.len()).unwrap_or(i64::MAX))
-        .fetch_all(db)
+    let q = FirstRows::new(firsts).bind(sqlx::query(sqlx::AssertSqlSafe(sql)));
+    let q = a.bind(q);
+    MinuteColumns::new(batch, nexts.iter().map(|n| Some(*n)))
+        .bind(q)
+        .execute(db)
         .await?;
-    let complete = created.len() == batch.len();
-    Ok((created.into_iter().collect(), complete))
+    Ok(())
+}
+
+/// The insert of `attempts` rows given as nine arrays from `$first` on (see
+/// [`AttemptColumns::bind`]), filtered by `filter` (SQL on alias `a`, or empty).
+fn insert_attempts(first: usize, filter: &str) -> String {
+    let p: Vec<String> = (first..first + 9).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO attempts
+             (delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error)
+         SELECT * FROM unnest({}::text[], {}::int4[], {}::text[], {}::timestamptz[], {}::int4[], {}::jsonb[],
+                              {}::int4[], {}::text[], {}::text[])
+              AS a(delivery_id, attempt, trigger, started_at, duration_ms, request_headers, response_code,
+                   response_body, error)
+         {filter}",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
+    )
 }
 
 /// `attempts` rows as columns, for `unnest`.
@@ -846,6 +805,25 @@ impl<'a> AttemptColumns<'a> {
         self.response_code.push(r.response_code);
         self.response_body.push(r.response_body.as_deref());
         self.error.push(r.error.as_deref());
+    }
+
+    /// Binds the nine arrays, in [`insert_attempts`]'s order.
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        q.bind(self.delivery_id)
+            .bind(self.attempt)
+            .bind(self.trigger)
+            .bind(self.started_at)
+            .bind(self.duration_ms)
+            .bind(self.request_headers)
+            .bind(self.response_code)
+            .bind(self.response_body)
+            .bind(self.error)
     }
 }
 
@@ -1195,4 +1173,83 @@ pub(crate) async fn replay(
         created,
         requeued: inserted.len() as u64 - created,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_attempt(delivery_id: &str, event_id: &str) -> Record {
+        Record {
+            delivery_id: delivery_id.into(),
+            tenant_id: "acme".into(),
+            endpoint_id: "ep_1".into(),
+            succeeded: true,
+            trigger: "scheduled",
+            started_at: OffsetDateTime::now_utc(),
+            duration_ms: 3,
+            request_headers: serde_json::json!({}),
+            response_code: Some(200),
+            response_body: None,
+            error: None,
+            decide: Box::new(|_| Next::Delivered),
+            first: Some(First {
+                event_id: event_id.into(),
+                event_type: "orders/created".into(),
+                traceparent: None,
+                created_at: OffsetDateTime::now_utc(),
+            }),
+        }
+    }
+
+    async fn count(db: &PgPool, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(db)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_first_attempts_meeting_an_existing_delivery_is_recorded_once_each() {
+        let env = hookrelay_testkit::TestEnv::start().await.unwrap();
+        let db = env.db().await.unwrap();
+        hookrelay_runtime::db::MIGRATOR.run(&db).await.unwrap();
+        // evt_1 already has its delivery (another job's): the one-statement path cannot
+        // write the batch, and the transaction records both attempts.
+        sqlx::query(
+            "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at)
+             VALUES ('dlv_existing', 'acme', 'evt_1', 'orders/created', 'ep_1', 'pending', now() + interval '1 minute')",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        let batch = [first_attempt("dlv_again", "evt_1"), first_attempt("dlv_new", "evt_2")];
+        let answers = record_batch(&db, &batch).await.unwrap();
+        assert_eq!(answers, [Some((1, Next::Delivered)), Some((1, Next::Delivered))]);
+
+        let rows: Vec<(String, String, i32)> =
+            sqlx::query_as("SELECT id, status, attempt_count FROM deliveries ORDER BY id")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("dlv_existing".to_owned(), "delivered".to_owned(), 1),
+                ("dlv_new".to_owned(), "delivered".to_owned(), 1)
+            ]
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM attempts").await, 2);
+        assert_eq!(count(&db, "SELECT sum(attempts) FROM endpoint_minutes").await, 2);
+
+        // The same again, now all new: the one-statement path writes rows, attempts, minutes.
+        let batch = [first_attempt("dlv_3", "evt_3"), first_attempt("dlv_4", "evt_4")];
+        record_batch(&db, &batch).await.unwrap();
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM deliveries WHERE status = 'delivered'").await,
+            4
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM attempts").await, 4);
+        assert_eq!(count(&db, "SELECT sum(attempts) FROM endpoint_minutes").await, 4);
+    }
 }
