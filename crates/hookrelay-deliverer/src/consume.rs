@@ -172,15 +172,18 @@ async fn on_job(d: &Deliverer, msg: Message) {
     // goes first, and the row is written with its record (`deliver::deliver_first`). A
     // redelivered job (its ack was lost, or a deliverer died with it), or a second job for
     // an event and endpoint (the router routed the event again), stores its row first, as
-    // below, so a row that already exists is found before anything is sent again.
+    // below, so a row that already exists is found before anything is sent again. A job of
+    // the event's first routing (`first_routing`) cannot be a second one; any other is
+    // looked up first.
     let first_seen = msg.info().is_ok_and(|info| info.delivered == 1);
     if first_seen
         && !parked
         && started.is_some()
-        && d.known
-            .call((due.tenant_id.clone(), due.event_id.clone(), due.endpoint_id.clone()))
-            .await
-            .is_ok_and(|known| !known)
+        && (job.first_routing
+            || d.known
+                .call((due.tenant_id.clone(), due.event_id.clone(), due.endpoint_id.clone()))
+                .await
+                .is_ok_and(|known| !known))
         && let Some((slot, wait)) = started
     {
         let first = First {

@@ -166,6 +166,8 @@ fn job(sent: &Sent, endpoint_id: &str) -> DeliveryJob {
         endpoint_id: endpoint_id.into(),
         envelope: sent.body.clone(),
         accepted_at_ms: 1,
+        // As the router routes a fresh event; a repeat comes with `false`.
+        first_routing: true,
     }
 }
 
@@ -456,11 +458,15 @@ async fn a_second_job_for_the_same_event_and_endpoint_is_dropped() {
     let sent = send_event(&db, &js, &ep).await;
     wait_for(&db, &sent.delivery_id, "delivered", 1).await;
 
-    // The router routed the event again (another delivery id), and our own job came back.
+    // The router routed the event again (another delivery id), and our own job came back;
+    // neither is a first routing.
     let mut again = job(&sent, &ep);
     again.delivery_id = DeliveryId::generate().to_string();
+    again.first_routing = false;
     publish_job(&js, &again, ":again").await;
-    publish_job(&js, &job(&sent, &ep), ":redelivered").await;
+    let mut ours = job(&sent, &ep);
+    ours.first_routing = false;
+    publish_job(&js, &ours, ":redelivered").await;
 
     let counted = eventually(WAIT, || async {
         let m = running.metrics().await;
@@ -509,6 +515,7 @@ async fn poison_messages_do_not_stop_the_consumer() {
         endpoint_id: ep.clone(),
         envelope: b"{}".to_vec(),
         accepted_at_ms: 1,
+        first_routing: true,
     };
     hookrelay_runtime::nats::publish(&js, subject, "poison-2", HeaderMap::new(), bad.encode_to_vec().into())
         .await

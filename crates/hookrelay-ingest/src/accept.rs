@@ -192,6 +192,7 @@ impl Ingest {
             let accepted_at = OffsetDateTime::now_utc();
             publish::event_accepted(
                 &self.js,
+                stored == Stored::New,
                 tenant,
                 &envelope.event_id,
                 &envelope.event,

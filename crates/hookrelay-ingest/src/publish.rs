@@ -10,8 +10,12 @@ use time::OffsetDateTime;
 
 use crate::error::IngestError;
 
+/// `first` says this is the event's first publication (see `EventAccepted.first_publication`):
+/// the router may then tell the deliverer that its jobs repeat nothing.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn event_accepted(
     js: &jetstream::Context,
+    first: bool,
     tenant: &TenantId,
     event_id: &EventId,
     event_type: &EventType,
@@ -26,6 +30,7 @@ pub(crate) async fn event_accepted(
         envelope,
         accepted_at_ms: (accepted_at.unix_timestamp_nanos() / 1_000_000) as i64,
         only_endpoint_id: only_endpoint.map(ToString::to_string).unwrap_or_default(),
+        first_publication: first,
     };
     let subject = subjects::event(tenant, event_type);
     let msg_id = subjects::event_msg_id(tenant, event_id);

@@ -40,6 +40,7 @@ async fn sweep(ingest: &Ingest) -> anyhow::Result<usize> {
             let only = row.only_endpoint_id.as_deref().map(EndpointId::parse).transpose()?;
             publish::event_accepted(
                 &ingest.js,
+                false,
                 &tenant,
                 &event_id,
                 &event_type,

@@ -110,6 +110,10 @@ async fn a_rest_event_is_stored_and_published_before_the_202() {
     assert_eq!(on_stream.len(), 1);
     assert_eq!(on_stream[0].envelope, body.as_bytes());
     assert_eq!(on_stream[0].event_type, "orders/created");
+    assert!(
+        on_stream[0].first_publication,
+        "stored just now: the router may say so to the deliverer"
+    );
     let envelope: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(envelope["data"], data);
     assert_eq!(envelope["event_id"], id.as_str());
@@ -430,6 +434,10 @@ async fn events_stored_but_never_published_are_republished() {
     let got = published_soon(&app.env, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].event_id, "orphan");
+    assert!(
+        !got[0].first_publication,
+        "a republication may have reached the router before"
+    );
     // The mark is cleared just after the publish is acknowledged, so give it a moment.
     assert!(marks_cleared(&db).await, "the swept batch's mark is left");
 }

@@ -59,6 +59,10 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     let tenant = TenantId::parse(&event.tenant_id).map_err(|e| RouteError::Poison(e.to_string()))?;
     let event_id = EventId::parse(&event.event_id).map_err(|e| RouteError::Poison(e.to_string()))?;
     let event_type = EventType::parse(&event.event_type).map_err(|e| RouteError::Poison(e.to_string()))?;
+    // No job of this event can exist yet when ingest published it for the first time and
+    // this is the message's first delivery here (a router that failed or died midway gets
+    // it again, and may have published some of its jobs).
+    let first_routing = event.first_publication && msg.info().is_ok_and(|info| info.delivered == 1);
 
     let job = |endpoint: &EndpointId| Outgoing {
         subject: subjects::delivery(&tenant, endpoint),
@@ -71,6 +75,7 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
             endpoint_id: endpoint.to_string(),
             envelope: event.envelope.clone(),
             accepted_at_ms: event.accepted_at_ms,
+            first_routing,
         }
         .encode_to_vec(),
     };

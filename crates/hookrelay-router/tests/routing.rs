@@ -62,8 +62,9 @@ async fn insert_endpoint(
     id
 }
 
+/// The event's first publication by ingest.
 async fn accept(js: &jetstream::Context, event_id: &str, event_type: &str, data: serde_json::Value) {
-    accept_as(js, event_id, event_type, data, "").await
+    accept_as(js, event_id, event_type, data, "", true).await
 }
 
 async fn accept_only(js: &jetstream::Context, event_id: &str, only_endpoint_id: &str) {
@@ -78,6 +79,7 @@ async fn accept_only(js: &jetstream::Context, event_id: &str, only_endpoint_id: 
         envelope: serde_json::to_vec(&envelope).unwrap(),
         accepted_at_ms: 1,
         only_endpoint_id: only_endpoint_id.into(),
+        first_publication: true,
     };
     let id = subjects::event_msg_id(&tenant, &EventId::parse(event_id).unwrap());
     hookrelay_runtime::nats::publish(
@@ -93,13 +95,15 @@ async fn accept_only(js: &jetstream::Context, event_id: &str, only_endpoint_id: 
     .unwrap();
 }
 
-/// `msg_id_suffix` makes JetStream take a repeat (as after its duplicate window).
+/// `msg_id_suffix` makes JetStream take a repeat (as after its duplicate window);
+/// `first_publication` false is ingest publishing the event again (its sweeper).
 async fn accept_as(
     js: &jetstream::Context,
     event_id: &str,
     event_type: &str,
     data: serde_json::Value,
     msg_id_suffix: &str,
+    first_publication: bool,
 ) {
     let tenant = TenantId::parse("acme").unwrap();
     let event = EventType::parse(event_type).unwrap();
@@ -112,6 +116,7 @@ async fn accept_as(
         envelope: serde_json::to_vec(&envelope).unwrap(),
         accepted_at_ms: 1,
         only_endpoint_id: String::new(),
+        first_publication,
     };
     let id = subjects::event_msg_id(&tenant, &EventId::parse(event_id).unwrap()) + msg_id_suffix;
     hookrelay_runtime::nats::publish(
@@ -212,7 +217,7 @@ async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
         .await
         .unwrap();
     accept(&js, "twice", "orders/created", json!({})).await;
-    accept_as(&js, "twice", "orders/created", json!({}), ":again").await;
+    accept_as(&js, "twice", "orders/created", json!({}), ":again", false).await;
     accept(&js, "other", "orders/created", json!({})).await;
     let got = jobs_soon(&js, 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -221,6 +226,38 @@ async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
     let mut events: Vec<_> = got_now.iter().map(|j| j.event_id.clone()).collect();
     events.sort();
     assert_eq!(events, ["other", "twice"]);
+}
+
+#[tokio::test]
+async fn jobs_say_whether_their_event_may_have_been_routed_before() {
+    let env = TestEnv::start().await.unwrap();
+    let _stop = start(&env).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+        .execute(&db)
+        .await
+        .unwrap();
+    endpoint(&env, &["*"], None, true).await;
+    let js = jetstream::new(env.nats().await.unwrap());
+
+    // The deliverer attempts a first routing's job without looking for an earlier delivery
+    // of the pair; anything else it looks up first.
+    accept(&js, "fresh", "orders/created", json!({})).await;
+    accept_as(&js, "swept", "orders/created", json!({}), "", false).await;
+    let got = jobs_soon(&js, 2).await;
+    let first: std::collections::HashMap<_, _> = got.iter().map(|j| (j.event_id.as_str(), j.first_routing)).collect();
+    assert_eq!(first.get("fresh"), Some(&true), "{got:?}");
+    assert_eq!(first.get("swept"), Some(&false), "ingest published it again: {got:?}");
+
+    // A router whose publish fails gets the event again (it may have published some of
+    // its jobs by then): those jobs may repeat.
+    js.delete_stream(subjects::DELIVERIES_STREAM).await.unwrap();
+    accept(&js, "retried", "orders/created", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hookrelay_runtime::nats::ensure_streams(&js, 1).await.unwrap();
+    let got = jobs_soon(&js, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].event_id.as_str(), got[0].first_routing), ("retried", false));
 }
 
 #[tokio::test]
