@@ -1,8 +1,10 @@
 //! The deliverer's two NATS consumers.
 //! - Jobs: HOOKRELAY_DELIVERIES (`hookrelay.deliveries.<tenant>.<endpoint>`, durable
-//!   consumer `deliverer`). Each `DeliveryJob` becomes a `deliveries` row; the job is acked
-//!   once the row is stored, then attempt 1 is made at once, unless the endpoint's limits
-//!   (`limits`) or health hold it back: then the row is stored due for the scheduler.
+//!   consumer `deliverer`). Each `DeliveryJob` becomes a `deliveries` row, acked once the
+//!   row is stored. Attempt 1 is made at once and, for a job that cannot repeat an earlier
+//!   one, before the row, which is then written with its record (docs/delivery.md, "The
+//!   first attempt"); an endpoint's limits (`limits`) or health may hold it back: then the
+//!   row is stored due for the scheduler.
 //! - Commands: HOOKRELAY_COMMANDS (`hookrelay.commands.deliverer.<tenant>`, durable
 //!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows;
 //!   `replay` requeues or creates one per endpoint an event matches now.

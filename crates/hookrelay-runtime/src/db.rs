@@ -32,3 +32,17 @@ pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+/// What is said at start when the server's autovacuum is off (`autovacuum = off` in
+/// postgresql.conf; it cannot be set per database).
+pub const AUTOVACUUM_OFF: &str = "PostgreSQL's autovacuum is off: hookrelay's tables are then never vacuumed or \
+     analyzed, dead rows pile up in the busiest ones (deliveries, unpublished_batches) and plans made while a \
+     table was small stay in use; turn it on, or run VACUUM ANALYZE on this database every few minutes";
+
+/// Whether the server runs autovacuum (read once at start; a failed read counts as on).
+pub async fn autovacuum_on(pool: &PgPool) -> bool {
+    let setting: Result<String, _> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await;
+    setting.map_or(true, |on| on == "on")
+}

@@ -55,6 +55,9 @@ impl Runtime {
             .await
             .context("connecting to PostgreSQL")?;
         db::migrate(&db).await.context("applying migrations")?;
+        if !db::autovacuum_on(&db).await {
+            tracing::warn!("{}", db::AUTOVACUUM_OFF);
+        }
         let nats = nats::connect(&cfg.nats_url).await.context("connecting to NATS")?;
         let js = async_nats::jetstream::new(nats.clone());
         nats::ensure_streams(&js, cfg.stream_replicas)

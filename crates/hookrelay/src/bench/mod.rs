@@ -262,6 +262,12 @@ impl Bench {
             .connect(&db_url)
             .await
             .with_context(|| format!("connecting to PostgreSQL (HOOKRELAY_DATABASE_URL={db_url})"))?;
+        if !hookrelay_runtime::db::autovacuum_on(&db).await {
+            eprintln!(
+                "warning: {}; figures drift as the run goes on",
+                hookrelay_runtime::db::AUTOVACUUM_OFF
+            );
+        }
         let rx = Receiver::start(args.receiver, slots, &tag, clock, stop.clone()).await?;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency.max(16))
