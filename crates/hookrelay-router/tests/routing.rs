@@ -17,6 +17,17 @@ use prost::Message as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// A private NATS and database with tenant `acme`, and a router running on them.
+async fn acme_router() -> (TestEnv, CancellationToken) {
+    let env = TestEnv::start().await.unwrap();
+    let stop = start(&env).await;
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+        .execute(&env.db().await.unwrap())
+        .await
+        .unwrap();
+    (env, stop)
+}
+
 async fn start(env: &TestEnv) -> CancellationToken {
     let cfg = Config::from_source(&env.source(&[])).unwrap();
     spawn_service(|listener, stop| run(cfg, Some(listener), stop))
@@ -155,13 +166,7 @@ async fn jobs_soon(js: &jetstream::Context, n: usize) -> Vec<DeliveryJob> {
 
 #[tokio::test]
 async fn each_event_becomes_one_job_per_matching_enabled_endpoint() {
-    let env = TestEnv::start().await.unwrap();
-    let _stop = start(&env).await;
-    let db = env.db().await.unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-        .execute(&db)
-        .await
-        .unwrap();
+    let (env, _stop) = acme_router().await;
     let orders = endpoint(&env, &["orders/*"], None, true).await;
     let all = endpoint(&env, &["*"], None, true).await;
     let acme_only = endpoint(
@@ -200,13 +205,7 @@ async fn each_event_becomes_one_job_per_matching_enabled_endpoint() {
 
 #[tokio::test]
 async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
-    let env = TestEnv::start().await.unwrap();
-    let _stop = start(&env).await;
-    let db = env.db().await.unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-        .execute(&db)
-        .await
-        .unwrap();
+    let (env, _stop) = acme_router().await;
     endpoint(&env, &["*"], None, true).await;
     let nats = env.nats().await.unwrap();
     let js = jetstream::new(nats.clone());
@@ -230,13 +229,7 @@ async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
 
 #[tokio::test]
 async fn jobs_say_whether_their_event_may_have_been_routed_before() {
-    let env = TestEnv::start().await.unwrap();
-    let _stop = start(&env).await;
-    let db = env.db().await.unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-        .execute(&db)
-        .await
-        .unwrap();
+    let (env, _stop) = acme_router().await;
     endpoint(&env, &["*"], None, true).await;
     let js = jetstream::new(env.nats().await.unwrap());
 
@@ -262,13 +255,7 @@ async fn jobs_say_whether_their_event_may_have_been_routed_before() {
 
 #[tokio::test]
 async fn an_event_aimed_at_one_endpoint_goes_there_only() {
-    let env = TestEnv::start().await.unwrap();
-    let _stop = start(&env).await;
-    let db = env.db().await.unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-        .execute(&db)
-        .await
-        .unwrap();
+    let (env, _stop) = acme_router().await;
     let target = endpoint(&env, &["orders/*"], None, true).await;
     let _all = endpoint(&env, &["*"], None, true).await;
     let js = jetstream::new(env.nats().await.unwrap());
