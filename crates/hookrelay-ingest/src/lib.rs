@@ -58,6 +58,11 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     rt.tasks
         .spawn(retention::run(rt.db.clone(), retention, shutdown.clone()));
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown.clone()));
+    rt.tasks.spawn(hookrelay_runtime::auth::forget_revoked(
+        rt.nats.clone(),
+        rt.keys.clone(),
+        shutdown.clone(),
+    ));
     let (nats, uses_shutdown) = (rt.nats.clone(), shutdown);
     rt.tasks.spawn(
         rt.keys

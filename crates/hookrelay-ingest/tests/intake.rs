@@ -402,6 +402,56 @@ async fn bad_rest_input_gets_the_contract_error_body() {
     assert_eq!(stored, 1);
 }
 
+#[tokio::test]
+async fn a_key_revoked_at_query_is_refused_here_at_its_announcement_or_within_a_second() {
+    let app = app(&[]).await;
+    let db = app.env.db().await.unwrap();
+    let nats = app.env.nats().await.unwrap();
+    let post = |key: String| {
+        let api = &app.api;
+        async move {
+            api.post("/v1/events", &key, json!({"event": "orders/created", "data": {}}))
+                .await
+        }
+    };
+    let revoke = |key: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "UPDATE api_keys SET revoked_at = now() WHERE key_hash = sha256(convert_to($1, 'UTF8')) RETURNING id",
+            )
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let refused = |key: String, within: Duration| async move {
+        eventually(within, || {
+            let key = key.clone();
+            async move { (post(key).await.status == 401).then_some(()) }
+        })
+        .await
+        .is_some()
+    };
+
+    // Used, so this process trusts it for a second; then revoked and announced as query does.
+    assert_eq!(post(app.key.clone()).await.status, 202);
+    let id = revoke(app.key.clone()).await;
+    nats.publish(subjects::CONTROL_KEY_REVOKED, id.into()).await.unwrap();
+    nats.flush().await.unwrap();
+    // Well inside the key's second of trust, so only the announcement can explain a 401.
+    let at_once = refused(app.key.clone(), Duration::from_millis(600)).await;
+    assert!(at_once, "an announced revocation is not honoured at once");
+
+    // An announcement that never arrives: the key still stops working within a second.
+    let other = insert_key(&db, "acme", &["events:write"]).await;
+    assert_eq!(post(other.clone()).await.status, 202);
+    revoke(other.clone()).await;
+    let in_time = refused(other, Duration::from_secs(2)).await;
+    assert!(in_time, "a revoked key is trusted past the cache time");
+}
+
 /// Whether every `unpublished_batches` row is gone within 5 s (marks are cleared in the
 /// background, just after the publishes).
 async fn marks_cleared(db: &sqlx::PgPool) -> bool {

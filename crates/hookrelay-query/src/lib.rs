@@ -45,6 +45,11 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "query command consumer stopped");
         }
     });
+    rt.tasks.spawn(hookrelay_runtime::auth::forget_revoked(
+        rt.nats.clone(),
+        rt.keys.clone(),
+        shutdown.clone(),
+    ));
     rt.tasks
         .spawn(key_uses::run(rt.db.clone(), rt.nats.clone(), rt.keys.clone(), shutdown));
     let state = http::AppState {

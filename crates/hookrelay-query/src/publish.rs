@@ -132,3 +132,20 @@ pub(crate) async fn endpoint_changed(js: &jetstream::Context, tenant: &str, endp
         tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
     }
 }
+
+/// Tells every process that this API key is revoked (core NATS, `CONTROL_KEY_REVOKED`), after
+/// the revoke is committed. Not stored: a process that misses it stops trusting the key
+/// within `KEY_CACHE_TTL` anyway, so a failure is logged, never returned.
+pub(crate) async fn key_revoked(js: &jetstream::Context, id: &hookrelay_types::ApiKeyId) {
+    let client = js.client();
+    let sent = client
+        .publish(subjects::CONTROL_KEY_REVOKED, id.to_string().into())
+        .await;
+    let flushed = match sent {
+        Ok(()) => client.flush().await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = flushed {
+        tracing::warn!(%error, key_id = %id, "announcing a revoked API key failed; other processes drop it within a second");
+    }
+}

@@ -1,9 +1,12 @@
 //! Who is calling: the operator's admin token or a tenant's API key (`hr_…`, stored only
 //! as its SHA-256). Handlers take a [`Principal`] and ask it for scopes and the tenant.
 //!
-//! Keys are read from `api_keys` (written by query) on every request, so a revoke takes
-//! effect at once. What is not read per request is kept per process in [`KeyActivity`]:
-//! each key's last use (flushed every [`KEY_USE_FLUSH_INTERVAL`]: query writes it to
+//! Keys are read from `api_keys` (written by query) and then trusted by the process for up
+//! to [`KEY_CACHE_TTL`] without reading them again. A revoke drops the key at once in the
+//! process that revoked it (in `hookrelay all`, every API of the process) and, through
+//! query's announcement on `hookrelay.control.key-revoked`, within milliseconds in every
+//! other; a lost announcement is covered by the cache time. Unknown keys are never cached.
+//! Also kept per process in [`KeyActivity`]: each key's last use (flushed every [`KEY_USE_FLUSH_INTERVAL`]: query writes it to
 //! `api_keys.last_used_at`, ingest reports it on `hookrelay.control.key-uses` for query to
 //! write) and each key's rate limit bucket (GCRA). With N processes the effective limit of
 //! a key is N times its `rate_limit_per_sec`.
@@ -39,6 +42,10 @@ use crate::http::ApiError;
 pub const KEY_USE_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 
 pub const KEY_PREFIX: &str = "hr_";
+
+/// How long a process trusts a key it read, without reading it again (one lookup per key
+/// and second instead of one per request).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -179,6 +186,32 @@ impl Authenticator {
         if !token.starts_with(KEY_PREFIX) {
             return Err(ApiError::unauthorized("the credential is not valid"));
         }
+        let now = Instant::now();
+        let key = match self.0.activity.known(&hash, now) {
+            Some(key) => key,
+            None => self.look_up(hash, now).await?,
+        };
+        let KnownKey {
+            id,
+            tenant,
+            scopes,
+            rate_limit: limit,
+            ..
+        } = key;
+        if let Err(wait) = self.0.activity.admit(&id, limit, now) {
+            return Err(ApiError::rate_limited(
+                "this API key is over its request rate limit: retry after the Retry-After seconds",
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            ));
+        }
+        self.0.activity.record(&id, OffsetDateTime::now_utc());
+        Ok(Principal::Key { id, tenant, scopes })
+    }
+
+    /// Reads the key with this hash and remembers it for [`KEY_CACHE_TTL`] (unless a
+    /// revocation arrived meanwhile).
+    async fn look_up(&self, hash: [u8; 32], now: Instant) -> Result<KnownKey, ApiError> {
+        let revocations = self.0.activity.revocations();
         // Looked up by hash through a unique index: the database never compares the key.
         let row: Option<(String, String, Vec<String>, Option<i32>)> = sqlx::query_as(
             "SELECT id, tenant_id, scopes, rate_limit_per_sec FROM api_keys
@@ -189,20 +222,60 @@ impl Authenticator {
         .await?;
         let (id, tenant, scopes, rate_limit) =
             row.ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
-        let id = ApiKeyId::parse(&id).map_err(ApiError::internal)?;
-        let limit = rate_limit.and_then(|n| u32::try_from(n).ok());
-        if let Err(wait) = self.0.activity.admit(&id, limit, Instant::now()) {
-            return Err(ApiError::rate_limited(
-                "this API key is over its request rate limit: retry after the Retry-After seconds",
-                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            ));
-        }
-        self.0.activity.record(&id, OffsetDateTime::now_utc());
-        Ok(Principal::Key {
-            id,
+        let key = KnownKey {
+            id: ApiKeyId::parse(&id).map_err(ApiError::internal)?,
             tenant: TenantId::parse(&tenant).map_err(ApiError::internal)?,
             scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-        })
+            rate_limit: rate_limit.and_then(|n| u32::try_from(n).ok()),
+            until: now + KEY_CACHE_TTL,
+        };
+        self.0.activity.remember(hash, key.clone(), revocations);
+        Ok(key)
+    }
+
+    /// Stops trusting a revoked key in this process at once.
+    pub fn forget(&self, id: &ApiKeyId) {
+        self.0.activity.forget(id);
+    }
+}
+
+/// A key read from `api_keys`, trusted until `until`.
+#[derive(Clone)]
+struct KnownKey {
+    id: ApiKeyId,
+    tenant: TenantId,
+    scopes: Vec<Scope>,
+    rate_limit: Option<u32>,
+    until: Instant,
+}
+
+/// Forgets every key query announces as revoked (`hookrelay.control.key-revoked`) until
+/// `shutdown`. Announcements are not stored: one missed while disconnected is covered by
+/// [`KEY_CACHE_TTL`].
+pub async fn forget_revoked(nats: async_nats::Client, keys: KeyActivity, shutdown: CancellationToken) {
+    use futures::StreamExt as _;
+    let mut revoked = match nats.subscribe(hookrelay_types::subjects::CONTROL_KEY_REVOKED).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            tracing::warn!(%error, "not listening for revoked API keys; they expire from the cache instead");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return,
+            msg = revoked.next() => match msg {
+                Some(msg) => msg,
+                None => return,
+            },
+        };
+        match std::str::from_utf8(&msg.payload)
+            .ok()
+            .and_then(|id| ApiKeyId::parse(id).ok())
+        {
+            Some(id) => keys.forget(&id),
+            None => tracing::warn!("ignoring a key revocation that names no key id"),
+        }
     }
 }
 
@@ -218,6 +291,10 @@ struct Activity {
     uses: HashMap<ApiKeyId, OffsetDateTime>,
     /// Per key, GCRA's theoretical arrival time.
     buckets: HashMap<ApiKeyId, Instant>,
+    /// Keys read lately, by hash.
+    known: HashMap<[u8; 32], KnownKey>,
+    /// Revocations seen so far: a lookup that started before one is not remembered.
+    revocations: u64,
 }
 
 impl KeyActivity {
@@ -226,7 +303,33 @@ impl KeyActivity {
             default_limit,
             uses: HashMap::new(),
             buckets: HashMap::new(),
+            known: HashMap::new(),
+            revocations: 0,
         })))
+    }
+
+    fn known(&self, hash: &[u8; 32], now: Instant) -> Option<KnownKey> {
+        self.lock().known.get(hash).filter(|k| k.until > now).cloned()
+    }
+
+    fn revocations(&self) -> u64 {
+        self.lock().revocations
+    }
+
+    /// Remembers `key` unless a revocation came after `revocations` was read (the row may
+    /// have been read just before the revoke committed).
+    fn remember(&self, hash: [u8; 32], key: KnownKey, revocations: u64) {
+        let mut a = self.lock();
+        if a.revocations == revocations {
+            a.known.insert(hash, key);
+        }
+    }
+
+    /// Stops trusting `id` (revoked).
+    pub fn forget(&self, id: &ApiKeyId) {
+        let mut a = self.lock();
+        a.revocations += 1;
+        a.known.retain(|_, k| k.id != *id);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Activity> {
@@ -250,6 +353,7 @@ impl KeyActivity {
         let mut a = self.lock();
         let now = Instant::now();
         a.buckets.retain(|_, tat| *tat > now);
+        a.known.retain(|_, k| k.until > now);
         let mut uses: Vec<_> = a.uses.drain().collect();
         uses.sort();
         uses
@@ -423,6 +527,35 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revoked_key_is_forgotten_and_a_read_that_raced_its_revocation_is_not_kept() {
+        let keys = KeyActivity::new(None);
+        let id = ApiKeyId::generate();
+        let now = Instant::now();
+        let key = KnownKey {
+            id: id.clone(),
+            tenant: TenantId::parse("acme").unwrap(),
+            scopes: vec![Scope::EventsWrite],
+            rate_limit: None,
+            until: now + KEY_CACHE_TTL,
+        };
+        let hash = [7; 32];
+        keys.remember(hash, key.clone(), keys.revocations());
+        assert!(keys.known(&hash, now).is_some());
+        assert!(
+            keys.known(&hash, now + KEY_CACHE_TTL).is_none(),
+            "trusted past its cache time"
+        );
+        keys.forget(&id);
+        assert!(keys.known(&hash, now).is_none(), "trusted after its revocation");
+
+        // The row was read just before a revoke committed: the read must not be kept.
+        let before = keys.revocations();
+        keys.forget(&id);
+        keys.remember(hash, key, before);
+        assert!(keys.known(&hash, now).is_none());
+    }
 
     #[test]
     fn keys_are_prefixed_and_hashed() {

@@ -60,6 +60,10 @@ pub const CONTROL_EVENT_TYPES_ALL: &str = "hookrelay.control.event-types.>";
 /// Ingest's report of the API keys it authenticated lately (`KeyUses`), for query to move
 /// `api_keys.last_used_at` forward. A lost report leaves it a few seconds stale.
 pub const CONTROL_KEY_USES: &str = "hookrelay.control.key-uses";
+/// Query's announcement of a revoked API key (payload: the key's id), after the commit:
+/// every process forgets the key at once instead of trusting it for the rest of its
+/// cache time.
+pub const CONTROL_KEY_REVOKED: &str = "hookrelay.control.key-revoked";
 
 pub fn endpoint_changed(tenant: &TenantId) -> String {
     format!("{CONTROL_ENDPOINTS_PREFIX}{tenant}")

@@ -163,6 +163,8 @@ pub(crate) async fn revoke(
     if !store::revoke_api_key(&state.db, &id, principal.tenant_scope()).await? {
         return Err(ApiError::not_found("API key"));
     }
+    state.auth.forget(&id);
+    crate::publish::key_revoked(&state.js, &id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
