@@ -13,6 +13,9 @@ use crate::{
     retry::Next,
 };
 
+/// A statement with its binds so far (what the column binders take and give back).
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
 /// A delivery about to be attempted, with the body to send (`None`: the event row is gone).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct Due {
@@ -532,10 +535,7 @@ impl<'a> FirstRows<'a> {
     }
 
     /// Binds the eleven arrays, as `$1` to `$11`.
-    fn bind<'q>(
-        &self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind<'q>(&self, q: PgQuery<'q>) -> PgQuery<'q> {
         let text = |f: for<'r> fn(&'r Record, &'r First) -> &'r str| {
             self.0.iter().map(|(r, x, _)| f(r, x).to_owned()).collect::<Vec<_>>()
         };
@@ -715,10 +715,7 @@ impl<'a> MinuteColumns<'a> {
     }
 
     /// Binds the eight arrays, in [`upsert_minutes`]'s order.
-    fn bind<'q>(
-        self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
     where
         'a: 'q,
     {
@@ -808,10 +805,7 @@ impl<'a> AttemptColumns<'a> {
     }
 
     /// Binds the nine arrays, in [`insert_attempts`]'s order.
-    fn bind<'q>(
-        self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
     where
         'a: 'q,
     {

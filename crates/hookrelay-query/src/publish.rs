@@ -120,15 +120,7 @@ pub(crate) async fn ping(
 /// next full reload, so a failure is logged, never returned.
 pub(crate) async fn endpoint_changed(js: &jetstream::Context, tenant: &str, endpoint: &str) {
     let Ok(tenant) = TenantId::parse(tenant) else { return };
-    let client = js.client();
-    let sent = client
-        .publish(subjects::endpoint_changed(&tenant), endpoint.to_owned().into())
-        .await;
-    if let Err(error) = sent {
-        tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
-        return;
-    }
-    if let Err(error) = client.flush().await {
+    if let Err(error) = announce(js, subjects::endpoint_changed(&tenant), endpoint.to_owned()).await {
         tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
     }
 }
@@ -137,15 +129,17 @@ pub(crate) async fn endpoint_changed(js: &jetstream::Context, tenant: &str, endp
 /// the revoke is committed. Not stored: a process that misses it stops trusting the key
 /// within `KEY_CACHE_TTL` anyway, so a failure is logged, never returned.
 pub(crate) async fn key_revoked(js: &jetstream::Context, id: &hookrelay_types::ApiKeyId) {
-    let client = js.client();
-    let sent = client
-        .publish(subjects::CONTROL_KEY_REVOKED, id.to_string().into())
-        .await;
-    let flushed = match sent {
-        Ok(()) => client.flush().await.map_err(|e| e.to_string()),
-        Err(error) => Err(error.to_string()),
-    };
-    if let Err(error) = flushed {
+    if let Err(error) = announce(js, subjects::CONTROL_KEY_REVOKED.to_owned(), id.to_string()).await {
         tracing::warn!(%error, key_id = %id, "announcing a revoked API key failed; other processes drop it within a second");
     }
+}
+
+/// A core NATS publish, flushed so the announcement leaves before the request is answered.
+async fn announce(js: &jetstream::Context, subject: String, payload: String) -> Result<(), String> {
+    let client = js.client();
+    client
+        .publish(subject, payload.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())
 }
