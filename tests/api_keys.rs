@@ -60,14 +60,23 @@ fn event(n: u32) -> Value {
 }
 
 #[tokio::test]
-async fn a_key_revoked_on_query_is_refused_by_ingest_on_its_next_request() {
+async fn a_key_revoked_on_query_is_refused_by_ingest_within_a_second() {
     let s = split(&[]).await;
     let (id, secret) = key(&s.query.api, "producer", &["events:write"], json!({})).await;
     assert_eq!(s.ingest.api.post("/v1/events", &secret, event(1)).await.status, 202);
     let r = s.query.api.delete(&format!("/v1/api-keys/{id}"), ADMIN_TOKEN).await;
     assert_eq!(r.status, 204, "{r:?}");
-    let r = s.ingest.api.post("/v1/events", &secret, event(2)).await;
-    assert_eq!((r.status, r.code()), (401, "unauthorized"), "{r:?}");
+    // Another process drops the key on query's announcement (milliseconds) and trusts a
+    // key it read for at most `KEY_CACHE_TTL` (1 s) anyway.
+    let mut n = 1;
+    let refused = eventually(Duration::from_secs(2), || {
+        n += 1;
+        let body = event(n);
+        async { Some(s.ingest.api.post("/v1/events", &secret, body).await).filter(|r| r.status == 401) }
+    })
+    .await;
+    let r = refused.expect("ingest still accepts a key revoked two seconds ago");
+    assert_eq!(r.code(), "unauthorized", "{r:?}");
 }
 
 #[tokio::test]
