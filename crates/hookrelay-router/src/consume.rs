@@ -80,9 +80,11 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
         .encode_to_vec(),
     };
     let jobs: Vec<Outgoing> = if event.only_endpoint_id.is_empty() {
+        // Every endpoint change announced before this event was accepted applies to it.
+        router.subscriptions.catch_up().await;
         // Built under the read lock: matching lends the ids the subscriptions hold, and
         // each is copied once, into its job.
-        let subs = router.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        let subs = router.subscriptions.subscriptions();
         subs.matching(tenant.as_str(), &event_type, &event.envelope)
             .into_iter()
             .map(job)

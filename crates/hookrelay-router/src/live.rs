@@ -3,14 +3,21 @@
 //! published by query after each commit) and reloads that endpoint, or the whole tenant
 //! when the payload names none. Notifications are not stored, so a full reload follows
 //! every (re)connect, and one runs every `HOOKRELAY_ROUTER_RELOAD_INTERVAL` as a safety net.
+//!
+//! **An endpoint change answered before an event is accepted applies to that event.** Query
+//! flushes the notification to the server before it answers, and ingest publishes the event
+//! after; the server writes both to this process's one connection in that order, so the
+//! notification is already waiting here when the event arrives. [`Live::catch_up`], called
+//! before every event is routed, applies every waiting notification first. (Between NATS
+//! servers of a cluster the two can cross; the next notification or reload mends that.)
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, RwLockReadGuard},
     time::Duration,
 };
 
-use async_nats::connection::State;
-use futures::StreamExt as _;
+use async_nats::{Subscriber, connection::State};
+use futures::{FutureExt as _, StreamExt as _};
 use hookrelay_types::{EndpointId, subjects};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -19,8 +26,82 @@ use crate::{matcher::Subscriptions, store};
 
 const RELOADS: &str = "hookrelay_router_subscription_reloads_total";
 const ENDPOINTS_HELD: &str = "hookrelay_router_endpoints";
+/// How often an idle router applies waiting notifications (a busy one does before each event).
+const IDLE_CATCH_UP: Duration = Duration::from_millis(100);
 
-pub(crate) type Shared = Arc<RwLock<Subscriptions>>;
+pub(crate) type Shared = Arc<Live>;
+
+/// The subscriptions, and the notifications received but not yet applied to them.
+pub(crate) struct Live {
+    subscriptions: RwLock<Subscriptions>,
+    db: sqlx::PgPool,
+    /// Held while anything is applied, so changes apply one at a time and in order, and a
+    /// router that must catch up waits for a change another task is applying.
+    notifications: tokio::sync::Mutex<Subscriber>,
+}
+
+impl Live {
+    /// The subscriptions as they are now; call [`Live::catch_up`] first.
+    pub(crate) fn subscriptions(&self) -> RwLockReadGuard<'_, Subscriptions> {
+        self.subscriptions.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies every notification this process has received. A notification whose read
+    /// fails is not lost: everything is reloaded instead.
+    pub(crate) async fn catch_up(&self) {
+        let mut notifications = self.notifications.lock().await;
+        while let Some(Some(msg)) = notifications.next().now_or_never() {
+            if let Err(error) = self.reload_one(&msg.subject, &msg.payload).await {
+                warn!(%error, subject = %msg.subject, "applying an endpoint change failed; reloading everything");
+                self.reload_all("error").await;
+            }
+        }
+    }
+
+    /// Reloads everything, in turn with the notifications (a reload that started before a
+    /// change was committed must not overwrite it).
+    async fn reload_all_in_turn(&self, why: &'static str) {
+        let _turn = self.notifications.lock().await;
+        self.reload_all(why).await;
+    }
+
+    async fn reload_all(&self, why: &'static str) {
+        match load_all(&self.db).await {
+            Ok(subs) => {
+                *self.subscriptions.write().unwrap_or_else(|e| e.into_inner()) = subs;
+                metrics::counter!(RELOADS, "scope" => "all", "why" => why).increment(1);
+            }
+            Err(error) => warn!(%error, why, "reloading subscriptions failed; the next reload tries again"),
+        }
+    }
+
+    /// Reloads what one notification names.
+    async fn reload_one(&self, subject: &str, payload: &[u8]) -> Result<(), sqlx::Error> {
+        let Some(tenant) = subject.strip_prefix(subjects::CONTROL_ENDPOINTS_PREFIX) else {
+            return Ok(());
+        };
+        let id = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| EndpointId::parse(s.trim()).ok());
+        match id {
+            Some(id) => {
+                let row = store::endpoint(&self.db, tenant, id.as_str()).await?;
+                let mut subs = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+                subs.apply(tenant, &Some(id), row.as_ref());
+                metrics::gauge!(ENDPOINTS_HELD).set(subs.len() as f64);
+                metrics::counter!(RELOADS, "scope" => "endpoint", "why" => "notified").increment(1);
+            }
+            None => {
+                let rows = store::tenant_endpoints(&self.db, tenant).await?;
+                let mut subs = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+                subs.replace_tenant(tenant, &rows);
+                metrics::gauge!(ENDPOINTS_HELD).set(subs.len() as f64);
+                metrics::counter!(RELOADS, "scope" => "tenant", "why" => "notified").increment(1);
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Loads every enabled endpoint.
 pub(crate) async fn load_all(db: &sqlx::PgPool) -> Result<Subscriptions, sqlx::Error> {
@@ -30,86 +111,47 @@ pub(crate) async fn load_all(db: &sqlx::PgPool) -> Result<Subscriptions, sqlx::E
     Ok(subs)
 }
 
-async fn reload_all(db: &sqlx::PgPool, shared: &Shared, why: &'static str) {
-    match load_all(db).await {
-        Ok(subs) => {
-            *shared.write().unwrap_or_else(|e| e.into_inner()) = subs;
-            metrics::counter!(RELOADS, "scope" => "all", "why" => why).increment(1);
-        }
-        Err(error) => warn!(%error, why, "reloading subscriptions failed; the next reload tries again"),
-    }
-}
-
-/// Reloads what one notification names. Returns whether it succeeded.
-async fn reload_one(db: &sqlx::PgPool, shared: &Shared, subject: &str, payload: &[u8]) -> Result<(), sqlx::Error> {
-    let Some(tenant) = subject.strip_prefix(subjects::CONTROL_ENDPOINTS_PREFIX) else {
-        return Ok(());
-    };
-    let id = std::str::from_utf8(payload)
-        .ok()
-        .and_then(|s| EndpointId::parse(s.trim()).ok());
-    match id {
-        Some(id) => {
-            let row = store::endpoint(db, tenant, id.as_str()).await?;
-            let mut subs = shared.write().unwrap_or_else(|e| e.into_inner());
-            subs.apply(tenant, &Some(id), row.as_ref());
-            metrics::gauge!(ENDPOINTS_HELD).set(subs.len() as f64);
-            metrics::counter!(RELOADS, "scope" => "endpoint", "why" => "notified").increment(1);
-        }
-        None => {
-            let rows = store::tenant_endpoints(db, tenant).await?;
-            let mut subs = shared.write().unwrap_or_else(|e| e.into_inner());
-            subs.replace_tenant(tenant, &rows);
-            metrics::gauge!(ENDPOINTS_HELD).set(subs.len() as f64);
-            metrics::counter!(RELOADS, "scope" => "tenant", "why" => "notified").increment(1);
-        }
-    }
-    Ok(())
-}
-
 /// Subscribes, then loads everything (so no change between the two is missed), then
-/// returns the task that applies notifications until `shutdown`.
+/// returns the task that applies notifications while the router is idle, reloads on
+/// reconnect and on the safety interval, until `shutdown`.
 pub(crate) async fn start(
     nats: async_nats::Client,
     db: sqlx::PgPool,
     every: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Shared, impl Future<Output = ()> + Send)> {
-    let mut notifications = nats.subscribe(subjects::CONTROL_ENDPOINTS_ALL).await?;
+    let notifications = nats.subscribe(subjects::CONTROL_ENDPOINTS_ALL).await?;
     // Until the server has the subscription, a change could be announced to nobody.
     nats.flush().await?;
-    let shared: Shared = Arc::new(RwLock::new(load_all(&db).await?));
-    let state = shared.clone();
+    let live = Arc::new(Live {
+        subscriptions: RwLock::new(load_all(&db).await?),
+        db,
+        notifications: tokio::sync::Mutex::new(notifications),
+    });
+    let state = live.clone();
     let task = async move {
         let mut safety = tokio::time::interval(every);
         safety.tick().await;
+        let mut idle = tokio::time::interval(IDLE_CATCH_UP);
         let mut watch = tokio::time::interval(Duration::from_millis(500));
         let mut was_connected = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                msg = notifications.next() => match msg {
-                    Some(msg) => {
-                        if let Err(error) = reload_one(&db, &state, &msg.subject, &msg.payload).await {
-                            warn!(%error, subject = %msg.subject, "applying an endpoint change failed; reloading everything");
-                            reload_all(&db, &state, "error").await;
-                        }
-                    }
-                    None => return,
-                },
-                _ = safety.tick() => reload_all(&db, &state, "interval").await,
+                _ = idle.tick() => state.catch_up().await,
+                _ = safety.tick() => state.reload_all_in_turn("interval").await,
                 _ = watch.tick() => {
                     let connected = nats.connection_state() == State::Connected;
                     if connected && !was_connected {
                         debug!("reconnected to NATS; reloading subscriptions");
-                        reload_all(&db, &state, "reconnect").await;
+                        state.reload_all_in_turn("reconnect").await;
                     }
                     was_connected = connected;
                 }
             }
         }
     };
-    Ok((shared, task))
+    Ok((live, task))
 }
 
 #[cfg(test)]
@@ -141,7 +183,7 @@ mod tests {
         let event = EventType::parse(event).unwrap();
         for (i, shared) in routers.iter().enumerate() {
             let seen = eventually(Duration::from_secs(1), || async {
-                let n = shared.read().unwrap().matching("acme", &event, BODY).len();
+                let n = shared.subscriptions().matching("acme", &event, BODY).len();
                 (n == want).then_some(())
             })
             .await;
