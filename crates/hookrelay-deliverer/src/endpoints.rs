@@ -4,18 +4,27 @@
 //! A change shows at once where it is announced: query publishes
 //! `hookrelay.control.endpoints.<tenant>` (payload: the endpoint id) on every create,
 //! update, secret rotation and delete, and the deliverer does the same on every health
-//! transition it makes; each deliverer drops the named endpoint (`listen`). An
-//! announcement that is lost (a reconnect) shows within [`FRESH_FOR`], when the entry is
-//! read again. So for at most that long after a health transition made by another replica
-//! whose announcement was lost, a deliverer may still treat the endpoint by its old state.
+//! transition it makes; each deliverer drops the named endpoint. Every read first applies
+//! every announcement received ([`Endpoints::catch_up`]; an idle deliverer does so every
+//! 100 ms). NATS writes an announcement to this process's connection before the job of any
+//! event accepted after it, so **a change answered before an event is accepted applies to
+//! its first attempt** (a new URL, secret, headers or limits). A read that raced an
+//! announcement of its endpoint is used once and not kept. An announcement that is lost (a
+//! reconnect) shows within [`FRESH_FOR`], when the entry is read again. So for at most that
+//! long after a health transition made by another replica whose announcement was lost, a
+//! deliverer may still treat the endpoint by its old state.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use futures::StreamExt as _;
+use async_nats::Subscriber;
+use futures::{FutureExt as _, StreamExt as _};
 use hookrelay_types::subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +33,9 @@ use crate::store::{self, Endpoint};
 
 /// How long an endpoint read stays in use without an announcement.
 pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// How often an idle deliverer applies the announcements it has received.
+const IDLE_CATCH_UP: Duration = Duration::from_millis(100);
 
 /// Past this many entries, expired ones are swept out on the next read.
 const SWEEP_PAST: usize = 10_000;
@@ -37,6 +49,10 @@ struct Entry {
 pub(crate) struct Endpoints {
     db: PgPool,
     entries: Mutex<HashMap<String, Entry>>,
+    /// The announcements received and not yet applied (`None` until [`Endpoints::follow`]).
+    changes: Mutex<Option<Subscriber>>,
+    /// How many times anything was forgotten: a read that saw this change is not kept.
+    forgotten: AtomicU64,
 }
 
 impl Endpoints {
@@ -44,11 +60,32 @@ impl Endpoints {
         Arc::new(Self {
             db,
             entries: Mutex::new(HashMap::new()),
+            changes: Mutex::new(None),
+            forgotten: AtomicU64::new(0),
         })
+    }
+
+    /// Subscribes to endpoint announcements (flushed, so none made after this returns is
+    /// missed); from then on every read applies them first.
+    pub(crate) async fn follow(&self, nats: &async_nats::Client) -> Result<(), async_nats::Error> {
+        let changes = nats.subscribe(subjects::CONTROL_ENDPOINTS_ALL).await?;
+        nats.flush().await?;
+        *self.changes.lock().expect("endpoint changes lock") = Some(changes);
+        Ok(())
+    }
+
+    /// Forgets every endpoint announced since the last call.
+    pub(crate) fn catch_up(&self) {
+        let mut changes = self.changes.lock().expect("endpoint changes lock");
+        let Some(changes) = changes.as_mut() else { return };
+        while let Some(Some(msg)) = changes.next().now_or_never() {
+            self.forget(std::str::from_utf8(&msg.payload).unwrap_or_default().trim());
+        }
     }
 
     /// The tenant's endpoint `id`, from memory while fresh, else from the database.
     pub(crate) async fn get(&self, tenant: &str, id: &str) -> Result<Option<Arc<Endpoint>>, sqlx::Error> {
+        self.catch_up();
         let now = Instant::now();
         let cached = {
             let entries = self.entries.lock().expect("endpoint cache lock");
@@ -60,18 +97,9 @@ impl Endpoints {
         let endpoint = match cached {
             Some(endpoint) => endpoint,
             None => {
+                let before = self.forgotten.load(Ordering::Acquire);
                 let endpoint = store::endpoint(&self.db, id).await?.map(Arc::new);
-                let mut entries = self.entries.lock().expect("endpoint cache lock");
-                if entries.len() >= SWEEP_PAST {
-                    entries.retain(|_, e| now.duration_since(e.read_at) < FRESH_FOR);
-                }
-                entries.insert(
-                    id.to_owned(),
-                    Entry {
-                        read_at: now,
-                        endpoint: endpoint.clone(),
-                    },
-                );
+                self.keep(id, now, before, endpoint.clone());
                 endpoint
             }
         };
@@ -79,9 +107,24 @@ impl Endpoints {
         Ok(endpoint.filter(|e| e.tenant_id == tenant))
     }
 
+    /// Keeps a read made when `forgotten` was `before`, unless something was forgotten
+    /// since: the read may predate that change.
+    fn keep(&self, id: &str, now: Instant, before: u64, endpoint: Option<Arc<Endpoint>>) {
+        self.catch_up();
+        let mut entries = self.entries.lock().expect("endpoint cache lock");
+        if self.forgotten.load(Ordering::Acquire) != before {
+            return;
+        }
+        if entries.len() >= SWEEP_PAST {
+            entries.retain(|_, e| now.duration_since(e.read_at) < FRESH_FOR);
+        }
+        entries.insert(id.to_owned(), Entry { read_at: now, endpoint });
+    }
+
     /// Drops `id` (empty: every endpoint), so the next delivery to it reads it again.
     pub(crate) fn forget(&self, id: &str) {
         let mut entries = self.entries.lock().expect("endpoint cache lock");
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
         if id.is_empty() {
             entries.clear();
         } else {
@@ -90,22 +133,13 @@ impl Endpoints {
     }
 }
 
-/// Drops each endpoint announced as changed, until `shutdown`.
-pub(crate) async fn listen(nats: async_nats::Client, endpoints: Arc<Endpoints>, shutdown: CancellationToken) {
-    let mut changes = match nats.subscribe(subjects::CONTROL_ENDPOINTS_ALL).await {
-        Ok(changes) => changes,
-        Err(error) => {
-            tracing::warn!(%error, "subscribing to endpoint changes failed; endpoints are read again every {FRESH_FOR:?}");
-            return;
-        }
-    };
+/// Applies announcements while no delivery reads an endpoint, until `shutdown`.
+pub(crate) async fn idle_catch_up(endpoints: Arc<Endpoints>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(IDLE_CATCH_UP);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            change = changes.next() => match change {
-                Some(msg) => endpoints.forget(std::str::from_utf8(&msg.payload).unwrap_or_default()),
-                None => return,
-            },
+            _ = every.tick() => endpoints.catch_up(),
         }
     }
 }
@@ -120,5 +154,103 @@ pub(crate) async fn announce(nats: &async_nats::Client, tenant: &str, id: &str) 
         .await
     {
         tracing::warn!(%error, endpoint_id = id, "announcing an endpoint change failed; others see it within {FRESH_FOR:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hookrelay_testkit::TestEnv;
+
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    async fn set_url(db: &PgPool, id: &str, url: &str) {
+        sqlx::query("UPDATE endpoints SET url = $2 WHERE id = $1")
+            .bind(id)
+            .bind(url)
+            .execute(db)
+            .await
+            .unwrap();
+    }
+
+    async fn url(endpoints: &Endpoints, id: &str) -> String {
+        endpoints.get("acme", id).await.unwrap().unwrap().url.clone()
+    }
+
+    /// A database with tenant `acme` and one endpoint at `/a`, and `Endpoints` following
+    /// the announcements on `nats`.
+    async fn setup(env: &TestEnv, nats: &async_nats::Client) -> (PgPool, Arc<Endpoints>, String) {
+        let cfg = crate::Config::from_source(&env.source(&[])).unwrap();
+        let db = hookrelay_runtime::Runtime::start(&cfg.common).await.unwrap().db;
+        let id = hookrelay_types::EndpointId::generate().to_string();
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+            .execute(&db)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO endpoints (id, tenant_id, url, events, secret)
+             VALUES ($1, 'acme', 'http://127.0.0.1:9/a', ARRAY['**'], $2)",
+        )
+        .bind(&id)
+        .bind(SECRET)
+        .execute(&db)
+        .await
+        .unwrap();
+        let endpoints = Endpoints::new(db.clone());
+        endpoints.follow(nats).await.unwrap();
+        (db, endpoints, id)
+    }
+
+    #[tokio::test]
+    async fn a_change_announced_before_a_job_arrives_applies_to_that_job() {
+        let env = TestEnv::start().await.unwrap();
+        let ours = env.nats().await.unwrap();
+        let (db, endpoints, id) = setup(&env, &ours).await;
+        assert_eq!(url(&endpoints, &id).await, "http://127.0.0.1:9/a");
+
+        // Query changes the URL and announces it; then a job arrives on this process's
+        // connection (played by a second message, published after the announcement).
+        let mut jobs = ours.subscribe("test.job").await.unwrap();
+        ours.flush().await.unwrap();
+        set_url(&db, &id, "http://127.0.0.1:9/b").await;
+        let query = env.nats().await.unwrap();
+        let tenant = hookrelay_types::TenantId::parse("acme").unwrap();
+        query
+            .publish(subjects::endpoint_changed(&tenant), id.clone().into())
+            .await
+            .unwrap();
+        query.publish("test.job", "job".into()).await.unwrap();
+        query.flush().await.unwrap();
+        jobs.next().await.unwrap();
+
+        assert_eq!(
+            url(&endpoints, &id).await,
+            "http://127.0.0.1:9/b",
+            "the job went to the old URL"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_an_announcement_is_used_once_and_not_kept() {
+        let env = TestEnv::start().await.unwrap();
+        let (db, endpoints, id) = setup(&env, &env.nats().await.unwrap()).await;
+        // A read began, then an announcement was applied before it finished.
+        let before = endpoints.forgotten.load(Ordering::Acquire);
+        let read = store::endpoint(&db, &id).await.unwrap().map(Arc::new);
+        endpoints.forget(&id);
+        endpoints.keep(&id, Instant::now(), before, read);
+
+        set_url(&db, &id, "http://127.0.0.1:9/c").await;
+        assert_eq!(
+            url(&endpoints, &id).await,
+            "http://127.0.0.1:9/c",
+            "a raced read was kept"
+        );
+        // An unraced read is kept for FRESH_FOR.
+        set_url(&db, &id, "http://127.0.0.1:9/d").await;
+        assert_eq!(url(&endpoints, &id).await, "http://127.0.0.1:9/c");
     }
 }

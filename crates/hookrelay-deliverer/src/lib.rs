@@ -34,11 +34,12 @@ use tokio_util::sync::CancellationToken;
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
     let sender = attempt::Sender::new(cfg).map_err(DeliverError::from)?;
     let d = deliver::Deliverer::new(cfg, rt.db.clone(), sender, rt.nats.clone(), rt.js.clone());
-    rt.tasks.spawn(endpoints::listen(
-        rt.nats.clone(),
-        d.endpoints.clone(),
-        shutdown.clone(),
-    ));
+    d.endpoints
+        .follow(&rt.nats)
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to endpoint changes: {e}"))?;
+    rt.tasks
+        .spawn(endpoints::idle_catch_up(d.endpoints.clone(), shutdown.clone()));
     // Count the live deliverers before taking any work, so limits are shared from the start.
     let replica = replicas::new_id();
     let live = replicas::beat(&d.db, &replica)
