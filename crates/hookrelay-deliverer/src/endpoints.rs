@@ -23,8 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::Subscriber;
-use futures::{FutureExt as _, StreamExt as _};
+use hookrelay_runtime::nats::Announcements;
 use hookrelay_types::subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +49,7 @@ pub(crate) struct Endpoints {
     db: PgPool,
     entries: Mutex<HashMap<String, Entry>>,
     /// The announcements received and not yet applied (`None` until [`Endpoints::follow`]).
-    changes: Mutex<Option<Subscriber>>,
+    changes: Mutex<Option<Announcements>>,
     /// How many times anything was forgotten: a read that saw this change is not kept.
     forgotten: AtomicU64,
 }
@@ -68,8 +67,7 @@ impl Endpoints {
     /// Subscribes to endpoint announcements (flushed, so none made after this returns is
     /// missed); from then on every read applies them first.
     pub(crate) async fn follow(&self, nats: &async_nats::Client) -> Result<(), async_nats::Error> {
-        let changes = nats.subscribe(subjects::CONTROL_ENDPOINTS_ALL).await?;
-        nats.flush().await?;
+        let changes = Announcements::subscribe(nats, subjects::CONTROL_ENDPOINTS_ALL).await?;
         *self.changes.lock().expect("endpoint changes lock") = Some(changes);
         Ok(())
     }
@@ -78,7 +76,7 @@ impl Endpoints {
     pub(crate) fn catch_up(&self) {
         let mut changes = self.changes.lock().expect("endpoint changes lock");
         let Some(changes) = changes.as_mut() else { return };
-        while let Some(Some(msg)) = changes.next().now_or_never() {
+        while let Some(msg) = changes.ready() {
             self.forget(std::str::from_utf8(&msg.payload).unwrap_or_default().trim());
         }
     }
@@ -161,6 +159,7 @@ pub(crate) async fn announce(nats: &async_nats::Client, tenant: &str, id: &str) 
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use futures::StreamExt as _;
     use hookrelay_testkit::TestEnv;
 
     use super::*;

@@ -16,8 +16,8 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{Subscriber, connection::State};
-use futures::{FutureExt as _, StreamExt as _};
+use async_nats::connection::State;
+use hookrelay_runtime::nats::Announcements;
 use hookrelay_types::{EndpointId, subjects};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -37,7 +37,7 @@ pub(crate) struct Live {
     db: sqlx::PgPool,
     /// Held while anything is applied, so changes apply one at a time and in order, and a
     /// router that must catch up waits for a change another task is applying.
-    notifications: tokio::sync::Mutex<Subscriber>,
+    notifications: tokio::sync::Mutex<Announcements>,
 }
 
 impl Live {
@@ -50,7 +50,7 @@ impl Live {
     /// fails is not lost: everything is reloaded instead.
     pub(crate) async fn catch_up(&self) {
         let mut notifications = self.notifications.lock().await;
-        while let Some(Some(msg)) = notifications.next().now_or_never() {
+        while let Some(msg) = notifications.ready() {
             if let Err(error) = self.reload_one(&msg.subject, &msg.payload).await {
                 warn!(%error, subject = %msg.subject, "applying an endpoint change failed; reloading everything");
                 self.reload_all("error").await;
@@ -120,9 +120,9 @@ pub(crate) async fn start(
     every: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Shared, impl Future<Output = ()> + Send)> {
-    let notifications = nats.subscribe(subjects::CONTROL_ENDPOINTS_ALL).await?;
-    // Until the server has the subscription, a change could be announced to nobody.
-    nats.flush().await?;
+    let notifications = Announcements::subscribe(&nats, subjects::CONTROL_ENDPOINTS_ALL)
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to endpoint changes: {e}"))?;
     let live = Arc::new(Live {
         subscriptions: RwLock::new(load_all(&db).await?),
         db,

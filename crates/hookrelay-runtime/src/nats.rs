@@ -104,6 +104,30 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
     Ok(())
 }
 
+/// Core NATS announcements of a change (an endpoint's, for instance) that a process must
+/// apply before the work that follows them. The server writes messages to one connection
+/// in the order it handles them, and an announcer flushes before it answers; so an
+/// announcement is already here when any message published after that answer (an event's
+/// job) arrives on the same connection. Taking every [`Announcements::ready`] one before
+/// each piece of work applies every change announced before it. (Across the servers of a
+/// cluster the order is not kept.)
+pub struct Announcements(async_nats::Subscriber);
+
+impl Announcements {
+    /// Subscribes to `subject`; flushed, so nothing announced after this returns is missed.
+    pub async fn subscribe(nats: &async_nats::Client, subject: &'static str) -> Result<Self, async_nats::Error> {
+        let subscriber = nats.subscribe(subject).await?;
+        nats.flush().await?;
+        Ok(Self(subscriber))
+    }
+
+    /// The next announcement already received, without waiting.
+    pub fn ready(&mut self) -> Option<async_nats::Message> {
+        use futures::{FutureExt as _, StreamExt as _};
+        self.0.next().now_or_never().flatten()
+    }
+}
+
 /// Publishes with `Nats-Msg-Id` (JetStream drops a repeat within the duplicate window) and
 /// the current span's trace context (`traceparent`, see `telemetry`), and returns the ack
 /// future: await it before acknowledging whatever caused the publish.
