@@ -2,18 +2,28 @@
 //! the current schema version, compiled once per version and cached.
 //!
 //! Freshness: query publishes on `hookrelay.control.event-types.<tenant>` (payload: the type
-//! name) after each commit; [`Catalogue::listen`] drops that entry, so the next event reads
-//! the new row. Without the notification (lost, or NATS reconnecting) an entry is still
-//! re-read once it is older than [`TTL`], and the whole cache is cleared when the
-//! connection comes back, so a change is never missed for longer than that.
+//! name) after each commit, and every lookup first drops the entries announced since the
+//! last one ([`Catalogue::catch_up`]; an idle ingest does so every 100 ms), so the next
+//! event reads the new row. An event published on NATS after query answered arrives on
+//! the connection the announcement came by, after it, so **a schema change answered
+//! before a NATS event is published applies to that event** (see
+//! `hookrelay_runtime::nats::Announcements`); over REST the announcement usually comes
+//! first too, with no such order to rely on. A lookup under way when its type was
+//! announced is used once and not kept. Without the notification (lost, or NATS
+//! reconnecting) an entry is still re-read once it is older than [`TTL`], and the whole
+//! cache is cleared when the connection comes back, so a change is never missed for
+//! longer than that.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use hookrelay_runtime::nats::Announcements;
 use hookrelay_types::{
     TenantId,
     schema::{Schema, Validation},
@@ -26,6 +36,9 @@ use crate::store;
 
 /// How long a catalogue entry is trusted without a notification.
 pub(crate) const TTL: Duration = Duration::from_secs(1);
+
+/// How often an idle ingest applies the announcements it has received.
+const IDLE_CATCH_UP: Duration = Duration::from_millis(100);
 
 /// What to check an event against.
 #[derive(Debug, Clone)]
@@ -47,6 +60,10 @@ pub(crate) struct Catalogue {
     entries: Arc<Mutex<Entries>>,
     /// Compiled schemas by (tenant, type, version): a version's schema never changes.
     compiled: Arc<Mutex<Compiled>>,
+    /// Announcements received and not yet applied (`None` until [`Catalogue::follow`]).
+    changes: Arc<Mutex<Option<Announcements>>>,
+    /// How many times anything was forgotten: a lookup that saw this change is not kept.
+    forgotten: Arc<AtomicU64>,
 }
 
 impl Catalogue {
@@ -56,20 +73,24 @@ impl Catalogue {
         tenant: &TenantId,
         event: &str,
     ) -> Result<Option<Rule>, sqlx::Error> {
+        self.catch_up();
         let key = (tenant.as_str().to_owned(), event.to_owned());
         if let Some((at, rule)) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
             && at.elapsed() < TTL
         {
             return Ok(rule.clone());
         }
+        let before = self.forgotten.load(Ordering::Acquire);
+        let read_at = Instant::now();
         let rule = match store::event_type_rule(db, tenant, event).await? {
             None => None,
             Some(row) => self.compile(&key, row),
         };
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (Instant::now(), rule.clone()));
+        self.catch_up();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if self.forgotten.load(Ordering::Acquire) == before {
+            entries.insert(key, (read_at, rule.clone()));
+        }
         Ok(rule)
     }
 
@@ -101,40 +122,47 @@ impl Catalogue {
     }
 
     fn forget(&self, tenant: &str, name: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(tenant.to_owned(), name.to_owned()));
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        entries.remove(&(tenant.to_owned(), name.to_owned()));
     }
 
     fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 
-    /// Drops entries as query announces changes; clears all after a reconnect.
-    pub(crate) async fn listen(self, nats: async_nats::Client, shutdown: CancellationToken) {
-        let mut changes = match nats.subscribe(subjects::CONTROL_EVENT_TYPES_ALL).await {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::warn!(%error, "not subscribed to event type changes; relying on the cache TTL");
-                return;
+    /// Subscribes to event type announcements (flushed, so none made after this returns is
+    /// missed); from then on every lookup applies them first.
+    pub(crate) async fn follow(&self, nats: &async_nats::Client) -> Result<(), async_nats::Error> {
+        let changes = Announcements::subscribe(nats, subjects::CONTROL_EVENT_TYPES_ALL).await?;
+        *self.changes.lock().unwrap_or_else(|e| e.into_inner()) = Some(changes);
+        Ok(())
+    }
+
+    /// Drops every entry announced since the last call.
+    pub(crate) fn catch_up(&self) {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(changes) = changes.as_mut() else { return };
+        while let Some(msg) = changes.ready() {
+            let tenant = msg.subject.rsplit('.').next().unwrap_or_default();
+            match std::str::from_utf8(&msg.payload) {
+                Ok(name) if !name.is_empty() => self.forget(tenant, name),
+                _ => self.clear(),
             }
-        };
+        }
+    }
+
+    /// Applies announcements while no event is looked up; clears all after a reconnect.
+    pub(crate) async fn idle(self, nats: async_nats::Client, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(IDLE_CATCH_UP);
         let mut tick = tokio::time::interval(TTL);
         let mut connected = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                msg = changes.next() => match msg {
-                    Some(msg) => {
-                        let tenant = msg.subject.rsplit('.').next().unwrap_or_default();
-                        match std::str::from_utf8(&msg.payload) {
-                            Ok(name) if !name.is_empty() => self.forget(tenant, name),
-                            _ => self.clear(),
-                        }
-                    }
-                    None => break,
-                },
+                _ = every.tick() => self.catch_up(),
                 _ = tick.tick() => {
                     let now = nats.connection_state() == async_nats::connection::State::Connected;
                     if now && !connected {
@@ -150,4 +178,106 @@ impl Catalogue {
 /// `data` as a JSON value for the validator.
 pub(crate) fn data_value(data: &serde_json::Map<String, Value>) -> Value {
     Value::Object(data.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use futures::StreamExt as _;
+    use hookrelay_testkit::TestEnv;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Declares `orders/placed` with an enforced schema, as query writes it (no announcement).
+    async fn declare(db: &sqlx::PgPool) {
+        sqlx::query(
+            "INSERT INTO event_types (tenant_id, name, validation) VALUES ('acme', 'orders/placed', 'enforce')",
+        )
+        .execute(db)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO event_type_versions (tenant_id, name, version, schema) VALUES ('acme', 'orders/placed', 1, $1)")
+            .bind(json!({"type": "object", "required": ["currency"]}))
+            .execute(db)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE event_types SET schema_version = 1 WHERE tenant_id = 'acme' AND name = 'orders/placed'")
+            .execute(db)
+            .await
+            .unwrap();
+    }
+
+    async fn setup(env: &TestEnv, nats: &async_nats::Client) -> (sqlx::PgPool, Catalogue) {
+        let cfg = crate::Config::from_source(&env.source(&[])).unwrap();
+        let db = hookrelay_runtime::Runtime::start(&cfg.common).await.unwrap().db;
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+            .execute(&db)
+            .await
+            .unwrap();
+        let catalogue = Catalogue::default();
+        catalogue.follow(nats).await.unwrap();
+        (db, catalogue)
+    }
+
+    async fn has_rule(catalogue: &Catalogue, db: &sqlx::PgPool) -> bool {
+        let tenant = TenantId::parse("acme").unwrap();
+        catalogue.rule(db, &tenant, "orders/placed").await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn a_schema_announced_before_a_nats_event_arrives_applies_to_that_event() {
+        let env = TestEnv::start().await.unwrap();
+        let ours = env.nats().await.unwrap();
+        let (db, catalogue) = setup(&env, &ours).await;
+        assert!(!has_rule(&catalogue, &db).await, "nothing declared yet");
+
+        // Query declares and announces; then an event arrives on this process's connection
+        // (played by a second message, published after the announcement).
+        let mut events = ours.subscribe("test.event").await.unwrap();
+        ours.flush().await.unwrap();
+        declare(&db).await;
+        let query = env.nats().await.unwrap();
+        let tenant = TenantId::parse("acme").unwrap();
+        query
+            .publish(subjects::event_type_changed(&tenant), "orders/placed".into())
+            .await
+            .unwrap();
+        query.publish("test.event", "event".into()).await.unwrap();
+        query.flush().await.unwrap();
+        events.next().await.unwrap();
+
+        assert!(
+            has_rule(&catalogue, &db).await,
+            "the event was checked against the old catalogue"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_raced_an_announcement_is_used_once_and_not_kept() {
+        let env = TestEnv::start().await.unwrap();
+        let (db, catalogue) = setup(&env, &env.nats().await.unwrap()).await;
+        // While a lookup of the undeclared type reads the database, something is announced
+        // (a second task forgets until the lookup returns; this runtime runs it whenever
+        // the lookup waits).
+        let tenant = TenantId::parse("acme").unwrap();
+        let racing = catalogue.clone();
+        let stop = CancellationToken::new();
+        let forgetting = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                while !stop.is_cancelled() {
+                    racing.forget("acme", "other/type");
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        assert!(catalogue.rule(&db, &tenant, "orders/placed").await.unwrap().is_none());
+        stop.cancel();
+        forgetting.await.unwrap();
+
+        declare(&db).await;
+        assert!(has_rule(&catalogue, &db).await, "a raced lookup was kept");
+    }
 }

@@ -36,6 +36,11 @@ use tokio_util::sync::CancellationToken;
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
     let cfg = Arc::new(cfg.clone());
     let ingest = accept::Ingest::new(rt.db.clone(), rt.js.clone(), cfg.clone());
+    ingest
+        .catalogue
+        .follow(&rt.nats)
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to event type changes: {e}"))?;
     let consumer = consume::consumer(&rt.js).await?;
     let (consumer_ingest, consumer_shutdown) = (ingest.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
@@ -45,7 +50,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         }
     });
     rt.tasks
-        .spawn(ingest.catalogue.clone().listen(rt.nats.clone(), shutdown.clone()));
+        .spawn(ingest.catalogue.clone().idle(rt.nats.clone(), shutdown.clone()));
     let system_consumer = system::consumer(&rt.js).await?;
     let (system_ingest, system_shutdown) = (ingest.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
