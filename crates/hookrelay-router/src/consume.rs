@@ -81,7 +81,7 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     };
     let jobs: Vec<Outgoing> = if event.only_endpoint_id.is_empty() {
         // Every endpoint change announced before this event was accepted applies to it.
-        router.subscriptions.catch_up().await;
+        router.subscriptions.catch_up().await?;
         // Built under the read lock: matching lends the ids the subscriptions hold, and
         // each is copied once, into its job.
         let subs = router.subscriptions.subscriptions();

@@ -37,7 +37,14 @@ pub(crate) struct Live {
     db: sqlx::PgPool,
     /// Held while anything is applied, so changes apply one at a time and in order, and a
     /// router that must catch up waits for a change another task is applying.
-    notifications: tokio::sync::Mutex<Announcements>,
+    notifications: tokio::sync::Mutex<Pending>,
+}
+
+struct Pending {
+    announcements: Announcements,
+    /// An announcement was taken but could not be applied, nor everything reloaded since:
+    /// the subscriptions may miss a change, so nothing may be routed by them.
+    stale: bool,
 }
 
 impl Live {
@@ -47,31 +54,46 @@ impl Live {
     }
 
     /// Applies every notification this process has received. A notification whose read
-    /// fails is not lost: everything is reloaded instead.
-    pub(crate) async fn catch_up(&self) {
-        let mut notifications = self.notifications.lock().await;
-        while let Some(msg) = notifications.ready() {
+    /// fails is not lost: everything is reloaded instead, and until that succeeds this
+    /// fails, so the event waiting on it is routed later (redelivered) rather than by
+    /// subscriptions that may miss a change.
+    pub(crate) async fn catch_up(&self) -> Result<(), sqlx::Error> {
+        let mut pending = self.notifications.lock().await;
+        if pending.stale {
+            self.reload_all("error").await?;
+            pending.stale = false;
+        }
+        while let Some(msg) = pending.announcements.ready() {
             if let Err(error) = self.reload_one(&msg.subject, &msg.payload).await {
                 warn!(%error, subject = %msg.subject, "applying an endpoint change failed; reloading everything");
-                self.reload_all("error").await;
+                pending.stale = true;
+                self.reload_all("error").await?;
+                pending.stale = false;
             }
         }
+        Ok(())
     }
 
     /// Reloads everything, in turn with the notifications (a reload that started before a
     /// change was committed must not overwrite it).
     async fn reload_all_in_turn(&self, why: &'static str) {
-        let _turn = self.notifications.lock().await;
-        self.reload_all(why).await;
+        let mut pending = self.notifications.lock().await;
+        if self.reload_all(why).await.is_ok() {
+            pending.stale = false;
+        }
     }
 
-    async fn reload_all(&self, why: &'static str) {
+    async fn reload_all(&self, why: &'static str) -> Result<(), sqlx::Error> {
         match load_all(&self.db).await {
             Ok(subs) => {
                 *self.subscriptions.write().unwrap_or_else(|e| e.into_inner()) = subs;
                 metrics::counter!(RELOADS, "scope" => "all", "why" => why).increment(1);
+                Ok(())
             }
-            Err(error) => warn!(%error, why, "reloading subscriptions failed; the next reload tries again"),
+            Err(error) => {
+                warn!(%error, why, "reloading subscriptions failed; the next reload tries again");
+                Err(error)
+            }
         }
     }
 
@@ -126,7 +148,10 @@ pub(crate) async fn start(
     let live = Arc::new(Live {
         subscriptions: RwLock::new(load_all(&db).await?),
         db,
-        notifications: tokio::sync::Mutex::new(notifications),
+        notifications: tokio::sync::Mutex::new(Pending {
+            announcements: notifications,
+            stale: false,
+        }),
     });
     let state = live.clone();
     let task = async move {
@@ -138,7 +163,8 @@ pub(crate) async fn start(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = idle.tick() => state.catch_up().await,
+                // A failure is logged; the next event or tick tries again.
+                _ = idle.tick() => { let _ = state.catch_up().await; }
                 _ = safety.tick() => state.reload_all_in_turn("interval").await,
                 _ = watch.tick() => {
                     let connected = nats.connection_state() == State::Connected;

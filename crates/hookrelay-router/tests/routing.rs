@@ -234,6 +234,35 @@ async fn an_endpoint_announced_before_an_event_is_accepted_receives_it_however_s
 }
 
 #[tokio::test]
+async fn an_announced_change_that_cannot_be_read_holds_events_back_until_it_can() {
+    let (env, _stop) = acme_router().await;
+    let db = env.db().await.unwrap();
+    let id = insert_endpoint(&db, &["orders/*"], None, true).await;
+    // While the table is away, no read of it succeeds, as while the database is down.
+    sqlx::query("ALTER TABLE endpoints RENAME TO endpoints_away")
+        .execute(&db)
+        .await
+        .unwrap();
+    announce(&env, &id).await;
+    let js = jetstream::new(env.nats().await.unwrap());
+    accept(&js, "e1", "orders/created", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(jobs(&js).await.is_empty(), "routed while a change could not be read");
+
+    sqlx::query("ALTER TABLE endpoints_away RENAME TO endpoints")
+        .execute(&db)
+        .await
+        .unwrap();
+    let got = jobs_soon(&js, 1).await;
+    let endpoints: Vec<_> = got.iter().map(|j| j.endpoint_id.as_str()).collect();
+    assert_eq!(
+        endpoints,
+        [id.as_str()],
+        "the held event went to the endpoint announced before it"
+    );
+}
+
+#[tokio::test]
 async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
     let (env, _stop) = acme_router().await;
     endpoint(&env, &["*"], None, true).await;
