@@ -16,14 +16,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use hookrelay_runtime::nats::Announcements;
+use hookrelay_runtime::nats::Followed;
 use hookrelay_types::subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -48,10 +45,8 @@ struct Entry {
 pub(crate) struct Endpoints {
     db: PgPool,
     entries: Mutex<HashMap<String, Entry>>,
-    /// The announcements received and not yet applied (`None` until [`Endpoints::follow`]).
-    changes: Mutex<Option<Announcements>>,
-    /// How many times anything was forgotten: a read that saw this change is not kept.
-    forgotten: AtomicU64,
+    /// The announcements received and not yet applied, and how many entries were dropped.
+    changes: Followed,
 }
 
 impl Endpoints {
@@ -59,26 +54,20 @@ impl Endpoints {
         Arc::new(Self {
             db,
             entries: Mutex::new(HashMap::new()),
-            changes: Mutex::new(None),
-            forgotten: AtomicU64::new(0),
+            changes: Followed::default(),
         })
     }
 
     /// Subscribes to endpoint announcements (flushed, so none made after this returns is
     /// missed); from then on every read applies them first.
     pub(crate) async fn follow(&self, nats: &async_nats::Client) -> Result<(), async_nats::Error> {
-        let changes = Announcements::subscribe(nats, subjects::CONTROL_ENDPOINTS_ALL).await?;
-        *self.changes.lock().expect("endpoint changes lock") = Some(changes);
-        Ok(())
+        self.changes.follow(nats, subjects::CONTROL_ENDPOINTS_ALL).await
     }
 
     /// Forgets every endpoint announced since the last call.
     pub(crate) fn catch_up(&self) {
-        let mut changes = self.changes.lock().expect("endpoint changes lock");
-        let Some(changes) = changes.as_mut() else { return };
-        while let Some(msg) = changes.ready() {
-            self.forget(std::str::from_utf8(&msg.payload).unwrap_or_default().trim());
-        }
+        self.changes
+            .apply(|msg| self.forget(std::str::from_utf8(&msg.payload).unwrap_or_default().trim()));
     }
 
     /// The tenant's endpoint `id`, from memory while fresh, else from the database.
@@ -95,7 +84,7 @@ impl Endpoints {
         let endpoint = match cached {
             Some(endpoint) => endpoint,
             None => {
-                let before = self.forgotten.load(Ordering::Acquire);
+                let before = self.changes.generation();
                 let endpoint = store::endpoint(&self.db, id).await?.map(Arc::new);
                 self.keep(id, now, before, endpoint.clone());
                 endpoint
@@ -105,12 +94,12 @@ impl Endpoints {
         Ok(endpoint.filter(|e| e.tenant_id == tenant))
     }
 
-    /// Keeps a read made when `forgotten` was `before`, unless something was forgotten
-    /// since: the read may predate that change.
+    /// Keeps a read begun at generation `before`, unless something was forgotten since:
+    /// the read may predate that change.
     fn keep(&self, id: &str, now: Instant, before: u64, endpoint: Option<Arc<Endpoint>>) {
         self.catch_up();
         let mut entries = self.entries.lock().expect("endpoint cache lock");
-        if self.forgotten.load(Ordering::Acquire) != before {
+        if self.changes.generation() != before {
             return;
         }
         if entries.len() >= SWEEP_PAST {
@@ -122,7 +111,7 @@ impl Endpoints {
     /// Drops `id` (empty: every endpoint), so the next delivery to it reads it again.
     pub(crate) fn forget(&self, id: &str) {
         let mut entries = self.entries.lock().expect("endpoint cache lock");
-        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        self.changes.changed();
         if id.is_empty() {
             entries.clear();
         } else {
@@ -159,7 +148,6 @@ pub(crate) async fn announce(nats: &async_nats::Client, tenant: &str, id: &str) 
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use futures::StreamExt as _;
     use hookrelay_testkit::TestEnv;
 
     use super::*;
@@ -210,20 +198,12 @@ mod tests {
         let (db, endpoints, id) = setup(&env, &ours).await;
         assert_eq!(url(&endpoints, &id).await, "http://127.0.0.1:9/a");
 
-        // Query changes the URL and announces it; then a job arrives on this process's
-        // connection (played by a second message, published after the announcement).
-        let mut jobs = ours.subscribe("test.job").await.unwrap();
-        ours.flush().await.unwrap();
+        // Query changes the URL and announces it; then a job arrives.
         set_url(&db, &id, "http://127.0.0.1:9/b").await;
-        let query = env.nats().await.unwrap();
         let tenant = hookrelay_types::TenantId::parse("acme").unwrap();
-        query
-            .publish(subjects::endpoint_changed(&tenant), id.clone().into())
+        env.announce_before_work(&ours, subjects::endpoint_changed(&tenant), id.clone())
             .await
             .unwrap();
-        query.publish("test.job", "job".into()).await.unwrap();
-        query.flush().await.unwrap();
-        jobs.next().await.unwrap();
 
         assert_eq!(
             url(&endpoints, &id).await,
@@ -237,7 +217,7 @@ mod tests {
         let env = TestEnv::start().await.unwrap();
         let (db, endpoints, id) = setup(&env, &env.nats().await.unwrap()).await;
         // A read began, then an announcement was applied before it finished.
-        let before = endpoints.forgotten.load(Ordering::Acquire);
+        let before = endpoints.changes.generation();
         let read = store::endpoint(&db, &id).await.unwrap().map(Arc::new);
         endpoints.forget(&id);
         endpoints.keep(&id, Instant::now(), before, read);

@@ -16,14 +16,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use hookrelay_runtime::nats::Announcements;
+use hookrelay_runtime::nats::Followed;
 use hookrelay_types::{
     TenantId,
     schema::{Schema, Validation},
@@ -60,10 +57,8 @@ pub(crate) struct Catalogue {
     entries: Arc<Mutex<Entries>>,
     /// Compiled schemas by (tenant, type, version): a version's schema never changes.
     compiled: Arc<Mutex<Compiled>>,
-    /// Announcements received and not yet applied (`None` until [`Catalogue::follow`]).
-    changes: Arc<Mutex<Option<Announcements>>>,
-    /// How many times anything was forgotten: a lookup that saw this change is not kept.
-    forgotten: Arc<AtomicU64>,
+    /// Announcements received and not yet applied, and how many entries were dropped.
+    changes: Arc<Followed>,
 }
 
 impl Catalogue {
@@ -80,7 +75,7 @@ impl Catalogue {
         {
             return Ok(rule.clone());
         }
-        let before = self.forgotten.load(Ordering::Acquire);
+        let before = self.changes.generation();
         let read_at = Instant::now();
         let rule = match store::event_type_rule(db, tenant, event).await? {
             None => None,
@@ -88,7 +83,7 @@ impl Catalogue {
         };
         self.catch_up();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if self.forgotten.load(Ordering::Acquire) == before {
+        if self.changes.generation() == before {
             entries.insert(key, (read_at, rule.clone()));
         }
         Ok(rule)
@@ -123,35 +118,31 @@ impl Catalogue {
 
     fn forget(&self, tenant: &str, name: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        self.changes.changed();
         entries.remove(&(tenant.to_owned(), name.to_owned()));
     }
 
     fn clear(&self) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        self.changes.changed();
         entries.clear();
     }
 
     /// Subscribes to event type announcements (flushed, so none made after this returns is
     /// missed); from then on every lookup applies them first.
     pub(crate) async fn follow(&self, nats: &async_nats::Client) -> Result<(), async_nats::Error> {
-        let changes = Announcements::subscribe(nats, subjects::CONTROL_EVENT_TYPES_ALL).await?;
-        *self.changes.lock().unwrap_or_else(|e| e.into_inner()) = Some(changes);
-        Ok(())
+        self.changes.follow(nats, subjects::CONTROL_EVENT_TYPES_ALL).await
     }
 
     /// Drops every entry announced since the last call.
     pub(crate) fn catch_up(&self) {
-        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(changes) = changes.as_mut() else { return };
-        while let Some(msg) = changes.ready() {
+        self.changes.apply(|msg| {
             let tenant = msg.subject.rsplit('.').next().unwrap_or_default();
             match std::str::from_utf8(&msg.payload) {
                 Ok(name) if !name.is_empty() => self.forget(tenant, name),
                 _ => self.clear(),
             }
-        }
+        });
     }
 
     /// Applies announcements while no event is looked up; clears all after a reconnect.
@@ -184,7 +175,6 @@ pub(crate) fn data_value(data: &serde_json::Map<String, Value>) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use futures::StreamExt as _;
     use hookrelay_testkit::TestEnv;
     use serde_json::json;
 
@@ -233,20 +223,12 @@ mod tests {
         let (db, catalogue) = setup(&env, &ours).await;
         assert!(!has_rule(&catalogue, &db).await, "nothing declared yet");
 
-        // Query declares and announces; then an event arrives on this process's connection
-        // (played by a second message, published after the announcement).
-        let mut events = ours.subscribe("test.event").await.unwrap();
-        ours.flush().await.unwrap();
+        // Query declares and announces; then an event arrives.
         declare(&db).await;
-        let query = env.nats().await.unwrap();
         let tenant = TenantId::parse("acme").unwrap();
-        query
-            .publish(subjects::event_type_changed(&tenant), "orders/placed".into())
+        env.announce_before_work(&ours, subjects::event_type_changed(&tenant), "orders/placed".into())
             .await
             .unwrap();
-        query.publish("test.event", "event".into()).await.unwrap();
-        query.flush().await.unwrap();
-        events.next().await.unwrap();
 
         assert!(
             has_rule(&catalogue, &db).await,

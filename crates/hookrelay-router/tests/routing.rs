@@ -167,6 +167,11 @@ async fn jobs_soon(js: &jetstream::Context, n: usize) -> Vec<DeliveryJob> {
     .unwrap_or_default()
 }
 
+/// The endpoints of the first `n` jobs published, once there are that many.
+async fn job_endpoints(js: &jetstream::Context, n: usize) -> Vec<String> {
+    jobs_soon(js, n).await.into_iter().map(|j| j.endpoint_id).collect()
+}
+
 #[tokio::test]
 async fn each_event_becomes_one_job_per_matching_enabled_endpoint() {
     let (env, _stop) = acme_router().await;
@@ -224,11 +229,9 @@ async fn an_endpoint_announced_before_an_event_is_accepted_receives_it_however_s
     tokio::time::sleep(Duration::from_millis(500)).await;
     slow.commit().await.unwrap();
 
-    let got = jobs_soon(&js, 1).await;
-    let endpoints: Vec<_> = got.iter().map(|j| j.endpoint_id.as_str()).collect();
     assert_eq!(
-        endpoints,
-        [id.as_str()],
+        job_endpoints(&js, 1).await,
+        vec![id],
         "the event went to the endpoint announced before it"
     );
 }
@@ -253,11 +256,9 @@ async fn an_announced_change_that_cannot_be_read_holds_events_back_until_it_can(
         .execute(&db)
         .await
         .unwrap();
-    let got = jobs_soon(&js, 1).await;
-    let endpoints: Vec<_> = got.iter().map(|j| j.endpoint_id.as_str()).collect();
     assert_eq!(
-        endpoints,
-        [id.as_str()],
+        job_endpoints(&js, 1).await,
+        vec![id],
         "the held event went to the endpoint announced before it"
     );
 }

@@ -128,6 +128,46 @@ impl Announcements {
     }
 }
 
+/// [`Announcements`] a cache shares among its tasks: none until [`Followed::follow`], then
+/// every [`Followed::apply`] hands over what has arrived. The cache reports each entry it
+/// drops with [`Followed::changed`], so a read that began before ([`Followed::generation`]
+/// moved meanwhile) can tell, and is used once and not kept.
+#[derive(Default)]
+pub struct Followed {
+    announcements: std::sync::Mutex<Option<Announcements>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Followed {
+    /// Subscribes to `subject` (see [`Announcements::subscribe`]).
+    pub async fn follow(&self, nats: &async_nats::Client, subject: &'static str) -> Result<(), async_nats::Error> {
+        let announcements = Announcements::subscribe(nats, subject).await?;
+        *self.announcements.lock().unwrap_or_else(|e| e.into_inner()) = Some(announcements);
+        Ok(())
+    }
+
+    /// Hands every announcement already received to `apply`, in order.
+    pub fn apply(&self, mut apply: impl FnMut(&async_nats::Message)) {
+        let mut announcements = self.announcements.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(announcements) = announcements.as_mut() else {
+            return;
+        };
+        while let Some(msg) = announcements.ready() {
+            apply(&msg);
+        }
+    }
+
+    /// Counts a dropped entry: reads begun before it are not kept.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// How many entries were dropped so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Publishes with `Nats-Msg-Id` (JetStream drops a repeat within the duplicate window) and
 /// the current span's trace context (`traceparent`, see `telemetry`), and returns the ack
 /// future: await it before acknowledging whatever caused the publish.

@@ -146,6 +146,30 @@ impl TestEnv {
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         Ok(async_nats::connect(&self.nats_url).await?)
     }
+
+    /// Plays query announcing a change and the work a user sends after its answer: from a
+    /// connection of its own, publishes `payload` on `subject`, then a second message, and
+    /// returns once that second message has reached `ours` (a service's connection). The
+    /// announcement is then already waiting there, as it is for an event sent after query
+    /// answered.
+    pub async fn announce_before_work(
+        &self,
+        ours: &async_nats::Client,
+        subject: String,
+        payload: String,
+    ) -> anyhow::Result<()> {
+        use futures::StreamExt as _;
+        let mut work = ours.subscribe("test.work").await?;
+        ours.flush().await?;
+        let query = self.nats().await?;
+        query.publish(subject, payload.into()).await?;
+        query.publish("test.work", "work".into()).await?;
+        query.flush().await?;
+        work.next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the work message never arrived"))?;
+        Ok(())
+    }
 }
 
 impl Drop for TestEnv {
