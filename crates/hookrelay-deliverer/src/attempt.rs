@@ -125,7 +125,7 @@ impl Sender {
         let timestamp = started_at.unix_timestamp();
         let signature = signature_header(req.secrets, req.event_id, timestamp, &req.body);
         let headers = headers(&req, timestamp, &signature);
-        let request_headers = headers_json(&headers);
+        let request_headers = headers_json(&headers, req.custom_headers);
         let mut outcome = Outcome {
             started_at,
             duration: Duration::ZERO,
@@ -271,10 +271,21 @@ fn custom_headers(custom: &Value) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-fn headers_json(headers: &HeaderMap) -> Value {
+/// The headers as recorded in the attempt: the endpoint's own header values are
+/// write-only, so they are stored masked (`webhook::mask_header_value`).
+fn headers_json(headers: &HeaderMap, custom: &Value) -> Value {
+    let custom: std::collections::HashSet<String> = webhook::custom_headers(custom)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     let mut object = Map::new();
     for (name, value) in headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let value = if custom.contains(name.as_str()) {
+            webhook::mask_header_value(&value)
+        } else {
+            value.into_owned()
+        };
         object.insert(name.as_str().to_owned(), Value::String(value));
     }
     Value::Object(object)
@@ -418,8 +429,12 @@ mod tests {
         assert_eq!(get("x-team"), ["billing"]);
         assert_eq!(get("x-retries"), ["3"]);
         assert!(map.get("x-object").is_none());
-        let recorded = headers_json(&map);
+        let recorded = headers_json(&map, &custom);
         assert_eq!(recorded["webhook-signature"], "v1,sig");
+        assert_eq!(
+            recorded["x-team"], "\u{2022}\u{2022}\u{2022}\u{2022}",
+            "custom values are write-only"
+        );
         assert_eq!(recorded["hookrelay-event"], "orders/created");
     }
 

@@ -23,12 +23,14 @@ pub struct Config {
     pub attempt_timeout: Duration,
     /// `HOOKRELAY_DELIVERER_CONCURRENCY`: attempts in flight at once (jobs and retries).
     pub concurrency: usize,
-    /// `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`: attempts in flight at once to one endpoint, so a
-    /// slow endpoint cannot hold every slot of `concurrency`.
+    /// `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`: the ceiling of an endpoint's adaptive
+    /// concurrency (attempts in flight to it across deliverers) when the endpoint sets no
+    /// `max_in_flight` of its own.
     pub endpoint_max_in_flight: usize,
     /// `HOOKRELAY_RETRY_FLOOR`: the least wait before retrying after a 429 or a timeout.
     pub retry_floor: Duration,
-    /// `HOOKRELAY_SCHEDULER_INTERVAL`: how often due retries are claimed.
+    /// `HOOKRELAY_SCHEDULER_INTERVAL`: how often due deliveries are claimed besides the
+    /// times this deliverer knows of (its own retries and overflows come due on timers).
     pub poll_interval: Duration,
     /// `HOOKRELAY_ATTEMPT_LEASE`: how long a claimed delivery is held by one deliverer; if
     /// its process dies, the delivery is attempted again once the lease runs out.
@@ -60,9 +62,9 @@ impl Config {
             connect_timeout: src.duration("HOOKRELAY_DELIVERY_CONNECT_TIMEOUT", Duration::from_secs(5))?,
             attempt_timeout: src.duration("HOOKRELAY_DELIVERY_TIMEOUT", Duration::from_secs(15))?,
             concurrency: src.get("HOOKRELAY_DELIVERER_CONCURRENCY", 256)?,
-            endpoint_max_in_flight: src.get("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", 8)?,
+            endpoint_max_in_flight: src.get("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", 64)?,
             retry_floor: src.duration("HOOKRELAY_RETRY_FLOOR", Duration::from_secs(1))?,
-            poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_millis(100))?,
+            poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_secs(1))?,
             lease: src.duration("HOOKRELAY_ATTEMPT_LEASE", Duration::from_secs(60))?,
             pending_after: src.duration("HOOKRELAY_PENDING_AFTER", Duration::from_millis(200))?,
             dns_overrides: crate::DnsOverrides::new(),
@@ -130,9 +132,9 @@ mod tests {
         assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
         assert_eq!(cfg.attempt_timeout, Duration::from_secs(15));
         assert_eq!(cfg.concurrency, 256);
-        assert_eq!(cfg.endpoint_max_in_flight, 8);
+        assert_eq!(cfg.endpoint_max_in_flight, 64);
         assert_eq!(cfg.retry_floor, Duration::from_secs(1));
-        assert_eq!(cfg.poll_interval, Duration::from_millis(100));
+        assert_eq!(cfg.poll_interval, Duration::from_secs(1));
         assert_eq!(cfg.lease, Duration::from_secs(60));
         assert_eq!(cfg.failing_threshold, 5);
         assert_eq!(cfg.probe_interval, Duration::from_secs(30));

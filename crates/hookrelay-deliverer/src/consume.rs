@@ -9,7 +9,7 @@
 //!   consumer `deliverer-commands`). `retry` and `recover` requeue `deliveries` rows;
 //!   `replay` requeues or creates one per endpoint an event matches now.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
 use hookrelay_types::{
@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, warn};
 
 use crate::{
-    deliver::{self, Deliverer},
+    deliver::{self, Deliverer, Ready},
     error::DeliverError,
-    limits::Refused,
+    limits::{Entry, PACING_WINDOW, Want},
     store::{self, Due, First, NewDelivery},
 };
 
@@ -62,7 +62,9 @@ pub(crate) async fn commands_consumer(js: &jetstream::Context) -> Result<PullCon
 }
 
 pub(crate) async fn run_jobs(d: Deliverer, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (concurrency, drain) = (d.cfg.concurrency, d.cfg.common.drain_timeout);
+    // Jobs being attempted hold their place until the attempt ends: twice the attempts in
+    // flight leaves room for jobs of other tenants and endpoints to be taken meanwhile.
+    let (concurrency, drain) = (d.cfg.concurrency * 2, d.cfg.common.drain_timeout);
     hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
         let d = d.clone();
         // Continue the event's trace from the router (set before the span is entered).
@@ -103,20 +105,16 @@ fn decode_job(payload: &[u8]) -> Result<DeliveryJob, DeliverError> {
     Ok(job)
 }
 
-/// Stores the delivery, acks the job, then makes attempt 1.
+/// Attempts a job at once when its endpoint has a free slot; otherwise it waits in the
+/// endpoint's queue (`limits`), its row stored leased once it has waited
+/// `HOOKRELAY_PENDING_AFTER` and the job then acked, or, when the queue is full, its row is
+/// stored due for the scheduler. A failing or disabled endpoint's jobs are stored for the
+/// scheduler, which paces them (a failing one's rows parked for its probes).
 async fn on_job(d: &Deliverer, msg: Message) {
     let job = match decode_job(&msg.payload) {
         Ok(job) => job,
         Err(error) => return settle(&msg, Err(error), "job").await,
     };
-    // Wait for room before storing the row, so its lease starts when the attempt can.
-    let Ok(permit) = d.permits.clone().acquire_owned().await else {
-        return;
-    };
-    // An endpoint at its cap gets its row due now instead: the scheduler claims it when a
-    // slot frees, and this job's permit goes back at once. An endpoint whose pacing puts
-    // its next attempt past a poll interval gets its row due then. So does an endpoint
-    // that is not healthy: the scheduler paces its attempts (a failing one's row parked).
     let endpoint = d
         .endpoints
         .get(&job.tenant_id, &job.endpoint_id)
@@ -126,36 +124,16 @@ async fn on_job(d: &Deliverer, msg: Message) {
             None
         });
     let rate_limit_per_sec = endpoint.as_ref().and_then(|e| e.rate_limit_per_sec);
-    let (started, after) = if endpoint.as_ref().is_some_and(|e| e.paced()) {
-        (None, Duration::ZERO)
-    } else {
-        // An endpoint at its cap usually frees a slot within milliseconds: wait up to half
-        // a scheduler poll for one before leaving the job to the scheduler.
-        match d
-            .limits
-            .start_within(
-                &job.endpoint_id,
-                rate_limit_per_sec,
-                d.cfg.poll_interval,
-                d.cfg.poll_interval / 2,
-            )
-            .await
-        {
-            Ok(started) => (Some(started), d.cfg.lease),
-            Err(Refused::AtCap) => (None, Duration::ZERO),
-            Err(Refused::Paced(wait)) => (None, wait),
-        }
-    };
+    let max_in_flight = endpoint.as_ref().and_then(|e| e.max_in_flight);
     let traceparent = hookrelay_runtime::telemetry::traceparent();
-    let parked = endpoint.as_ref().is_some_and(|e| e.failing());
-    let new = NewDelivery {
+    let mut new = NewDelivery {
         id: job.delivery_id.clone(),
         tenant_id: job.tenant_id.clone(),
         event_id: job.event_id.clone(),
         event_type: job.event_type.clone(),
         endpoint_id: job.endpoint_id.clone(),
-        after,
-        parked,
+        after: Duration::ZERO,
+        parked: endpoint.as_ref().is_some_and(|e| e.failing()),
         traceparent: traceparent.clone(),
     };
     let due = Due {
@@ -168,7 +146,51 @@ async fn on_job(d: &Deliverer, msg: Message) {
         manual_retry: false,
         body: Some(String::from_utf8_lossy(&job.envelope).into_owned()), // checked UTF-8 above
         rate_limit_per_sec,
+        max_in_flight,
         traceparent,
+    };
+    if endpoint.as_ref().is_some_and(|e| e.paced()) {
+        store_job(d, &msg, new, &due).await;
+        return;
+    }
+    let want = Want {
+        endpoint_id: &due.endpoint_id,
+        tenant_id: &due.tenant_id,
+        max_in_flight,
+        rate_per_sec: rate_limit_per_sec,
+    };
+    let ready = match d.limits.enter(want, Instant::now(), PACING_WINDOW) {
+        Entry::Start(slot, wait) => Ready::Now(slot, wait),
+        Entry::Queued(rx) => Ready::Later(rx),
+        Entry::Paced(wait) => {
+            new.after = wait;
+            if store_job(d, &msg, new, &due).await {
+                d.wakes.at(Instant::now() + wait);
+            }
+            return;
+        }
+        // What does not fit in memory waits in PostgreSQL, due now.
+        Entry::Full => {
+            store_job(d, &msg, new, &due).await;
+            return;
+        }
+    };
+    // From here the row, whenever it is written, is leased to this process.
+    new.after = d.cfg.lease;
+    let mut starting = Box::pin(ready.start(d.fair.clone(), due.tenant_id.clone(), due.endpoint_id.clone()));
+    let started = tokio::select! {
+        started = &mut starting => started,
+        () = tokio::time::sleep(d.cfg.pending_after) => None,
+    };
+    let Some((slot, wait, permit)) = started else {
+        // Still waiting: the row is stored and the job acked, and the wait goes on apart
+        // from the consumer, so a busy endpoint holds none of its places.
+        if store_job(d, &msg, new, &due).await {
+            let d = d.clone();
+            let span = tracing::Span::current();
+            tokio::spawn(async move { deliver::when_started(&d, due, starting).await }.instrument(span));
+        }
+        return;
     };
     // A job attempted at once whose event and endpoint have no delivery yet: the attempt
     // goes first, and the row is written with its record (`deliver::deliver_first`). A
@@ -179,14 +201,11 @@ async fn on_job(d: &Deliverer, msg: Message) {
     // looked up first.
     let first_seen = msg.info().is_ok_and(|info| info.delivered == 1);
     if first_seen
-        && !parked
-        && started.is_some()
         && (job.first_routing
             || d.known
                 .call((due.tenant_id.clone(), due.event_id.clone(), due.endpoint_id.clone()))
                 .await
                 .is_ok_and(|known| !known))
-        && let Some((slot, wait)) = started
     {
         let first = First {
             event_id: due.event_id.clone(),
@@ -195,9 +214,8 @@ async fn on_job(d: &Deliverer, msg: Message) {
             created_at: time::OffsetDateTime::now_utc(),
         };
         tokio::time::sleep(wait).await;
-        // `new` is what a slow attempt stores meanwhile: leased, as `after` says.
-        let done = deliver::deliver_first(d, due, slot, first, new).await;
-        drop(permit);
+        // `new` is what a slow attempt stores meanwhile: leased.
+        let done = deliver::deliver_first(d, due, (slot, permit), first, new).await;
         let outcome = if done {
             Ok(AckKind::Ack)
         } else {
@@ -205,35 +223,45 @@ async fn on_job(d: &Deliverer, msg: Message) {
         };
         return settle(&msg, outcome, "job").await;
     }
-    let inserted = match d.inserts.call(new).await {
-        Ok(inserted) => inserted,
-        Err(error) => return settle(&msg, Err(DeliverError::Batch(error)), "job").await,
-    };
-    if !inserted {
-        let existing = store::existing_delivery(&d.db, &due.tenant_id, &due.event_id, &due.endpoint_id).await;
-        let outcome = match existing {
-            // Our own job again (its ack was lost): the row, and the scheduler, have it.
-            Ok(Some(id)) if id == due.id => Ok(AckKind::Ack),
-            Ok(Some(id)) => {
-                metrics::counter!(DUPLICATES).increment(1);
-                info!(delivery_id = %due.id, existing = %id, event_id = %due.event_id,
-                      "dropping a second job for an event and endpoint that already have a delivery");
-                Ok(AckKind::Ack)
-            }
-            Ok(None) => Err(DeliverError::Database(sqlx::Error::RowNotFound)),
-            Err(error) => Err(error.into()),
-        };
-        return settle(&msg, outcome, "job").await;
-    }
     // From here Postgres holds the delivery: if this process dies before the attempt is
     // recorded, the scheduler attempts it when the row's lease runs out.
-    settle(&msg, Ok(AckKind::Ack), "job").await;
-    let Some((slot, wait)) = started else {
-        return;
+    if store_job(d, &msg, new, &due).await {
+        tokio::time::sleep(wait).await;
+        deliver::deliver(d, due, slot, permit).await;
+    }
+}
+
+/// Stores a job's delivery row and settles the job. `true` when the row is this job's,
+/// newly stored: the job is acked and its delivery is the caller's to attempt (or the
+/// scheduler's, for a row stored due). `false`: the job was a redelivery or a second job
+/// for a delivery that exists (acked), or the row could not be stored (the job comes back).
+async fn store_job(d: &Deliverer, msg: &Message, new: NewDelivery, due: &Due) -> bool {
+    let inserted = match d.inserts.call(new).await {
+        Ok(inserted) => inserted,
+        Err(error) => {
+            settle(msg, Err(DeliverError::Batch(error)), "job").await;
+            return false;
+        }
     };
-    tokio::time::sleep(wait).await;
-    deliver::deliver(d, due, slot).await;
-    drop(permit);
+    if inserted {
+        settle(msg, Ok(AckKind::Ack), "job").await;
+        return true;
+    }
+    let existing = store::existing_delivery(&d.db, &due.tenant_id, &due.event_id, &due.endpoint_id).await;
+    let outcome = match existing {
+        // Our own job again (its ack was lost): the row, and the scheduler, have it.
+        Ok(Some(id)) if id == due.id => Ok(AckKind::Ack),
+        Ok(Some(id)) => {
+            metrics::counter!(DUPLICATES).increment(1);
+            info!(delivery_id = %due.id, existing = %id, event_id = %due.event_id,
+                  "dropping a second job for an event and endpoint that already have a delivery");
+            Ok(AckKind::Ack)
+        }
+        Ok(None) => Err(DeliverError::Database(sqlx::Error::RowNotFound)),
+        Err(error) => Err(error.into()),
+    };
+    settle(msg, outcome, "job").await;
+    false
 }
 
 #[tracing::instrument(skip_all, fields(subject = %msg.subject))]

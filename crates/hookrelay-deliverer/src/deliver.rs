@@ -4,21 +4,28 @@
 //! announce a transition (`publish`). Shared by the jobs consumer (attempt 1) and the
 //! scheduler (every retry).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use hookrelay_runtime::batch::Batcher;
 use hookrelay_types::signature::Secret;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
 
 use crate::{
     Config,
     attempt::{Outcome, Request, Sender},
+    concurrency::Signal,
     endpoints::{self, Endpoints},
+    fair::{Fair, Permit},
     health::Observed,
-    limits::{Limits, Slot},
+    limits::{Handoff, Limits, Slot},
     publish,
     retry::{self, Next},
+    scheduler::Wakes,
     store::{self, Due, Endpoint, First, NewDelivery, Record},
 };
 
@@ -35,10 +42,16 @@ pub(crate) struct Deliverer {
     pub(crate) db: sqlx::PgPool,
     pub(crate) sender: Arc<Sender>,
     pub(crate) cfg: Arc<Config>,
-    /// Attempts in flight, shared by the jobs consumer and the scheduler.
-    pub(crate) permits: Arc<Semaphore>,
-    /// Per-endpoint in-flight cap and pacing, shared out among the live deliverers.
+    /// Attempts in flight, shared by the jobs consumer and the scheduler, fairly between
+    /// tenants.
+    pub(crate) fair: Arc<Fair>,
+    /// Per-endpoint adaptive limits, queues and pacing, shared out among the live deliverers.
     pub(crate) limits: Arc<Limits>,
+    /// Wakes the scheduler when a delivery comes due.
+    pub(crate) wakes: Arc<Wakes>,
+    /// Deliveries waiting for their endpoint's slot stop waiting (and are given back) once
+    /// this is cancelled.
+    pub(crate) shutdown: CancellationToken,
     /// For health announcements (`publish`).
     pub(crate) js: async_nats::jetstream::Context,
     /// For endpoint change notifications (`endpoints`).
@@ -66,8 +79,10 @@ impl Deliverer {
         sender: Sender,
         nats: async_nats::Client,
         js: async_nats::jetstream::Context,
+        shutdown: CancellationToken,
     ) -> Self {
         let (insert_db, record_db, known_db) = (db.clone(), db.clone(), db.clone());
+        let wakes = Arc::new(Wakes::default());
         Self {
             known: Batcher::spawn_parallel(
                 "known",
@@ -90,24 +105,78 @@ impl Deliverer {
             db,
             sender: Arc::new(sender),
             cfg: Arc::new(cfg.clone()),
-            permits: Arc::new(Semaphore::new(cfg.concurrency)),
-            limits: Limits::new(cfg.endpoint_max_in_flight),
+            fair: Fair::new(cfg.concurrency),
+            limits: Limits::new(cfg.endpoint_max_in_flight, wakes.clone()),
+            wakes,
+            shutdown,
             js,
             nats,
         }
     }
 }
 
+/// How a delivery gets its endpoint's slot: now, or from the endpoint's queue.
+#[derive(Debug)]
+pub(crate) enum Ready {
+    /// Start after the pacing delay.
+    Now(Slot, Duration),
+    Later(oneshot::Receiver<Handoff>),
+}
+
+/// A delivery's endpoint slot and its tenant's permit (`fair`), with the pacing delay.
+pub(crate) type Started = (Slot, Duration, Permit);
+
+impl Ready {
+    /// Waits for the slot, then for a permit of the delivery's tenant: the slot first, so
+    /// no permit is held by a delivery whose endpoint is busy.
+    pub(crate) async fn start(self, fair: Arc<Fair>, tenant: String, endpoint: String) -> Option<Started> {
+        let (slot, wait) = match self {
+            Self::Now(slot, wait) => (slot, wait),
+            Self::Later(rx) => rx.await.ok()?,
+        };
+        let permit = fair.acquire(&tenant, &endpoint).await;
+        Some((slot, wait, permit))
+    }
+}
+
+/// Attempts `due`, whose row is stored and leased, once it has its slot and permit. One
+/// still waiting at half its lease, or when the deliverer stops, is given back, due now, for
+/// whichever deliverer has room first, so no lease runs out under a waiting delivery.
+pub(crate) async fn when_ready(d: &Deliverer, due: Due, ready: Ready) {
+    let starting = ready.start(d.fair.clone(), due.tenant_id.clone(), due.endpoint_id.clone());
+    when_started(d, due, starting).await;
+}
+
+/// As [`when_ready`], for a start already under way.
+pub(crate) async fn when_started(d: &Deliverer, due: Due, starting: impl Future<Output = Option<Started>>) {
+    let started = tokio::select! {
+        started = tokio::time::timeout(d.cfg.lease / 2, starting) => started.ok().flatten(),
+        () = d.shutdown.cancelled() => None,
+    };
+    match started {
+        Some((slot, wait, permit)) => {
+            tokio::time::sleep(wait).await;
+            deliver(d, due, slot, permit).await;
+        }
+        None => {
+            if let Err(error) = store::release(&d.db, &due.id, Duration::ZERO).await {
+                warn!(%error, delivery_id = %due.id, "giving back a delivery that waited too long failed; it runs when its lease ends");
+            }
+        }
+    }
+}
+
 /// Makes the next attempt of `due` (holding `slot`, its endpoint's in-flight slot, until
-/// the response is in) and records it. Never fails: trouble is logged, and a
-/// delivery whose attempt could not be recorded comes due again when its lease runs out.
+/// the response is in, and `permit`, its place among this deliverer's attempts) and
+/// records it. Never fails: trouble is logged, and a delivery whose attempt could not be
+/// recorded comes due again when its lease runs out.
 #[tracing::instrument(name = "deliverer.deliver", skip_all, fields(delivery_id = %due.id, attempt = due.attempt_count + 1))]
-pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
+pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot, permit: Permit) {
     let attempted = attempt(d, &due).await;
-    note_outcome(d, &due, attempted.as_ref());
-    // The endpoint's in-flight cap counts requests to it: its slot is free once the
-    // response is in, while the attempt is still being recorded.
-    drop(slot);
+    // The endpoint's limit counts requests to it: its slot is free once the response is
+    // in, while the attempt is still being recorded.
+    slot.finish(signal(attempted.as_ref()));
+    drop(permit);
     record(d, &due, attempted, None).await;
 }
 
@@ -119,7 +188,13 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot) {
 /// done with: its delivery is stored (or another job's delivery holds its event and
 /// endpoint). `false`: nothing is stored, and the job must come back.
 #[tracing::instrument(name = "deliverer.deliver", skip_all, fields(delivery_id = %due.id, attempt = 1))]
-pub(crate) async fn deliver_first(d: &Deliverer, due: Due, slot: Slot, first: First, pending: NewDelivery) -> bool {
+pub(crate) async fn deliver_first(
+    d: &Deliverer,
+    due: Due,
+    (slot, permit): (Slot, Permit),
+    first: First,
+    pending: NewDelivery,
+) -> bool {
     let attempting = attempt(d, &due);
     tokio::pin!(attempting);
     let mut first = Some(first);
@@ -136,18 +211,25 @@ pub(crate) async fn deliver_first(d: &Deliverer, due: Due, slot: Slot, first: Fi
             attempting.await
         }
     };
-    note_outcome(d, &due, attempted.as_ref());
-    drop(slot);
+    slot.finish(signal(attempted.as_ref()));
+    drop(permit);
     let stored = first.is_none();
     record(d, &due, attempted, first).await || stored
 }
 
-/// Tells the endpoint's limits whether a request that was sent succeeded.
-fn note_outcome(d: &Deliverer, due: &Due, attempted: Option<&(Outcome, bool, Option<Arc<Endpoint>>)>) {
-    if let Some((outcome, _, _)) = attempted
-        && outcome.sent
-    {
-        d.limits.note_outcome(&due.endpoint_id, outcome.succeeded());
+/// What an attempt says about its endpoint's load (`concurrency`): a success and how long
+/// it took; overload for a timeout, a connection error, a 5xx or a 429; nothing for
+/// another 4xx or an attempt that sent nothing.
+fn signal(attempted: Option<&(Outcome, bool, Option<Arc<Endpoint>>)>) -> Signal {
+    let Some((outcome, _, _)) = attempted.filter(|(o, _, _)| o.sent) else {
+        return Signal::Neutral;
+    };
+    if outcome.succeeded() {
+        return Signal::Success(outcome.duration);
+    }
+    match outcome.response_code {
+        None | Some(429 | 500..=599) => Signal::Overload,
+        Some(_) => Signal::Neutral,
     }
 }
 
@@ -229,7 +311,8 @@ async fn record(
         Some((_, next @ (Next::Delivered | Next::Failed))) => {
             metrics::counter!(FINISHED, "status" => next.status()).increment(1);
         }
-        Some((_, Next::Retry(_))) => {}
+        // The scheduler claims it when it comes due, not at its next poll.
+        Some((_, Next::Retry(wait))) => d.wakes.at(Instant::now() + wait),
     }
     // Only attempts that sent a request say something about the receiver. A success to an
     // endpoint known healthy changes nothing the recording has not (it reset the count).

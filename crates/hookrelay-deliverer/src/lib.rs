@@ -7,11 +7,13 @@
 //! `/readyz` and `/metrics`. It removes its own rows past `HOOKRELAY_RETENTION` (`retention`).
 
 mod attempt;
+mod concurrency;
 mod config;
 mod consume;
 mod deliver;
 mod endpoints;
 mod error;
+mod fair;
 mod gauges;
 mod health;
 mod limits;
@@ -33,7 +35,14 @@ use tokio_util::sync::CancellationToken;
 /// the command consumer and the retry scheduler on `rt.tasks`. Returns no routes.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
     let sender = attempt::Sender::new(cfg).map_err(DeliverError::from)?;
-    let d = deliver::Deliverer::new(cfg, rt.db.clone(), sender, rt.nats.clone(), rt.js.clone());
+    let d = deliver::Deliverer::new(
+        cfg,
+        rt.db.clone(),
+        sender,
+        rt.nats.clone(),
+        rt.js.clone(),
+        shutdown.clone(),
+    );
     d.endpoints
         .follow(&rt.nats)
         .await

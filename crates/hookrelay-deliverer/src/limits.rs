@@ -1,20 +1,24 @@
 //! Per-endpoint limits, held in this process and shared out among the live deliverers
-//! (`replicas`): attempts in flight (`HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`) and the endpoint's
-//! `rate_limit_per_sec`. Reads and writes no subjects or tables.
+//! (`replicas`): attempts in flight, adaptive between 1 and the endpoint's `max_in_flight`
+//! (`concurrency`; default `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`), the endpoint's
+//! `rate_limit_per_sec`, and a bounded queue of deliveries waiting for a slot. Reads and
+//! writes no subjects or tables.
 //!
-//! With `n` deliverers alive, each allows an endpoint `max(1, cap / n)` attempts in flight
-//! and paces its attempts to `rate / n` per second, evenly spaced (no bursts): one attempt
-//! every `n / rate` seconds. So the cluster never exceeds the endpoint's limits while the
-//! replica count is known; it may stay under them when an endpoint's work falls unevenly on
-//! the replicas, and the in-flight cap holds exactly only while `n <= cap` (each replica
-//! keeps at least one slot). Membership changes are seen within a heartbeat.
+//! With `n` deliverers alive, each holds an endpoint's limit between 1 and `max(1, ceiling /
+//! n)` and paces its attempts to `rate / n` per second, evenly spaced (no bursts): one
+//! attempt every `n / rate` seconds. So the cluster stays within the endpoint's ceiling and
+//! rate while the replica count is known (each replica keeps at least one slot).
 //!
-//! The scheduler claims with a snapshot of these (see `store::claim_due`): rows of an
-//! endpoint at its cap, or with no pacing slot this poll, stay due and unclaimed, costing no
-//! attempt and no lease.
+//! **Waiting for a slot.** A delivery whose endpoint has every slot in use joins the
+//! endpoint's queue in memory ([`Entry::Queued`]); a slot given back goes straight to the
+//! first in the queue ([`Slot`]'s drop), never to a poll. The queue holds four rounds of the
+//! endpoint's limit (one round for an endpoint slower than a second), and this process at
+//! most [`WAITING_MAX`] deliveries in all: what does not fit is [`Entry::Full`] and waits in
+//! PostgreSQL, due, and the endpoint is marked spilled: when its queue empties and a slot is
+//! free, the scheduler is woken (`Wakes`) to claim its next rows at once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
@@ -22,54 +26,172 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[derive(Debug, Default)]
+use tokio::sync::oneshot;
+
+use crate::{
+    concurrency::{self, Aimd, Signal},
+    scheduler::Wakes,
+};
+
+/// Deliveries waiting for a slot in this process, over every endpoint.
+pub(crate) const WAITING_MAX: usize = 20_000;
+/// A paced delivery waits in memory for a start at most this far ahead; a later one is
+/// stored due then (and the scheduler woken for it).
+pub(crate) const PACING_WINDOW: Duration = Duration::from_millis(100);
+/// An endpoint not used for this long is forgotten (its limit starts again from the start).
+const FORGET_AFTER: Duration = Duration::from_secs(120);
+
+/// A slot handed to a waiting delivery, with the pacing delay before it may start.
+pub(crate) type Handoff = (Slot, Duration);
+
+#[derive(Debug)]
 struct EndpointState {
+    tenant_id: String,
     in_flight: usize,
+    aimd: Aimd,
+    /// Waiting for a slot, first come first served. Senders whose receiver gave up are
+    /// skipped when their turn comes.
+    queue: VecDeque<oneshot::Sender<Handoff>>,
+    /// Deliveries that did not fit the queue wait in PostgreSQL.
+    spilled: bool,
     /// The earliest time the next paced attempt may start (the theoretical arrival time of
     /// a GCRA with no burst tolerance). `None` for an endpoint without a rate limit.
     next_start: Option<Instant>,
-    /// The pacing's spacing when `next_start` was set.
-    spacing: Duration,
-    /// Woken (one waiter) each time one of its slots is given back (`Limits::start_within`).
-    freed: Arc<tokio::sync::Notify>,
-    /// Its last attempt here failed: a job at its cap does not wait for a slot (the
-    /// endpoint may be going down; health will pace it once it is known to be failing).
-    last_failed: bool,
+    /// The pacing's spacing, `None` without a rate limit.
+    spacing: Option<Duration>,
+    last_used: Instant,
+}
+
+impl EndpointState {
+    fn new(tenant_id: &str, ceiling: usize) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            in_flight: 0,
+            aimd: Aimd::new(ceiling),
+            queue: VecDeque::new(),
+            spilled: false,
+            next_start: None,
+            spacing: None,
+            last_used: Instant::now(),
+        }
+    }
+
+    /// How many may wait: four rounds of the limit, one round for a slow endpoint (so a
+    /// waiting delivery's wait stays well inside its lease), and a paced endpoint's next
+    /// five seconds of starts.
+    fn queue_max(&self) -> usize {
+        let limit = self.aimd.limit();
+        let rounds = match self.aimd.smoothed() {
+            Some(latency) if latency >= Duration::from_secs(1) => 1,
+            _ => 4,
+        };
+        let mut max = (limit * rounds).max(16);
+        if let Some(spacing) = self.spacing {
+            let per_5s = (5.0 / spacing.as_secs_f64().max(1e-6)).floor() as usize;
+            max = max.min(per_5s.max(1));
+        }
+        max
+    }
+
+    /// The delay before an attempt starting now may go, and moves the pacing on.
+    fn pace(&mut self, now: Instant) -> Duration {
+        let Some(spacing) = self.spacing else {
+            return Duration::ZERO;
+        };
+        let at = self.next_start.map_or(now, |t| t.max(now));
+        self.next_start = Some(at + spacing);
+        at - now
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        self.in_flight == 0
+            && self.queue.is_empty()
+            && !self.spilled
+            && self.next_start.is_none_or(|t| t <= now)
+            && now.duration_since(self.last_used) > FORGET_AFTER
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    endpoints: HashMap<String, EndpointState>,
+    /// Senders in every queue.
+    waiting: usize,
 }
 
 #[derive(Debug)]
 pub(crate) struct Limits {
-    /// The cluster-wide in-flight cap per endpoint.
-    cap: usize,
+    /// The cluster-wide ceiling of an endpoint without its own `max_in_flight`.
+    default_ceiling: usize,
     /// Live deliverers, this one included; at least 1.
     replicas: AtomicUsize,
-    endpoints: Mutex<HashMap<String, EndpointState>>,
+    inner: Mutex<Inner>,
+    wakes: Arc<Wakes>,
 }
 
-/// One attempt's place in its endpoint's in-flight count; given back when dropped.
+/// What a delivery wants to start: its endpoint and the endpoint's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Want<'a> {
+    pub(crate) endpoint_id: &'a str,
+    pub(crate) tenant_id: &'a str,
+    /// The endpoint's `max_in_flight` (`None`: the default).
+    pub(crate) max_in_flight: Option<i32>,
+    /// The endpoint's `rate_limit_per_sec` (`None`: no limit).
+    pub(crate) rate_per_sec: Option<i32>,
+}
+
+/// How a delivery may go on.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// Start after the pacing delay.
+    Start(Slot, Duration),
+    /// Wait in the endpoint's queue: the slot comes through the receiver.
+    Queued(oneshot::Receiver<Handoff>),
+    /// The endpoint's pacing allows the next attempt this long from now, past `max_wait`.
+    Paced(Duration),
+    /// The queue is full: the delivery waits in PostgreSQL.
+    Full,
+}
+
+/// One attempt's place in its endpoint's in-flight count; given back when dropped, and then
+/// handed to the endpoint's next waiting delivery. [`Slot::finish`] tells the endpoint's
+/// limit how the attempt went.
 #[derive(Debug)]
 pub(crate) struct Slot {
     owner: Arc<Limits>,
     endpoint_id: String,
+    started: Instant,
+    signal: Signal,
 }
 
-/// Why an attempt may not start now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// The endpoint has its share of the in-flight cap here.
-    AtCap,
-    /// The endpoint's pacing allows its next attempt this long from now.
-    Paced(Duration),
+impl Slot {
+    /// Ends the attempt: `signal` is what it said about the endpoint's load.
+    pub(crate) fn finish(mut self, signal: Signal) {
+        self.signal = signal;
+    }
 }
 
 /// What the scheduler's claim needs to know about an endpoint this process tracks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Busy {
     pub(crate) endpoint_id: String,
-    pub(crate) in_flight: i32,
+    /// Rows it may take for this endpoint: room in flight and in the queue.
+    pub(crate) free: i32,
     /// Paced attempts that may start within `window` from now; `-1` when the endpoint is
     /// not paced here (the claim works it out from the endpoint's rate).
     pub(crate) paced_free: i32,
+    /// Deliveries of it wait in PostgreSQL.
+    pub(crate) spilled: bool,
+    pub(crate) in_flight: i32,
+}
+
+/// An endpoint's limit as this process holds it (for `endpoint_limits` and the metric).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) endpoint_id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) limit: i32,
+    pub(crate) in_flight: i32,
 }
 
 /// Seconds between two paced attempts from one of `replicas` deliverers.
@@ -93,12 +215,17 @@ fn paced_slots(first: Instant, until: Instant, spacing: Duration) -> i32 {
     n.min(f64::from(i32::MAX)) as i32
 }
 
+fn to_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 impl Limits {
-    pub(crate) fn new(cap: usize) -> Arc<Self> {
+    pub(crate) fn new(default_ceiling: usize, wakes: Arc<Wakes>) -> Arc<Self> {
         Arc::new(Self {
-            cap,
+            default_ceiling: default_ceiling.max(1),
             replicas: AtomicUsize::new(1),
-            endpoints: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::default()),
+            wakes,
         })
     }
 
@@ -110,137 +237,173 @@ impl Limits {
         self.replicas.load(Ordering::Relaxed).max(1)
     }
 
-    /// This process's share of the per-endpoint in-flight cap.
-    pub(crate) fn cap_share(&self) -> usize {
-        (self.cap / self.replicas()).max(1)
+    /// This process's share of a cluster-wide ceiling (`None`: the default one).
+    fn ceiling_share(&self, max_in_flight: Option<i32>) -> usize {
+        let ceiling = max_in_flight
+            .and_then(|c| usize::try_from(c).ok())
+            .filter(|c| *c > 0)
+            .unwrap_or(self.default_ceiling);
+        (ceiling / self.replicas()).max(1)
     }
 
-    fn endpoints(&self) -> MutexGuard<'_, HashMap<String, EndpointState>> {
-        // The map stays consistent even if a holder panicked: every change is one statement.
-        self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The rows a claim may take for an endpoint this process does not track yet.
+    pub(crate) fn untracked_free(&self) -> i32 {
+        let fresh = EndpointState::new("", self.ceiling_share(None).min(concurrency::INITIAL));
+        to_i32(fresh.aimd.limit() + fresh.queue_max())
     }
 
-    /// A slot for an attempt to `endpoint_id` starting at `now + wait`, where `wait` is the
-    /// returned pacing delay (at most `max_wait`; zero without a rate limit). Refused when
-    /// the endpoint has its share of the cap in flight, or its next paced start is further
-    /// than `max_wait` away. A refusal reserves nothing.
-    pub(crate) fn try_start(
-        self: &Arc<Self>,
-        endpoint_id: &str,
-        rate_per_sec: Option<i32>,
-        now: Instant,
-        max_wait: Duration,
-    ) -> Result<(Slot, Duration), Refused> {
-        let cap = self.cap_share();
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // The state stays consistent even if a holder panicked: no change spans a panic point.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts `want` now (after its pacing delay, at most `max_wait`), or queues it, or says
+    /// why not. A delivery that finds others queued queues behind them.
+    pub(crate) fn enter(self: &Arc<Self>, want: Want<'_>, now: Instant, max_wait: Duration) -> Entry {
+        let ceiling = self.ceiling_share(want.max_in_flight);
         let replicas = self.replicas();
-        let mut endpoints = self.endpoints();
-        let state = endpoints.entry(endpoint_id.to_owned()).or_default();
-        if state.in_flight >= cap {
-            return Err(Refused::AtCap);
+        let mut inner = self.inner();
+        let waiting = inner.waiting;
+        let state = inner
+            .endpoints
+            .entry(want.endpoint_id.to_owned())
+            .or_insert_with(|| EndpointState::new(want.tenant_id, ceiling));
+        state.last_used = now;
+        state.aimd.set_ceiling(ceiling);
+        state.spacing = want.rate_per_sec.map(|rate| spacing(rate, replicas));
+        if state.spacing.is_none() {
+            state.next_start = None;
         }
-        let wait = match rate_per_sec {
-            None => {
-                state.next_start = None;
-                Duration::ZERO
+        if state.queue.is_empty() && state.in_flight < state.aimd.limit() {
+            if let Some(at) = state.next_start
+                && state.spacing.is_some()
+                && at > now + max_wait
+            {
+                return Entry::Paced(at - now);
             }
-            Some(rate) => {
-                let at = state.next_start.map_or(now, |t| t.max(now));
-                let wait = at - now;
-                if wait > max_wait {
-                    return Err(Refused::Paced(wait));
-                }
-                state.spacing = spacing(rate, replicas);
-                state.next_start = Some(at + state.spacing);
-                wait
-            }
-        };
-        state.in_flight += 1;
-        let slot = Slot {
+            let wait = state.pace(now);
+            state.in_flight += 1;
+            return Entry::Start(self.slot(want.endpoint_id, now), wait);
+        }
+        if state.queue.len() >= state.queue_max() {
+            let before = state.queue.len();
+            state.queue.retain(|tx| !tx.is_closed());
+            let removed = before - state.queue.len();
+            inner.waiting -= removed;
+        }
+        let state = inner.endpoints.get_mut(want.endpoint_id).expect("entered above");
+        if state.queue.len() >= state.queue_max() || waiting >= WAITING_MAX {
+            state.spilled = true;
+            return Entry::Full;
+        }
+        let (tx, rx) = oneshot::channel();
+        state.queue.push_back(tx);
+        inner.waiting += 1;
+        Entry::Queued(rx)
+    }
+
+    fn slot(self: &Arc<Self>, endpoint_id: &str, started: Instant) -> Slot {
+        Slot {
             owner: self.clone(),
             endpoint_id: endpoint_id.to_owned(),
-        };
-        Ok((slot, wait))
+            started,
+            signal: Signal::Neutral,
+        }
     }
 
-    /// As [`Limits::try_start`], but an endpoint at its cap is waited for, up to `patience`:
-    /// a job finds a slot freed within milliseconds instead of going to the scheduler (a
-    /// stored row, a claim and a lease). Still `AtCap` after `patience`.
-    pub(crate) async fn start_within(
-        self: &Arc<Self>,
-        endpoint_id: &str,
-        rate_per_sec: Option<i32>,
-        max_wait: Duration,
-        patience: Duration,
-    ) -> Result<(Slot, Duration), Refused> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            match self.try_start(endpoint_id, rate_per_sec, Instant::now(), max_wait) {
-                Err(Refused::AtCap) => {}
-                other => return other,
-            }
-            let freed = {
-                let mut endpoints = self.endpoints();
-                let state = endpoints.entry(endpoint_id.to_owned()).or_default();
-                if state.last_failed {
-                    return Err(Refused::AtCap);
-                }
-                state.freed.clone()
+    /// Gives a slot back: the limit learns from its attempt, then free slots go to the
+    /// endpoint's waiting deliveries in turn.
+    fn give_back(self: &Arc<Self>, slot: &Slot) {
+        let now = Instant::now();
+        let mut handoffs = Vec::new();
+        let wake = {
+            let mut inner = self.inner();
+            let Inner { endpoints, waiting } = &mut *inner;
+            let Some(state) = endpoints.get_mut(&slot.endpoint_id) else {
+                return;
             };
-            let notified = freed.notified();
-            tokio::pin!(notified);
-            // Registered before looking again, so a slot given back in between still wakes it.
-            notified.as_mut().enable();
-            match self.try_start(endpoint_id, rate_per_sec, Instant::now(), max_wait) {
-                Err(Refused::AtCap) => {}
-                other => return other,
+            let limited = state.in_flight + state.queue.len() >= state.aimd.limit();
+            state.aimd.observe(slot.signal, slot.started, limited);
+            state.in_flight = state.in_flight.saturating_sub(1);
+            state.last_used = now;
+            while state.in_flight < state.aimd.limit() {
+                let Some(tx) = state.queue.pop_front() else {
+                    break;
+                };
+                *waiting = waiting.saturating_sub(1);
+                if tx.is_closed() {
+                    continue;
+                }
+                let wait = state.pace(now);
+                state.in_flight += 1;
+                handoffs.push((tx, self.slot(&slot.endpoint_id, now + wait), wait));
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Refused::AtCap);
-            }
+            state.spilled && state.queue.is_empty() && state.in_flight < state.aimd.limit()
+        };
+        for (tx, handed, wait) in handoffs {
+            // A waiter that gave up meanwhile: the slot comes back by its drop.
+            drop(tx.send((handed, wait)));
+        }
+        if wake {
+            self.wakes.now();
         }
     }
 
-    /// Notes how an attempt to `endpoint_id` went (see `EndpointState::last_failed`).
-    pub(crate) fn note_outcome(&self, endpoint_id: &str, succeeded: bool) {
-        if let Some(state) = self.endpoints().get_mut(endpoint_id) {
-            state.last_failed = !succeeded;
+    /// The claim took `got` of the `asked` rows it could for a spilled endpoint: fewer means
+    /// none is left waiting in PostgreSQL, as far as this process knows.
+    pub(crate) fn claimed(&self, endpoint_id: &str, asked: i32, got: i32) {
+        if got < asked
+            && let Some(state) = self.inner().endpoints.get_mut(endpoint_id)
+        {
+            state.spilled = false;
         }
     }
 
-    /// Every endpoint with attempts in flight or a pacing slot still ahead, for a claim
-    /// whose rows would start within `window` from `now`. Forgets endpoints with neither.
+    /// Every endpoint this process tracks, for a claim whose rows would start within
+    /// `window` from `now`. Forgets endpoints idle for a while.
     pub(crate) fn snapshot(&self, now: Instant, window: Duration) -> Vec<Busy> {
-        let mut endpoints = self.endpoints();
-        endpoints.retain(|_, s| s.in_flight > 0 || s.next_start.is_some_and(|t| t > now));
-        endpoints
+        let mut inner = self.inner();
+        inner.endpoints.retain(|_, s| !s.idle(now));
+        inner
+            .endpoints
             .iter()
             .map(|(id, s)| Busy {
                 endpoint_id: id.clone(),
-                in_flight: i32::try_from(s.in_flight).unwrap_or(i32::MAX),
-                paced_free: match s.next_start {
-                    None => -1,
-                    Some(t) => paced_slots(t.max(now), now + window, s.spacing),
+                free: to_i32((s.aimd.limit() + s.queue_max()).saturating_sub(s.in_flight + s.queue.len())),
+                paced_free: match (s.next_start, s.spacing) {
+                    (Some(t), Some(spacing)) => paced_slots(t.max(now), now + window, spacing),
+                    _ => -1,
                 },
+                spilled: s.spilled,
+                in_flight: to_i32(s.in_flight),
+            })
+            .collect()
+    }
+
+    /// The limit held for each endpoint used recently.
+    pub(crate) fn held(&self) -> Vec<Held> {
+        self.inner()
+            .endpoints
+            .iter()
+            .map(|(id, s)| Held {
+                endpoint_id: id.clone(),
+                tenant_id: s.tenant_id.clone(),
+                limit: to_i32(s.aimd.limit()),
+                in_flight: to_i32(s.in_flight),
             })
             .collect()
     }
 
     #[cfg(test)]
-    fn tracked(&self) -> usize {
-        self.endpoints().len()
+    pub(crate) fn limit_of(&self, endpoint_id: &str) -> Option<usize> {
+        self.inner().endpoints.get(endpoint_id).map(|s| s.aimd.limit())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut endpoints = self.owner.endpoints();
-        if let Some(s) = endpoints.get_mut(&self.endpoint_id) {
-            s.in_flight = s.in_flight.saturating_sub(1);
-            s.freed.notify_one();
-            if s.in_flight == 0 && s.next_start.is_none_or(|t| t <= Instant::now()) {
-                endpoints.remove(&self.endpoint_id);
-            }
-        }
+        let owner = self.owner.clone();
+        owner.give_back(self);
     }
 }
 
@@ -251,114 +414,196 @@ mod tests {
     /// Start now or not at all.
     const NO_WAIT: Duration = Duration::ZERO;
 
+    fn limits(ceiling: usize) -> Arc<Limits> {
+        Limits::new(ceiling, Arc::new(Wakes::default()))
+    }
+
+    fn want(endpoint_id: &str) -> Want<'_> {
+        Want {
+            endpoint_id,
+            tenant_id: "acme",
+            max_in_flight: None,
+            rate_per_sec: None,
+        }
+    }
+
+    fn start(l: &Arc<Limits>, w: Want<'_>, now: Instant, max_wait: Duration) -> (Slot, Duration) {
+        match l.enter(w, now, max_wait) {
+            Entry::Start(slot, wait) => (slot, wait),
+            other => panic!("not started: {other:?}"),
+        }
+    }
+
     #[test]
-    fn an_endpoint_gets_at_most_its_share_of_the_cap_and_others_are_unaffected() {
-        let l = Limits::new(4);
+    fn an_endpoint_gets_at_most_its_limit_and_others_are_unaffected() {
+        let l = limits(4);
         let now = Instant::now();
-        let a: Vec<_> = (0..4)
-            .map(|_| l.try_start("ep_a", None, now, NO_WAIT).unwrap())
-            .collect();
-        assert_eq!(l.try_start("ep_a", None, now, NO_WAIT).unwrap_err(), Refused::AtCap);
-        let _b = l.try_start("ep_b", None, now, NO_WAIT).unwrap();
+        let a: Vec<_> = (0..4).map(|_| start(&l, want("ep_a"), now, NO_WAIT)).collect();
+        assert!(matches!(l.enter(want("ep_a"), now, NO_WAIT), Entry::Queued(_)));
+        let _b = start(&l, want("ep_b"), now, NO_WAIT);
         drop(a);
-        // Two deliverers alive: each allows half the cap.
+        // Two deliverers alive: each holds at most half the ceiling.
         l.set_replicas(2);
-        let _a: Vec<_> = (0..2)
-            .map(|_| l.try_start("ep_a", None, now, NO_WAIT).unwrap())
-            .collect();
-        assert_eq!(l.try_start("ep_a", None, now, NO_WAIT).unwrap_err(), Refused::AtCap);
-        // More deliverers than the cap: each keeps one slot.
+        let fresh = Want {
+            endpoint_id: "ep_c",
+            ..want("ep_c")
+        };
+        let _c: Vec<_> = (0..2).map(|_| start(&l, fresh, now, NO_WAIT)).collect();
+        assert!(matches!(l.enter(fresh, now, NO_WAIT), Entry::Queued(_)));
+        // More deliverers than the ceiling: each keeps one slot.
         l.set_replicas(9);
-        assert_eq!(l.cap_share(), 1);
+        assert_eq!(l.ceiling_share(None), 1);
         l.set_replicas(0);
         assert_eq!(l.replicas(), 1);
+        // The endpoint's own ceiling wins over the default.
+        l.set_replicas(1);
+        let own = Want {
+            max_in_flight: Some(1),
+            ..want("ep_d")
+        };
+        let _d = start(&l, own, now, NO_WAIT);
+        assert!(matches!(l.enter(own, now, NO_WAIT), Entry::Queued(_)));
     }
 
     #[tokio::test]
-    async fn a_start_at_the_cap_waits_for_a_slot_to_be_given_back_up_to_its_patience() {
-        let l = Limits::new(1);
-        let (held, _) = l.try_start("ep_a", None, Instant::now(), NO_WAIT).unwrap();
-        // Nobody gives the slot back: refused once the patience is spent.
-        let started = Instant::now();
-        let refused = l.start_within("ep_a", None, NO_WAIT, Duration::from_millis(50)).await;
-        assert_eq!(refused.unwrap_err(), Refused::AtCap);
-        assert!(started.elapsed() >= Duration::from_millis(50));
-        // Given back meanwhile: the waiting start gets it at once.
-        let waiting = {
-            let l = l.clone();
-            tokio::spawn(async move { l.start_within("ep_a", None, NO_WAIT, Duration::from_secs(10)).await })
+    async fn a_slot_given_back_goes_straight_to_the_first_waiting_delivery() {
+        let l = limits(1);
+        let now = Instant::now();
+        let (held, _) = start(&l, want("ep"), now, NO_WAIT);
+        let Entry::Queued(first) = l.enter(want("ep"), now, NO_WAIT) else {
+            panic!("not queued")
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let given_back = Instant::now();
+        let Entry::Queued(second) = l.enter(want("ep"), now, NO_WAIT) else {
+            panic!("not queued")
+        };
         drop(held);
-        let (slot, _) = waiting.await.unwrap().unwrap();
-        assert!(given_back.elapsed() < Duration::from_secs(1));
-        // It holds the only slot now.
-        assert_eq!(
-            l.try_start("ep_a", None, Instant::now(), NO_WAIT).unwrap_err(),
-            Refused::AtCap
-        );
-        // Its last attempt failed: a start at the cap does not wait.
-        l.note_outcome("ep_a", false);
-        let started = Instant::now();
-        let refused = l.start_within("ep_a", None, NO_WAIT, Duration::from_secs(10)).await;
-        assert_eq!(refused.unwrap_err(), Refused::AtCap);
-        assert!(started.elapsed() < Duration::from_secs(1));
+        let (slot, wait) = first.await.unwrap();
+        assert_eq!(wait, Duration::ZERO);
+        // The second still waits: the first holds the only slot.
+        tokio::pin!(second);
+        assert!(futures::poll!(&mut second).is_pending());
         drop(slot);
+        let (_slot, _) = second.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gave_up_is_skipped() {
+        let l = limits(1);
+        let now = Instant::now();
+        let (held, _) = start(&l, want("ep"), now, NO_WAIT);
+        let Entry::Queued(gone) = l.enter(want("ep"), now, NO_WAIT) else {
+            panic!("not queued")
+        };
+        let Entry::Queued(next) = l.enter(want("ep"), now, NO_WAIT) else {
+            panic!("not queued")
+        };
+        drop(gone);
+        drop(held);
+        let (_slot, _) = next.await.unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_spills_and_the_endpoint_wakes_the_scheduler_once_its_queue_empties() {
+        let wakes = Arc::new(Wakes::default());
+        let l = Limits::new(1, wakes.clone());
+        let now = Instant::now();
+        let (held, _) = start(&l, want("ep"), now, NO_WAIT);
+        let queued: Vec<_> = (0..16)
+            .map(|_| match l.enter(want("ep"), now, NO_WAIT) {
+                Entry::Queued(rx) => rx,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(matches!(l.enter(want("ep"), now, NO_WAIT), Entry::Full));
+        assert!(l.snapshot(now, NO_WAIT)[0].spilled);
+        // Waiters that gave up make room again.
+        drop(queued);
+        assert!(!wakes.take_now());
+        drop(held);
+        assert!(
+            wakes.take_now(),
+            "a free slot with deliveries in PostgreSQL wakes the scheduler"
+        );
+        l.claimed("ep", 10, 3);
+        assert!(!l.snapshot(now, NO_WAIT)[0].spilled);
+    }
+
+    #[test]
+    fn the_limit_adapts_to_how_attempts_end() {
+        let l = limits(64);
+        let now = Instant::now();
+        // Fast successes while the limit holds the endpoint back (each round uses every
+        // slot): it grows, by one a round here, as only each round's first answer finds
+        // the endpoint at its limit.
+        for _ in 0..60 {
+            let slots: Vec<_> = (0..l.limit_of("ep").unwrap_or(8))
+                .map(|_| start(&l, want("ep"), now, NO_WAIT).0)
+                .collect();
+            for slot in slots {
+                slot.finish(Signal::Success(Duration::from_millis(1)));
+            }
+        }
+        assert_eq!(l.limit_of("ep"), Some(64));
+        // A 429 halves it.
+        let (slot, _) = start(&l, want("ep"), Instant::now(), NO_WAIT);
+        slot.finish(Signal::Overload);
+        assert_eq!(l.limit_of("ep"), Some(32));
     }
 
     #[test]
     fn paced_attempts_are_evenly_spaced_by_rate_and_replicas() {
-        let l = Limits::new(100);
+        let l = limits(100);
         let t0 = Instant::now();
+        let paced = Want {
+            rate_per_sec: Some(5),
+            ..want("ep")
+        };
         // 5 per second from one deliverer: every 200 ms.
-        let (_s, wait) = l.try_start("ep", Some(5), t0, NO_WAIT).unwrap();
+        let (_s, wait) = start(&l, paced, t0, NO_WAIT);
         assert_eq!(wait, Duration::ZERO);
-        assert_eq!(
-            l.try_start("ep", Some(5), t0, NO_WAIT).unwrap_err(),
-            Refused::Paced(Duration::from_millis(200))
-        );
-        let (_s, wait) = l.try_start("ep", Some(5), t0, Duration::from_millis(200)).unwrap();
+        assert!(matches!(
+            l.enter(paced, t0, NO_WAIT),
+            Entry::Paced(w) if w == Duration::from_millis(200)
+        ));
+        let (_s, wait) = start(&l, paced, t0, Duration::from_millis(200));
         assert_eq!(wait, Duration::from_millis(200));
         // A refusal reserved nothing; the next slot is at 400 ms.
-        let (_s, wait) = l.try_start("ep", Some(5), t0, Duration::from_secs(1)).unwrap();
+        let (_s, wait) = start(&l, paced, t0, Duration::from_secs(1));
         assert_eq!(wait, Duration::from_millis(400));
         // Two deliverers: each paces to half the rate, one every 400 ms.
         l.set_replicas(2);
         let t1 = t0 + Duration::from_secs(10);
-        l.try_start("ep2", Some(5), t1, NO_WAIT).unwrap();
-        assert_eq!(
-            l.try_start("ep2", Some(5), t1, NO_WAIT).unwrap_err(),
-            Refused::Paced(Duration::from_millis(400))
-        );
+        let other = Want {
+            endpoint_id: "ep2",
+            ..paced
+        };
+        let _s = start(&l, other, t1, NO_WAIT);
+        assert!(matches!(
+            l.enter(other, t1, NO_WAIT),
+            Entry::Paced(w) if w == Duration::from_millis(400)
+        ));
     }
 
     #[test]
-    fn the_snapshot_counts_in_flight_and_paced_slots_and_forgets_idle_endpoints() {
-        let l = Limits::new(8);
+    fn the_snapshot_counts_room_and_paced_slots() {
+        let l = limits(8);
         let t0 = Instant::now();
-        let a = l.try_start("ep_a", None, t0, NO_WAIT).unwrap();
-        let (p, _) = l.try_start("ep_p", Some(10), t0, NO_WAIT).unwrap(); // next slot at 100 ms
+        let _a = start(&l, want("ep_a"), t0, NO_WAIT);
+        let paced = Want {
+            rate_per_sec: Some(10),
+            ..want("ep_p")
+        };
+        let (p, _) = start(&l, paced, t0, NO_WAIT); // next slot at 100 ms
         drop(p);
         let mut snap = l.snapshot(t0, Duration::from_millis(250));
         snap.sort_by(|x, y| x.endpoint_id.cmp(&y.endpoint_id));
-        let expected = [
-            Busy {
-                endpoint_id: "ep_a".into(),
-                in_flight: 1,
-                paced_free: -1,
-            },
-            // Slots at 100 and 200 ms fall within 250 ms.
-            Busy {
-                endpoint_id: "ep_p".into(),
-                in_flight: 0,
-                paced_free: 2,
-            },
-        ];
-        assert_eq!(snap, expected);
-        drop(a);
-        assert!(l.snapshot(t0 + Duration::from_secs(1), Duration::ZERO).is_empty());
-        assert_eq!(l.tracked(), 0);
+        assert_eq!(snap[0].endpoint_id, "ep_a");
+        assert_eq!(snap[0].free, 8 + 32 - 1, "its limit and its queue, less one in flight");
+        assert_eq!(snap[0].paced_free, -1);
+        // Slots at 100 and 200 ms fall within 250 ms.
+        assert_eq!(snap[1].paced_free, 2);
+        // Nothing is forgotten while it was used recently.
+        assert_eq!(l.held().len(), 2);
     }
 
     #[test]

@@ -2,14 +2,20 @@
 //! upserts its row in `deliverer_replicas` every `BEAT` and counts the rows seen within
 //! `ALIVE`; it deletes its own row when it stops. A deliverer killed without stopping is
 //! counted until `ALIVE` passes, so for that long the others stay under the limits.
+//!
+//! With each beat it also reports the concurrency limit it holds for each endpoint it used
+//! recently: in `endpoint_limits` (query's endpoint stats sum them) and as the gauge
+//! `hookrelay_endpoint_concurrency_limit{endpoint_id}` (0 once it holds none).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::limits::Limits;
+use crate::{limits::Limits, store};
+
+const LIMIT_GAUGE: &str = "hookrelay_endpoint_concurrency_limit";
 
 /// How often a deliverer says it is alive.
 pub(crate) const BEAT: Duration = Duration::from_secs(2);
@@ -42,6 +48,7 @@ pub(crate) async fn beat(db: &PgPool, id: &str) -> Result<usize, sqlx::Error> {
 pub(crate) async fn run(db: PgPool, id: String, limits: Arc<Limits>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = HashSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -51,12 +58,32 @@ pub(crate) async fn run(db: PgPool, id: String, limits: Arc<Limits>, shutdown: C
             Ok(n) => limits.set_replicas(n),
             Err(error) => warn!(%error, "the deliverer heartbeat failed; keeping the last replica count"),
         }
+        report(&db, &id, &limits, &mut reported).await;
     }
-    let left = sqlx::query("DELETE FROM deliverer_replicas WHERE id = $1 OR seen_at < now() - interval '1 hour'")
-        .bind(&id)
-        .execute(&db)
-        .await;
+    let left = sqlx::query(
+        "WITH limits AS (DELETE FROM endpoint_limits WHERE replica = $1)
+         DELETE FROM deliverer_replicas WHERE id = $1 OR seen_at < now() - interval '1 hour'",
+    )
+    .bind(&id)
+    .execute(&db)
+    .await;
     if let Err(error) = left {
         warn!(%error, "removing this deliverer's heartbeat failed; it stops counting after {ALIVE:?}");
+    }
+}
+
+/// Reports the limits held now; endpoints reported before and no longer held read 0.
+async fn report(db: &PgPool, id: &str, limits: &Limits, reported: &mut HashSet<String>) {
+    let held = limits.held();
+    let now: HashSet<String> = held.iter().map(|h| h.endpoint_id.clone()).collect();
+    for gone in reported.difference(&now) {
+        metrics::gauge!(LIMIT_GAUGE, "endpoint_id" => gone.clone()).set(0.0);
+    }
+    for h in &held {
+        metrics::gauge!(LIMIT_GAUGE, "endpoint_id" => h.endpoint_id.clone()).set(f64::from(h.limit));
+    }
+    *reported = now;
+    if let Err(error) = store::report_limits(db, id, &held).await {
+        warn!(%error, "reporting the endpoints' concurrency limits failed; the stats show them at the next beat");
     }
 }

@@ -1,65 +1,173 @@
-//! The due-retry loop: every poll interval it claims due `deliveries` rows (`FOR UPDATE
-//! SKIP LOCKED`, leased by pushing `next_attempt_at` forward), reads each one's envelope
-//! from `events`, and attempts them concurrently within the shared in-flight limit. This is
-//! how retries survive restarts and how several deliverers share the work.
+//! The due-delivery loop: it claims due `deliveries` rows (`FOR UPDATE SKIP LOCKED`, leased
+//! by pushing `next_attempt_at` forward), reads each one's envelope from `events`, and hands
+//! them to their endpoints (`limits`): started at once, or queued in memory for the
+//! endpoint's next free slot. This is how retries survive restarts and how several
+//! deliverers share the work.
 //!
-//! Head-of-line blocking: the claim takes no more of an endpoint's rows than it may start
-//! now (`limits`: its share of `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT` and of its
-//! `rate_limit_per_sec`); an endpoint's excess stays due and unclaimed, costing neither an
-//! attempt nor a lease. A `failing` endpoint's rows are parked, out of the due index, and
-//! probed instead: one attempt per `HOOKRELAY_PROBE_INTERVAL` across all deliverers
-//! (`store::claim_probes`).
+//! It claims when something is due, not on a fixed beat alone ([`Wakes`]):
+//! - at the time a retry recorded here, or a paced delivery stored here, comes due;
+//! - at once when an endpoint whose deliveries overflowed into PostgreSQL has a free slot
+//!   and nothing left queued in memory (`limits`);
+//! - and every `HOOKRELAY_SCHEDULER_INTERVAL` for the rest: another deliverer's retries
+//!   (should it die), leases run out, operators' retries and probes.
+//!
+//! Head-of-line blocking: the claim takes no more of an endpoint's rows than it has room
+//! for, in flight and queued (`limits`), and within its pacing; an endpoint's excess stays
+//! due and unclaimed, costing neither an attempt nor a lease. A `failing` endpoint's rows are
+//! parked, out of the due index, and probed instead: one attempt per
+//! `HOOKRELAY_PROBE_INTERVAL` across all deliverers (`store::claim_probes`), and at most an
+//! eighth of `HOOKRELAY_DELIVERER_CONCURRENCY` probes in flight here, each counted against
+//! its tenant's share (`fair`).
 
-use std::time::Instant;
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
+use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument as _, warn};
 
 use crate::{
-    deliver::{self, Deliverer},
-    limits::Refused,
+    deliver::{self, Deliverer, Ready},
+    limits::{Entry, PACING_WINDOW, Want},
     store::{self, Claim, Due},
 };
 
 /// At most this many rows per claim.
 const CLAIM_BATCH: usize = 100;
+/// At most this many timers are kept; later ones are left to the poll.
+const TIMERS_MAX: usize = 100_000;
+
+/// What wakes the scheduler before its next poll: timers for deliveries coming due, and
+/// requests to claim at once.
+#[derive(Debug, Default)]
+pub(crate) struct Wakes {
+    notify: Notify,
+    timers: Mutex<BinaryHeap<Reverse<Instant>>>,
+}
+
+impl Wakes {
+    fn timers(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Reverse<Instant>>> {
+        self.timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claim as soon as possible.
+    pub(crate) fn now(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Claim at `at` (a delivery stored here comes due then).
+    pub(crate) fn at(&self, at: Instant) {
+        let earliest = {
+            let mut timers = self.timers();
+            if timers.len() >= TIMERS_MAX {
+                return;
+            }
+            let earliest = timers.peek().is_none_or(|Reverse(t)| at < *t);
+            timers.push(Reverse(at));
+            earliest
+        };
+        // The loop may be asleep until a later time: let it look again.
+        if earliest {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The earliest timer, after dropping those that have passed.
+    fn next(&self, now: Instant) -> Option<Instant> {
+        let mut timers = self.timers();
+        while timers.peek().is_some_and(|Reverse(t)| *t <= now) {
+            timers.pop();
+        }
+        timers.peek().map(|Reverse(t)| *t)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn take_now(&self) -> bool {
+        use futures::FutureExt as _;
+        self.notify.notified().now_or_never().is_some()
+    }
+}
+
+/// Probes in flight here, of at most a few.
+#[derive(Debug, Clone)]
+struct Probing(Arc<AtomicUsize>);
+
+/// Counts one probe until dropped.
+struct ProbeTurn(Arc<AtomicUsize>);
+
+impl Drop for ProbeTurn {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Probing {
+    fn turn(&self) -> ProbeTurn {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        ProbeTurn(self.0.clone())
+    }
+}
 
 pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let mut tick = tokio::time::interval(d.cfg.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let probing = Probing(Arc::new(AtomicUsize::new(0)));
+    let probes_max = (d.cfg.concurrency / 8).max(1);
+    let mut next_poll = Instant::now();
     let mut more = false;
     loop {
         if !more {
+            let until = d.wakes.next(Instant::now()).map_or(next_poll, |t| t.min(next_poll));
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
+                () = tokio::time::sleep_until(until.into()) => {}
+                () = d.wakes.notify.notified() => {}
             }
         }
         if shutdown.is_cancelled() {
             break;
         }
+        let now = Instant::now();
+        if now >= next_poll {
+            next_poll = now + d.cfg.poll_interval;
+        }
         more = false;
-        // Claim no more than can start now, so a claimed row does not wait out its lease.
-        let free = d.permits.available_permits().min(CLAIM_BATCH);
+        // Claim no more than can start soon, so a claimed row does not wait out its lease.
+        let free = d.fair.available().min(CLAIM_BATCH);
         if free == 0 {
             continue;
         }
-        let busy = d.limits.snapshot(Instant::now(), d.cfg.poll_interval);
-        let probing: Vec<&str> = busy.iter().map(|b| b.endpoint_id.as_str()).collect();
-        let probes = match store::claim_probes(&d.db, d.cfg.lease, d.cfg.probe_interval, &probing).await {
-            Ok(probes) => probes,
-            Err(error) => {
-                warn!(%error, "claiming probes of failing endpoints failed");
-                Vec::new()
+        let busy = d.limits.snapshot(now, PACING_WINDOW);
+        let in_flight: Vec<&str> = busy
+            .iter()
+            .filter(|b| b.in_flight > 0)
+            .map(|b| b.endpoint_id.as_str())
+            .collect();
+        let probe_room = probes_max.saturating_sub(probing.0.load(Ordering::Relaxed)).min(free);
+        let probes = if probe_room == 0 {
+            Vec::new()
+        } else {
+            let limit = i64::try_from(probe_room).unwrap_or(1);
+            match store::claim_probes(&d.db, d.cfg.lease, d.cfg.probe_interval, &in_flight, limit).await {
+                Ok(probes) => probes,
+                Err(error) => {
+                    warn!(%error, "claiming probes of failing endpoints failed");
+                    Vec::new()
+                }
             }
         };
         let claim = Claim {
             limit: i64::try_from(free.saturating_sub(probes.len())).unwrap_or(1),
             lease: d.cfg.lease,
-            cap: i32::try_from(d.limits.cap_share()).unwrap_or(i32::MAX),
+            untracked_free: d.limits.untracked_free(),
             replicas: i32::try_from(d.limits.replicas()).unwrap_or(1),
-            window: d.cfg.poll_interval,
+            window: PACING_WINDOW,
             busy: &busy,
         };
         let due = if claim.limit == 0 {
@@ -73,11 +181,24 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
                 }
             }
         };
-        more = due.len() + probes.len() >= free;
-        for row in probes.into_iter().chain(due) {
-            if !start(&d, &tracker, row).await {
-                break;
+        let all_taken = i64::try_from(due.len()).unwrap_or(i64::MAX) < claim.limit;
+        if all_taken {
+            let mut got: HashMap<&str, i32> = HashMap::new();
+            for row in &due {
+                *got.entry(row.endpoint_id.as_str()).or_default() += 1;
             }
+            for b in busy.iter().filter(|b| b.spilled) {
+                let got = got.get(b.endpoint_id.as_str()).copied().unwrap_or(0);
+                d.limits.claimed(&b.endpoint_id, b.free, got);
+            }
+        }
+        more = due.len() + probes.len() >= free;
+        for row in probes {
+            let turn = probing.turn();
+            start(&d, &tracker, row, Some(turn)).await;
+        }
+        for row in due {
+            start(&d, &tracker, row, None).await;
         }
     }
     tracker.close();
@@ -89,30 +210,32 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
     }
 }
 
-/// Starts a claimed row's attempt within its endpoint's limits (after its pacing delay, at
-/// most a poll interval), or gives it back for when they allow it. `false` once the
-/// deliverer is shutting down.
-async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due) -> bool {
-    let now = Instant::now();
-    let slot = d
-        .limits
-        .try_start(&row.endpoint_id, row.rate_limit_per_sec, now, d.cfg.poll_interval);
-    let (slot, wait) = match slot {
-        Ok(started) => started,
-        // The job path took the endpoint's last slot since the snapshot, or its pacing moved.
-        Err(refused) => {
+/// Hands a claimed row to its endpoint: started or queued (then attempted in the
+/// background), or given back for when its pacing allows.
+async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due, probe: Option<ProbeTurn>) {
+    let want = Want {
+        endpoint_id: &row.endpoint_id,
+        tenant_id: &row.tenant_id,
+        max_in_flight: row.max_in_flight,
+        rate_per_sec: row.rate_limit_per_sec,
+    };
+    let ready = match d.limits.enter(want, Instant::now(), PACING_WINDOW) {
+        Entry::Start(slot, wait) => Ready::Now(slot, wait),
+        Entry::Queued(rx) => Ready::Later(rx),
+        // The job path filled the endpoint since the snapshot, or its pacing moved.
+        refused @ (Entry::Paced(_) | Entry::Full) => {
             let after = match refused {
-                Refused::AtCap => std::time::Duration::ZERO,
-                Refused::Paced(wait) => wait,
+                Entry::Paced(wait) => wait,
+                _ => Duration::ZERO,
             };
             if let Err(error) = store::release(&d.db, &row.id, after).await {
                 warn!(%error, delivery_id = %row.id, "releasing a claimed delivery failed; it runs when its lease ends");
             }
-            return true;
+            if !after.is_zero() {
+                d.wakes.at(Instant::now() + after);
+            }
+            return;
         }
-    };
-    let Ok(permit) = d.permits.clone().acquire_owned().await else {
-        return false;
     };
     let d = d.clone();
     // A retry joins the trace of the event it delivers.
@@ -120,11 +243,29 @@ async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due) -> bool {
     hookrelay_runtime::telemetry::follow_traceparent(&span, row.traceparent.as_deref());
     tracker.spawn(
         async move {
-            tokio::time::sleep(wait).await;
-            deliver::deliver(&d, row, slot).await;
-            drop(permit);
+            deliver::when_ready(&d, row, ready).await;
+            drop(probe);
         }
         .instrument(span),
     );
-    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_wake_the_loop_when_they_come_first_and_pass() {
+        let w = Wakes::default();
+        let now = Instant::now();
+        w.at(now + Duration::from_secs(5));
+        assert!(w.take_now(), "the first timer wakes the loop to sleep on it");
+        w.at(now + Duration::from_secs(9));
+        assert!(!w.take_now(), "a later timer changes nothing");
+        w.at(now + Duration::from_secs(1));
+        assert!(w.take_now());
+        assert_eq!(w.next(now), Some(now + Duration::from_secs(1)));
+        assert_eq!(w.next(now + Duration::from_secs(6)), Some(now + Duration::from_secs(9)));
+        assert_eq!(w.next(now + Duration::from_secs(10)), None);
+    }
 }

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::{
     health::{self, Health, Observed, Rules, State},
-    limits::Busy,
+    limits::{Busy, Held},
     retry::Next,
 };
 
@@ -29,6 +29,8 @@ pub(crate) struct Due {
     pub(crate) body: Option<String>,
     /// The endpoint's `rate_limit_per_sec` (`None`: no limit, or the endpoint is gone).
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The endpoint's `max_in_flight` (`None`: the default, or the endpoint is gone).
+    pub(crate) max_in_flight: Option<i32>,
     /// The trace the delivery belongs to (W3C `traceparent`), when traces are exported.
     pub(crate) traceparent: Option<String>,
 }
@@ -46,6 +48,8 @@ pub(crate) struct Endpoint {
     pub(crate) timeout_seconds: Option<i32>,
     /// Its attempts are paced to this many a second (`None`: no limit).
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The ceiling of its adaptive concurrency across deliverers (`None`: the default).
+    pub(crate) max_in_flight: Option<i32>,
     pub(crate) updated_at: OffsetDateTime,
     /// From `endpoint_health`; `None` when it has no row (healthy).
     pub(crate) health_state: Option<String>,
@@ -177,7 +181,7 @@ pub(crate) async fn endpoint(db: impl PgExecutor<'_>, id: &str) -> Result<Option
     sqlx::query_as(
         "SELECT e.tenant_id, e.url, e.headers, e.secret,
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
-                e.enabled, e.timeout_seconds, e.rate_limit_per_sec, e.updated_at, h.state AS health_state, h.disabled_at
+                e.enabled, e.timeout_seconds, e.rate_limit_per_sec, e.max_in_flight, e.updated_at, h.state AS health_state, h.disabled_at
          FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id
          WHERE e.id = $1",
     )
@@ -193,13 +197,13 @@ pub(crate) struct Claim<'a> {
     pub(crate) limit: i64,
     /// Claimed rows are leased for this long.
     pub(crate) lease: Duration,
-    /// This deliverer's share of the per-endpoint in-flight cap.
-    pub(crate) cap: i32,
+    /// The rows an endpoint not in `busy` may get.
+    pub(crate) untracked_free: i32,
     /// Live deliverers, for an endpoint's share of its rate.
     pub(crate) replicas: i32,
     /// The claimed rows start within this (the poll interval), for pacing.
     pub(crate) window: Duration,
-    /// The endpoints this deliverer has attempts in flight to or pacing slots ahead for.
+    /// The endpoints this deliverer tracks, with the room each has.
     pub(crate) busy: &'a [Busy],
 }
 
@@ -207,8 +211,8 @@ pub(crate) struct Claim<'a> {
 /// other deliverers skip them, and they come due again if this process dies), with each
 /// one's stored envelope and its endpoint's rate limit.
 ///
-/// No endpoint gets more rows than it may start now: its share of the cap minus what is in
-/// flight here, and no more than its pacing allows within the window (for an endpoint
+/// No endpoint gets more rows than it has room for here, in flight and queued (`limits`),
+/// and no more than its pacing allows within the window (for an endpoint
 /// this process does not pace yet, `window * rate / replicas + 1`). A window function ranks
 /// each endpoint's due rows oldest first and only the free ranks are claimed. The rest stay
 /// due and untouched (no attempt counted, no lease). Parked rows (a failing endpoint's) are
@@ -221,21 +225,21 @@ pub(crate) struct Claim<'a> {
 const CLAIMED: &str =
     "RETURNING id, tenant_id, event_id, event_type, endpoint_id, attempt_count, manual_retry, traceparent)
          SELECT c.id, c.tenant_id, c.event_id, c.event_type, c.endpoint_id, c.attempt_count, c.manual_retry,
-                e.body, ep.rate_limit_per_sec, c.traceparent
+                e.body, ep.rate_limit_per_sec, ep.max_in_flight, c.traceparent
          FROM claimed c
          LEFT JOIN events e ON e.tenant_id = c.tenant_id AND e.event_id = c.event_id
          LEFT JOIN endpoints ep ON ep.id = c.endpoint_id";
 
 pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<Vec<Due>, sqlx::Error> {
     let ids: Vec<&str> = c.busy.iter().map(|b| b.endpoint_id.as_str()).collect();
-    let in_flight: Vec<i32> = c.busy.iter().map(|b| b.in_flight).collect();
+    let free: Vec<i32> = c.busy.iter().map(|b| b.free).collect();
     let paced_free: Vec<i32> = c.busy.iter().map(|b| b.paced_free).collect();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH busy AS (
-             SELECT * FROM unnest($4::text[], $5::int4[], $6::int4[]) AS b(endpoint_id, in_flight, paced_free)),
+             SELECT * FROM unnest($4::text[], $5::int4[], $6::int4[]) AS b(endpoint_id, free, paced_free)),
          ranked AS (
              SELECT d.id,
-                    LEAST($3::int4 - COALESCE(b.in_flight, 0),
+                    LEAST(COALESCE(b.free, $3::int4),
                           CASE WHEN e.rate_limit_per_sec IS NULL THEN $3::int4
                                WHEN b.paced_free >= 0 THEN b.paced_free
                                ELSE floor($8::float8 * e.rate_limit_per_sec / $7::int4)::int4 + 1 END) AS free,
@@ -257,9 +261,9 @@ pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<
     )))
     .bind(c.limit)
     .bind(c.lease.as_secs_f64())
-    .bind(c.cap)
+    .bind(c.untracked_free)
     .bind(ids)
-    .bind(in_flight)
+    .bind(free)
     .bind(paced_free)
     .bind(c.replicas.max(1))
     .bind(c.window.as_secs_f64())
@@ -271,21 +275,29 @@ pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<
 /// a due parked row: the oldest of them, leased like any claim, while `next_probe_at` moves
 /// a `probe` interval ahead. Taking the probe turn is one conditional update of the
 /// endpoint's health row, so of several deliverers polling at once exactly one probes.
-/// Endpoints in `skip` (probing from here already) are left alone.
+/// Endpoints in `skip` (with attempts in flight here) are left alone, and at most `limit`
+/// endpoints are probed at once.
 pub(crate) async fn claim_probes(
     db: impl PgExecutor<'_>,
     lease: Duration,
     probe: Duration,
     skip: &[&str],
+    limit: i64,
 ) -> Result<Vec<Due>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH turns AS (
              UPDATE endpoint_health h SET next_probe_at = now() + make_interval(secs => $2)
-             WHERE h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
-               AND NOT (h.endpoint_id = ANY($3::text[]))
-               AND EXISTS (SELECT 1 FROM deliveries d
-                           WHERE d.endpoint_id = h.endpoint_id AND d.parked
-                             AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now())
+             WHERE h.endpoint_id IN (
+                 SELECT h.endpoint_id FROM endpoint_health h
+                 WHERE h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
+                   AND NOT (h.endpoint_id = ANY($3::text[]))
+                   AND EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.endpoint_id = h.endpoint_id AND d.parked
+                                 AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now())
+                 ORDER BY h.next_probe_at NULLS FIRST
+                 LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+               AND h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
              RETURNING h.endpoint_id),
          claimed AS (
              UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $1)
@@ -300,8 +312,36 @@ pub(crate) async fn claim_probes(
     .bind(lease.as_secs_f64())
     .bind(probe.as_secs_f64())
     .bind(skip)
+    .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// Replaces this deliverer's rows in `endpoint_limits` with `held`, the limit it holds for
+/// each endpoint it used recently (query sums them for the endpoint's stats), and drops
+/// rows no deliverer has refreshed for ten minutes.
+pub(crate) async fn report_limits(db: &PgPool, replica: &str, held: &[Held]) -> Result<(), sqlx::Error> {
+    let column = |f: fn(&Held) -> &str| held.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "WITH gone AS (
+             DELETE FROM endpoint_limits
+             WHERE (replica = $1 AND NOT (endpoint_id = ANY($2::text[])))
+                OR updated_at < now() - interval '10 minutes')
+         INSERT INTO endpoint_limits (endpoint_id, replica, tenant_id, concurrency, in_flight, updated_at)
+         SELECT h.endpoint_id, $1, h.tenant_id, h.concurrency, h.in_flight, now()
+         FROM unnest($2::text[], $3::text[], $4::int4[], $5::int4[])
+              AS h(endpoint_id, tenant_id, concurrency, in_flight)
+         ON CONFLICT (endpoint_id, replica) DO UPDATE
+             SET concurrency = excluded.concurrency, in_flight = excluded.in_flight, updated_at = now()",
+    )
+    .bind(replica)
+    .bind(column(|h| &h.endpoint_id))
+    .bind(column(|h| &h.tenant_id))
+    .bind(held.iter().map(|h| h.limit).collect::<Vec<_>>())
+    .bind(held.iter().map(|h| h.in_flight).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Gives a claimed delivery back unattempted, due `after` from now (zero: for whichever

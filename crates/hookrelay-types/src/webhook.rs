@@ -63,11 +63,34 @@ pub fn custom_headers(custom: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What every answer and stored attempt shows of a custom header's value, which is
+/// write-only: `••••`, then the last four characters for a value of twelve or more.
+pub fn mask_header_value(value: &str) -> String {
+    const MASK: &str = "\u{2022}\u{2022}\u{2022}\u{2022}";
+    let chars = value.chars().count();
+    if chars >= 12 {
+        let tail: String = value.chars().skip(chars - 4).collect();
+        format!("{MASK}{tail}")
+    } else {
+        MASK.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn header_values_are_masked_showing_at_most_the_last_four_of_a_long_one() {
+        assert_eq!(mask_header_value("short"), "\u{2022}\u{2022}\u{2022}\u{2022}");
+        assert_eq!(mask_header_value("elevenchars"), "\u{2022}\u{2022}\u{2022}\u{2022}");
+        assert_eq!(
+            mask_header_value("Bearer s3cr3t-9f8e"),
+            "\u{2022}\u{2022}\u{2022}\u{2022}9f8e"
+        );
+    }
 
     #[test]
     fn custom_headers_never_replace_the_contracts() {
