@@ -158,6 +158,7 @@ async fn on_job(d: &Deliverer, msg: Message) {
         tenant_id: &due.tenant_id,
         max_in_flight,
         rate_per_sec: rate_limit_per_sec,
+        claimed: false,
     };
     let ready = match d.limits.enter(want, Instant::now(), PACING_WINDOW) {
         Entry::Start(slot, wait) => Ready::Now(slot, wait),

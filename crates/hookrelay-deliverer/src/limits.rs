@@ -11,11 +11,13 @@
 //!
 //! **Waiting for a slot.** A delivery whose endpoint has every slot in use joins the
 //! endpoint's queue in memory ([`Entry::Queued`]); a slot given back goes straight to the
-//! first in the queue ([`Slot`]'s drop), never to a poll. The queue holds four rounds of the
-//! endpoint's limit (one round for an endpoint slower than a second), and this process at
-//! most [`WAITING_MAX`] deliveries in all: what does not fit is [`Entry::Full`] and waits in
-//! PostgreSQL, due, and the endpoint is marked spilled: when its queue empties and a slot is
-//! free, the scheduler is woken (`Wakes`) to claim its next rows at once.
+//! first in the queue ([`Slot`]'s drop), never to a poll. The queue holds about ten seconds
+//! of the endpoint's work at its pace, and this process at most [`WAITING_MAX`] deliveries
+//! in all: what does not fit is [`Entry::Full`] and waits in PostgreSQL, due, and the
+//! endpoint is marked spilled. While it is, its new deliveries wait in PostgreSQL too,
+//! behind the older ones, and each time its queue is down to half, the scheduler is woken
+//! (`Wakes`) to claim its next rows at once, oldest first, into the queue; the mark goes
+//! once a claim finds none left.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -34,7 +36,13 @@ use crate::{
 };
 
 /// Deliveries waiting for a slot in this process, over every endpoint.
-pub(crate) const WAITING_MAX: usize = 20_000;
+pub(crate) const WAITING_MAX: usize = 10_000;
+/// Deliveries waiting for one endpoint's slot at most.
+const QUEUE_MAX: usize = 5_000;
+/// A queue holds about this much of its endpoint's work, at its current pace.
+const QUEUE_SPAN: Duration = Duration::from_secs(10);
+/// A queue may always hold this many.
+const QUEUE_MIN: usize = 16;
 /// A paced delivery waits in memory for a start at most this far ahead; a later one is
 /// stored due then (and the scheduler woken for it).
 pub(crate) const PACING_WINDOW: Duration = Duration::from_millis(100);
@@ -76,16 +84,21 @@ impl EndpointState {
         }
     }
 
-    /// How many may wait: four rounds of the limit, one round for a slow endpoint (so a
-    /// waiting delivery's wait stays well inside its lease), and a paced endpoint's next
-    /// five seconds of starts.
+    /// How many may wait: about [`QUEUE_SPAN`] of the endpoint's work at its limit and
+    /// usual latency (four rounds of the limit before its latency is known), so a waiting
+    /// delivery's wait stays well inside its lease; for a paced endpoint, its next five
+    /// seconds of starts.
     fn queue_max(&self) -> usize {
         let limit = self.aimd.limit();
-        let rounds = match self.aimd.smoothed() {
-            Some(latency) if latency >= Duration::from_secs(1) => 1,
-            _ => 4,
-        };
-        let mut max = (limit * rounds).max(16);
+        let mut max = match self.aimd.smoothed() {
+            Some(latency) => {
+                let rounds = QUEUE_SPAN.as_secs_f64() / latency.as_secs_f64().max(1e-4);
+                // Saturating float-to-int conversion, bounded just below.
+                (limit as f64 * rounds).min(QUEUE_MAX as f64) as usize
+            }
+            None => limit * 4,
+        }
+        .clamp(QUEUE_MIN, QUEUE_MAX);
         if let Some(spacing) = self.spacing {
             let per_5s = (5.0 / spacing.as_secs_f64().max(1e-6)).floor() as usize;
             max = max.min(per_5s.max(1));
@@ -138,6 +151,9 @@ pub(crate) struct Want<'a> {
     pub(crate) max_in_flight: Option<i32>,
     /// The endpoint's `rate_limit_per_sec` (`None`: no limit).
     pub(crate) rate_per_sec: Option<i32>,
+    /// Claimed from PostgreSQL by the scheduler: it may queue while the endpoint has
+    /// deliveries in PostgreSQL (a new job then waits there, behind them).
+    pub(crate) claimed: bool,
 }
 
 /// How a delivery may go on.
@@ -292,7 +308,9 @@ impl Limits {
             inner.waiting -= removed;
         }
         let state = inner.endpoints.get_mut(want.endpoint_id).expect("entered above");
-        if state.queue.len() >= state.queue_max() || waiting >= WAITING_MAX {
+        // Once some of its deliveries wait in PostgreSQL, new ones wait there too, behind
+        // them: the scheduler brings them into the queue in order.
+        if (state.spilled && !want.claimed) || state.queue.len() >= state.queue_max() || waiting >= WAITING_MAX {
             state.spilled = true;
             return Entry::Full;
         }
@@ -338,7 +356,7 @@ impl Limits {
                 state.in_flight += 1;
                 handoffs.push((tx, self.slot(&slot.endpoint_id, now + wait), wait));
             }
-            state.spilled && state.queue.is_empty() && state.in_flight < state.aimd.limit()
+            state.spilled && state.queue.len() <= state.queue_max() / 2
         };
         for (tx, handed, wait) in handoffs {
             // A waiter that gave up meanwhile: the slot comes back by its drop.
@@ -349,10 +367,11 @@ impl Limits {
         }
     }
 
-    /// The claim took `got` of the `asked` rows it could for a spilled endpoint: fewer means
-    /// none is left waiting in PostgreSQL, as far as this process knows.
-    pub(crate) fn claimed(&self, endpoint_id: &str, asked: i32, got: i32) {
-        if got < asked
+    /// A claim with room for a spilled endpoint's rows took `got` of them: none means none
+    /// is left waiting in PostgreSQL, as far as this process knows. (A row stored while the
+    /// claim ran is found by the next poll.)
+    pub(crate) fn claimed(&self, endpoint_id: &str, got: i32) {
+        if got == 0
             && let Some(state) = self.inner().endpoints.get_mut(endpoint_id)
         {
             state.spilled = false;
@@ -424,6 +443,7 @@ mod tests {
             tenant_id: "acme",
             max_in_flight: None,
             rate_per_sec: None,
+            claimed: false,
         }
     }
 
@@ -503,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_spills_and_the_endpoint_wakes_the_scheduler_once_its_queue_empties() {
+    fn a_full_queue_spills_and_the_scheduler_refills_it_in_order() {
         let wakes = Arc::new(Wakes::default());
         let l = Limits::new(1, wakes.clone());
         let now = Instant::now();
@@ -516,16 +536,28 @@ mod tests {
             .collect();
         assert!(matches!(l.enter(want("ep"), now, NO_WAIT), Entry::Full));
         assert!(l.snapshot(now, NO_WAIT)[0].spilled);
-        // Waiters that gave up make room again.
-        drop(queued);
+        // Later jobs wait in PostgreSQL behind it, while the scheduler's claims may queue.
+        let mut queued = queued.into_iter();
+        drop(queued.next());
+        assert!(matches!(l.enter(want("ep"), now, NO_WAIT), Entry::Full));
+        let claimed = Want {
+            claimed: true,
+            ..want("ep")
+        };
+        assert!(matches!(l.enter(claimed, now, NO_WAIT), Entry::Queued(_)));
+        // Once the queue is down to half, the scheduler is woken to claim more.
         assert!(!wakes.take_now());
+        drop(queued);
         drop(held);
         assert!(
             wakes.take_now(),
-            "a free slot with deliveries in PostgreSQL wakes the scheduler"
+            "a short queue with deliveries in PostgreSQL wakes the scheduler"
         );
-        l.claimed("ep", 10, 3);
+        l.claimed("ep", 3);
+        assert!(l.snapshot(now, NO_WAIT)[0].spilled, "some were left, maybe");
+        l.claimed("ep", 0);
         assert!(!l.snapshot(now, NO_WAIT)[0].spilled);
+        assert!(matches!(l.enter(want("ep"), now, NO_WAIT), Entry::Start(..)));
     }
 
     #[test]

@@ -187,9 +187,9 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
             for row in &due {
                 *got.entry(row.endpoint_id.as_str()).or_default() += 1;
             }
-            for b in busy.iter().filter(|b| b.spilled) {
+            for b in busy.iter().filter(|b| b.spilled && b.free > 0) {
                 let got = got.get(b.endpoint_id.as_str()).copied().unwrap_or(0);
-                d.limits.claimed(&b.endpoint_id, b.free, got);
+                d.limits.claimed(&b.endpoint_id, got);
             }
         }
         more = due.len() + probes.len() >= free;
@@ -218,6 +218,7 @@ async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due, probe: Option<Pro
         tenant_id: &row.tenant_id,
         max_in_flight: row.max_in_flight,
         rate_per_sec: row.rate_limit_per_sec,
+        claimed: true,
     };
     let ready = match d.limits.enter(want, Instant::now(), PACING_WINDOW) {
         Entry::Start(slot, wait) => Ready::Now(slot, wait),

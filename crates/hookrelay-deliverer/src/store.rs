@@ -240,7 +240,7 @@ pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<
          ranked AS (
              SELECT d.id,
                     LEAST(COALESCE(b.free, $3::int4),
-                          CASE WHEN e.rate_limit_per_sec IS NULL THEN $3::int4
+                          CASE WHEN e.rate_limit_per_sec IS NULL THEN 2147483647
                                WHEN b.paced_free >= 0 THEN b.paced_free
                                ELSE floor($8::float8 * e.rate_limit_per_sec / $7::int4)::int4 + 1 END) AS free,
                     row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rank

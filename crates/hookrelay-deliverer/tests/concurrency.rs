@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Running, Sent, TENANT, WAIT, changed, endpoint, publish_job, send_event, setup, wait_for};
+use common::{Running, Sent, TENANT, WAIT, changed, endpoint, publish_job, send_event, setup, start, wait_for};
 use hookrelay_testkit::{Receiver, TestEnv, eventually};
 use hookrelay_types::{DeliveryId, EndpointId, EventId, messages::DeliveryJob, signature::Secret};
 use serde_json::json;
@@ -41,8 +41,8 @@ async fn limit_metric(running: &Running, endpoint: &str) -> Option<usize> {
     line[needle.len()..].trim().parse::<f64>().ok().map(|v| v as usize)
 }
 
-/// Sends `n` events to `endpoint` at once and waits until all are delivered.
-async fn burst(db: &sqlx::PgPool, js: &async_nats::jetstream::Context, endpoint: &str, n: usize) -> Vec<Sent> {
+/// Sends `n` events to `endpoint` and waits until all are delivered.
+async fn burst(db: &sqlx::PgPool, js: &async_nats::jetstream::Context, endpoint: &str, n: usize) {
     let mut sent = Vec::new();
     for _ in 0..n {
         sent.push(send_event(db, js, endpoint).await);
@@ -50,7 +50,25 @@ async fn burst(db: &sqlx::PgPool, js: &async_nats::jetstream::Context, endpoint:
     for s in &sent {
         wait_for(db, &s.delivery_id, "delivered", 1).await;
     }
-    sent
+}
+
+/// Queues `n` events for `endpoint` while no deliverer runs, then starts one, which finds
+/// them all at once (more than the starting limit), and waits until all are delivered.
+async fn flood(env: &TestEnv, running: Running, endpoint: &str, n: usize) -> Running {
+    running.stop().await;
+    let (db, js) = (
+        env.db().await.unwrap(),
+        async_nats::jetstream::new(env.nats().await.unwrap()),
+    );
+    let mut sent: Vec<Sent> = Vec::new();
+    for _ in 0..n {
+        sent.push(send_event(&db, &js, endpoint).await);
+    }
+    let running = start(env, &[("HOOKRELAY_RETRY_SCHEDULE", "1m")]).await;
+    for s in &sent {
+        wait_for(&db, &s.delivery_id, "delivered", 1).await;
+    }
+    running
 }
 
 /// Points `endpoint` at `url` and announces it, as query does.
@@ -71,7 +89,7 @@ async fn an_endpoint_that_answers_fast_gets_more_in_flight_and_a_429_halves_it()
     let receiver = Receiver::start().await.unwrap();
     // More work than the starting limit of 8, each answer taking 20 ms: the limit grows.
     let (ep, _) = endpoint(&db, &receiver.url("slow/20/fast"), json!({})).await;
-    burst(&db, &js, &ep, 300).await;
+    let running = flood(&env, running, &ep, 300).await;
     let grown = limit_after(&db, &ep, db_now(&db).await).await;
     assert!(grown > 8, "the limit did not grow: {grown}");
     let shown = limit_metric(&running, &ep).await;
@@ -92,7 +110,7 @@ async fn an_endpoint_that_slows_down_gets_fewer_in_flight() {
     let (running, db, js) = setup(&env, &[]).await;
     let receiver = Receiver::start().await.unwrap();
     let (ep, _) = endpoint(&db, &receiver.url("slow/20/quick"), json!({})).await;
-    burst(&db, &js, &ep, 300).await;
+    let running = flood(&env, running, &ep, 300).await;
     let fast = limit_after(&db, &ep, db_now(&db).await).await;
     assert!(fast > 8, "the limit did not grow: {fast}");
 
@@ -204,5 +222,43 @@ async fn a_tenants_slow_endpoints_do_not_delay_another_tenants_first_attempts() 
     })
     .await;
     assert!(all.is_some(), "acme's slow endpoints did not get all their deliveries");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_backlog_beyond_the_queue_waits_in_postgresql_and_drains_without_polls() {
+    let env = TestEnv::start().await.unwrap();
+    // One attempt at a time, 200 ms each; the scheduler polls once a minute, so only the
+    // wake-ups of a draining queue can bring the stored deliveries back in time.
+    let settings = [
+        ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "1"),
+        ("HOOKRELAY_SCHEDULER_INTERVAL", "60s"),
+    ];
+    let (running, db, js) = setup(&env, &settings).await;
+    let receiver = Receiver::start().await.unwrap();
+    let (ep, _) = endpoint(&db, &receiver.url("slow/200/one-at-a-time"), json!({})).await;
+    let mut sent = Vec::new();
+    for _ in 0..40 {
+        sent.push(send_event(&db, &js, &ep).await);
+    }
+    // More than the queue holds: some wait in PostgreSQL, due and unattempted.
+    let spilled = eventually(WAIT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries
+             WHERE endpoint_id = $1 AND attempt_count = 0 AND next_attempt_at <= now()",
+        )
+        .bind(&ep)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert!(spilled.is_some(), "nothing waited in PostgreSQL");
+    for s in &sent {
+        let row = wait_for(&db, &s.delivery_id, "delivered", 1).await;
+        assert_eq!(row.attempt_count, 1);
+    }
+    assert_eq!(receiver.received("slow/200/one-at-a-time").len(), 40, "each once");
     running.stop().await;
 }
