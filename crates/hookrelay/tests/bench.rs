@@ -115,6 +115,7 @@ async fn bench_latency_at_a_fixed_rate() {
     // A fixed rate: about rate × duration events.
     let events = n(&r["events"]);
     assert!((250..=301).contains(&events), "{r}");
+    assert_cpu_measured(&r);
 }
 
 #[tokio::test]
@@ -164,6 +165,21 @@ async fn bench_noisy_compares_healthy_latency_beside_a_failing_backlog() {
     assert!(r["latency_ms_alone"]["p99"].as_f64().is_some(), "{r}");
     assert!(r["p99_ratio"].as_f64().is_some(), "{r}");
     assert_eq!(r["alone"]["deliveries"], r["alone"]["events"], "{r}");
+}
+
+/// hookrelay's, PostgreSQL's and NATS's CPU over the measured phases are figures (the
+/// test's servers are local), with hookrelay's per delivery.
+fn assert_cpu_measured(r: &Value) {
+    let cpu = &r["cpu"];
+    for group in ["hookrelay", "postgres", "nats", "bench"] {
+        assert!(cpu["ms"][group].is_u64(), "{group}: {r}");
+    }
+    assert!(n(&cpu["ms"]["hookrelay"]) > 0, "{r}");
+    assert!(
+        cpu["ms_per_delivery"]["hookrelay"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{r}"
+    );
+    assert!(n(&cpu["phases"]) > 0, "{r}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! The bench's own receiver: a bare hyper HTTP/1 server on loopback. Endpoint `i` is
-//! `/e/<i>`; it answers 200, or 500 for an endpoint marked failing. It counts every request
+//! The bench's own receiver: a bare hyper HTTP/1 server on loopback, on the bench's runtime
+//! or on one of its own (`--receiver-threads`). Endpoint `i` is `/e/<i>`; it answers 200,
+//! or 500 for an endpoint marked failing. It counts every request
 //! per (phase, endpoint, event), measures latency from the send time carried in the event
 //! id (see [`EventKey`]) and checks the Standard Webhooks signature of a sample with the
 //! reference library (`standardwebhooks`), not with hookrelay's own signing code.
@@ -94,15 +95,20 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    /// Binds 127.0.0.1:0 (or `addr`) and serves `endpoints` endpoints until `stop`.
+    /// Binds 127.0.0.1:0 (or `addr`) and serves `endpoints` endpoints until `stop`: on the
+    /// calling runtime, or with `threads`, on a runtime of its own on that many threads (a
+    /// current-thread runtime for 1), so the receiver's share of the CPU is bounded and
+    /// apart from the senders'.
     pub(crate) async fn start(
         addr: SocketAddr,
+        threads: Option<u16>,
         endpoints: usize,
         tag: &str,
         clock: Instant,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let rx = Arc::new(Self {
             addr: listener.local_addr()?,
             slots: (0..endpoints).map(|_| Slot::default()).collect(),
@@ -118,29 +124,59 @@ impl Receiver {
             window: Arc::new(Semaphore::new(0)),
         });
         let server = rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    () = stop.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let _ = stream.set_nodelay(true);
-                let rx = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let rx = rx.clone();
-                        async move { Ok::<_, Infallible>(rx.handle(req).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        match threads {
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tokio::spawn(server.serve(listener, stop));
             }
-        });
+            Some(n) => {
+                let runtime = if n == 1 {
+                    tokio::runtime::Builder::new_current_thread().enable_all().build()?
+                } else {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(usize::from(n))
+                        .thread_name("bench-receiver")
+                        .enable_all()
+                        .build()?
+                };
+                std::thread::Builder::new()
+                    .name("bench-receiver".into())
+                    .spawn(move || {
+                        runtime.block_on(async move {
+                            // The listener registers with the runtime it is made in.
+                            match tokio::net::TcpListener::from_std(listener) {
+                                Ok(listener) => server.serve(listener, stop).await,
+                                Err(error) => eprintln!("receiver: {error}"),
+                            }
+                        });
+                    })?;
+            }
+        }
         Ok(rx)
+    }
+
+    /// Accepts connections until `stop`, each served on a task of the current runtime.
+    async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, stop: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let rx = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let rx = rx.clone();
+                    async move { Ok::<_, Infallible>(rx.handle(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     }
 
     pub(crate) fn url(&self, endpoint: usize) -> String {

@@ -364,6 +364,7 @@ async fn intake_phase(
     let label = format!("intake {}{}", via_name(via), if validate { " validated" } else { "" });
     let progress = progress(b, &label, &sent, None);
     let start_unix = unix_now();
+    let cpu_start = b.cpu.snapshot().await;
     let drive = Drive {
         rate: args.rate,
         duration,
@@ -384,6 +385,8 @@ async fn intake_phase(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let cpu_end = b.cpu.snapshot().await;
+    b.cpu.phase_done(cpu_start, cpu_end, accepted, 0);
     progress.cancel();
     let lost = accepted.saturating_sub(u64::try_from(stored).unwrap_or(0));
     let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
@@ -577,6 +580,7 @@ async fn measure(
     let phase = &b.rx.phases[usize::from(shape.phase)];
     let sent = Arc::new(Sent::default());
     let progress = progress(b, label, &sent, Some(shape.phase));
+    let cpu_start = b.cpu.snapshot().await;
     sender.drive(shape, drive, &sent, &b.stop).await;
     let accepted = sent.accepted_seqs();
     let expected: u64 = accepted.iter().map(|s| shape.slots(*s).len() as u64).sum();
@@ -597,6 +601,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let log_wait_seconds = received_at.elapsed().as_secs_f64();
+    let cpu_end = b.cpu.snapshot().await;
     progress.cancel();
 
     // Compare what was sent with what arrived and what the log holds, pair by pair. The
@@ -638,6 +643,7 @@ async fn measure(
             }
         }
     }
+    b.cpu.phase_done(cpu_start, cpu_end, accepted.len() as u64, deliveries);
     let started = sent.started_us.load(Relaxed);
     let ended = sent.ended_us.load(Relaxed);
     let last = phase.last_arrival_us.load(Relaxed).max(ended);
