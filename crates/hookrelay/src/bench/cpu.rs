@@ -183,6 +183,12 @@ impl Meter {
         totals.deliveries += deliveries;
     }
 
+    /// Deliveries that happened during measured phases beyond those the phases counted
+    /// (another tenant's, in `fairness`).
+    pub(crate) fn add_deliveries(&self, n: u64) {
+        self.0.totals.lock().unwrap_or_else(|e| e.into_inner()).deliveries += n;
+    }
+
     /// `{phases, events, deliveries, ms:{group}, ms_per_delivery:{group}, counted:{group}}`
     /// (and `ms_per_event` when nothing was delivered); a group not measured is "n/a".
     pub(crate) fn json(&self) -> Value {

@@ -2,8 +2,8 @@
 //! with its own loopback receiver, and checks the result: every delivery confirmed at the
 //! receiver and recorded in the delivery log, none lost, none duplicated, signatures valid
 //! on a sample. Scenarios (docs/benchmarks.md): `throughput`, `latency`, `fanout`, `noisy`,
-//! `intake`, and `log` (the delivery log's queries over a bulk-loaded database). A run that
-//! loses, duplicates or leaves an attempt unlogged exits non-zero. Beside its
+//! `fairness`, `intake`, and `log` (the delivery log's queries over a bulk-loaded database).
+//! A run that loses, duplicates or leaves an attempt unlogged exits non-zero. Beside its
 //! figures, each run reports the CPU that hookrelay, PostgreSQL and NATS used while it
 //! measured ([`cpu`]).
 
@@ -45,6 +45,9 @@ pub enum Scenario {
     /// Healthy endpoints' latency beside one failing endpoint with a `--backlog` (default
     /// 50,000), compared with a run before the neighbour's backlog exists.
     Noisy,
+    /// Tenant B's healthy endpoints at `--rate` (default 200/s), alone and then beside
+    /// tenant A's slow (`--slow-after`, default 10 s) and refusing endpoints with work queued.
+    Fairness,
     /// REST and NATS acceptance alone (no endpoint matches); `--validate` adds the same
     /// with a declared JSON Schema enforced, and the ratio of the rates.
     Intake,
@@ -88,6 +91,19 @@ pub struct Args {
     /// healthy ones).
     #[arg(long)]
     pub endpoints: Option<usize>,
+    /// fairness: tenant A's endpoints that answer 200 after `--slow-after`.
+    #[arg(long, default_value_t = 50)]
+    pub slow_endpoints: usize,
+    /// fairness: tenant A's endpoints on a loopback port that refuses connections.
+    #[arg(long, default_value_t = 200)]
+    pub refusing_endpoints: usize,
+    /// fairness: how long tenant A's slow endpoints take to answer.
+    #[arg(long, value_parser = seconds, default_value = "10")]
+    pub slow_after: Duration,
+    /// fairness: events queued for each of tenant A's endpoints, sent when B's second phase
+    /// starts.
+    #[arg(long, default_value_t = 3)]
+    pub queued: u64,
     /// noisy: deliveries queued for the failing endpoint.
     #[arg(long, default_value_t = 50_000)]
     pub backlog: u64,

@@ -1,6 +1,7 @@
 //! The bench's own receiver: a bare hyper HTTP/1 server on loopback, on the bench's runtime
 //! or on one of its own (`--receiver-threads`). Endpoint `i` is `/e/<i>`; it answers 200,
-//! or 500 for an endpoint marked failing. It counts every request
+//! or 500 for an endpoint marked failing, at once or after an endpoint's delay (the slow
+//! endpoints of `fairness`). It counts every request
 //! per (phase, endpoint, event), measures latency from the send time carried in the event
 //! id (see [`EventKey`]) and checks the Standard Webhooks signature of a sample with the
 //! reference library (`standardwebhooks`), not with hookrelay's own signing code.
@@ -13,7 +14,7 @@ use std::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -56,6 +57,8 @@ impl EventKey {
 pub(crate) struct Slot {
     /// Answer 500 to everything (the noisy neighbour).
     pub(crate) failing: AtomicBool,
+    /// Milliseconds to wait before answering (0: answer at once).
+    pub(crate) delay_ms: AtomicU64,
     secret: OnceLock<standardwebhooks::Webhook>,
     checked_once: AtomicBool,
 }
@@ -79,6 +82,8 @@ pub(crate) struct Stats {
     pub(crate) bad_signatures: AtomicU64,
     /// Requests to failing endpoints (answered 500).
     pub(crate) failing_requests: AtomicU64,
+    /// Requests to delayed endpoints answered (after their delay).
+    pub(crate) delayed_answered: AtomicU64,
     /// Requests whose path or `webhook-id` the bench did not make.
     pub(crate) strangers: AtomicU64,
 }
@@ -202,6 +207,17 @@ impl Receiver {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (status, slot) = self.record(req).await;
+        let delay = slot.map_or(0, |s| self.slots[s].delay_ms.load(Relaxed));
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            self.stats.delayed_answered.fetch_add(1, Relaxed);
+        }
+        reply(status)
+    }
+
+    /// Counts a request and checks its signature; the status to answer and the endpoint.
+    async fn record(&self, req: Request<Incoming>) -> (StatusCode, Option<usize>) {
         let endpoint = req
             .uri()
             .path()
@@ -218,12 +234,12 @@ impl Receiver {
             .and_then(|id| EventKey::parse(id, &self.tag));
         let (Some(endpoint), Some(key)) = (endpoint, key) else {
             self.stats.strangers.fetch_add(1, Relaxed);
-            return reply(StatusCode::NOT_FOUND);
+            return (StatusCode::NOT_FOUND, None);
         };
         let slot = &self.slots[endpoint];
         if slot.failing.load(Relaxed) {
             self.stats.failing_requests.fetch_add(1, Relaxed);
-            return reply(StatusCode::INTERNAL_SERVER_ERROR);
+            return (StatusCode::INTERNAL_SERVER_ERROR, Some(endpoint));
         }
         let now = self.now_us();
         let phase = &self.phases[usize::from(key.phase)];
@@ -235,7 +251,7 @@ impl Receiver {
         };
         if count > 1 {
             phase.duplicates.fetch_add(1, Relaxed);
-            return reply(StatusCode::OK);
+            return (StatusCode::OK, Some(endpoint));
         }
         let nth = phase.first_arrivals.fetch_add(1, Relaxed);
         phase.last_arrival_us.fetch_max(now, Relaxed);
@@ -258,7 +274,7 @@ impl Receiver {
                 self.stats.bad_signatures.fetch_add(1, Relaxed);
             }
         }
-        reply(StatusCode::OK)
+        (StatusCode::OK, Some(endpoint))
     }
 }
 
