@@ -175,9 +175,15 @@ impl Report {
         if let Some(ms) = self.cpu["ms"].as_object() {
             let parts: Vec<String> = ms
                 .iter()
-                .map(|(k, v)| match self.cpu["ms_per_delivery"][k].as_f64() {
-                    Some(per) => format!("{k} {v} ({per:.3}/delivery)"),
-                    None => format!("{k} {v}"),
+                .map(|(k, v)| {
+                    match (
+                        self.cpu["ms_per_delivery"][k].as_f64(),
+                        self.cpu["ms_per_event"][k].as_f64(),
+                    ) {
+                        (Some(per), _) => format!("{k} {v} ({per:.3}/delivery)"),
+                        (None, Some(per)) => format!("{k} {v} ({per:.3}/event)"),
+                        (None, None) => format!("{k} {v}"),
+                    }
                 })
                 .collect();
             println!(
