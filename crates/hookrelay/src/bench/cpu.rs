@@ -4,12 +4,13 @@
 //! itself (sender and receiver), in total and per delivery.
 //!
 //! Each figure is the difference between two snapshots of `/proc/<pid>/stat` (utime +
-//! stime), summed over pids: one taken when a measured phase starts sending, one when its
-//! checks end. A process that starts between the two (a new PostgreSQL backend) counts from
-//! 0, which is exact; one that exits between them is lost with all its CPU, so a backend
-//! that connects and disconnects within a phase is not counted. Ticks are taken as 1/100 s:
-//! Linux reports these times in USER_HZ, which is 100 wherever it exports them to user
-//! space (`sysconf(_SC_CLK_TCK)` is not called; the crate does not link libc).
+//! stime), summed over pids: one taken when a measured phase starts sending, one when the
+//! delivery log holds all its deliveries (or the wait for them ran out). A process that
+//! starts between the two (a new PostgreSQL backend) counts from 0, which is exact; one that
+//! exits between them is lost with all its CPU, so a backend that connects and disconnects
+//! within a phase is not counted. Ticks are taken as 1/100 s: Linux reports these times in
+//! USER_HZ, which is 100 wherever it exports them to user space (`sysconf(_SC_CLK_TCK)` is
+//! not called; the crate does not link libc).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
