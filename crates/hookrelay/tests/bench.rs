@@ -115,6 +115,7 @@ async fn bench_latency_at_a_fixed_rate() {
     // A fixed rate: about rate × duration events.
     let events = n(&r["events"]);
     assert!((250..=301).contains(&events), "{r}");
+    assert_cpu_measured(&r);
 }
 
 #[tokio::test]
@@ -164,6 +165,57 @@ async fn bench_noisy_compares_healthy_latency_beside_a_failing_backlog() {
     assert!(r["latency_ms_alone"]["p99"].as_f64().is_some(), "{r}");
     assert!(r["p99_ratio"].as_f64().is_some(), "{r}");
     assert_eq!(r["alone"]["deliveries"], r["alone"]["events"], "{r}");
+}
+
+#[tokio::test]
+async fn bench_fairness_delivers_every_event_of_b_beside_a_slow_and_refusing_tenant() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(
+        &env,
+        &[
+            "fairness",
+            "--spawn",
+            "--duration",
+            "3",
+            "--rate",
+            "50",
+            "--slow-endpoints",
+            "5",
+            "--refusing-endpoints",
+            "10",
+            "--slow-after",
+            "2",
+            "--receiver-threads",
+            "1",
+        ],
+    )
+    .await;
+    // `bench` fails on any of B's events lost; B's second phase is the report's main figures.
+    assert_eq!(r["scenario"], "fairness");
+    assert_delivered(&r, 1, &["all"]);
+    assert_eq!(r["alone"]["deliveries"], r["alone"]["events"], "{r}");
+    assert!(n(&r["alone"]["events"]) > 0, "{r}");
+    let a = &r["tenant_a"];
+    assert_eq!(n(&a["slow_deliveries_expected"]), 5 * 3, "{r}");
+    assert_eq!(a["slow_answered_by_end"], a["slow_deliveries_expected"], "{r}");
+    assert_eq!(r["receiver"]["threads"], 1, "{r}");
+    assert_eq!(r["receiver"]["runtime"], "own", "{r}");
+    assert_cpu_measured(&r);
+}
+
+/// hookrelay's, PostgreSQL's and NATS's CPU over the measured phases are figures (the
+/// test's servers are local), with hookrelay's per delivery.
+fn assert_cpu_measured(r: &Value) {
+    let cpu = &r["cpu"];
+    for group in ["hookrelay", "postgres", "nats", "bench"] {
+        assert!(cpu["ms"][group].is_u64(), "{group}: {r}");
+    }
+    assert!(n(&cpu["ms"]["hookrelay"]) > 0, "{r}");
+    assert!(
+        cpu["ms_per_delivery"]["hookrelay"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{r}"
+    );
+    assert!(n(&cpu["phases"]) > 0, "{r}");
 }
 
 #[tokio::test]

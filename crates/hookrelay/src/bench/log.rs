@@ -33,6 +33,20 @@ pub(crate) async fn deliveries_of(db: &PgPool, tenant: &str, endpoint_id: &str) 
     )
 }
 
+/// The tenant's deliveries counted by status.
+pub(crate) async fn statuses(db: &PgPool, tenant: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status::text, count(*) FROM deliveries WHERE tenant_id = $1 GROUP BY status ORDER BY status",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(status, n)| (status, serde_json::Value::from(n)))
+        .collect())
+}
+
 /// Every delivery of the tenant with the number of attempt rows recorded for it.
 pub(crate) async fn deliveries(db: &PgPool, tenant: &str) -> anyhow::Result<Vec<Logged>> {
     let rows: Vec<(String, String, String, i64)> = sqlx::query_as(

@@ -2,9 +2,12 @@
 //! with its own loopback receiver, and checks the result: every delivery confirmed at the
 //! receiver and recorded in the delivery log, none lost, none duplicated, signatures valid
 //! on a sample. Scenarios (docs/benchmarks.md): `throughput`, `latency`, `fanout`, `noisy`,
-//! `intake`, and `log` (the delivery log's queries over a bulk-loaded database). A run that
-//! loses, duplicates or leaves an attempt unlogged exits non-zero.
+//! `fairness`, `intake`, and `log` (the delivery log's queries over a bulk-loaded database).
+//! A run that loses, duplicates or leaves an attempt unlogged exits non-zero. Beside its
+//! figures, each run reports the CPU that hookrelay, PostgreSQL and NATS used while it
+//! measured ([`cpu`]).
 
+mod cpu;
 mod log;
 mod log_query;
 mod receiver;
@@ -42,6 +45,9 @@ pub enum Scenario {
     /// Healthy endpoints' latency beside one failing endpoint with a `--backlog` (default
     /// 50,000), compared with a run before the neighbour's backlog exists.
     Noisy,
+    /// Tenant B's healthy endpoints at `--rate` (default 200/s), alone and then beside
+    /// tenant A's slow (`--slow-after`, default 10 s) and refusing endpoints with work queued.
+    Fairness,
     /// REST and NATS acceptance alone (no endpoint matches); `--validate` adds the same
     /// with a declared JSON Schema enforced, and the ratio of the rates.
     Intake,
@@ -85,6 +91,19 @@ pub struct Args {
     /// healthy ones).
     #[arg(long)]
     pub endpoints: Option<usize>,
+    /// fairness: tenant A's endpoints that answer 200 after `--slow-after`.
+    #[arg(long, default_value_t = 50)]
+    pub slow_endpoints: usize,
+    /// fairness: tenant A's endpoints on a loopback port that refuses connections.
+    #[arg(long, default_value_t = 200)]
+    pub refusing_endpoints: usize,
+    /// fairness: how long tenant A's slow endpoints take to answer.
+    #[arg(long, value_parser = seconds, default_value = "10")]
+    pub slow_after: Duration,
+    /// fairness: events queued for each of tenant A's endpoints, sent when B's second phase
+    /// starts.
+    #[arg(long, default_value_t = 3)]
+    pub queued: u64,
     /// noisy: deliveries queued for the failing endpoint.
     #[arg(long, default_value_t = 50_000)]
     pub backlog: u64,
@@ -125,6 +144,10 @@ pub struct Args {
     /// The receiver's listen address (must be one hookrelay can reach).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub receiver: SocketAddr,
+    /// The receiver runs on a runtime of its own with this many threads (1: a
+    /// current-thread runtime); default: on the bench's runtime, beside the senders.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub receiver_threads: Option<u16>,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -148,7 +171,7 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
         }
         return Ok(());
     }
-    let target = match args.spawn {
+    let mut target = match args.spawn {
         Some(mode) => Target::spawn(mode, src).await?,
         None => {
             let addr = src.get("HOOKRELAY_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
@@ -167,6 +190,7 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
             )
         }
     };
+    target.cpu = cpu::Meter::discover(src, &target.pids).await;
     let watching = CancellationToken::new();
     let rss = RssPeaks::watch(target.pids.clone(), watching.clone());
     let outcome = scenarios::run(&args, src, &target, stop).await;
@@ -174,6 +198,7 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
     let log_hint = target.log_hint();
     let log_path = target.log.clone();
     let spawned = args.spawn.is_some();
+    let cpu = target.cpu.json();
     target.stop().await;
     let mut report = outcome.with_context(|| {
         if spawned {
@@ -190,6 +215,17 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
         }
     };
     report.rss_mb = per_process(rss.peaks());
+    report.cpu = cpu;
+    let (threads, runtime) = match args.receiver_threads {
+        Some(n) => (usize::from(n), "own"),
+        None => (
+            tokio::runtime::Handle::current().metrics().num_workers(),
+            "shared with the senders",
+        ),
+    };
+    report
+        .extra
+        .insert("receiver".into(), json!({"threads": threads, "runtime": runtime}));
     report.extra.insert("cpu_seconds".into(), per_process(rss.cpu()));
     report.print(args.json);
     let problems = report.problems();
@@ -225,6 +261,7 @@ pub(crate) struct Bench {
     pub(crate) rx: Arc<Receiver>,
     pub(crate) clock: Instant,
     pub(crate) stop: CancellationToken,
+    pub(crate) cpu: cpu::Meter,
     /// Endpoint ids by receiver slot.
     pub(crate) endpoints: Vec<String>,
 }
@@ -268,7 +305,7 @@ impl Bench {
                 hookrelay_runtime::db::AUTOVACUUM_OFF
             );
         }
-        let rx = Receiver::start(args.receiver, slots, &tag, clock, stop.clone()).await?;
+        let rx = Receiver::start(args.receiver, args.receiver_threads, slots, &tag, clock, stop.clone()).await?;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency.max(16))
             .tcp_nodelay(true)
@@ -286,6 +323,7 @@ impl Bench {
             rx,
             clock,
             stop,
+            cpu: target.cpu.clone(),
             endpoints: Vec::new(),
         };
         bench.key = bench

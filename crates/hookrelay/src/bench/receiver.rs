@@ -1,5 +1,7 @@
-//! The bench's own receiver: a bare hyper HTTP/1 server on loopback. Endpoint `i` is
-//! `/e/<i>`; it answers 200, or 500 for an endpoint marked failing. It counts every request
+//! The bench's own receiver: a bare hyper HTTP/1 server on loopback, on the bench's runtime
+//! or on one of its own (`--receiver-threads`). Endpoint `i` is `/e/<i>`; it answers 200,
+//! or 500 for an endpoint marked failing, at once or after an endpoint's delay (the slow
+//! endpoints of `fairness`). It counts every request
 //! per (phase, endpoint, event), measures latency from the send time carried in the event
 //! id (see [`EventKey`]) and checks the Standard Webhooks signature of a sample with the
 //! reference library (`standardwebhooks`), not with hookrelay's own signing code.
@@ -12,7 +14,7 @@ use std::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -55,6 +57,8 @@ impl EventKey {
 pub(crate) struct Slot {
     /// Answer 500 to everything (the noisy neighbour).
     pub(crate) failing: AtomicBool,
+    /// Milliseconds to wait before answering (0: answer at once).
+    pub(crate) delay_ms: AtomicU64,
     secret: OnceLock<standardwebhooks::Webhook>,
     checked_once: AtomicBool,
 }
@@ -78,6 +82,8 @@ pub(crate) struct Stats {
     pub(crate) bad_signatures: AtomicU64,
     /// Requests to failing endpoints (answered 500).
     pub(crate) failing_requests: AtomicU64,
+    /// Requests to delayed endpoints answered (after their delay).
+    pub(crate) delayed_answered: AtomicU64,
     /// Requests whose path or `webhook-id` the bench did not make.
     pub(crate) strangers: AtomicU64,
 }
@@ -94,15 +100,20 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    /// Binds 127.0.0.1:0 (or `addr`) and serves `endpoints` endpoints until `stop`.
+    /// Binds 127.0.0.1:0 (or `addr`) and serves `endpoints` endpoints until `stop`: on the
+    /// calling runtime, or with `threads`, on a runtime of its own on that many threads (a
+    /// current-thread runtime for 1), so the receiver's share of the CPU is bounded and
+    /// apart from the senders'.
     pub(crate) async fn start(
         addr: SocketAddr,
+        threads: Option<u16>,
         endpoints: usize,
         tag: &str,
         clock: Instant,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let rx = Arc::new(Self {
             addr: listener.local_addr()?,
             slots: (0..endpoints).map(|_| Slot::default()).collect(),
@@ -118,29 +129,59 @@ impl Receiver {
             window: Arc::new(Semaphore::new(0)),
         });
         let server = rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    () = stop.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let _ = stream.set_nodelay(true);
-                let rx = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let rx = rx.clone();
-                        async move { Ok::<_, Infallible>(rx.handle(req).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        match threads {
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tokio::spawn(server.serve(listener, stop));
             }
-        });
+            Some(n) => {
+                let runtime = if n == 1 {
+                    tokio::runtime::Builder::new_current_thread().enable_all().build()?
+                } else {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(usize::from(n))
+                        .thread_name("bench-receiver")
+                        .enable_all()
+                        .build()?
+                };
+                std::thread::Builder::new()
+                    .name("bench-receiver".into())
+                    .spawn(move || {
+                        runtime.block_on(async move {
+                            // The listener registers with the runtime it is made in.
+                            match tokio::net::TcpListener::from_std(listener) {
+                                Ok(listener) => server.serve(listener, stop).await,
+                                Err(error) => eprintln!("receiver: {error}"),
+                            }
+                        });
+                    })?;
+            }
+        }
         Ok(rx)
+    }
+
+    /// Accepts connections until `stop`, each served on a task of the current runtime.
+    async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, stop: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let rx = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let rx = rx.clone();
+                    async move { Ok::<_, Infallible>(rx.handle(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     }
 
     pub(crate) fn url(&self, endpoint: usize) -> String {
@@ -166,6 +207,17 @@ impl Receiver {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (status, slot) = self.record(req).await;
+        let delay = slot.map_or(0, |s| self.slots[s].delay_ms.load(Relaxed));
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            self.stats.delayed_answered.fetch_add(1, Relaxed);
+        }
+        reply(status)
+    }
+
+    /// Counts a request and checks its signature; the status to answer and the endpoint.
+    async fn record(&self, req: Request<Incoming>) -> (StatusCode, Option<usize>) {
         let endpoint = req
             .uri()
             .path()
@@ -182,12 +234,12 @@ impl Receiver {
             .and_then(|id| EventKey::parse(id, &self.tag));
         let (Some(endpoint), Some(key)) = (endpoint, key) else {
             self.stats.strangers.fetch_add(1, Relaxed);
-            return reply(StatusCode::NOT_FOUND);
+            return (StatusCode::NOT_FOUND, None);
         };
         let slot = &self.slots[endpoint];
         if slot.failing.load(Relaxed) {
             self.stats.failing_requests.fetch_add(1, Relaxed);
-            return reply(StatusCode::INTERNAL_SERVER_ERROR);
+            return (StatusCode::INTERNAL_SERVER_ERROR, Some(endpoint));
         }
         let now = self.now_us();
         let phase = &self.phases[usize::from(key.phase)];
@@ -199,7 +251,7 @@ impl Receiver {
         };
         if count > 1 {
             phase.duplicates.fetch_add(1, Relaxed);
-            return reply(StatusCode::OK);
+            return (StatusCode::OK, Some(endpoint));
         }
         let nth = phase.first_arrivals.fetch_add(1, Relaxed);
         phase.last_arrival_us.fetch_max(now, Relaxed);
@@ -222,7 +274,7 @@ impl Receiver {
                 self.stats.bad_signatures.fetch_add(1, Relaxed);
             }
         }
-        reply(StatusCode::OK)
+        (StatusCode::OK, Some(endpoint))
     }
 }
 

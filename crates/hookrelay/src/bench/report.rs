@@ -66,6 +66,8 @@ pub(crate) struct Report {
     pub(crate) signatures_checked: u64,
     pub(crate) bad_signatures: u64,
     pub(crate) rss_mb: Value,
+    /// CPU over the measured phases, per process group ([`super::cpu::Meter::json`]).
+    pub(crate) cpu: Value,
     /// Scenario-specific figures, printed and added to the JSON line.
     pub(crate) extra: Map<String, Value>,
     /// Problems a scenario found beyond the counts above (e.g. validation not enforced).
@@ -127,6 +129,7 @@ impl Report {
             "signatures_checked": self.signatures_checked,
             "bad_signatures": self.bad_signatures,
             "rss_mb": self.rss_mb,
+            "cpu": self.cpu,
         });
         if let Value::Object(map) = &mut v {
             map.extend(self.extra.clone());
@@ -168,6 +171,32 @@ impl Report {
         if let Value::Object(rss) = &self.rss_mb {
             let parts: Vec<String> = rss.iter().map(|(k, v)| format!("{k} {v} MB")).collect();
             println!("  peak RSS    {}", parts.join(", "));
+        }
+        if let Some(ms) = self.cpu["ms"].as_object() {
+            let parts: Vec<String> = ms
+                .iter()
+                .map(|(k, v)| {
+                    match (
+                        self.cpu["ms_per_delivery"][k].as_f64(),
+                        self.cpu["ms_per_event"][k].as_f64(),
+                    ) {
+                        (Some(per), _) => format!("{k} {v} ({per:.3}/delivery)"),
+                        (None, Some(per)) => format!("{k} {v} ({per:.3}/event)"),
+                        (None, None) => format!("{k} {v}"),
+                    }
+                })
+                .collect();
+            println!(
+                "  cpu ms      {}   over {} measured phase(s), {} deliveries",
+                parts.join(", "),
+                self.cpu["phases"],
+                self.cpu["deliveries"]
+            );
+            if let Some(counted) = self.cpu["counted"].as_object() {
+                for (k, v) in counted {
+                    println!("              {k}: {}", v.as_str().unwrap_or_default());
+                }
+            }
         }
         // A nested table (the log's shapes) is printed by its scenario, and is in the JSON.
         for (k, v) in self.extra.iter().filter(|(k, _)| k.as_str() != "shapes") {

@@ -28,6 +28,7 @@ pub(crate) async fn run(args: &Args, src: &Source, target: &Target, stop: Cancel
         Scenario::Latency => latency(args, src, target, stop).await,
         Scenario::Fanout => fanout(args, src, target, stop).await,
         Scenario::Noisy => noisy(args, src, target, stop).await,
+        Scenario::Fairness => fairness(args, src, target, stop).await,
         Scenario::Intake => intake(args, src, target, stop).await,
         Scenario::Log => anyhow::bail!("the log scenario starts its own hookrelay"),
     }
@@ -39,6 +40,7 @@ fn name(s: Scenario) -> &'static str {
         Scenario::Latency => "latency",
         Scenario::Fanout => "fanout",
         Scenario::Noisy => "noisy",
+        Scenario::Fairness => "fairness",
         Scenario::Intake => "intake",
         Scenario::Log => "log",
     }
@@ -256,6 +258,217 @@ async fn noisy(args: &Args, src: &Source, target: &Target, stop: CancellationTok
     Ok(report)
 }
 
+/// Receiver phase of tenant A's events in `fairness` (B uses 1 alone and 2 beside A).
+const TENANT_A_PHASE: u8 = 3;
+
+/// Tenant B's healthy endpoints at a fixed rate, measured alone, then beside tenant A: A's
+/// slow endpoints (answering 200 after `--slow-after`) and refusing ones (a loopback port
+/// nothing listens on), `--queued` events each, sent as B's second phase starts. B must lose
+/// nothing; A's slow endpoints must still be delivered to; A's refused deliveries retry and
+/// are not counted.
+async fn fairness(args: &Args, src: &Source, target: &Target, stop: CancellationToken) -> anyhow::Result<Report> {
+    let healthy = args.endpoints.unwrap_or(10).max(1);
+    let (slow, refusing, queued) = (args.slow_endpoints, args.refusing_endpoints, args.queued.max(1));
+    let mut b = Bench::setup(args, src, target, healthy + slow, stop).await?;
+    let base = one_each(&mut b, healthy, 1).await?;
+    let via = args.via.unwrap_or(Via::Rest);
+    let sender = b.sender(via);
+    warm_up(&b, &sender, &base).await?;
+    let rate = args.rate.unwrap_or(200.0);
+    let duration = Duration::from_secs(30);
+
+    let alone = measure(
+        &b,
+        &sender,
+        &base,
+        paced(args, rate, duration),
+        "fairness: B alone",
+        args.timeout,
+    )
+    .await?;
+
+    let a = TenantA::setup(&b, src, healthy, slow, refusing, args.slow_after).await?;
+    let a_sender = Arc::new(super::send::Sender::new(
+        via,
+        b.http.clone(),
+        &b.ingest_url,
+        &a.key,
+        b.js.clone(),
+        &a.tenant,
+        &b.tag,
+        b.clock,
+    ));
+    let a_shape = Shape {
+        types: vec!["bench/slow".to_owned(), "bench/refused".to_owned()],
+        matches: vec![(healthy..healthy + slow).collect(), Vec::new()],
+        phase: TENANT_A_PHASE,
+    };
+    let a_sent = Arc::new(Sent::default());
+    let drive = Drive {
+        rate: None,
+        duration: args.timeout,
+        max_events: Some(2 * queued),
+        concurrency: args.concurrency,
+        window: None,
+    };
+    a_sender.drive(&a_shape, drive, &a_sent, &b.stop).await;
+    let a_accepted = a_sent.accepted_seqs();
+    let slow_expected: u64 = a_accepted.iter().map(|s| a_shape.slots(*s).len() as u64).sum();
+
+    let shape = Shape { phase: 2, ..base };
+    let beside = measure(
+        &b,
+        &sender,
+        &shape,
+        paced(args, rate, duration),
+        "fairness: B beside A",
+        args.timeout,
+    )
+    .await?;
+    let answered = || b.rx.stats.delayed_answered.load(Relaxed);
+    let slow_during = answered();
+    // A's slow deliveries in the measured phase are part of the work its CPU paid for.
+    b.cpu.add_deliveries(slow_during);
+    let deadline = Instant::now() + args.timeout;
+    while answered() < slow_expected && Instant::now() < deadline && !b.stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slow_by_end = answered();
+    let a_statuses = log::statuses(&b.db, &a.tenant).await?;
+    // Leave no retrying work behind in a hookrelay that keeps running.
+    a.remove_endpoints().await.context("removing tenant A's endpoints")?;
+
+    let mut report = beside.report(&b, name(args.scenario), via);
+    report.lost += alone.lost;
+    report.duplicates += alone.duplicates;
+    report.unlogged += alone.unlogged;
+    report.send_errors += alone.send_errors + a_sent.failed.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+    if slow_by_end < slow_expected {
+        report.failures.push(format!(
+            "tenant A's slow endpoints got {slow_by_end} of {slow_expected} deliveries within --timeout"
+        ));
+    }
+    let ratio = match (alone.latency, beside.latency) {
+        (Some(a), Some(b)) if a.p99 > 0.0 => Some(round2(b.p99 / a.p99)),
+        _ => None,
+    };
+    report.extra.insert(
+        "alone".into(),
+        json!({"events": alone.events, "deliveries": alone.deliveries, "attempts_logged": alone.attempts_logged}),
+    );
+    report.extra.insert("rate".into(), json!(rate));
+    report.extra.insert("healthy_endpoints".into(), json!(healthy));
+    report
+        .extra
+        .insert("latency_ms_alone".into(), Latency::json(alone.latency));
+    report.extra.insert("p99_ratio".into(), json!(ratio));
+    report
+        .extra
+        .insert("p99_ratio_within_2".into(), json!(ratio.map(|r| r <= 2.0)));
+    report.extra.insert(
+        "tenant_a".into(),
+        json!({
+            "slow_endpoints": slow,
+            "refusing_endpoints": refusing,
+            "slow_after_seconds": args.slow_after.as_secs_f64(),
+            "queued_per_endpoint": queued,
+            "events": a_accepted.len(),
+            "slow_deliveries_expected": slow_expected,
+            "slow_answered_during_run": slow_during,
+            "slow_answered_by_end": slow_by_end,
+            "deliveries_by_status": a_statuses,
+        }),
+    );
+    Ok(report)
+}
+
+/// The neighbour tenant of `fairness`: its key and endpoints.
+struct TenantA {
+    tenant: String,
+    key: String,
+    control: crate::control::ControlPlane,
+    endpoints: Vec<String>,
+}
+
+impl TenantA {
+    /// Creates the tenant, `slow` endpoints on receiver slots `first_slot..` answering after
+    /// `slow_after` (subscribed to `bench/slow`), and `refusing` endpoints on a loopback port
+    /// that was bound and closed again (subscribed to `bench/refused`).
+    async fn setup(
+        b: &Bench,
+        src: &Source,
+        first_slot: usize,
+        slow: usize,
+        refusing: usize,
+        slow_after: Duration,
+    ) -> anyhow::Result<Self> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+
+        let tenant = format!("{}_a", b.tenant);
+        let admin = crate::control::ControlPlane {
+            http: b.http.clone(),
+            base: b.query_url.clone(),
+            token: src.required("HOOKRELAY_ADMIN_TOKEN")?,
+        };
+        let key = admin
+            .tenant_and_key(&tenant, "hookrelay bench, tenant A", "bench", false)
+            .await?;
+        let control = crate::control::ControlPlane {
+            token: key.clone(),
+            ..admin
+        };
+        let refused_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let delay_ms = u64::try_from(slow_after.as_millis()).unwrap_or(u64::MAX);
+        let endpoints: Vec<String> = futures::stream::iter(0..slow + refusing)
+            .map(|i| {
+                let control = control.clone();
+                let (url, event) = if i < slow {
+                    (b.rx.url(first_slot + i), "bench/slow")
+                } else {
+                    (format!("http://127.0.0.1:{refused_port}/e/{i}"), "bench/refused")
+                };
+                async move {
+                    let ep = control
+                        .call(
+                            reqwest::Method::POST,
+                            "/v1/endpoints",
+                            json!({"url": url, "events": [event], "description": "hookrelay bench, tenant A"}),
+                        )
+                        .await?;
+                    if i < slow {
+                        let secret = ep["secret"].as_str().context("no secret in the reply")?;
+                        b.rx.set_secret(first_slot + i, secret)?;
+                        b.rx.slots[first_slot + i].delay_ms.store(delay_ms, Relaxed);
+                    }
+                    anyhow::Ok(ep["id"].as_str().context("no id in the reply")?.to_owned())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(Self {
+            tenant,
+            key,
+            control,
+            endpoints,
+        })
+    }
+
+    async fn remove_endpoints(&self) -> anyhow::Result<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+
+        futures::stream::iter(&self.endpoints)
+            .map(|id| async move {
+                let path = format!("/v1/endpoints/{id}");
+                self.control.call(reqwest::Method::DELETE, &path, Value::Null).await
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+}
+
 async fn intake(args: &Args, src: &Source, target: &Target, stop: CancellationToken) -> anyhow::Result<Report> {
     let b = Bench::setup(args, src, target, 0, stop).await?;
     let duration = args.duration.unwrap_or(Duration::from_secs(15));
@@ -364,6 +577,7 @@ async fn intake_phase(
     let label = format!("intake {}{}", via_name(via), if validate { " validated" } else { "" });
     let progress = progress(b, &label, &sent, None);
     let start_unix = unix_now();
+    let cpu_start = b.cpu.snapshot().await;
     let drive = Drive {
         rate: args.rate,
         duration,
@@ -384,6 +598,8 @@ async fn intake_phase(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let cpu_end = b.cpu.snapshot().await;
+    b.cpu.phase_done(cpu_start, cpu_end, accepted, 0);
     progress.cancel();
     let lost = accepted.saturating_sub(u64::try_from(stored).unwrap_or(0));
     let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
@@ -577,6 +793,7 @@ async fn measure(
     let phase = &b.rx.phases[usize::from(shape.phase)];
     let sent = Arc::new(Sent::default());
     let progress = progress(b, label, &sent, Some(shape.phase));
+    let cpu_start = b.cpu.snapshot().await;
     sender.drive(shape, drive, &sent, &b.stop).await;
     let accepted = sent.accepted_seqs();
     let expected: u64 = accepted.iter().map(|s| shape.slots(*s).len() as u64).sum();
@@ -597,6 +814,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let log_wait_seconds = received_at.elapsed().as_secs_f64();
+    let cpu_end = b.cpu.snapshot().await;
     progress.cancel();
 
     // Compare what was sent with what arrived and what the log holds, pair by pair. The
@@ -638,6 +856,7 @@ async fn measure(
             }
         }
     }
+    b.cpu.phase_done(cpu_start, cpu_end, accepted.len() as u64, deliveries);
     let started = sent.started_us.load(Relaxed);
     let ended = sent.ended_us.load(Relaxed);
     let last = phase.last_arrival_us.load(Relaxed).max(ended);

@@ -17,7 +17,7 @@ use hookrelay_runtime::config::Source;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::SpawnMode;
+use super::{SpawnMode, cpu::Meter};
 
 /// A running hookrelay: where its APIs are and which processes make it up.
 pub(crate) struct Target {
@@ -27,6 +27,8 @@ pub(crate) struct Target {
     pub(crate) pids: Vec<(String, u32)>,
     children: Vec<Child>,
     pub(crate) log: Option<PathBuf>,
+    /// CPU of hookrelay and the servers it uses, over the measured phases.
+    pub(crate) cpu: Meter,
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -42,6 +44,7 @@ impl Target {
             pids,
             children: Vec::new(),
             log: None,
+            cpu: Meter::default(),
         }
     }
 
@@ -61,6 +64,7 @@ impl Target {
             pids: Vec::new(),
             children: Vec::new(),
             log: Some(log),
+            cpu: Meter::default(),
         };
         let admin = src.required("HOOKRELAY_ADMIN_TOKEN")?;
         let mut urls = BTreeMap::new();
