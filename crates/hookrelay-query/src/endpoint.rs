@@ -13,6 +13,9 @@ pub(crate) const MAX_DESCRIPTION_CHARS: usize = 1000;
 pub(crate) const MAX_HEADERS: usize = 50;
 /// An endpoint's own attempt timeout, in seconds.
 pub(crate) const TIMEOUT_SECONDS: std::ops::RangeInclusive<i64> = 1..=30;
+/// The ceiling of an endpoint's adaptive concurrency, across every deliverer
+/// (`endpoints_max_in_flight_range` in the schema).
+pub(crate) const MAX_IN_FLIGHT: std::ops::RangeInclusive<i64> = 1..=1000;
 
 /// Headers hookrelay sets itself; an endpoint may not override them.
 const RESERVED_HEADERS: [&str; 7] = [
@@ -55,6 +58,11 @@ pub(crate) struct EndpointInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>, minimum = 1)]
     rate_limit_per_sec: Option<Value>,
+    /// The most attempts in flight to the endpoint across every deliverer, the ceiling of
+    /// its adaptive concurrency; null for the deliverers' `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
+    max_in_flight: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 30)]
     timeout_seconds: Option<Value>,
@@ -74,6 +82,8 @@ pub(crate) struct EndpointSpec {
     pub(crate) description: String,
     pub(crate) enabled: bool,
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The ceiling of its adaptive concurrency (NULL: the deliverers' default).
+    pub(crate) max_in_flight: Option<i32>,
     /// The endpoint's own attempt timeout (NULL: the deliverer's default).
     pub(crate) timeout_seconds: Option<i32>,
 }
@@ -94,6 +104,7 @@ impl EndpointInput {
             description: String::new(),
             enabled: true,
             rate_limit_per_sec: None,
+            max_in_flight: None,
             timeout_seconds: None,
         };
         self.apply(blank, allow_private)
@@ -157,6 +168,18 @@ impl EndpointInput {
                 ),
             };
         }
+        if let Some(v) = self.max_in_flight {
+            spec.max_in_flight = whole_or_null(v, &MAX_IN_FLIGHT, || {
+                Invalid::new(
+                    "invalid_max_in_flight",
+                    format!(
+                        "max_in_flight must be a whole number from {} to {} (or null for the default)",
+                        MAX_IN_FLIGHT.start(),
+                        MAX_IN_FLIGHT.end()
+                    ),
+                )
+            })?;
+        }
         if let Some(v) = self.timeout_seconds {
             spec.timeout_seconds = match v {
                 Value::Null => None,
@@ -178,6 +201,23 @@ impl EndpointInput {
             };
         }
         Ok(spec)
+    }
+}
+
+/// `null` as `None`, a whole number within `range` as itself; anything else is refused.
+fn whole_or_null(
+    v: Value,
+    range: &std::ops::RangeInclusive<i64>,
+    refuse: impl FnOnce() -> Invalid,
+) -> Result<Option<i32>, Invalid> {
+    match v {
+        Value::Null => Ok(None),
+        v => v
+            .as_i64()
+            .filter(|n| range.contains(n))
+            .and_then(|n| i32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(refuse),
     }
 }
 
@@ -303,6 +343,19 @@ mod tests {
         for bad in [json!(0), json!(31), json!(1.5), json!("10"), json!(-1)] {
             assert_eq!(with("timeout_seconds", bad).code, "invalid_timeout");
         }
+        for bad in [
+            json!(0),
+            json!(1001),
+            json!(2.5),
+            json!("8"),
+            json!(-3),
+            json!(true),
+            json!({}),
+        ] {
+            let e = with("max_in_flight", bad);
+            assert_eq!(e.code, "invalid_max_in_flight");
+            assert!(e.message.contains("max_in_flight"), "{}", e.message);
+        }
         assert_eq!(with("description", json!("x".repeat(1001))).code, "invalid_description");
         assert_eq!(with("enabled", json!("yes")).code, "invalid_enabled");
         assert_eq!(with("url", json!(5)).code, "invalid_url");
@@ -356,6 +409,19 @@ mod tests {
         assert_eq!(timed.timeout_seconds, Some(1));
         let untimed = input(json!({"timeout_seconds": null})).apply(timed, false).unwrap();
         assert_eq!(untimed.timeout_seconds, None);
+        let capped = input(json!({"max_in_flight": 1000}))
+            .apply(spec.clone(), false)
+            .unwrap();
+        assert_eq!(capped.max_in_flight, Some(1000));
+        assert_eq!(
+            input(json!({"description": "e"}))
+                .apply(capped.clone(), false)
+                .unwrap()
+                .max_in_flight,
+            Some(1000)
+        );
+        let uncapped = input(json!({"max_in_flight": null})).apply(capped, false).unwrap();
+        assert_eq!(uncapped.max_in_flight, None);
         let cleared = input(json!({"rate_limit_per_sec": null, "description": null}))
             .apply(spec.clone(), false)
             .unwrap();

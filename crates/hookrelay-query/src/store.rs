@@ -164,6 +164,8 @@ pub(crate) struct Endpoint {
     pub(crate) description: String,
     pub(crate) enabled: bool,
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The ceiling of its adaptive concurrency; null for the deliverers' default.
+    pub(crate) max_in_flight: Option<i32>,
     pub(crate) timeout_seconds: Option<i32>,
     #[serde(skip)]
     pub(crate) secret: String,
@@ -185,6 +187,7 @@ impl Endpoint {
             description: self.description.clone(),
             enabled: self.enabled,
             rate_limit_per_sec: self.rate_limit_per_sec,
+            max_in_flight: self.max_in_flight,
             timeout_seconds: self.timeout_seconds,
         }
     }
@@ -201,9 +204,9 @@ pub(crate) async fn insert_endpoint(
     Ok(sqlx::query_as(
         "INSERT INTO endpoints
            (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret,
-            timeout_seconds)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+            timeout_seconds, max_in_flight)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                    secret, disabled_reason, created_at, updated_at",
     )
     .bind(id.as_str())
@@ -217,6 +220,7 @@ pub(crate) async fn insert_endpoint(
     .bind(spec.rate_limit_per_sec)
     .bind(secret)
     .bind(spec.timeout_seconds)
+    .bind(spec.max_in_flight)
     .fetch_one(db)
     .await?)
 }
@@ -227,7 +231,7 @@ pub(crate) async fn endpoint(
     tenant: Option<&TenantId>,
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
     )
@@ -244,7 +248,7 @@ pub(crate) async fn endpoint_for_update(
     tenant: Option<&TenantId>,
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) FOR UPDATE",
     )
@@ -258,10 +262,11 @@ pub(crate) async fn endpoint_for_update(
 pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, spec: &EndpointSpec) -> Result<Endpoint> {
     Ok(sqlx::query_as(
         "UPDATE endpoints SET url = $2, events = $3, filter = $4, headers = $5, description = $6,
-                enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, updated_at = now(),
+                enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, max_in_flight = $10,
+                updated_at = now(),
                 disabled_reason = CASE WHEN $7 THEN NULL ELSE disabled_reason END
          WHERE id = $1
-         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                    secret, disabled_reason, created_at, updated_at",
     )
     .bind(id.as_str())
@@ -273,6 +278,7 @@ pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, sp
     .bind(spec.enabled)
     .bind(spec.rate_limit_per_sec)
     .bind(spec.timeout_seconds)
+    .bind(spec.max_in_flight)
     .fetch_one(db)
     .await?)
 }
@@ -299,7 +305,7 @@ pub(crate) async fn endpoints(
     limit: i64,
 ) -> Result<Vec<Endpoint>> {
     let mut q = QueryBuilder::<Postgres>::new(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE tenant_id = ",
     );

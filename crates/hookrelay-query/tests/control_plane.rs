@@ -827,3 +827,64 @@ async fn every_endpoint_change_is_announced_to_the_routers_after_it_commits() {
     let gone = app.api.delete(&path, &key).await;
     assert_error(&gone, 404, "not_found");
 }
+
+#[tokio::test]
+async fn max_in_flight_is_kept_returned_bounded_and_reset_by_null() {
+    use futures::StreamExt as _;
+    let app = app().await;
+    let key = app.full_key("acme").await;
+    let base = json!({"url": "https://example.com/hooks", "events": ["**"]});
+    let default = app.endpoint(&key, base.clone()).await;
+    assert_eq!(default["max_in_flight"], Value::Null);
+    let mut capped = base.clone();
+    capped["max_in_flight"] = json!(12);
+    let created = app.endpoint(&key, capped).await;
+    assert_eq!(created["max_in_flight"], 12);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/endpoints/{id}");
+    assert_eq!(app.api.get(&path, &key).await.body["max_in_flight"], 12);
+    let list = app.api.get("/v1/endpoints", &key).await;
+    let listed = list.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["max_in_flight"], 12);
+
+    for bad in [json!(0), json!(1001), json!(2.5), json!("5"), json!(-1), json!(false)] {
+        let mut body = base.clone();
+        body["max_in_flight"] = bad.clone();
+        let r = app.api.post("/v1/endpoints", &key, body).await;
+        assert_error(&r, 422, "invalid_max_in_flight");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains("max_in_flight"));
+        let r = app.api.patch(&path, &key, json!({"max_in_flight": bad})).await;
+        assert_error(&r, 422, "invalid_max_in_flight");
+    }
+
+    let nats = app.env.nats().await.unwrap();
+    let mut changes = nats
+        .subscribe(hookrelay_types::subjects::CONTROL_ENDPOINTS_ALL)
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let patched = app.api.patch(&path, &key, json!({"max_in_flight": 1000})).await;
+    assert_eq!(patched.body["max_in_flight"], 1000, "{patched:?}");
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+        .await
+        .expect("the change is announced")
+        .unwrap();
+    assert_eq!(msg.subject.as_str(), "hookrelay.control.endpoints.acme");
+    assert_eq!(msg.payload.as_ref(), id.as_bytes());
+    let stored: Option<i32> = sqlx::query_scalar("SELECT max_in_flight FROM endpoints WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(1000));
+    let kept = app.api.patch(&path, &key, json!({"description": "kept"})).await;
+    assert_eq!(kept.body["max_in_flight"], 1000);
+    let cleared = app.api.patch(&path, &key, json!({"max_in_flight": null})).await;
+    assert_eq!(cleared.body["max_in_flight"], Value::Null);
+    assert_eq!(app.api.get(&path, &key).await.body["max_in_flight"], Value::Null);
+}
