@@ -1,7 +1,7 @@
 //! All of query's SQL. Writes `tenants`, `api_keys`, `endpoints`, `event_types` and
 //! `event_type_versions` (query is their only writer); reads `events` (ingest's),
-//! `deliveries`, `attempts`, `endpoint_health` and `endpoint_health_transitions` (the
-//! deliverer's).
+//! `deliveries`, `attempts`, `endpoint_health`, `endpoint_health_transitions` and
+//! `endpoint_limits` (the deliverer's).
 //! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
 //! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
 
@@ -549,6 +549,30 @@ pub(crate) async fn event_body(
 }
 
 // --- stats and recovery --------------------------------------------------------------------
+
+/// A deliverer's row in `endpoint_limits` counts while it was refreshed this recently; an
+/// older one belongs to a deliverer that stopped delivering to the endpoint (or stopped).
+pub(crate) const LIMIT_FRESH_SECS: i64 = 30;
+
+/// The concurrency the deliverers hold for an endpoint now (`endpoint_limits`, the
+/// deliverer's): the sum of their limits (`None` when none holds one) and of their
+/// attempts in flight.
+pub(crate) async fn concurrency(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+) -> Result<(Option<i64>, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT sum(concurrency)::bigint, COALESCE(sum(in_flight), 0)::bigint
+         FROM endpoint_limits
+         WHERE endpoint_id = $1 AND tenant_id = $2 AND updated_at > now() - $3 * interval '1 second'",
+    )
+    .bind(endpoint.as_str())
+    .bind(tenant.as_str())
+    .bind(LIMIT_FRESH_SECS)
+    .fetch_one(db)
+    .await?)
+}
 
 /// Deliveries finished (`delivered`, `failed`) by attempts started since `since`'s minute,
 /// and those attempts' success latency histogram, added up from `endpoint_minutes` (the

@@ -651,7 +651,8 @@ async fn stats_count_the_window_and_report_health() {
     assert_eq!(
         empty.body,
         json!({"window": "1h", "delivered": 0, "failed": 0, "pending": 0, "delivery_rate": null,
-               "latency_ms": {"p50": null, "p95": null, "p99": null}, "health": "healthy"})
+               "latency_ms": {"p50": null, "p95": null, "p99": null}, "health": "healthy",
+               "concurrency": {"limit": null, "in_flight": 0, "max_in_flight": null}})
     );
 
     // Five failed attempts in a row make ep2 failing.
@@ -882,4 +883,68 @@ async fn recover_counts_failed_deliveries_since_and_publishes_a_command() {
         .await;
     assert_error(&unknown, 404, "not_found");
     assert_eq!(app.commands().await.len(), 1);
+}
+
+/// An `endpoint_limits` row, as a deliverer replica writes it, refreshed `age_secs` ago.
+async fn limit_row(app: &App, tenant: &str, endpoint: &str, replica: &str, limit: i32, in_flight: i32, age_secs: i64) {
+    sqlx::query(
+        "INSERT INTO endpoint_limits (endpoint_id, replica, tenant_id, concurrency, in_flight, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now() - $6 * interval '1 second')",
+    )
+    .bind(endpoint)
+    .bind(replica)
+    .bind(tenant)
+    .bind(limit)
+    .bind(in_flight)
+    .bind(age_secs)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn stats_show_the_concurrency_the_deliverers_hold_now() {
+    let f = fixture().await;
+    let app = &f.app;
+    let stats = async |ep: &str, key: &str| {
+        let r = app.api.get(&format!("/v1/endpoints/{ep}/stats"), key).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["concurrency"].clone()
+    };
+    assert_eq!(
+        stats(&f.ep1, &f.key).await,
+        json!({"limit": null, "in_flight": 0, "max_in_flight": null}),
+        "no deliverer holds a limit"
+    );
+
+    limit_row(app, "acme", &f.ep1, "deliverer-a", 6, 4, 2).await;
+    limit_row(app, "acme", &f.ep1, "deliverer-b", 10, 3, 20).await;
+    limit_row(app, "acme", &f.ep1, "deliverer-gone", 50, 50, 45).await;
+    limit_row(app, "acme", &f.ep2, "deliverer-a", 7, 7, 0).await;
+    let patched = app
+        .api
+        .patch(
+            &format!("/v1/endpoints/{}", f.ep1),
+            &f.key,
+            json!({"max_in_flight": 40}),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    assert_eq!(
+        stats(&f.ep1, &f.key).await,
+        json!({"limit": 16, "in_flight": 7, "max_in_flight": 40}),
+        "the fresh rows of this endpoint only"
+    );
+
+    sqlx::query("UPDATE endpoint_limits SET updated_at = now() - interval '1 minute' WHERE endpoint_id = $1")
+        .bind(&f.ep1)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        stats(&f.ep1, &f.key).await,
+        json!({"limit": null, "in_flight": 0, "max_in_flight": 40}),
+        "stale rows are no limit held"
+    );
+    assert_eq!(stats(&f.globex_ep, &f.globex_key).await["limit"], Value::Null);
 }
