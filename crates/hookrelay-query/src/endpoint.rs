@@ -2,7 +2,7 @@
 //! field by field so every refusal names its field. Pure: reads no tables or subjects.
 
 use axum::http::{HeaderName, HeaderValue};
-use hookrelay_types::{Invalid, Pattern, filter::Filter};
+use hookrelay_types::{Invalid, Pattern, filter::Filter, webhook};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -46,6 +46,9 @@ pub(crate) struct EndpointInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
+    /// Custom headers sent with every delivery; they replace the current ones as a whole.
+    /// Values are write-only (answers show them masked): a value equal to the mask shown
+    /// for that name keeps the stored value.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     headers: Option<Value>,
@@ -132,7 +135,7 @@ impl EndpointInput {
             };
         }
         if let Some(v) = self.headers {
-            spec.headers = headers(v)?;
+            spec.headers = headers(v, &spec.headers)?;
         }
         if let Some(v) = self.description {
             spec.description = match v {
@@ -245,13 +248,31 @@ fn events(v: Value) -> Result<Vec<String>, Invalid> {
     Ok(patterns)
 }
 
-fn headers(v: Value) -> Result<Map<String, Value>, Invalid> {
+/// The new custom headers. They replace the current ones as a whole, except that a value
+/// equal to the mask of the current value under the same name (what every answer shows)
+/// keeps that value: a client sends back what it read and changes only what it means to.
+fn headers(v: Value, current: &Map<String, Value>) -> Result<Map<String, Value>, Invalid> {
     let bad = |message: String| Invalid::new("invalid_headers", format!("headers: {message}"));
-    let map = match v {
+    let mut map = match v {
         Value::Null => return Ok(Map::new()),
         Value::Object(map) => map,
         _ => return Err(bad("must be an object of header names to string values".into())),
     };
+    for (name, value) in &mut map {
+        let Value::String(text) = value else { continue };
+        if !text.starts_with(webhook::MASK) {
+            continue;
+        }
+        let kept = current
+            .iter()
+            .find(|(n, v)| n.eq_ignore_ascii_case(name) && webhook::mask_value(v) == *text)
+            .map(|(_, v)| v.clone());
+        *value = kept.ok_or_else(|| {
+            bad(format!(
+                "the value of `{name}` is a masked value that matches no header stored under that name; send its real value"
+            ))
+        })?;
+    }
     if map.len() > MAX_HEADERS {
         return Err(bad(format!("at most {MAX_HEADERS} headers")));
     }
@@ -430,6 +451,34 @@ mod tests {
             input(json!({"events": null})).apply(spec, false).unwrap_err().code,
             "invalid_events"
         );
+    }
+
+    #[test]
+    fn a_header_sent_back_masked_keeps_its_value_and_others_replace_it() {
+        let spec = create(json!({
+            "url": "https://example.com", "events": ["a/b"],
+            "headers": {"Authorization": "Bearer 0123456789abcdef", "X-Team": "billing"},
+        }))
+        .unwrap();
+        let patched = input(json!({"headers": {
+            "Authorization": "••••cdef", "x-team": "••••", "X-New": "fresh",
+        }}))
+        .apply(spec.clone(), false)
+        .unwrap();
+        assert_eq!(patched.headers["Authorization"], "Bearer 0123456789abcdef");
+        assert_eq!(patched.headers["x-team"], "billing");
+        assert_eq!(patched.headers["X-New"], "fresh");
+        let replaced = input(json!({"headers": {"Authorization": "Bearer new"}}))
+            .apply(spec.clone(), false)
+            .unwrap();
+        assert_eq!(Value::Object(replaced.headers), json!({"Authorization": "Bearer new"}));
+        for stale in [json!({"Authorization": "••••beef"}), json!({"X-Other": "••••"})] {
+            let e = input(json!({"headers": stale})).apply(spec.clone(), false).unwrap_err();
+            assert_eq!(e.code, "invalid_headers");
+            assert!(e.message.contains("masked"), "{}", e.message);
+        }
+        let kept = input(json!({"enabled": false})).apply(spec.clone(), false).unwrap();
+        assert_eq!(kept.headers, spec.headers);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
 //! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
 
-use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId};
+use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId, webhook};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::{Duration, OffsetDateTime};
 
@@ -160,6 +160,10 @@ pub(crate) struct Endpoint {
     pub(crate) url: String,
     pub(crate) events: Vec<String>,
     pub(crate) filter: Option<Value>,
+    /// Custom headers, each value masked (`••••`, then its last 4 characters when it has 12
+    /// or more): the values are write-only. Sending a masked value back keeps the value.
+    #[serde(serialize_with = "masked_headers")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     pub(crate) headers: Value,
     pub(crate) description: String,
     pub(crate) enabled: bool,
@@ -175,6 +179,17 @@ pub(crate) struct Endpoint {
     pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) updated_at: OffsetDateTime,
+}
+
+/// An endpoint's custom headers as shown: every value masked.
+fn masked_headers<S: serde::Serializer>(headers: &Value, s: S) -> std::result::Result<S::Ok, S::Error> {
+    let masked: Map<String, Value> = headers
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| (name.clone(), Value::String(webhook::mask_value(value))))
+        .collect();
+    masked.serialize(s)
 }
 
 impl Endpoint {
@@ -517,10 +532,17 @@ pub(crate) struct Attempt {
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) started_at: OffsetDateTime,
     pub(crate) duration_ms: i32,
+    /// As sent, except custom header values: masked like an endpoint's (only the Standard
+    /// Webhooks headers and hookrelay's own are shown as sent).
+    #[serde(serialize_with = "masked_request_headers")]
     pub(crate) request_headers: Value,
     pub(crate) response_code: Option<i32>,
     pub(crate) response_body: Option<String>,
     pub(crate) error: Option<String>,
+}
+
+fn masked_request_headers<S: serde::Serializer>(headers: &Value, s: S) -> std::result::Result<S::Ok, S::Error> {
+    webhook::masked_request_headers(headers).serialize(s)
 }
 
 pub(crate) async fn attempts(db: impl PgExecutor<'_>, delivery: &DeliveryId) -> Result<Vec<Attempt>> {

@@ -331,7 +331,7 @@ async fn endpoint_crud_round_trip() {
     assert_eq!(created["url"], "https://example.com/hooks");
     assert_eq!(created["events"], json!(["orders/*", "returns/updated"]));
     assert_eq!(created["filter"], json!({"data.merchant": "Acme Corp"}));
-    assert_eq!(created["headers"], json!({"X-Team": "billing"}));
+    assert_eq!(created["headers"], json!({"X-Team": "••••"}), "values are write-only");
     assert_eq!(created["description"], "orders to billing");
     assert_eq!(
         (created["enabled"].as_bool(), created["rate_limit_per_sec"].as_i64()),
@@ -887,4 +887,71 @@ async fn max_in_flight_is_kept_returned_bounded_and_reset_by_null() {
     let cleared = app.api.patch(&path, &key, json!({"max_in_flight": null})).await;
     assert_eq!(cleared.body["max_in_flight"], Value::Null);
     assert_eq!(app.api.get(&path, &key).await.body["max_in_flight"], Value::Null);
+}
+
+#[tokio::test]
+async fn custom_header_values_are_write_only_and_a_masked_value_sent_back_keeps_its_value() {
+    let app = app().await;
+    let key = app.full_key("acme").await;
+    let token = "Bearer sk_live_0123456789abcdef";
+    let created = app
+        .endpoint(
+            &key,
+            json!({"url": "https://example.com/hooks", "events": ["**"],
+                   "headers": {"Authorization": token, "X-Team": "billing"}}),
+        )
+        .await;
+    let masked = json!({"Authorization": "••••cdef", "X-Team": "••••"});
+    assert_eq!(created["headers"], masked, "create");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/endpoints/{id}");
+    assert_eq!(app.api.get(&path, &key).await.body["headers"], masked, "get");
+    let list = app.api.get("/v1/endpoints", &key).await;
+    assert_eq!(list.body["data"][0]["headers"], masked, "list");
+    assert!(!list.body.to_string().contains("sk_live"), "{:?}", list.body);
+    let stored = async || -> Value {
+        sqlx::query_scalar("SELECT headers FROM endpoints WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+
+    // Without `headers` a PATCH keeps them; with what GET showed, each value is kept.
+    let r = app.api.patch(&path, &key, json!({"description": "d"})).await;
+    assert_eq!(r.body["headers"], masked, "patch");
+    let got = app.api.get(&path, &key).await.body["headers"].clone();
+    let r = app.api.patch(&path, &key, json!({"headers": got})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(stored().await, json!({"Authorization": token, "X-Team": "billing"}));
+
+    // A new value replaces the stored one, the others sent back masked are kept, and a
+    // header left out is removed.
+    let r = app
+        .api
+        .patch(
+            &path,
+            &key,
+            json!({"headers": {"Authorization": "••••cdef", "X-Region": "eu-west-1-primary"}}),
+        )
+        .await;
+    assert_eq!(
+        r.body["headers"],
+        json!({"Authorization": "••••cdef", "X-Region": "••••mary"})
+    );
+    assert_eq!(
+        stored().await,
+        json!({"Authorization": token, "X-Region": "eu-west-1-primary"})
+    );
+    let r = app
+        .api
+        .patch(&path, &key, json!({"headers": {"Authorization": "Bearer x"}}))
+        .await;
+    assert_eq!(r.body["headers"], json!({"Authorization": "••••"}));
+    assert_eq!(stored().await, json!({"Authorization": "Bearer x"}));
+
+    // A masked value that matches nothing stored is refused rather than stored.
+    let r = app.api.patch(&path, &key, json!({"headers": {"X-Team": "••••"}})).await;
+    assert_error(&r, 422, "invalid_headers");
+    assert_eq!(stored().await, json!({"Authorization": "Bearer x"}));
 }

@@ -948,3 +948,35 @@ async fn stats_show_the_concurrency_the_deliverers_hold_now() {
     );
     assert_eq!(stats(&f.globex_ep, &f.globex_key).await["limit"], Value::Null);
 }
+
+#[tokio::test]
+async fn attempts_show_the_contracts_headers_and_mask_every_other_value() {
+    let f = fixture().await;
+    let app = &f.app;
+    app.event("acme", "evt_masked", "orders/created").await;
+    let id = app.delivery(Dlv::new("acme", "evt_masked", &f.ep1, "delivered")).await;
+    let sent = json!({
+        "webhook-id": "evt_masked", "webhook-timestamp": "1710513000",
+        "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        "content-type": "application/json", "user-agent": "hookrelay/0.1.0",
+        "hookrelay-event": "orders/created", "hookrelay-delivery-id": id, "hookrelay-attempt": "1",
+        "authorization": "Bearer sk_live_0123456789abcdef", "x-team": "billing",
+        "x-stored-masked": "••••wxyz",
+    });
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt, trigger, started_at, duration_ms, request_headers,
+                               response_code, response_body, error)
+         VALUES ($1, 1, 'scheduled', now(), 12, $2, 200, 'ok', NULL)",
+    )
+    .bind(&id)
+    .bind(&sent)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let r = app.api.get(&format!("/v1/deliveries/{id}"), &f.key).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut expected = sent.clone();
+    expected["authorization"] = json!("••••cdef");
+    expected["x-team"] = json!("••••");
+    assert_eq!(r.body["attempts"][0]["request_headers"], expected);
+}
