@@ -997,19 +997,6 @@ pub(crate) async fn seen_event_types(db: impl PgExecutor<'_>, tenant: &TenantId,
     .await?)
 }
 
-/// The secrets that sign for an endpoint now: the current one, then the previous one while
-/// its grace period lasts.
-pub(crate) async fn endpoint_secrets(db: impl PgExecutor<'_>, id: &EndpointId) -> Result<Vec<String>> {
-    let (current, previous): (String, Option<String>) = sqlx::query_as(
-        "SELECT secret, CASE WHEN previous_secret_expires_at > now() THEN previous_secret END
-         FROM endpoints WHERE id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_one(db)
-    .await?;
-    Ok(std::iter::once(current).chain(previous).collect())
-}
-
 /// The schema check an event went through: `(schema_version, schema_violation)`.
 pub(crate) async fn event_schema_check(
     db: impl PgExecutor<'_>,
