@@ -343,16 +343,17 @@ async fn since_and_until_select_a_window_and_pages_walk_through_it() {
         .get(&format!("/v1/deliveries?since={}", rfc3339_ago(2 * day)), &f.key)
         .await;
     assert_eq!(ids(&since), sorted_desc(vec![by_age[6].1.clone(), by_age[7].1.clone()]));
-    // An empty window, and one that ends before it starts.
+    // An empty window is empty; one that ends before it starts is a mistake.
     let empty = format!("since={}&until={}", rfc3339_ago(4 * day), rfc3339_ago(3 * day));
     assert_eq!(
         ids(&app.api.get(&format!("/v1/deliveries?{empty}"), &f.key).await),
         Vec::<String>::new()
     );
     let backwards = format!("since={}&until={}", rfc3339_ago(day), rfc3339_ago(9 * day));
-    assert_eq!(
-        ids(&app.api.get(&format!("/v1/deliveries?{backwards}"), &f.key).await),
-        Vec::<String>::new()
+    assert_error(
+        &app.api.get(&format!("/v1/deliveries?{backwards}"), &f.key).await,
+        422,
+        "invalid_window",
     );
 }
 
@@ -979,4 +980,29 @@ async fn attempts_show_the_contracts_headers_and_mask_every_other_value() {
     expected["authorization"] = json!("••••cdef");
     expected["x-team"] = json!("••••");
     assert_eq!(r.body["attempts"][0]["request_headers"], expected);
+}
+
+#[tokio::test]
+async fn a_window_whose_since_is_after_its_until_is_refused() {
+    let f = fixture().await;
+    let r = f
+        .app
+        .api
+        .get(
+            "/v1/deliveries?since=2024-03-16T00:00:00Z&until=2024-03-15T00:00:00Z",
+            &f.key,
+        )
+        .await;
+    assert_error(&r, 422, "invalid_window");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("since") && message.contains("until"), "{message}");
+    let r = f
+        .app
+        .api
+        .get(
+            "/v1/deliveries?since=2024-03-15T00:00:00Z&until=2024-03-16T00:00:00Z",
+            &f.key,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
 }
