@@ -955,3 +955,32 @@ async fn custom_header_values_are_write_only_and_a_masked_value_sent_back_keeps_
     assert_error(&r, 422, "invalid_headers");
     assert_eq!(stored().await, json!({"Authorization": "Bearer x"}));
 }
+
+#[tokio::test]
+async fn a_nul_in_an_endpoint_is_refused_naming_the_field() {
+    let app = app().await;
+    let key = app.full_key("acme").await;
+    let base = json!({"url": "https://example.com/hooks", "events": ["**"]});
+    let id = app.endpoint(&key, base.clone()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (field, value) in [
+        ("filter", json!({"data.merchant": "Acme\u{0}"})),
+        ("filter", json!({"data.a\u{0}": 1})),
+        ("description", json!("about\u{0}")),
+        ("headers", json!({"X-Team": "bil\u{0}ling"})),
+    ] {
+        let mut body = base.clone();
+        body[field] = value.clone();
+        let r = app.api.post("/v1/endpoints", &key, body).await;
+        assert_error(&r, 422, "invalid_data");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field) && message.contains("NUL"), "{message}");
+        let r = app
+            .api
+            .patch(&format!("/v1/endpoints/{id}"), &key, json!({ field: value }))
+            .await;
+        assert_error(&r, 422, "invalid_data");
+    }
+}

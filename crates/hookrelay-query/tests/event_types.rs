@@ -105,10 +105,34 @@ async fn bad_declarations_are_refused() {
             "invalid_validation",
         ),
         (json!({"name": "orders/x", "validation": "enforce"}), "schema_required"),
+        (json!({"name": "orders/x", "description": "a\u{0}"}), "invalid_data"),
+        (
+            json!({"name": "orders/x", "schema": {"type": "object", "title": "\u{0}"}}),
+            "invalid_data",
+        ),
+        (json!({"name": "orders/x", "example": {"k\u{0}": 1}}), "invalid_data"),
     ];
     for (body, code) in cases {
         let r = app.api.post("/v1/event-types", &key, body).await;
         assert_error(&r, 422, code);
+        if code == "invalid_data" {
+            assert!(r.body["error"]["message"].as_str().unwrap().contains("NUL"), "{r:?}");
+        }
+    }
+    let declared = app.api.post("/v1/event-types", &key, json!({"name": "orders/y"})).await;
+    assert_eq!(declared.status, 201, "{declared:?}");
+    for field in ["description", "schema", "example"] {
+        let value = if field == "description" {
+            json!("\u{0}")
+        } else {
+            json!({"x": "\u{0}"})
+        };
+        let r = app
+            .api
+            .patch("/v1/event-types/orders%2Fy", &key, json!({ field: value }))
+            .await;
+        assert_error(&r, 422, "invalid_data");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(field), "{r:?}");
     }
     let invalid = app
         .api
@@ -329,6 +353,17 @@ async fn a_preview_is_the_exact_signed_request_and_sends_nothing() {
     assert!(!verifies(secret, h, body) && !verifies(new_secret, h, body));
     assert_ne!(one_off, preview_secret, "one secret per preview");
     assert_eq!(r.body["matches"]["patterns"], false);
+
+    let r = app
+        .api
+        .post(
+            &format!("/v1/endpoints/{id}/preview"),
+            &key,
+            json!({"event": "orders/created", "data": {"note": "a\u{0}b"}}),
+        )
+        .await;
+    assert_error(&r, 422, "invalid_data");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("NUL"), "{r:?}");
 
     let other = app.full_key("globex").await;
     let r = app
