@@ -270,11 +270,14 @@ async function loadEndpointStats() {
       { window: $("stats-window").value });
     const rate = s.delivery_rate === null ? "–" : (s.delivery_rate * 100).toFixed(1) + " %";
     const lat = s.latency_ms || {};
+    const c = s.concurrency || {};
+    const limit = typeof c.limit === "number" ? String(c.limit) : "none held";
     facts(dl, [
       ["Health", badge(s.health)],
       ["Delivery rate", rate],
       ["Delivered / failed / pending", s.delivered + " / " + s.failed + " / " + s.pending],
       ["Latency p50 / p95 / p99", [lat.p50, lat.p95, lat.p99].map(ms).join(" / ")],
+      ["In flight / limit", (c.in_flight || 0) + " / " + limit],
     ]);
   } catch (e) {
     facts(dl, [["Stats", describe(e)]]);
