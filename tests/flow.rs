@@ -540,7 +540,8 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_period_ends()
 }
 
 /// The contract check's typed-events flow, in `hookrelay all`: a declaration is enforced on
-/// the very next event, and a previewed request verifies like a delivered one.
+/// the very next event, and a previewed request verifies under its one-off `preview_secret`
+/// (never under the endpoint's secret).
 #[tokio::test]
 async fn a_declared_schema_is_enforced_on_the_next_event_and_a_preview_verifies() {
     let sys = system().await;
@@ -628,7 +629,12 @@ async fn a_declared_schema_is_enforced_on_the_next_event_and_a_preview_verifies(
         );
     }
     let body = preview.body["body"].as_str().unwrap();
-    verify(&secret, &headers, body.as_bytes()).unwrap();
+    let preview_secret = preview.body["preview_secret"].as_str().unwrap();
+    verify(preview_secret, &headers, body.as_bytes()).unwrap();
+    assert!(
+        verify(&secret, &headers, body.as_bytes()).is_err(),
+        "a preview never verifies under the endpoint's secret"
+    );
     assert!(body.contains(r#""order_id":"o2""#), "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let preview_id = h["webhook-id"].as_str().unwrap();

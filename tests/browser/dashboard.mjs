@@ -83,8 +83,11 @@ try {
   step("edit, disable, enable, reveal the secret");
   await page.getByRole("button", { name: "Edit" }).click();
   await page.getByLabel(/Rate limit/).fill("10");
+  await page.getByLabel(/Max in flight/).fill("20");
   await page.getByRole("button", { name: "Save endpoint" }).click();
   await page.locator("#endpoint-facts").getByText("10 per second").waitFor();
+  await page.locator("#endpoint-facts").getByText("20", { exact: true }).waitFor();
+  await page.locator("#endpoint-stats").getByText("In flight / limit").waitFor();
   await page.getByRole("button", { name: "Disable" }).click();
   await page.locator("#endpoint-stats .badge", { hasText: "disabled" }).waitFor();
   await page.getByRole("button", { name: "Enable" }).click();

@@ -272,7 +272,7 @@ fn custom_headers(custom: &Value) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 /// The headers as recorded in the attempt: the endpoint's own header values are
-/// write-only, so they are stored masked (`webhook::mask_header_value`).
+/// write-only, so they are stored masked (`webhook::mask`).
 fn headers_json(headers: &HeaderMap, custom: &Value) -> Value {
     let custom: std::collections::HashSet<String> = webhook::custom_headers(custom)
         .into_iter()
@@ -282,7 +282,7 @@ fn headers_json(headers: &HeaderMap, custom: &Value) -> Value {
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes());
         let value = if custom.contains(name.as_str()) {
-            webhook::mask_header_value(&value)
+            webhook::mask(&value)
         } else {
             value.into_owned()
         };

@@ -5,7 +5,7 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRef, State},
     handler::Handler as _,
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode, header},
     middleware::from_fn_with_state,
     response::Response,
     routing::post,
@@ -48,6 +48,22 @@ pub(crate) fn routes(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Whether a Content-Type names JSON: `application/json` or `application/<type>+json`, any
+/// parameters (`charset`) aside. A request without one is read as JSON too.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .and_then(|sub| sub.strip_suffix("+json"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
 #[derive(Deserialize)]
 pub(crate) struct TenantParam {
     tenant_id: Option<String>,
@@ -73,6 +89,15 @@ async fn create_event(
         metrics::counter!(EVENTS_REJECTED, "via" => "rest", "reason" => e.code.to_string()).increment(1);
         e
     };
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE)
+        && !is_json(content_type.to_str().unwrap_or_default())
+    {
+        return Err(refused(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON: send Content-Type application/json (or application/<type>+json)",
+        )));
+    }
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -112,4 +137,32 @@ async fn create_event(
             duplicate: accepted.duplicate,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_media_types_are_json_whatever_their_parameters() {
+        for yes in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "APPLICATION/JSON;charset=UTF-8",
+            " application/cloudevents+json ",
+            "application/vnd.acme+json; charset=utf-8",
+        ] {
+            assert!(is_json(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/xml",
+            "application/+json",
+            "text/json",
+            "application/jsonx",
+            "",
+        ] {
+            assert!(!is_json(no), "{no}");
+        }
+    }
 }

@@ -212,7 +212,7 @@ async fn refused_nats_messages_go_to_the_dead_letter_subject_with_their_reason()
     let nats = app.env.nats().await.unwrap();
     let mut dead = nats.subscribe(subjects::DEAD_INGEST).await.unwrap();
     nats.flush().await.unwrap();
-    let cases: [(&str, &[u8], &str); 6] = [
+    let cases: [(&str, &[u8], &str); 8] = [
         ("hookrelay.ingest.acme.orders.created", b"{not json", "invalid_json"),
         (
             "hookrelay.ingest.nobody.orders.created",
@@ -233,6 +233,16 @@ async fn refused_nats_messages_go_to_the_dead_letter_subject_with_their_reason()
         (
             "hookrelay.ingest.acme.orders.created",
             br#"{"data":[1]}"#,
+            "invalid_data",
+        ),
+        (
+            "hookrelay.ingest.acme.orders.created",
+            br#"{"data":{"note":"a\u0000b"}}"#,
+            "invalid_data",
+        ),
+        (
+            "hookrelay.ingest.acme.orders.created",
+            br#"{"data":{"nested":[{"k\u0000":1}]}}"#,
             "invalid_data",
         ),
     ];
@@ -341,6 +351,18 @@ async fn bad_rest_input_gets_the_contract_error_body() {
             br#"{"event":"a/b","event_id":"no spaces","data":{}}"#.to_vec(),
             422,
             "invalid_event_id",
+        ),
+        (
+            &app.key,
+            br#"{"event":"a/b","data":{"note":"a\u0000b"}}"#.to_vec(),
+            422,
+            "invalid_data",
+        ),
+        (
+            &app.key,
+            br#"{"event":"a/b","data":{"k\u0000":1}}"#.to_vec(),
+            422,
+            "invalid_data",
         ),
         (&app.key, big.into_bytes(), 413, "payload_too_large"),
         (&app.key, vec![b'x'; 2 * 1024 * 1024], 413, "payload_too_large"),
@@ -538,4 +560,60 @@ async fn metrics_are_prometheus_text_and_sigterm_stops_ingest_cleanly() {
         .expect("clean shutdown")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn only_json_bodies_are_taken_and_a_nul_is_refused_by_name() {
+    let app = app(&[]).await;
+    let client = reqwest::Client::new();
+    let post = |content_type: Option<&'static str>, body: &'static str| {
+        let mut req = client
+            .post(format!("{}/v1/events", app.api.base))
+            .bearer_auth(&app.key)
+            .body(body);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let event = r#"{"event":"orders/created","data":{}}"#;
+    for refused in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, body) = post(Some(refused), event).await;
+        assert_eq!(status, 415, "{refused}: {body}");
+        assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("application/json"),
+            "{body}"
+        );
+    }
+    for taken in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        "application/cloudevents+json",
+        "application/vnd.acme.order+json; charset=utf-8",
+    ] {
+        let (status, body) = post(Some(taken), event).await;
+        assert_eq!(status, 202, "{taken}: {body}");
+    }
+    let (status, body) = post(None, event).await;
+    assert_eq!(status, 202, "no content type: {body}");
+
+    let (status, body) = post(
+        Some("application/json"),
+        r#"{"event":"orders/created","data":{"x":"\u0000"}}"#,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_data");
+    assert!(body["error"]["message"].as_str().unwrap().contains("NUL"), "{body}");
+    assert_eq!(published_soon(&app.env, 6).await.len(), 6);
 }

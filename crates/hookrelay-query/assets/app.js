@@ -257,6 +257,7 @@ function renderEndpointFacts(ep) {
     ["Filter", ep.filter ? JSON.stringify(ep.filter) : "none"],
     ["Custom headers", headers || "none"],
     ["Rate limit", ep.rate_limit_per_sec ? ep.rate_limit_per_sec + " per second" : "none"],
+    ["Max in flight", ep.max_in_flight ? String(ep.max_in_flight) : "default"],
     ["Description", ep.description || "–"],
   ]);
 }
@@ -269,11 +270,14 @@ async function loadEndpointStats() {
       { window: $("stats-window").value });
     const rate = s.delivery_rate === null ? "–" : (s.delivery_rate * 100).toFixed(1) + " %";
     const lat = s.latency_ms || {};
+    const c = s.concurrency || {};
+    const limit = typeof c.limit === "number" ? String(c.limit) : "none held";
     facts(dl, [
       ["Health", badge(s.health)],
       ["Delivery rate", rate],
       ["Delivered / failed / pending", s.delivered + " / " + s.failed + " / " + s.pending],
       ["Latency p50 / p95 / p99", [lat.p50, lat.p95, lat.p99].map(ms).join(" / ")],
+      ["In flight / limit", (c.in_flight || 0) + " / " + limit],
     ]);
   } catch (e) {
     facts(dl, [["Stats", describe(e)]]);
@@ -353,6 +357,7 @@ function openForm(ep) {
   $("ep-filter").value = ep && ep.filter ? JSON.stringify(ep.filter, null, 2) : "";
   $("ep-headers").value = ep ? Object.entries(ep.headers || {}).map(([k, v]) => k + ": " + v).join("\n") : "";
   $("ep-rate").value = ep && ep.rate_limit_per_sec ? ep.rate_limit_per_sec : "";
+  $("ep-max-in-flight").value = ep && ep.max_in_flight ? ep.max_in_flight : "";
   $("ep-description").value = ep ? ep.description : "";
   $("ep-enabled").checked = ep ? ep.enabled : true;
   say("endpoint-form-error", "");
@@ -385,6 +390,8 @@ function formBody() {
   body.headers = headers;
   const rate = $("ep-rate").value.trim();
   body.rate_limit_per_sec = rate ? Number(rate) : null;
+  const maxInFlight = $("ep-max-in-flight").value.trim();
+  body.max_in_flight = maxInFlight ? Number(maxInFlight) : null;
   return body;
 }
 
@@ -400,6 +407,7 @@ async function saveEndpoint(ev) {
     } else {
       if (body.filter === null) delete body.filter;
       if (body.rate_limit_per_sec === null) delete body.rate_limit_per_sec;
+      if (body.max_in_flight === null) delete body.max_in_flight;
       ep = await api("POST", "/v1/endpoints", body);
     }
     state.endpoints.set(ep.id, ep);

@@ -2,7 +2,7 @@
 //! field by field so every refusal names its field. Pure: reads no tables or subjects.
 
 use axum::http::{HeaderName, HeaderValue};
-use hookrelay_types::{Invalid, Pattern, filter::Filter};
+use hookrelay_types::{Invalid, Pattern, filter::Filter, webhook};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -13,6 +13,9 @@ pub(crate) const MAX_DESCRIPTION_CHARS: usize = 1000;
 pub(crate) const MAX_HEADERS: usize = 50;
 /// An endpoint's own attempt timeout, in seconds.
 pub(crate) const TIMEOUT_SECONDS: std::ops::RangeInclusive<i64> = 1..=30;
+/// The ceiling of an endpoint's adaptive concurrency, across every deliverer
+/// (`endpoints_max_in_flight_range` in the schema).
+pub(crate) const MAX_IN_FLIGHT: std::ops::RangeInclusive<i64> = 1..=1000;
 
 /// Headers hookrelay sets itself; an endpoint may not override them.
 const RESERVED_HEADERS: [&str; 7] = [
@@ -43,6 +46,9 @@ pub(crate) struct EndpointInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
+    /// Custom headers sent with every delivery; they replace the current ones as a whole.
+    /// Values are write-only (answers show them masked): a value equal to the mask shown
+    /// for that name keeps the stored value.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     headers: Option<Value>,
@@ -55,6 +61,11 @@ pub(crate) struct EndpointInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>, minimum = 1)]
     rate_limit_per_sec: Option<Value>,
+    /// The most attempts in flight to the endpoint across every deliverer, the ceiling of
+    /// its adaptive concurrency; null for the deliverers' `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
+    max_in_flight: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 30)]
     timeout_seconds: Option<Value>,
@@ -74,6 +85,8 @@ pub(crate) struct EndpointSpec {
     pub(crate) description: String,
     pub(crate) enabled: bool,
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The ceiling of its adaptive concurrency (NULL: the deliverers' default).
+    pub(crate) max_in_flight: Option<i32>,
     /// The endpoint's own attempt timeout (NULL: the deliverer's default).
     pub(crate) timeout_seconds: Option<i32>,
 }
@@ -94,6 +107,7 @@ impl EndpointInput {
             description: String::new(),
             enabled: true,
             rate_limit_per_sec: None,
+            max_in_flight: None,
             timeout_seconds: None,
         };
         self.apply(blank, allow_private)
@@ -121,7 +135,7 @@ impl EndpointInput {
             };
         }
         if let Some(v) = self.headers {
-            spec.headers = headers(v)?;
+            spec.headers = headers(v, &spec.headers)?;
         }
         if let Some(v) = self.description {
             spec.description = match v {
@@ -157,6 +171,18 @@ impl EndpointInput {
                 ),
             };
         }
+        if let Some(v) = self.max_in_flight {
+            spec.max_in_flight = whole_or_null(v, &MAX_IN_FLIGHT, || {
+                Invalid::new(
+                    "invalid_max_in_flight",
+                    format!(
+                        "max_in_flight must be a whole number from {} to {} (or null for the default)",
+                        MAX_IN_FLIGHT.start(),
+                        MAX_IN_FLIGHT.end()
+                    ),
+                )
+            })?;
+        }
         if let Some(v) = self.timeout_seconds {
             spec.timeout_seconds = match v {
                 Value::Null => None,
@@ -178,6 +204,23 @@ impl EndpointInput {
             };
         }
         Ok(spec)
+    }
+}
+
+/// `null` as `None`, a whole number within `range` as itself; anything else is refused.
+fn whole_or_null(
+    v: Value,
+    range: &std::ops::RangeInclusive<i64>,
+    refuse: impl FnOnce() -> Invalid,
+) -> Result<Option<i32>, Invalid> {
+    match v {
+        Value::Null => Ok(None),
+        v => v
+            .as_i64()
+            .filter(|n| range.contains(n))
+            .and_then(|n| i32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(refuse),
     }
 }
 
@@ -205,13 +248,31 @@ fn events(v: Value) -> Result<Vec<String>, Invalid> {
     Ok(patterns)
 }
 
-fn headers(v: Value) -> Result<Map<String, Value>, Invalid> {
+/// The new custom headers. They replace the current ones as a whole, except that a value
+/// equal to the mask of the current value under the same name (what every answer shows)
+/// keeps that value: a client sends back what it read and changes only what it means to.
+fn headers(v: Value, current: &Map<String, Value>) -> Result<Map<String, Value>, Invalid> {
     let bad = |message: String| Invalid::new("invalid_headers", format!("headers: {message}"));
-    let map = match v {
+    let mut map = match v {
         Value::Null => return Ok(Map::new()),
         Value::Object(map) => map,
         _ => return Err(bad("must be an object of header names to string values".into())),
     };
+    for (name, value) in &mut map {
+        let Value::String(text) = value else { continue };
+        if !text.starts_with(webhook::MASK) {
+            continue;
+        }
+        let kept = current
+            .iter()
+            .find(|(n, v)| n.eq_ignore_ascii_case(name) && webhook::mask_value(v) == *text)
+            .map(|(_, v)| v.clone());
+        *value = kept.ok_or_else(|| {
+            bad(format!(
+                "the value of `{name}` is a masked value that matches no header stored under that name; send its real value"
+            ))
+        })?;
+    }
     if map.len() > MAX_HEADERS {
         return Err(bad(format!("at most {MAX_HEADERS} headers")));
     }
@@ -303,6 +364,19 @@ mod tests {
         for bad in [json!(0), json!(31), json!(1.5), json!("10"), json!(-1)] {
             assert_eq!(with("timeout_seconds", bad).code, "invalid_timeout");
         }
+        for bad in [
+            json!(0),
+            json!(1001),
+            json!(2.5),
+            json!("8"),
+            json!(-3),
+            json!(true),
+            json!({}),
+        ] {
+            let e = with("max_in_flight", bad);
+            assert_eq!(e.code, "invalid_max_in_flight");
+            assert!(e.message.contains("max_in_flight"), "{}", e.message);
+        }
         assert_eq!(with("description", json!("x".repeat(1001))).code, "invalid_description");
         assert_eq!(with("enabled", json!("yes")).code, "invalid_enabled");
         assert_eq!(with("url", json!(5)).code, "invalid_url");
@@ -356,6 +430,19 @@ mod tests {
         assert_eq!(timed.timeout_seconds, Some(1));
         let untimed = input(json!({"timeout_seconds": null})).apply(timed, false).unwrap();
         assert_eq!(untimed.timeout_seconds, None);
+        let capped = input(json!({"max_in_flight": 1000}))
+            .apply(spec.clone(), false)
+            .unwrap();
+        assert_eq!(capped.max_in_flight, Some(1000));
+        assert_eq!(
+            input(json!({"description": "e"}))
+                .apply(capped.clone(), false)
+                .unwrap()
+                .max_in_flight,
+            Some(1000)
+        );
+        let uncapped = input(json!({"max_in_flight": null})).apply(capped, false).unwrap();
+        assert_eq!(uncapped.max_in_flight, None);
         let cleared = input(json!({"rate_limit_per_sec": null, "description": null}))
             .apply(spec.clone(), false)
             .unwrap();
@@ -364,6 +451,34 @@ mod tests {
             input(json!({"events": null})).apply(spec, false).unwrap_err().code,
             "invalid_events"
         );
+    }
+
+    #[test]
+    fn a_header_sent_back_masked_keeps_its_value_and_others_replace_it() {
+        let spec = create(json!({
+            "url": "https://example.com", "events": ["a/b"],
+            "headers": {"Authorization": "Bearer 0123456789abcdef", "X-Team": "billing"},
+        }))
+        .unwrap();
+        let patched = input(json!({"headers": {
+            "Authorization": "••••cdef", "x-team": "••••", "X-New": "fresh",
+        }}))
+        .apply(spec.clone(), false)
+        .unwrap();
+        assert_eq!(patched.headers["Authorization"], "Bearer 0123456789abcdef");
+        assert_eq!(patched.headers["x-team"], "billing");
+        assert_eq!(patched.headers["X-New"], "fresh");
+        let replaced = input(json!({"headers": {"Authorization": "Bearer new"}}))
+            .apply(spec.clone(), false)
+            .unwrap();
+        assert_eq!(Value::Object(replaced.headers), json!({"Authorization": "Bearer new"}));
+        for stale in [json!({"Authorization": "••••beef"}), json!({"X-Other": "••••"})] {
+            let e = input(json!({"headers": stale})).apply(spec.clone(), false).unwrap_err();
+            assert_eq!(e.code, "invalid_headers");
+            assert!(e.message.contains("masked"), "{}", e.message);
+        }
+        let kept = input(json!({"enabled": false})).apply(spec.clone(), false).unwrap();
+        assert_eq!(kept.headers, spec.headers);
     }
 
     #[test]

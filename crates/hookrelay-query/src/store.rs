@@ -1,13 +1,13 @@
 //! All of query's SQL. Writes `tenants`, `api_keys`, `endpoints`, `event_types` and
 //! `event_type_versions` (query is their only writer); reads `events` (ingest's),
-//! `deliveries`, `attempts`, `endpoint_health` and `endpoint_health_transitions` (the
-//! deliverer's).
+//! `deliveries`, `attempts`, `endpoint_health`, `endpoint_health_transitions` and
+//! `endpoint_limits` (the deliverer's).
 //! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
 //! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
 
-use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId};
+use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId, webhook};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::{Duration, OffsetDateTime};
 
@@ -160,10 +160,16 @@ pub(crate) struct Endpoint {
     pub(crate) url: String,
     pub(crate) events: Vec<String>,
     pub(crate) filter: Option<Value>,
+    /// Custom headers, each value masked (`••••`, then its last 4 characters when it has 12
+    /// or more): the values are write-only. Sending a masked value back keeps the value.
+    #[serde(serialize_with = "masked_headers")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     pub(crate) headers: Value,
     pub(crate) description: String,
     pub(crate) enabled: bool,
     pub(crate) rate_limit_per_sec: Option<i32>,
+    /// The ceiling of its adaptive concurrency; null for the deliverers' default.
+    pub(crate) max_in_flight: Option<i32>,
     pub(crate) timeout_seconds: Option<i32>,
     #[serde(skip)]
     pub(crate) secret: String,
@@ -173,6 +179,17 @@ pub(crate) struct Endpoint {
     pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) updated_at: OffsetDateTime,
+}
+
+/// An endpoint's custom headers as shown: every value masked.
+fn masked_headers<S: serde::Serializer>(headers: &Value, s: S) -> std::result::Result<S::Ok, S::Error> {
+    let masked: Map<String, Value> = headers
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| (name.clone(), Value::String(webhook::mask_value(value))))
+        .collect();
+    masked.serialize(s)
 }
 
 impl Endpoint {
@@ -185,6 +202,7 @@ impl Endpoint {
             description: self.description.clone(),
             enabled: self.enabled,
             rate_limit_per_sec: self.rate_limit_per_sec,
+            max_in_flight: self.max_in_flight,
             timeout_seconds: self.timeout_seconds,
         }
     }
@@ -201,9 +219,9 @@ pub(crate) async fn insert_endpoint(
     Ok(sqlx::query_as(
         "INSERT INTO endpoints
            (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret,
-            timeout_seconds)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+            timeout_seconds, max_in_flight)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                    secret, disabled_reason, created_at, updated_at",
     )
     .bind(id.as_str())
@@ -217,6 +235,7 @@ pub(crate) async fn insert_endpoint(
     .bind(spec.rate_limit_per_sec)
     .bind(secret)
     .bind(spec.timeout_seconds)
+    .bind(spec.max_in_flight)
     .fetch_one(db)
     .await?)
 }
@@ -227,7 +246,7 @@ pub(crate) async fn endpoint(
     tenant: Option<&TenantId>,
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
     )
@@ -244,7 +263,7 @@ pub(crate) async fn endpoint_for_update(
     tenant: Option<&TenantId>,
 ) -> Result<Option<Endpoint>> {
     Ok(sqlx::query_as(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) FOR UPDATE",
     )
@@ -258,10 +277,11 @@ pub(crate) async fn endpoint_for_update(
 pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, spec: &EndpointSpec) -> Result<Endpoint> {
     Ok(sqlx::query_as(
         "UPDATE endpoints SET url = $2, events = $3, filter = $4, headers = $5, description = $6,
-                enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, updated_at = now(),
+                enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, max_in_flight = $10,
+                updated_at = now(),
                 disabled_reason = CASE WHEN $7 THEN NULL ELSE disabled_reason END
          WHERE id = $1
-         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+         RETURNING id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                    secret, disabled_reason, created_at, updated_at",
     )
     .bind(id.as_str())
@@ -273,6 +293,7 @@ pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, sp
     .bind(spec.enabled)
     .bind(spec.rate_limit_per_sec)
     .bind(spec.timeout_seconds)
+    .bind(spec.max_in_flight)
     .fetch_one(db)
     .await?)
 }
@@ -299,7 +320,7 @@ pub(crate) async fn endpoints(
     limit: i64,
 ) -> Result<Vec<Endpoint>> {
     let mut q = QueryBuilder::<Postgres>::new(
-        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, timeout_seconds,
+        "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE tenant_id = ",
     );
@@ -511,10 +532,17 @@ pub(crate) struct Attempt {
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) started_at: OffsetDateTime,
     pub(crate) duration_ms: i32,
+    /// As sent, except custom header values: masked like an endpoint's (only the Standard
+    /// Webhooks headers and hookrelay's own are shown as sent).
+    #[serde(serialize_with = "masked_request_headers")]
     pub(crate) request_headers: Value,
     pub(crate) response_code: Option<i32>,
     pub(crate) response_body: Option<String>,
     pub(crate) error: Option<String>,
+}
+
+fn masked_request_headers<S: serde::Serializer>(headers: &Value, s: S) -> std::result::Result<S::Ok, S::Error> {
+    webhook::masked_request_headers(headers).serialize(s)
 }
 
 pub(crate) async fn attempts(db: impl PgExecutor<'_>, delivery: &DeliveryId) -> Result<Vec<Attempt>> {
@@ -543,6 +571,30 @@ pub(crate) async fn event_body(
 }
 
 // --- stats and recovery --------------------------------------------------------------------
+
+/// A deliverer's row in `endpoint_limits` counts while it was refreshed this recently; an
+/// older one belongs to a deliverer that stopped delivering to the endpoint (or stopped).
+pub(crate) const LIMIT_FRESH_SECS: i64 = 30;
+
+/// The concurrency the deliverers hold for an endpoint now (`endpoint_limits`, the
+/// deliverer's): the sum of their limits (`None` when none holds one) and of their
+/// attempts in flight.
+pub(crate) async fn concurrency(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+) -> Result<(Option<i64>, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT sum(concurrency)::bigint, COALESCE(sum(in_flight), 0)::bigint
+         FROM endpoint_limits
+         WHERE endpoint_id = $1 AND tenant_id = $2 AND updated_at > now() - $3 * interval '1 second'",
+    )
+    .bind(endpoint.as_str())
+    .bind(tenant.as_str())
+    .bind(LIMIT_FRESH_SECS)
+    .fetch_one(db)
+    .await?)
+}
 
 /// Deliveries finished (`delivered`, `failed`) by attempts started since `since`'s minute,
 /// and those attempts' success latency histogram, added up from `endpoint_minutes` (the
@@ -943,19 +995,6 @@ pub(crate) async fn seen_event_types(db: impl PgExecutor<'_>, tenant: &TenantId,
     .bind(scan)
     .fetch_all(db)
     .await?)
-}
-
-/// The secrets that sign for an endpoint now: the current one, then the previous one while
-/// its grace period lasts.
-pub(crate) async fn endpoint_secrets(db: impl PgExecutor<'_>, id: &EndpointId) -> Result<Vec<String>> {
-    let (current, previous): (String, Option<String>) = sqlx::query_as(
-        "SELECT secret, CASE WHEN previous_secret_expires_at > now() THEN previous_secret END
-         FROM endpoints WHERE id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_one(db)
-    .await?;
-    Ok(std::iter::once(current).chain(previous).collect())
 }
 
 /// The schema check an event went through: `(schema_version, schema_violation)`.

@@ -331,7 +331,7 @@ async fn endpoint_crud_round_trip() {
     assert_eq!(created["url"], "https://example.com/hooks");
     assert_eq!(created["events"], json!(["orders/*", "returns/updated"]));
     assert_eq!(created["filter"], json!({"data.merchant": "Acme Corp"}));
-    assert_eq!(created["headers"], json!({"X-Team": "billing"}));
+    assert_eq!(created["headers"], json!({"X-Team": "••••"}), "values are write-only");
     assert_eq!(created["description"], "orders to billing");
     assert_eq!(
         (created["enabled"].as_bool(), created["rate_limit_per_sec"].as_i64()),
@@ -826,4 +826,161 @@ async fn every_endpoint_change_is_announced_to_the_routers_after_it_commits() {
     assert_eq!(next().await, announced, "delete");
     let gone = app.api.delete(&path, &key).await;
     assert_error(&gone, 404, "not_found");
+}
+
+#[tokio::test]
+async fn max_in_flight_is_kept_returned_bounded_and_reset_by_null() {
+    use futures::StreamExt as _;
+    let app = app().await;
+    let key = app.full_key("acme").await;
+    let base = json!({"url": "https://example.com/hooks", "events": ["**"]});
+    let default = app.endpoint(&key, base.clone()).await;
+    assert_eq!(default["max_in_flight"], Value::Null);
+    let mut capped = base.clone();
+    capped["max_in_flight"] = json!(12);
+    let created = app.endpoint(&key, capped).await;
+    assert_eq!(created["max_in_flight"], 12);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/endpoints/{id}");
+    assert_eq!(app.api.get(&path, &key).await.body["max_in_flight"], 12);
+    let list = app.api.get("/v1/endpoints", &key).await;
+    let listed = list.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["max_in_flight"], 12);
+
+    for bad in [json!(0), json!(1001), json!(2.5), json!("5"), json!(-1), json!(false)] {
+        let mut body = base.clone();
+        body["max_in_flight"] = bad.clone();
+        let r = app.api.post("/v1/endpoints", &key, body).await;
+        assert_error(&r, 422, "invalid_max_in_flight");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains("max_in_flight"));
+        let r = app.api.patch(&path, &key, json!({"max_in_flight": bad})).await;
+        assert_error(&r, 422, "invalid_max_in_flight");
+    }
+
+    let nats = app.env.nats().await.unwrap();
+    let mut changes = nats
+        .subscribe(hookrelay_types::subjects::CONTROL_ENDPOINTS_ALL)
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let patched = app.api.patch(&path, &key, json!({"max_in_flight": 1000})).await;
+    assert_eq!(patched.body["max_in_flight"], 1000, "{patched:?}");
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+        .await
+        .expect("the change is announced")
+        .unwrap();
+    assert_eq!(msg.subject.as_str(), "hookrelay.control.endpoints.acme");
+    assert_eq!(msg.payload.as_ref(), id.as_bytes());
+    let stored: Option<i32> = sqlx::query_scalar("SELECT max_in_flight FROM endpoints WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(1000));
+    let kept = app.api.patch(&path, &key, json!({"description": "kept"})).await;
+    assert_eq!(kept.body["max_in_flight"], 1000);
+    let cleared = app.api.patch(&path, &key, json!({"max_in_flight": null})).await;
+    assert_eq!(cleared.body["max_in_flight"], Value::Null);
+    assert_eq!(app.api.get(&path, &key).await.body["max_in_flight"], Value::Null);
+}
+
+#[tokio::test]
+async fn custom_header_values_are_write_only_and_a_masked_value_sent_back_keeps_its_value() {
+    let app = app().await;
+    let key = app.full_key("acme").await;
+    let token = "Bearer sk_live_0123456789abcdef";
+    let created = app
+        .endpoint(
+            &key,
+            json!({"url": "https://example.com/hooks", "events": ["**"],
+                   "headers": {"Authorization": token, "X-Team": "billing"}}),
+        )
+        .await;
+    let masked = json!({"Authorization": "••••cdef", "X-Team": "••••"});
+    assert_eq!(created["headers"], masked, "create");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/endpoints/{id}");
+    assert_eq!(app.api.get(&path, &key).await.body["headers"], masked, "get");
+    let list = app.api.get("/v1/endpoints", &key).await;
+    assert_eq!(list.body["data"][0]["headers"], masked, "list");
+    assert!(!list.body.to_string().contains("sk_live"), "{:?}", list.body);
+    let stored = async || -> Value {
+        sqlx::query_scalar("SELECT headers FROM endpoints WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+
+    // Without `headers` a PATCH keeps them; with what GET showed, each value is kept.
+    let r = app.api.patch(&path, &key, json!({"description": "d"})).await;
+    assert_eq!(r.body["headers"], masked, "patch");
+    let got = app.api.get(&path, &key).await.body["headers"].clone();
+    let r = app.api.patch(&path, &key, json!({"headers": got})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(stored().await, json!({"Authorization": token, "X-Team": "billing"}));
+
+    // A new value replaces the stored one, the others sent back masked are kept, and a
+    // header left out is removed.
+    let r = app
+        .api
+        .patch(
+            &path,
+            &key,
+            json!({"headers": {"Authorization": "••••cdef", "X-Region": "eu-west-1-primary"}}),
+        )
+        .await;
+    assert_eq!(
+        r.body["headers"],
+        json!({"Authorization": "••••cdef", "X-Region": "••••mary"})
+    );
+    assert_eq!(
+        stored().await,
+        json!({"Authorization": token, "X-Region": "eu-west-1-primary"})
+    );
+    let r = app
+        .api
+        .patch(&path, &key, json!({"headers": {"Authorization": "Bearer x"}}))
+        .await;
+    assert_eq!(r.body["headers"], json!({"Authorization": "••••"}));
+    assert_eq!(stored().await, json!({"Authorization": "Bearer x"}));
+
+    // A masked value that matches nothing stored is refused rather than stored.
+    let r = app.api.patch(&path, &key, json!({"headers": {"X-Team": "••••"}})).await;
+    assert_error(&r, 422, "invalid_headers");
+    assert_eq!(stored().await, json!({"Authorization": "Bearer x"}));
+}
+
+#[tokio::test]
+async fn a_nul_in_an_endpoint_is_refused_naming_the_field() {
+    let app = app().await;
+    let key = app.full_key("acme").await;
+    let base = json!({"url": "https://example.com/hooks", "events": ["**"]});
+    let id = app.endpoint(&key, base.clone()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (field, value) in [
+        ("filter", json!({"data.merchant": "Acme\u{0}"})),
+        ("filter", json!({"data.a\u{0}": 1})),
+        ("description", json!("about\u{0}")),
+        ("headers", json!({"X-Team": "bil\u{0}ling"})),
+    ] {
+        let mut body = base.clone();
+        body[field] = value.clone();
+        let r = app.api.post("/v1/endpoints", &key, body).await;
+        assert_error(&r, 422, "invalid_data");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field) && message.contains("NUL"), "{message}");
+        let r = app
+            .api
+            .patch(&format!("/v1/endpoints/{id}"), &key, json!({ field: value }))
+            .await;
+        assert_error(&r, 422, "invalid_data");
+    }
 }

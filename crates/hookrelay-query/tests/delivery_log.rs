@@ -343,16 +343,17 @@ async fn since_and_until_select_a_window_and_pages_walk_through_it() {
         .get(&format!("/v1/deliveries?since={}", rfc3339_ago(2 * day)), &f.key)
         .await;
     assert_eq!(ids(&since), sorted_desc(vec![by_age[6].1.clone(), by_age[7].1.clone()]));
-    // An empty window, and one that ends before it starts.
+    // An empty window is empty; one that ends before it starts is a mistake.
     let empty = format!("since={}&until={}", rfc3339_ago(4 * day), rfc3339_ago(3 * day));
     assert_eq!(
         ids(&app.api.get(&format!("/v1/deliveries?{empty}"), &f.key).await),
         Vec::<String>::new()
     );
     let backwards = format!("since={}&until={}", rfc3339_ago(day), rfc3339_ago(9 * day));
-    assert_eq!(
-        ids(&app.api.get(&format!("/v1/deliveries?{backwards}"), &f.key).await),
-        Vec::<String>::new()
+    assert_error(
+        &app.api.get(&format!("/v1/deliveries?{backwards}"), &f.key).await,
+        422,
+        "invalid_window",
     );
 }
 
@@ -651,7 +652,8 @@ async fn stats_count_the_window_and_report_health() {
     assert_eq!(
         empty.body,
         json!({"window": "1h", "delivered": 0, "failed": 0, "pending": 0, "delivery_rate": null,
-               "latency_ms": {"p50": null, "p95": null, "p99": null}, "health": "healthy"})
+               "latency_ms": {"p50": null, "p95": null, "p99": null}, "health": "healthy",
+               "concurrency": {"limit": null, "in_flight": 0, "max_in_flight": null}})
     );
 
     // Five failed attempts in a row make ep2 failing.
@@ -882,4 +884,125 @@ async fn recover_counts_failed_deliveries_since_and_publishes_a_command() {
         .await;
     assert_error(&unknown, 404, "not_found");
     assert_eq!(app.commands().await.len(), 1);
+}
+
+/// An `endpoint_limits` row, as a deliverer replica writes it, refreshed `age_secs` ago.
+async fn limit_row(app: &App, tenant: &str, endpoint: &str, replica: &str, limit: i32, in_flight: i32, age_secs: i64) {
+    sqlx::query(
+        "INSERT INTO endpoint_limits (endpoint_id, replica, tenant_id, concurrency, in_flight, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now() - $6 * interval '1 second')",
+    )
+    .bind(endpoint)
+    .bind(replica)
+    .bind(tenant)
+    .bind(limit)
+    .bind(in_flight)
+    .bind(age_secs)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn stats_show_the_concurrency_the_deliverers_hold_now() {
+    let f = fixture().await;
+    let app = &f.app;
+    let stats = async |ep: &str, key: &str| {
+        let r = app.api.get(&format!("/v1/endpoints/{ep}/stats"), key).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["concurrency"].clone()
+    };
+    assert_eq!(
+        stats(&f.ep1, &f.key).await,
+        json!({"limit": null, "in_flight": 0, "max_in_flight": null}),
+        "no deliverer holds a limit"
+    );
+
+    limit_row(app, "acme", &f.ep1, "deliverer-a", 6, 4, 2).await;
+    limit_row(app, "acme", &f.ep1, "deliverer-b", 10, 3, 20).await;
+    limit_row(app, "acme", &f.ep1, "deliverer-gone", 50, 50, 45).await;
+    limit_row(app, "acme", &f.ep2, "deliverer-a", 7, 7, 0).await;
+    let patched = app
+        .api
+        .patch(
+            &format!("/v1/endpoints/{}", f.ep1),
+            &f.key,
+            json!({"max_in_flight": 40}),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    assert_eq!(
+        stats(&f.ep1, &f.key).await,
+        json!({"limit": 16, "in_flight": 7, "max_in_flight": 40}),
+        "the fresh rows of this endpoint only"
+    );
+
+    sqlx::query("UPDATE endpoint_limits SET updated_at = now() - interval '1 minute' WHERE endpoint_id = $1")
+        .bind(&f.ep1)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        stats(&f.ep1, &f.key).await,
+        json!({"limit": null, "in_flight": 0, "max_in_flight": 40}),
+        "stale rows are no limit held"
+    );
+    assert_eq!(stats(&f.globex_ep, &f.globex_key).await["limit"], Value::Null);
+}
+
+#[tokio::test]
+async fn attempts_show_the_contracts_headers_and_mask_every_other_value() {
+    let f = fixture().await;
+    let app = &f.app;
+    app.event("acme", "evt_masked", "orders/created").await;
+    let id = app.delivery(Dlv::new("acme", "evt_masked", &f.ep1, "delivered")).await;
+    let sent = json!({
+        "webhook-id": "evt_masked", "webhook-timestamp": "1710513000",
+        "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        "content-type": "application/json", "user-agent": "hookrelay/0.1.0",
+        "hookrelay-event": "orders/created", "hookrelay-delivery-id": id, "hookrelay-attempt": "1",
+        "authorization": "Bearer sk_live_0123456789abcdef", "x-team": "billing",
+        "x-stored-masked": "••••wxyz",
+    });
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt, trigger, started_at, duration_ms, request_headers,
+                               response_code, response_body, error)
+         VALUES ($1, 1, 'scheduled', now(), 12, $2, 200, 'ok', NULL)",
+    )
+    .bind(&id)
+    .bind(&sent)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let r = app.api.get(&format!("/v1/deliveries/{id}"), &f.key).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut expected = sent.clone();
+    expected["authorization"] = json!("••••cdef");
+    expected["x-team"] = json!("••••");
+    assert_eq!(r.body["attempts"][0]["request_headers"], expected);
+}
+
+#[tokio::test]
+async fn a_window_whose_since_is_after_its_until_is_refused() {
+    let f = fixture().await;
+    let r = f
+        .app
+        .api
+        .get(
+            "/v1/deliveries?since=2024-03-16T00:00:00Z&until=2024-03-15T00:00:00Z",
+            &f.key,
+        )
+        .await;
+    assert_error(&r, 422, "invalid_window");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("since") && message.contains("until"), "{message}");
+    let r = f
+        .app
+        .api
+        .get(
+            "/v1/deliveries?since=2024-03-15T00:00:00Z&until=2024-03-16T00:00:00Z",
+            &f.key,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

@@ -7,8 +7,29 @@ use std::time::Duration;
 
 use common::{ADMIN, app, assert_error};
 use hookrelay_types::subjects;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
+
+/// Whether a shown request's `webhook-signature` holds a valid Standard Webhooks entry for
+/// `secret`, computed here from the scheme itself: base64 HMAC-SHA256 under the decoded key
+/// of `whsec_<base64 key>`, over `{webhook-id}.{webhook-timestamp}.{body}`.
+fn verifies(secret: &str, headers: &Value, body: &str) -> bool {
+    use base64::Engine as _;
+    use hmac::{KeyInit as _, Mac as _};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    let (id, ts) = (
+        headers["webhook-id"].as_str().unwrap(),
+        headers["webhook-timestamp"].as_str().unwrap(),
+    );
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    let expected = format!("v1,{}", b64.encode(mac.finalize().into_bytes()));
+    headers["webhook-signature"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .any(|entry| entry == expected)
+}
 
 fn orders_schema() -> Value {
     json!({
@@ -84,10 +105,34 @@ async fn bad_declarations_are_refused() {
             "invalid_validation",
         ),
         (json!({"name": "orders/x", "validation": "enforce"}), "schema_required"),
+        (json!({"name": "orders/x", "description": "a\u{0}"}), "invalid_data"),
+        (
+            json!({"name": "orders/x", "schema": {"type": "object", "title": "\u{0}"}}),
+            "invalid_data",
+        ),
+        (json!({"name": "orders/x", "example": {"k\u{0}": 1}}), "invalid_data"),
     ];
     for (body, code) in cases {
         let r = app.api.post("/v1/event-types", &key, body).await;
         assert_error(&r, 422, code);
+        if code == "invalid_data" {
+            assert!(r.body["error"]["message"].as_str().unwrap().contains("NUL"), "{r:?}");
+        }
+    }
+    let declared = app.api.post("/v1/event-types", &key, json!({"name": "orders/y"})).await;
+    assert_eq!(declared.status, 201, "{declared:?}");
+    for field in ["description", "schema", "example"] {
+        let value = if field == "description" {
+            json!("\u{0}")
+        } else {
+            json!({"x": "\u{0}"})
+        };
+        let r = app
+            .api
+            .patch("/v1/event-types/orders%2Fy", &key, json!({ field: value }))
+            .await;
+        assert_error(&r, 422, "invalid_data");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains(field), "{r:?}");
     }
     let invalid = app
         .api
@@ -266,7 +311,7 @@ async fn a_preview_is_the_exact_signed_request_and_sends_nothing() {
     assert_eq!(r.body["url"], "https://example.com/hook");
     assert_eq!(r.body["matches"], json!({"patterns": true, "filter": false}));
     let h = &r.body["headers"];
-    assert_eq!(h["x-team"], "billing");
+    assert_eq!(h["x-team"], "••••", "custom header values are masked");
     assert_eq!(h["content-type"], "application/json");
     assert_eq!(h["hookrelay-event"], "orders/created");
     assert!(h["user-agent"].as_str().unwrap().starts_with("hookrelay/"));
@@ -274,21 +319,24 @@ async fn a_preview_is_the_exact_signed_request_and_sends_nothing() {
     let envelope: Value = serde_json::from_str(body).unwrap();
     assert_eq!(envelope["data"], json!({"total": 50}));
     assert_eq!(envelope["event_id"], h["webhook-id"]);
-    let mut headers = HeaderMap::new();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_str(h[name].as_str().unwrap()).unwrap(),
-        );
-    }
-    hookrelay_testkit::verify(secret, &headers, body.as_bytes()).unwrap();
+    let preview_secret = r.body["preview_secret"].as_str().unwrap();
+    assert!(preview_secret.starts_with("whsec_") && preview_secret != secret);
+    assert!(
+        verifies(preview_secret, h, body),
+        "the preview is signed with its own secret"
+    );
+    assert!(
+        !verifies(secret, h, body),
+        "the preview must not verify under the endpoint's secret"
+    );
 
-    // During a rotation both secrets sign.
+    // During a rotation neither the new secret nor the old one signs a preview.
     let rotated = app
         .api
         .post(&format!("/v1/endpoints/{id}/rotate-secret"), &key, json!({}))
         .await;
     assert_eq!(rotated.status, 200, "{rotated:?}");
+    let new_secret = rotated.body["secret"].as_str().unwrap();
     let r = app
         .api
         .post(
@@ -297,15 +345,25 @@ async fn a_preview_is_the_exact_signed_request_and_sends_nothing() {
             json!({"event": "users/created", "data": {}}),
         )
         .await;
-    assert_eq!(
-        r.body["headers"]["webhook-signature"]
-            .as_str()
-            .unwrap()
-            .split(' ')
-            .count(),
-        2
-    );
+    let h = &r.body["headers"];
+    let body = r.body["body"].as_str().unwrap();
+    let one_off = r.body["preview_secret"].as_str().unwrap();
+    assert_eq!(h["webhook-signature"].as_str().unwrap().split(' ').count(), 1);
+    assert!(verifies(one_off, h, body));
+    assert!(!verifies(secret, h, body) && !verifies(new_secret, h, body));
+    assert_ne!(one_off, preview_secret, "one secret per preview");
     assert_eq!(r.body["matches"]["patterns"], false);
+
+    let r = app
+        .api
+        .post(
+            &format!("/v1/endpoints/{id}/preview"),
+            &key,
+            json!({"event": "orders/created", "data": {"note": "a\u{0}b"}}),
+        )
+        .await;
+    assert_error(&r, 422, "invalid_data");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("NUL"), "{r:?}");
 
     let other = app.full_key("globex").await;
     let r = app

@@ -157,7 +157,8 @@ impl<S: Send + Sync> FromRequest<S> for AppBytes {
     }
 }
 
-/// A JSON body: syntax errors are `400 invalid_json`, shape errors `422 invalid_body`.
+/// A JSON body: syntax errors are `400 invalid_json`, shape errors `422 invalid_body`, a NUL
+/// character anywhere `422 invalid_data` (as at intake).
 pub struct AppJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
@@ -170,13 +171,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
         } else {
             bytes
         };
-        // PostgreSQL's jsonb cannot hold a NUL character: refuse it here, clearly, rather
-        // than fail the write with a 500 (schemathesis found one in an event type's example).
-        if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
-            return Err(ApiError::bad_request(
-                "invalid_json",
-                "JSON strings may not contain the NUL character (\\u0000)",
-            ));
+        // PostgreSQL cannot store a NUL character: refuse it here, clearly and where it is,
+        // rather than fail the write with a 500. Only a body spelling the escape is read twice.
+        if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000"))
+            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        {
+            hookrelay_types::nul::refuse_nul(&value, "the body")?;
         }
         parse_json(&bytes).map(Self)
     }

@@ -57,6 +57,7 @@ impl IncomingEnvelope {
         }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| EnvelopeError::Malformed(format!("the body is not valid JSON: {e}")))?;
+        crate::nul::refuse_nul(&value, "the event")?;
         let Value::Object(mut fields) = value else {
             return Err(EnvelopeError::Malformed(
                 "the body must be a JSON object (the event envelope)".into(),
@@ -242,6 +243,15 @@ mod tests {
         );
         assert_eq!(code(r#"{"event":"a/b","data":{},"evnet":1}"#), "unknown_field");
         assert_eq!(code(r#"{"event":"hookrelay/ping","data":{}}"#), "reserved_event_type");
+        assert_eq!(code(r#"{"event":"a/b","data":{"note":"a\u0000b"}}"#), "invalid_data");
+        assert_eq!(
+            code(r#"{"event":"a/b","data":{"deep":[{"k\u0000":1}]}}"#),
+            "invalid_data"
+        );
+        assert_eq!(
+            code(r#"{"event":"a/b","event_id":"x\u0000","data":{}}"#),
+            "invalid_data"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod filter;
 pub mod ids;
 pub mod index;
 pub mod latency;
+pub mod nul;
 pub mod pattern;
 pub mod schema;
 pub mod signature;

@@ -1,5 +1,6 @@
 //! The request a webhook is sent as, shared by the deliverer (which sends it) and query's
-//! preview (which shows it): the contract's headers and an endpoint's custom ones.
+//! preview (which shows it): the contract's headers and an endpoint's custom ones, and how
+//! a custom header's value is shown (masked: the values are write-only).
 
 use serde_json::Value;
 
@@ -63,16 +64,61 @@ pub fn custom_headers(custom: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// What every answer and stored attempt shows of a custom header's value, which is
-/// write-only: `••••`, then the last four characters for a value of twelve or more.
-pub fn mask_header_value(value: &str) -> String {
-    const MASK: &str = "\u{2022}\u{2022}\u{2022}\u{2022}";
+/// What every answer shows instead of a custom header's value.
+pub const MASK: &str = "••••";
+
+/// Values at least this long (in characters) are shown with their last 4 characters.
+const MASK_TAIL_FROM: usize = 12;
+
+/// A custom header's value as shown: [`MASK`], then its last 4 characters when it has 12
+/// or more. A value already masked is shown as it is.
+pub fn mask(value: &str) -> String {
+    if value.starts_with(MASK) {
+        return value.to_owned();
+    }
     let chars = value.chars().count();
-    if chars >= 12 {
-        let tail: String = value.chars().skip(chars - 4).collect();
-        format!("{MASK}{tail}")
-    } else {
-        MASK.to_owned()
+    if chars < MASK_TAIL_FROM {
+        return MASK.to_owned();
+    }
+    let tail: String = value.chars().skip(chars - 4).collect();
+    format!("{MASK}{tail}")
+}
+
+/// Whether a header of a sent request is shown as sent: the Standard Webhooks headers and
+/// those hookrelay sets itself (`content-type`, `user-agent`, `hookrelay-*`). Any other is
+/// an endpoint's custom header, shown masked.
+pub fn is_shown_as_sent(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "webhook-id" | "webhook-timestamp" | "webhook-signature" | "content-type" | "user-agent"
+    ) || name.starts_with("hookrelay-")
+}
+
+/// A recorded request's headers as shown: custom header values masked.
+pub fn masked_request_headers(headers: &Value) -> Value {
+    match headers {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(name, value)| {
+                    let shown = if is_shown_as_sent(name) {
+                        value.clone()
+                    } else {
+                        Value::String(mask_value(value))
+                    };
+                    (name.clone(), shown)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// [`mask`] of a header value held as JSON: a string as it is, anything else as its JSON.
+pub fn mask_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => mask(s),
+        other => mask(&other.to_string()),
     }
 }
 
@@ -82,15 +128,6 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn header_values_are_masked_showing_at_most_the_last_four_of_a_long_one() {
-        assert_eq!(mask_header_value("short"), "\u{2022}\u{2022}\u{2022}\u{2022}");
-        assert_eq!(mask_header_value("elevenchars"), "\u{2022}\u{2022}\u{2022}\u{2022}");
-        assert_eq!(
-            mask_header_value("Bearer s3cr3t-9f8e"),
-            "\u{2022}\u{2022}\u{2022}\u{2022}9f8e"
-        );
-    }
 
     #[test]
     fn custom_headers_never_replace_the_contracts() {
@@ -101,6 +138,36 @@ mod tests {
                 ("x-team".to_owned(), "billing".to_owned()),
                 ("x-n".to_owned(), "3".to_owned())
             ]
+        );
+    }
+
+    #[test]
+    fn masks_show_the_last_four_characters_of_long_values_only() {
+        assert_eq!(mask(""), "••••");
+        assert_eq!(mask("short"), "••••");
+        assert_eq!(mask("elevenchars"), "••••");
+        assert_eq!(mask("twelve-chars"), "••••hars");
+        assert_eq!(mask("Bearer sk_live_0123456789abcdef"), "••••cdef");
+        assert_eq!(mask("ééééééééééé€€€€"), "••••€€€€");
+        assert_eq!(mask("••••cdef"), "••••cdef", "a masked value stays as it is");
+    }
+
+    #[test]
+    fn recorded_requests_show_only_the_contracts_headers_as_sent() {
+        let sent = json!({
+            "webhook-id": "evt_1", "webhook-timestamp": "1700000000", "webhook-signature": "v1,abc",
+            "content-type": "application/json", "user-agent": "hookrelay/1", "hookrelay-attempt": "2",
+            "Hookrelay-Event": "a/b", "authorization": "Bearer 0123456789abcdef", "x-team": "billing",
+            "x-n": 3, "x-old": "••••wxyz",
+        });
+        assert_eq!(
+            masked_request_headers(&sent),
+            json!({
+                "webhook-id": "evt_1", "webhook-timestamp": "1700000000", "webhook-signature": "v1,abc",
+                "content-type": "application/json", "user-agent": "hookrelay/1", "hookrelay-attempt": "2",
+                "Hookrelay-Event": "a/b", "authorization": "••••cdef", "x-team": "••••",
+                "x-n": "••••", "x-old": "••••wxyz",
+            })
         );
     }
 }

@@ -133,7 +133,7 @@ pub async fn run(src: Source, shutdown: CancellationToken) -> anyhow::Result<()>
          \n  curl -s -H 'Authorization: Bearer {key}' {base}/v1/deliveries\
          \n  curl -s -H 'Authorization: Bearer {key}' {base}/v1/endpoints/{endpoint}/stats\
          \n  curl -s -H 'Authorization: Bearer {key}' {base}/v1/deliveries/<delivery id>\
-         \n  curl -s -X POST -H 'Authorization: Bearer {key}' -d '{{\"event\":\"orders/created\",\"data\":{{\"n\":1}}}}' {base}/v1/events\
+         \n  curl -s -X POST -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"event\":\"orders/created\",\"data\":{{\"n\":1}}}}' {base}/v1/events\
          \n  nats pub hookrelay.ingest.{TENANT}.orders.created '{{\"data\":{{\"n\":2}}}}'\
          \n\nMetrics: {base}/metrics   Readiness: {base}/readyz\n"
     );

@@ -83,6 +83,17 @@ fn filter(p: &LogParams) -> Result<store::DeliveryFilter, Invalid> {
     Ok(f)
 }
 
+/// A window that ends before it starts selects nothing: it is a mistake, and refused.
+fn window(f: &store::DeliveryFilter) -> Result<(), Invalid> {
+    match (f.since, f.until) {
+        (Some(since), Some(until)) if since > until => Err(Invalid::new(
+            "invalid_window",
+            "since is after until: the window must start (since) no later than it ends (until)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/deliveries",
@@ -105,6 +116,7 @@ pub(crate) async fn list(
     let limit = page.limit()?;
     let before = cursor(&page, DeliveryId::parse)?;
     let filter = filter(&params).map_err(bad_query)?;
+    window(&filter)?;
     let rows = store::deliveries(&state.db, &tenant, &filter, before.as_ref(), limit + 1).await?;
     Ok(json(StatusCode::OK, paginate(rows, limit, |d| &d.id)))
 }
@@ -273,6 +285,21 @@ mod tests {
             assert_eq!(e.code, code, "{key}={value}");
             assert!(e.message.contains(key), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn a_window_that_ends_before_it_starts_is_refused_naming_both_ends() {
+        let at = |since: &str, until: &str| window(&filter(&params(&[("since", since), ("until", until)])).unwrap());
+        let e = at("2024-03-15T14:30:00Z", "2024-03-15T14:29:59Z").unwrap_err();
+        assert_eq!(e.code, "invalid_window");
+        assert!(
+            e.message.contains("since") && e.message.contains("until"),
+            "{}",
+            e.message
+        );
+        assert!(at("2024-03-15T14:30:00Z", "2024-03-15T14:30:00Z").is_ok());
+        assert!(at("2024-03-15T14:30:00Z", "2024-03-16T00:00:00Z").is_ok());
+        assert!(window(&filter(&params(&[("since", "2024-03-15T14:30:00Z")])).unwrap()).is_ok());
     }
 
     #[test]

@@ -310,14 +310,21 @@ pub(crate) struct Matches {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Preview {
     url: String,
+    /// The headers as they would be sent, but `webhook-signature` is made with
+    /// `preview_secret` and custom header values are masked.
     headers: serde_json::Map<String, serde_json::Value>,
+    /// A secret made for this preview alone (`whsec_…`, used nowhere else): the signature
+    /// shown verifies under it and under no secret of the endpoint.
+    preview_secret: String,
     /// The envelope exactly as it would be POSTed (compact JSON).
     body: String,
     matches: Matches,
 }
 
-/// The request a delivery of `{event, data}` to this endpoint would send now, signed with
-/// every secret that signs now; nothing is sent or stored.
+/// The request a delivery of `{event, data}` to this endpoint would send now; nothing is
+/// sent or stored. A key that may only read endpoints must not obtain a request that the
+/// receiver would take as genuine, so the signature is made with a one-off secret returned
+/// beside it, and custom header values are masked as everywhere else.
 #[utoipa::path(
     post,
     path = "/v1/endpoints/{id}/preview",
@@ -338,13 +345,9 @@ pub(crate) async fn preview(
     let event = EventType::parse(&input.event)?;
     let envelope = Envelope::system(event, input.data, OffsetDateTime::now_utc());
     let body = envelope.to_body();
-    let secrets = store::endpoint_secrets(&state.db, &endpoint_id(&endpoint.id)?)
-        .await?
-        .iter()
-        .filter_map(|s| Secret::parse(s).ok())
-        .collect::<Vec<_>>();
+    let preview_secret = Secret::generate();
     let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-    let signature = signature_header(&secrets, envelope.event_id.as_str(), timestamp, &body);
+    let signature = signature_header([&preview_secret], envelope.event_id.as_str(), timestamp, &body);
     let mut headers = serde_json::Map::new();
     for (name, value) in webhook::signed_headers(
         envelope.event_id.as_str(),
@@ -354,8 +357,11 @@ pub(crate) async fn preview(
     )
     .into_iter()
     .map(|(n, v)| (n.to_owned(), v))
-    .chain(webhook::custom_headers(&endpoint.headers))
-    {
+    .chain(
+        webhook::custom_headers(&endpoint.headers)
+            .into_iter()
+            .map(|(name, value)| (name, webhook::mask(&value))),
+    ) {
         headers.insert(name, value.into());
     }
     let patterns = endpoint
@@ -375,6 +381,7 @@ pub(crate) async fn preview(
         Preview {
             url: endpoint.url,
             headers,
+            preview_secret: preview_secret.expose(),
             body: String::from_utf8(body).map_err(ApiError::internal)?,
             matches: Matches { patterns, filter },
         },

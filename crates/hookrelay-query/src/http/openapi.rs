@@ -170,7 +170,8 @@ pub(crate) struct Accepted {
     duplicate: Option<bool>,
 }
 
-/// Ingest's REST intake (served by `hookrelay-ingest` and `hookrelay all`).
+/// Ingest's REST intake (served by `hookrelay-ingest` and `hookrelay all`). A NUL
+/// character (`\u0000`) anywhere in the envelope is refused: `422 invalid_data`.
 #[utoipa::path(
     post,
     path = "/v1/events",
@@ -182,7 +183,8 @@ pub(crate) struct Accepted {
     request_body = IncomingEvent,
     responses(
         (status = 202, description = "accepted", body = Accepted),
-        (status = 200, description = "a duplicate of an accepted event", body = Accepted)
+        (status = 200, description = "a duplicate of an accepted event", body = Accepted),
+        (status = 415, description = "a Content-Type other than application/json or application/<type>+json (none is read as JSON)", body = ErrorBody)
     ),
     security(("bearer" = ["events:write"]))
 )]

@@ -1,6 +1,6 @@
 //! `GET /v1/endpoints/{id}/stats`: an endpoint's numbers over a window and its health;
 //! `GET /v1/stats`: the tenant's pipeline, stage by stage (the dashboard's overview).
-//! Reads `events`, `endpoints`, `deliveries` and `attempts`; the arithmetic is in
+//! Reads `events`, `endpoints`, `deliveries`, `attempts` and `endpoint_limits`; the arithmetic is in
 //! `crate::stats`.
 
 use axum::{
@@ -95,6 +95,20 @@ pub(crate) struct Stats {
     delivery_rate: Option<f64>,
     latency_ms: Latency,
     health: Health,
+    concurrency: Concurrency,
+}
+
+/// How many attempts the deliverers may have in flight to the endpoint, and have.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Concurrency {
+    /// The limit the deliverers hold now, summed over those that refreshed it within the
+    /// last 30 seconds; `null` when none holds one (no recent work for the endpoint).
+    limit: Option<i64>,
+    /// Attempts in flight now, over the same deliverers (0 when none).
+    in_flight: i64,
+    /// The ceiling the endpoint sets (its `max_in_flight`); `null` for the deliverers'
+    /// default, `HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT`.
+    max_in_flight: Option<i32>,
 }
 
 /// From the deliverer's per-minute rollup (`endpoint_minutes`), not the log: `delivered`
@@ -130,6 +144,7 @@ pub(crate) async fn endpoint_stats(
         pending,
     };
     let health = current_health(&state, &endpoint).await?.state;
+    let (limit, in_flight) = store::concurrency(&state.db, &tenant, &id).await?;
     Ok(json(
         StatusCode::OK,
         Stats {
@@ -138,6 +153,11 @@ pub(crate) async fn endpoint_stats(
             counts,
             latency_ms: Latency::from_histogram(&latency),
             health,
+            concurrency: Concurrency {
+                limit,
+                in_flight,
+                max_in_flight: endpoint.max_in_flight,
+            },
         },
     ))
 }
