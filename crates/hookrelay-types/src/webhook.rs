@@ -128,7 +128,6 @@ mod tests {
 
     use super::*;
 
-
     #[test]
     fn custom_headers_never_replace_the_contracts() {
         let custom = json!({"X-Team": "billing", "Webhook-Id": "forged", "x-n": 3, "x-obj": {}});
