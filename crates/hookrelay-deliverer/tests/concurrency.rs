@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Running, Sent, TENANT, WAIT, changed, endpoint, publish_job, send_event, setup, start, wait_for};
+use common::{
+    ONE_AT_A_TIME, Running, Sent, TENANT, WAIT, changed, endpoint, publish_job, send_event, setup, start, wait_for,
+};
 use hookrelay_testkit::{Receiver, TestEnv, eventually};
 use hookrelay_types::{DeliveryId, EndpointId, EventId, messages::DeliveryJob, signature::Secret};
 use serde_json::json;
@@ -228,13 +230,9 @@ async fn a_tenants_slow_endpoints_do_not_delay_another_tenants_first_attempts() 
 #[tokio::test]
 async fn a_backlog_beyond_the_queue_waits_in_postgresql_and_drains_without_polls() {
     let env = TestEnv::start().await.unwrap();
-    // One attempt at a time, 200 ms each; the scheduler polls once a minute, so only the
-    // wake-ups of a draining queue can bring the stored deliveries back in time.
-    let settings = [
-        ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "1"),
-        ("HOOKRELAY_SCHEDULER_INTERVAL", "60s"),
-    ];
-    let (running, db, js) = setup(&env, &settings).await;
+    // 200 ms an attempt: only the wake-ups of a draining queue bring the deliveries stored
+    // in PostgreSQL back in time.
+    let (running, db, js) = setup(&env, &ONE_AT_A_TIME).await;
     let receiver = Receiver::start().await.unwrap();
     let (ep, _) = endpoint(&db, &receiver.url("slow/200/one-at-a-time"), json!({})).await;
     let mut sent = Vec::new();

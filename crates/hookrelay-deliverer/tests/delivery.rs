@@ -927,12 +927,7 @@ async fn a_410_fails_the_delivery_at_once() {
 #[tokio::test]
 async fn a_job_for_a_busy_endpoint_waits_in_memory_and_goes_out_as_soon_as_a_slot_frees() {
     let env = TestEnv::start().await.unwrap();
-    // The scheduler polls once a minute here: only the freed slot can start the second job.
-    let settings = [
-        ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "1"),
-        ("HOOKRELAY_SCHEDULER_INTERVAL", "60s"),
-    ];
-    let (running, db, js) = setup(&env, &settings).await;
+    let (running, db, js) = setup(&env, &ONE_AT_A_TIME).await;
     let receiver = Receiver::start().await.unwrap();
     let (ep, _) = endpoint(&db, &receiver.url("slow/1500/capped"), json!({})).await;
     let first = send_event(&db, &js, &ep).await;
@@ -981,13 +976,7 @@ async fn names_are_vetted_when_they_resolve_and_the_connection_is_pinned_to_the_
         ("HOOKRELAY_RETRY_SCHEDULE", "1m"),
     ];
     let running = start_resolving(&env, &strict, names).await;
-    let db = env.db().await.unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Acme')")
-        .bind(TENANT)
-        .execute(&db)
-        .await
-        .unwrap();
-    let js = jetstream::new(env.nats().await.unwrap());
+    let (db, js) = acme(&env).await;
     let receiver = Receiver::start().await.unwrap();
     let port = receiver.addr.port();
     let (mixed, _) = endpoint(&db, &format!("http://mixed.example.test:{port}/ok/mixed"), json!({})).await;

@@ -65,17 +65,29 @@ pub async fn start_resolving(env: &TestEnv, extra: &[(&str, &str)], names: &[(&s
     }
 }
 
+/// One attempt in flight per endpoint, and a scheduler that polls once a minute: only a
+/// freed slot, or a draining queue's wake-up, starts a waiting delivery in a test's time.
+pub const ONE_AT_A_TIME: [(&str, &str); 2] = [
+    ("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "1"),
+    ("HOOKRELAY_SCHEDULER_INTERVAL", "60s"),
+];
+
 /// Starts the deliverer and returns it with a database pool and a JetStream context.
 pub async fn setup(env: &TestEnv, extra: &[(&str, &str)]) -> (Running, sqlx::PgPool, jetstream::Context) {
     let running = start(env, extra).await;
+    let (db, js) = acme(env).await;
+    (running, db, js)
+}
+
+/// A database pool and a JetStream context on `env`, with the tenant `acme` created.
+pub async fn acme(env: &TestEnv) -> (sqlx::PgPool, jetstream::Context) {
     let db = env.db().await.unwrap();
     sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Acme')")
         .bind(TENANT)
         .execute(&db)
         .await
         .unwrap();
-    let js = jetstream::new(env.nats().await.unwrap());
-    (running, db, js)
+    (db, jetstream::new(env.nats().await.unwrap()))
 }
 
 /// An endpoint row as query writes it; returns its id and secret.
