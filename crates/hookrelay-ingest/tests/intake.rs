@@ -121,6 +121,31 @@ async fn a_rest_event_is_stored_and_published_before_the_202() {
 }
 
 #[tokio::test]
+async fn a_list_of_nats_servers_is_accepted_and_one_that_does_not_answer_is_passed_over() {
+    let env = TestEnv::start().await.unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let urls = format!("nats://127.0.0.1:{silent}, {}", env.nats_url);
+    let (api, shutdown, task) = start_ingest(&env, &[("HOOKRELAY_NATS_URL", urls.as_str())]).await;
+    let db = env.db().await.unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let key = insert_key(&db, "acme", &["events:write"]).await;
+    // Accepted means stored and published to JetStream before the answer.
+    let r = api
+        .post("/v1/events", &key, json!({"event": "orders/created", "data": {}}))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_repeated_event_id_is_a_200_duplicate_and_published_once() {
     let app = app(&[]).await;
     let body = json!({"event": "orders/created", "event_id": "ord-1", "data": {}});

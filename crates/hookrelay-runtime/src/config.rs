@@ -124,6 +124,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The settings every service shares (the contract's variables).
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `HOOKRELAY_NATS_URL`: one NATS server's URL, or several (one cluster's) separated by
+    /// commas; each is checked at start.
     pub nats_url: String,
     pub database_url: String,
     pub http_addr: SocketAddr,
@@ -154,7 +156,13 @@ impl Config {
     /// `default_addr` differs per binary (ingest 8080, query 8081, workers an ops port).
     pub fn from_source(src: &Source, default_addr: SocketAddr) -> anyhow::Result<Self> {
         Ok(Self {
-            nats_url: src.get("HOOKRELAY_NATS_URL", Self::DEFAULT_NATS_URL.to_owned())?,
+            nats_url: {
+                let urls: String = src.get("HOOKRELAY_NATS_URL", Self::DEFAULT_NATS_URL.to_owned())?;
+                if let Err(e) = crate::nats::server_addrs(&urls) {
+                    anyhow::bail!("HOOKRELAY_NATS_URL={urls:?} is invalid: {e}");
+                }
+                urls
+            },
             database_url: src.get("HOOKRELAY_DATABASE_URL", Self::DEFAULT_DATABASE_URL.to_owned())?,
             http_addr: src.get("HOOKRELAY_HTTP_ADDR", default_addr)?,
             otlp_endpoint: src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned),
@@ -287,6 +295,13 @@ mod tests {
         assert!(e.contains("HOOKRELAY_HTTP_ADDR"), "{e}");
         let e = src.required("HOOKRELAY_ADMIN_TOKEN").unwrap_err().to_string();
         assert!(e.contains("HOOKRELAY_ADMIN_TOKEN"), "{e}");
+        let list = Source::from_pairs([("HOOKRELAY_NATS_URL", "nats://a:4222,,nats://b:4222")]);
+        let e = Config::from_source(&list, "127.0.0.1:8080".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HOOKRELAY_NATS_URL") && e.contains("empty"), "{e}");
+        let list = Source::from_pairs([("HOOKRELAY_NATS_URL", "nats://a:4222, nats://b:4222")]);
+        assert!(Config::from_source(&list, "127.0.0.1:8080".parse().unwrap()).is_ok());
         assert!(parse_duration("5").is_err() && parse_duration("5x").is_err());
     }
 }

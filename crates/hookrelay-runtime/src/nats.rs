@@ -25,13 +25,31 @@ use async_nats::{
 use bytes::Bytes;
 use hookrelay_types::subjects;
 
-pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+/// The servers `HOOKRELAY_NATS_URL` names: one URL, or several separated by commas (servers
+/// of one cluster: the client connects to one that answers and learns the others from it).
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .map(|url| {
+            if url.is_empty() {
+                return Err("an entry of the list is empty".to_owned());
+            }
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("`{url}` is not a NATS server URL: {e}"))
+        })
+        .collect()
+}
+
+/// Connects to the servers `urls` names (see [`server_addrs`]).
+pub async fn connect(urls: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = server_addrs(urls).map_err(|e| anyhow::anyhow!("HOOKRELAY_NATS_URL: {e}"))?;
+    let client = async_nats::ConnectOptions::new()
         .name("hookrelay")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
+        .connect(servers)
+        .await?;
+    Ok(client)
 }
 
 fn stream_config(name: &str, subject: &str, retention: RetentionPolicy, max_age: Duration) -> stream::Config {
@@ -316,4 +334,18 @@ async fn consumer_with_filter(
             .map_err(|e| anyhow::anyhow!("consumer {name} on {stream}: {e}"))?;
     }
     Ok(consumer)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_list_of_nats_servers_is_parsed_and_a_bad_entry_is_named() {
+        let servers = super::server_addrs("nats://127.0.0.1:4222, nats://10.0.0.2:4223").unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(super::server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let e = super::server_addrs("nats://127.0.0.1:4222,,nats://b:1").unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let e = super::server_addrs("nats://127.0.0.1:4222,http://[::1").unwrap_err();
+        assert!(e.contains("http://[::1"), "{e}");
+    }
 }

@@ -104,7 +104,8 @@ pub async fn run(src: Source, shutdown: CancellationToken) -> anyhow::Result<()>
         "HOOKRELAY_NATS_URL",
         hookrelay_runtime::Config::DEFAULT_NATS_URL.to_owned(),
     )?;
-    let nats = async_nats::connect(&nats_url).await?;
+    let servers = hookrelay_runtime::nats::server_addrs(&nats_url).map_err(anyhow::Error::msg)?;
+    let nats = async_nats::connect(servers).await?;
     nats.publish(
         format!("hookrelay.ingest.{TENANT}.orders.created"),
         br#"{"data":{"order_id":"ord_from_nats","items":1,"merchant":"Acme Corp"}}"#

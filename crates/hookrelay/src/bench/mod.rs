@@ -291,7 +291,9 @@ impl Bench {
             "HOOKRELAY_DATABASE_URL",
             hookrelay_runtime::Config::DEFAULT_DATABASE_URL.to_owned(),
         )?;
-        let nats = async_nats::connect(&nats_url)
+        let servers =
+            hookrelay_runtime::nats::server_addrs(&nats_url).map_err(|e| anyhow::anyhow!("HOOKRELAY_NATS_URL: {e}"))?;
+        let nats = async_nats::connect(servers)
             .await
             .with_context(|| format!("connecting to NATS at {nats_url} (HOOKRELAY_NATS_URL)"))?;
         let db = sqlx::postgres::PgPoolOptions::new()
