@@ -138,6 +138,23 @@ pub(crate) async fn api_keys(
 /// Revokes a key (it stops working at once: every request reads `api_keys`). `false` when
 /// there is no such unrevoked key in `tenant`.
 #[tracing::instrument(skip_all, fields(key_id = %id))]
+/// The scopes of an unrevoked key (of `tenant`, when given); `None` when there is none.
+pub(crate) async fn api_key_scopes(
+    db: impl PgExecutor<'_>,
+    id: &ApiKeyId,
+    tenant: Option<&TenantId>,
+) -> Result<Option<Vec<String>>> {
+    let scopes = sqlx::query_scalar(
+        "SELECT scopes FROM api_keys
+         WHERE id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(id.as_str())
+    .bind(tenant.map(TenantId::as_str))
+    .fetch_optional(db)
+    .await?;
+    Ok(scopes)
+}
+
 pub(crate) async fn revoke_api_key(db: impl PgExecutor<'_>, id: &ApiKeyId, tenant: Option<&TenantId>) -> Result<bool> {
     let done = sqlx::query(
         "UPDATE api_keys SET revoked_at = now()

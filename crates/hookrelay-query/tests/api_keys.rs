@@ -135,6 +135,53 @@ async fn a_revoked_key_is_refused_on_its_very_next_request() {
     assert_eq!(app.api.delete(&format!("/v1/api-keys/{id}"), ADMIN).await.status, 404);
 }
 
+#[tokio::test]
+async fn a_key_may_revoke_only_keys_whose_scopes_are_within_its_own() {
+    let app = app().await;
+    let manager = app.key("acme", &["keys:write", "endpoints:read"]).await;
+    let reader = app.key("acme", &["endpoints:read"]).await;
+    let writer = app.key("acme", &["deliveries:write"]).await;
+    let list = app.api.get("/v1/api-keys?tenant_id=acme", ADMIN).await;
+    let id_of = |scopes: Value| {
+        list.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["scopes"] == scopes)
+            .map(|k| k["id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let (reader_id, writer_id) = (id_of(json!(["endpoints:read"])), id_of(json!(["deliveries:write"])));
+
+    let r = app.api.delete(&format!("/v1/api-keys/{writer_id}"), &manager).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deliveries:write"),
+        "{r:?}"
+    );
+    assert_eq!(
+        app.api.get("/v1/deliveries", &writer).await.status,
+        403,
+        "still a valid key"
+    );
+    assert_eq!(
+        app.api
+            .delete(&format!("/v1/api-keys/{reader_id}"), &manager)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(app.api.get("/v1/endpoints", &reader).await.status, 401);
+    // The admin may revoke any.
+    assert_eq!(
+        app.api.delete(&format!("/v1/api-keys/{writer_id}"), ADMIN).await.status,
+        204
+    );
+}
+
 async fn key_json(app: &App, name: &str) -> Value {
     let list = app.api.get("/v1/api-keys?tenant_id=acme", ADMIN).await;
     list.body["data"]

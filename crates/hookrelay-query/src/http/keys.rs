@@ -160,6 +160,17 @@ pub(crate) async fn revoke(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::KeysWrite)?;
     let id = ApiKeyId::parse(&id).map_err(|_| QueryError::NotFound("API key"))?;
+    // A key may revoke only keys that hold no scope it lacks itself.
+    let Some(scopes) = store::api_key_scopes(&state.db, &id, principal.tenant_scope()).await? else {
+        return Err(ApiError::not_found("API key"));
+    };
+    if let Principal::Key { scopes: own, .. } = &principal
+        && let Some(beyond) = scopes.iter().find(|s| !own.iter().any(|o| o.as_str() == s.as_str()))
+    {
+        return Err(ApiError::forbidden(format!(
+            "this API key may not revoke a key with the `{beyond}` scope, which it lacks itself"
+        )));
+    }
     if !store::revoke_api_key(&state.db, &id, principal.tenant_scope()).await? {
         return Err(ApiError::not_found("API key"));
     }
