@@ -421,7 +421,11 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs),
     };
-    let span = tracing::info_span!("deliverer.attempt", url = %endpoint.url, status = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "deliverer.attempt",
+        url = %crate::target::redacted(&endpoint.url),
+        status = tracing::field::Empty
+    );
     let outcome = d.sender.send(request).instrument(span.clone()).await;
     if let Some(code) = outcome.response_code {
         span.record("status", code);

@@ -42,6 +42,22 @@ pub(crate) enum BadTarget {
     Blocked(#[from] Blocked),
 }
 
+/// An endpoint URL as logs and traces show it: without credentials, query or fragment,
+/// where receivers often put tokens.
+pub(crate) fn redacted(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            // Setting them can only fail for URLs that cannot have them: nothing to hide.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 /// Parses an endpoint URL and, unless `allow_private`, refuses an IP-literal host that is
 /// not public (names are checked when they resolve).
 pub(crate) fn check_url(raw: &str, allow_private: bool) -> Result<url::Url, BadTarget> {
@@ -122,6 +138,16 @@ impl Resolve for Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_in_logs_lose_credentials_query_and_fragment() {
+        assert_eq!(
+            redacted("https://user:pw@hooks.example.com:8443/in?token=s3cret#x"),
+            "https://hooks.example.com:8443/in"
+        );
+        assert_eq!(redacted("http://127.0.0.1:9/ok"), "http://127.0.0.1:9/ok");
+        assert_eq!(redacted("not a url"), "(not a URL)");
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
