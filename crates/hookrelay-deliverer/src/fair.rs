@@ -91,8 +91,10 @@ impl Fair {
         self.state().available
     }
 
-    fn share(&self, state: &State) -> usize {
-        let active = state.tenants.values().filter(|t| t.active()).count();
+    /// A tenant's fair share, counting `tenant` among the tenants with work.
+    fn share(&self, state: &State, tenant: Option<&str>) -> usize {
+        let newcomer = tenant.is_some_and(|id| !state.tenants.get(id).is_some_and(Tenant::active));
+        let active = state.tenants.values().filter(|t| t.active()).count() + usize::from(newcomer);
         if active <= 1 {
             (self.total - reserve(self.total)).max(1)
         } else {
@@ -118,16 +120,10 @@ impl Fair {
     pub(crate) async fn acquire(self: &Arc<Self>, tenant: &str, endpoint: &str) -> Permit {
         let waiting = {
             let mut state = self.state();
-            let share = {
-                let t = state.tenants.entry(tenant.to_owned()).or_default();
-                // Counted active for the share it is about to be measured against.
-                t.in_flight += 1;
-                let share = self.share(&state);
-                state.tenants.entry(tenant.to_owned()).or_default().in_flight -= 1;
-                share
-            };
+            let share = self.share(&state, Some(tenant));
             let others_wait = state.turn.iter().any(|t| t != tenant);
-            let t = &state.tenants[tenant];
+            let idle = Tenant::default();
+            let t = state.tenants.get(tenant).unwrap_or(&idle);
             if !t.has_waiters() && self.may_take(&state, t, share, others_wait) {
                 return self.grant(&mut state, tenant);
             }
@@ -177,7 +173,7 @@ impl Fair {
         if state.available == 0 || state.turn.is_empty() {
             return None;
         }
-        let share = self.share(state);
+        let share = self.share(state, None);
         let eligible = |over_share_ok: bool| {
             state.turn.iter().position(|id| {
                 let t = &state.tenants[id];

@@ -84,26 +84,8 @@ impl EndpointState {
         }
     }
 
-    /// How many may wait: about [`QUEUE_SPAN`] of the endpoint's work at its limit and
-    /// usual latency (four rounds of the limit before its latency is known), so a waiting
-    /// delivery's wait stays well inside its lease; for a paced endpoint, its next five
-    /// seconds of starts.
     fn queue_max(&self) -> usize {
-        let limit = self.aimd.limit();
-        let mut max = match self.aimd.smoothed() {
-            Some(latency) => {
-                let rounds = QUEUE_SPAN.as_secs_f64() / latency.as_secs_f64().max(1e-4);
-                // Saturating float-to-int conversion, bounded just below.
-                (limit as f64 * rounds).min(QUEUE_MAX as f64) as usize
-            }
-            None => limit * 4,
-        }
-        .clamp(QUEUE_MIN, QUEUE_MAX);
-        if let Some(spacing) = self.spacing {
-            let per_5s = (5.0 / spacing.as_secs_f64().max(1e-6)).floor() as usize;
-            max = max.min(per_5s.max(1));
-        }
-        max
+        queue_max(self.aimd.limit(), self.aimd.smoothed(), self.spacing)
     }
 
     /// The delay before an attempt starting now may go, and moves the pacing on.
@@ -210,6 +192,27 @@ pub(crate) struct Held {
     pub(crate) in_flight: i32,
 }
 
+/// How many may wait for an endpoint with `limit`, whose successes take `latency` and whose
+/// paced starts are `spacing` apart: about [`QUEUE_SPAN`] of its work (four rounds of the
+/// limit before its latency is known), so a waiting delivery's wait stays well inside its
+/// lease; for a paced endpoint, its next five seconds of starts.
+fn queue_max(limit: usize, latency: Option<Duration>, spacing: Option<Duration>) -> usize {
+    let mut max = match latency {
+        Some(latency) => {
+            let rounds = QUEUE_SPAN.as_secs_f64() / latency.as_secs_f64().max(1e-4);
+            // Saturating float-to-int conversion, bounded just below.
+            (limit as f64 * rounds).min(QUEUE_MAX as f64) as usize
+        }
+        None => limit * 4,
+    }
+    .clamp(QUEUE_MIN, QUEUE_MAX);
+    if let Some(spacing) = spacing {
+        let per_5s = (5.0 / spacing.as_secs_f64().max(1e-6)).floor() as usize;
+        max = max.min(per_5s.max(1));
+    }
+    max
+}
+
 /// Seconds between two paced attempts from one of `replicas` deliverers.
 fn spacing(rate_per_sec: i32, replicas: usize) -> Duration {
     let rate = f64::from(rate_per_sec.max(1));
@@ -264,8 +267,8 @@ impl Limits {
 
     /// The rows a claim may take for an endpoint this process does not track yet.
     pub(crate) fn untracked_free(&self) -> i32 {
-        let fresh = EndpointState::new("", self.ceiling_share(None).min(concurrency::INITIAL));
-        to_i32(fresh.aimd.limit() + fresh.queue_max())
+        let limit = self.ceiling_share(None).min(concurrency::INITIAL);
+        to_i32(limit + queue_max(limit, None, None))
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {

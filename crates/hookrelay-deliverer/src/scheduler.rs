@@ -22,14 +22,11 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument as _, warn};
 
@@ -95,30 +92,10 @@ impl Wakes {
     }
 }
 
-/// Probes in flight here, of at most a few.
-#[derive(Debug, Clone)]
-struct Probing(Arc<AtomicUsize>);
-
-/// Counts one probe until dropped.
-struct ProbeTurn(Arc<AtomicUsize>);
-
-impl Drop for ProbeTurn {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Probing {
-    fn turn(&self) -> ProbeTurn {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        ProbeTurn(self.0.clone())
-    }
-}
-
 pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let probing = Probing(Arc::new(AtomicUsize::new(0)));
-    let probes_max = (d.cfg.concurrency / 8).max(1);
+    // Probes in flight here: a permit each.
+    let probing = Arc::new(Semaphore::new((d.cfg.concurrency / 8).max(1)));
     let mut next_poll = Instant::now();
     let mut more = false;
     loop {
@@ -149,7 +126,7 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
             .filter(|b| b.in_flight > 0)
             .map(|b| b.endpoint_id.as_str())
             .collect();
-        let probe_room = probes_max.saturating_sub(probing.0.load(Ordering::Relaxed)).min(free);
+        let probe_room = probing.available_permits().min(free);
         let probes = if probe_room == 0 {
             Vec::new()
         } else {
@@ -194,8 +171,8 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
         }
         more = due.len() + probes.len() >= free;
         for row in probes {
-            let turn = probing.turn();
-            start(&d, &tracker, row, Some(turn)).await;
+            let turn = probing.clone().try_acquire_owned().ok();
+            start(&d, &tracker, row, turn).await;
         }
         for row in due {
             start(&d, &tracker, row, None).await;
@@ -212,7 +189,7 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
 
 /// Hands a claimed row to its endpoint: started or queued (then attempted in the
 /// background), or given back for when its pacing allows.
-async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due, probe: Option<ProbeTurn>) {
+async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due, probe: Option<OwnedSemaphorePermit>) {
     let want = Want {
         endpoint_id: &row.endpoint_id,
         tenant_id: &row.tenant_id,

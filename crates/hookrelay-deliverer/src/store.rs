@@ -297,6 +297,8 @@ pub(crate) async fn claim_probes(
                  ORDER BY h.next_probe_at NULLS FIRST
                  LIMIT $4
                  FOR UPDATE SKIP LOCKED)
+               -- Checked again on the row as it is once locked: a deliverer that took the
+               -- turn meanwhile moved next_probe_at, and this one must not probe too.
                AND h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
              RETURNING h.endpoint_id),
          claimed AS (

@@ -72,6 +72,17 @@ struct Group {
     counted: String,
 }
 
+impl Group {
+    /// A server whose CPU cannot be read from here, and why.
+    fn not_here(name: &'static str, counted: String) -> Self {
+        Self {
+            name,
+            who: Who::NotHere,
+            counted,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Totals {
     ticks: BTreeMap<&'static str, u64>,
@@ -253,11 +264,7 @@ fn is_local(host: &str) -> bool {
 /// backend serving a connection of ours. Falls back to every `postgres` process on the
 /// machine when that pid is not a local `postgres` (a server in a container).
 async fn postgres(src: &Source) -> Group {
-    let not_here = |why: String| Group {
-        name: "postgres",
-        who: Who::NotHere,
-        counted: why,
-    };
+    let not_here = |why: String| Group::not_here("postgres", why);
     let url = match src.get(
         "HOOKRELAY_DATABASE_URL",
         hookrelay_runtime::Config::DEFAULT_DATABASE_URL.to_owned(),
@@ -319,11 +326,7 @@ async fn other_databases_backends(db: &PgPool) -> HashSet<u32> {
 /// socket that listens on its port. Falls back to every `nats-server` on the machine when
 /// no local process is seen listening there.
 fn nats(src: &Source) -> Group {
-    let not_here = |why: String| Group {
-        name: "nats",
-        who: Who::NotHere,
-        counted: why,
-    };
+    let not_here = |why: String| Group::not_here("nats", why);
     let url = match src.get(
         "HOOKRELAY_NATS_URL",
         hookrelay_runtime::Config::DEFAULT_NATS_URL.to_owned(),
@@ -331,13 +334,14 @@ fn nats(src: &Source) -> Group {
         Ok(url) => url,
         Err(e) => return not_here(format!("n/a: {e}")),
     };
-    let first = url.split(',').next().unwrap_or_default().trim();
-    let addr = first.split_once("://").map_or(first, |(_, rest)| rest);
-    let addr = addr.rsplit_once('@').map_or(addr, |(_, hp)| hp).trim_end_matches('/');
-    let (host, port) = match addr.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().unwrap_or(4222)),
-        None => (addr, 4222),
+    let first = match hookrelay_runtime::nats::server_addrs(&url) {
+        Ok(servers) => servers.into_iter().next(),
+        Err(e) => return not_here(format!("n/a: {e}")),
     };
+    let Some(first) = first else {
+        return not_here("n/a: HOOKRELAY_NATS_URL names no server".into());
+    };
+    let (host, port) = (first.host(), first.port());
     if !is_local(host) {
         return not_here(format!("n/a: the server ({host}) is not on this machine"));
     }
