@@ -51,6 +51,9 @@ pub struct Config {
     pub probe_interval: Duration,
     /// `HOOKRELAY_DISABLE_AFTER`: a failing endpoint with no success for this long is disabled.
     pub disable_after: Duration,
+    /// `HOOKRELAY_ENCRYPTION_KEY` (and `_PREVIOUS` during a rotation): opens the endpoint
+    /// secrets and custom header values query stores sealed.
+    pub encryption: std::sync::Arc<hookrelay_runtime::vault::Keyring>,
 }
 
 impl Config {
@@ -71,6 +74,7 @@ impl Config {
             failing_threshold: src.get("HOOKRELAY_FAILING_THRESHOLD", 5)?,
             probe_interval: src.duration("HOOKRELAY_PROBE_INTERVAL", Duration::from_secs(30))?,
             disable_after: src.duration("HOOKRELAY_DISABLE_AFTER", Duration::from_secs(5 * 86_400))?,
+            encryption: std::sync::Arc::new(hookrelay_runtime::vault::Keyring::from_source(src)?),
         };
         if cfg.failing_threshold == 0 {
             bail!("HOOKRELAY_FAILING_THRESHOLD must be at least 1");

@@ -93,7 +93,7 @@ impl Deliverer {
                     async move { store::deliveries_exist(&db, &batch).await }
                 },
             ),
-            endpoints: Endpoints::new(db.clone()),
+            endpoints: Endpoints::new(db.clone(), cfg.encryption.clone()),
             inserts: Batcher::spawn_parallel("deliveries", BATCH_MAX, PARALLEL, move |batch: Vec<NewDelivery>| {
                 let db = insert_db.clone();
                 async move { store::insert_deliveries(&db, &batch).await }

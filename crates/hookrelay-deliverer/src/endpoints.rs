@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hookrelay_runtime::nats::Followed;
+use hookrelay_runtime::{
+    nats::Followed,
+    vault::{Keyring, VaultError},
+};
 use hookrelay_types::subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -42,17 +45,29 @@ struct Entry {
     endpoint: Option<Arc<Endpoint>>,
 }
 
+/// Why an endpoint could not be read; the delivery waits and is tried again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Its stored secrets do not open under this process's keys.
+    #[error("stored secrets: {0}")]
+    Vault(#[from] VaultError),
+}
+
 pub(crate) struct Endpoints {
     db: PgPool,
+    keys: Arc<Keyring>,
     entries: Mutex<HashMap<String, Entry>>,
     /// The announcements received and not yet applied, and how many entries were dropped.
     changes: Followed,
 }
 
 impl Endpoints {
-    pub(crate) fn new(db: PgPool) -> Arc<Self> {
+    pub(crate) fn new(db: PgPool, keys: Arc<Keyring>) -> Arc<Self> {
         Arc::new(Self {
             db,
+            keys,
             entries: Mutex::new(HashMap::new()),
             changes: Followed::default(),
         })
@@ -71,7 +86,7 @@ impl Endpoints {
     }
 
     /// The tenant's endpoint `id`, from memory while fresh, else from the database.
-    pub(crate) async fn get(&self, tenant: &str, id: &str) -> Result<Option<Arc<Endpoint>>, sqlx::Error> {
+    pub(crate) async fn get(&self, tenant: &str, id: &str) -> Result<Option<Arc<Endpoint>>, ReadError> {
         self.catch_up();
         let now = Instant::now();
         let cached = {
@@ -85,7 +100,12 @@ impl Endpoints {
             Some(endpoint) => endpoint,
             None => {
                 let before = self.changes.generation();
-                let endpoint = store::endpoint(&self.db, id).await?.map(Arc::new);
+                let endpoint = match store::endpoint(&self.db, id).await? {
+                    Some(sealed) => Some(Arc::new(sealed.opened(&self.keys).inspect_err(|_| {
+                        metrics::counter!("hookrelay_secrets_unopened_total").increment(1);
+                    })?)),
+                    None => None,
+                };
                 self.keep(id, now, before, endpoint.clone());
                 endpoint
             }
@@ -186,7 +206,7 @@ mod tests {
         .execute(&db)
         .await
         .unwrap();
-        let endpoints = Endpoints::new(db.clone());
+        let endpoints = Endpoints::new(db.clone(), Arc::new(Keyring::clear()));
         endpoints.follow(nats).await.unwrap();
         (db, endpoints, id)
     }

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 /// Creates the `deliverer` and `deliverer-commands` consumers and starts the job consumer,
 /// the command consumer and the retry scheduler on `rt.tasks`. Returns no routes.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+    hookrelay_runtime::vault::check_at_start(&rt.db, &cfg.encryption, &rt.ready).await?;
     let sender = attempt::Sender::new(cfg).map_err(DeliverError::from)?;
     let d = deliver::Deliverer::new(
         cfg,

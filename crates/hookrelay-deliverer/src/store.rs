@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use hookrelay_runtime::vault::{self, Keyring, VaultError};
 use sqlx::{PgExecutor, PgPool, Row as _};
 use time::OffsetDateTime;
 
@@ -37,6 +38,7 @@ pub(crate) struct Due {
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Endpoint {
+    pub(crate) id: String,
     pub(crate) tenant_id: String,
     pub(crate) url: String,
     pub(crate) headers: serde_json::Value,
@@ -57,6 +59,16 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
+    /// The row as read, with its secrets and custom header values opened under `keys`.
+    pub(crate) fn opened(mut self, keys: &Keyring) -> Result<Self, VaultError> {
+        self.secret = keys.open(&vault::secret_place(&self.id), &self.secret)?;
+        if let Some(previous) = &self.previous_secret {
+            self.previous_secret = Some(keys.open(&vault::secret_place(&self.id), previous)?);
+        }
+        self.headers = vault::map_headers(&self.id, &self.headers, |place, v| keys.open(place, v))?;
+        Ok(self)
+    }
+
     /// Failing: its deliveries wait, parked, for the probes.
     pub(crate) fn failing(&self) -> bool {
         self.health_state.as_deref() == Some("failing")
@@ -179,7 +191,7 @@ pub(crate) async fn deliveries_exist(
 /// The endpoint and its health, for `endpoints` (which checks the tenant).
 pub(crate) async fn endpoint(db: impl PgExecutor<'_>, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT e.tenant_id, e.url, e.headers, e.secret,
+        "SELECT e.id, e.tenant_id, e.url, e.headers, e.secret,
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
                 e.enabled, e.timeout_seconds, e.rate_limit_per_sec, e.max_in_flight, e.updated_at, h.state AS health_state, h.disabled_at
          FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id

@@ -11,6 +11,9 @@ pub struct Config {
     /// `HOOKRELAY_ALLOW_PRIVATE_TARGETS` (false): endpoints may point at loopback and
     /// private addresses (local work and tests).
     pub allow_private_targets: bool,
+    /// `HOOKRELAY_ENCRYPTION_KEY` (and `_PREVIOUS` during a rotation): seals endpoint
+    /// secrets and custom header values in `endpoints`; unset = stored in clear.
+    pub encryption: std::sync::Arc<hookrelay_runtime::vault::Keyring>,
 }
 
 impl Config {
@@ -22,6 +25,7 @@ impl Config {
             common: hookrelay_runtime::Config::from_source(src, Self::DEFAULT_HTTP_ADDR.into())?,
             admin_token: hookrelay_runtime::auth::AdminToken::new(src.required("HOOKRELAY_ADMIN_TOKEN")?),
             allow_private_targets: src.bool("HOOKRELAY_ALLOW_PRIVATE_TARGETS", false)?,
+            encryption: std::sync::Arc::new(hookrelay_runtime::vault::Keyring::from_source(src)?),
         })
     }
 }

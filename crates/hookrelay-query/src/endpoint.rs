@@ -290,6 +290,11 @@ fn headers(v: Value, current: &Map<String, Value>) -> Result<Map<String, Value>,
         if HeaderValue::from_str(text).is_err() {
             return Err(bad(format!("the value of `{name}` is not a valid header value")));
         }
+        if hookrelay_runtime::vault::looks_sealed(text) {
+            return Err(bad(format!(
+                "the value of `{name}` begins `hrsealed:`, which marks values hookrelay stores encrypted"
+            )));
+        }
     }
     Ok(map)
 }

@@ -27,6 +27,9 @@ pub(crate) enum QueryError {
     Database(sqlx::Error),
     #[error("publishing to NATS: {0}")]
     Publish(String),
+    /// A stored secret that does not open under this process's keys.
+    #[error("stored secrets: {0}")]
+    Vault(#[from] hookrelay_runtime::vault::VaultError),
 }
 
 impl From<sqlx::Error> for QueryError {
@@ -56,6 +59,7 @@ impl From<QueryError> for ApiError {
             QueryError::Invalid(invalid) => invalid.into(),
             QueryError::BadQuery(invalid) => ApiError::new(StatusCode::BAD_REQUEST, invalid.code, invalid.message),
             QueryError::Database(e) => ApiError::internal(format!("database: {e}")),
+            QueryError::Vault(e) => ApiError::internal(format!("stored secrets: {e}")),
             QueryError::Publish(cause) => {
                 tracing::error!(%cause, "command not published");
                 ApiError::unavailable("the command could not be queued right now; send it again")

@@ -20,6 +20,7 @@ mod http;
 mod key_uses;
 mod publish;
 mod replay;
+mod sealing;
 mod stats;
 mod store;
 mod target;
@@ -28,11 +29,17 @@ use std::sync::Arc;
 
 pub use config::Config;
 use hookrelay_runtime::{Runtime, auth::Authenticator};
+pub use sealing::{Reseal, Resealed, reseal};
 use tokio_util::sync::CancellationToken;
 
 /// Starts the command consumer on `rt.tasks` and returns query's REST routes with their
 /// state applied.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+    hookrelay_runtime::vault::check_at_start(&rt.db, &cfg.encryption, &rt.ready).await?;
+    let sealed = reseal(&rt.db, &cfg.encryption, Reseal::Clear).await?;
+    if sealed.rewritten > 0 {
+        tracing::info!(endpoints = sealed.rewritten, "sealed endpoint secrets stored in clear");
+    }
     let commands = consume::commands_consumer(&rt.js).await?;
     let ctx = consume::Ctx {
         db: rt.db.clone(),

@@ -5,6 +5,7 @@
 //! Every function takes `impl PgExecutor` so a caller may pass the pool or a transaction.
 //! Lookups take `Option<&TenantId>`: `None` (the admin) sees every tenant's rows.
 
+use hookrelay_runtime::vault::{self, Keyring};
 use hookrelay_types::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId, webhook};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -209,7 +210,23 @@ fn masked_headers<S: serde::Serializer>(headers: &Value, s: S) -> std::result::R
     masked.serialize(s)
 }
 
+/// `headers` as stored: each value sealed (in clear without a key).
+fn seal_headers(keys: &Keyring, endpoint_id: &str, headers: &Map<String, Value>) -> Value {
+    let headers = Value::Object(headers.clone());
+    vault::map_headers(endpoint_id, &headers, |place, v| {
+        Ok::<_, std::convert::Infallible>(keys.seal(place, v))
+    })
+    .unwrap_or_else(|never| match never {})
+}
+
 impl Endpoint {
+    /// The row as read, with its secret and header values opened.
+    fn opened(mut self, keys: &Keyring) -> Result<Self> {
+        self.secret = keys.open(&vault::secret_place(&self.id), &self.secret)?;
+        self.headers = vault::map_headers(&self.id, &self.headers, |place, v| keys.open(place, v))?;
+        Ok(self)
+    }
+
     pub(crate) fn spec(&self) -> EndpointSpec {
         EndpointSpec {
             url: self.url.clone(),
@@ -232,8 +249,9 @@ pub(crate) async fn insert_endpoint(
     tenant: &TenantId,
     spec: &EndpointSpec,
     secret: &str,
+    keys: &Keyring,
 ) -> Result<Endpoint> {
-    Ok(sqlx::query_as(
+    let sealed: Endpoint = sqlx::query_as(
         "INSERT INTO endpoints
            (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret,
             timeout_seconds, max_in_flight)
@@ -246,23 +264,25 @@ pub(crate) async fn insert_endpoint(
     .bind(&spec.url)
     .bind(&spec.events)
     .bind(&spec.filter)
-    .bind(Value::Object(spec.headers.clone()))
+    .bind(seal_headers(keys, id.as_str(), &spec.headers))
     .bind(&spec.description)
     .bind(spec.enabled)
     .bind(spec.rate_limit_per_sec)
-    .bind(secret)
+    .bind(keys.seal(&vault::secret_place(id.as_str()), secret))
     .bind(spec.timeout_seconds)
     .bind(spec.max_in_flight)
     .fetch_one(db)
-    .await?)
+    .await?;
+    sealed.opened(keys)
 }
 
 pub(crate) async fn endpoint(
     db: impl PgExecutor<'_>,
     id: &EndpointId,
     tenant: Option<&TenantId>,
+    keys: &Keyring,
 ) -> Result<Option<Endpoint>> {
-    Ok(sqlx::query_as(
+    let sealed: Option<Endpoint> = sqlx::query_as(
         "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
@@ -270,7 +290,8 @@ pub(crate) async fn endpoint(
     .bind(id.as_str())
     .bind(tenant.map(TenantId::as_str))
     .fetch_optional(db)
-    .await?)
+    .await?;
+    sealed.map(|e| e.opened(keys)).transpose()
 }
 
 /// The endpoint, locked until the transaction ends (for read-modify-write).
@@ -278,8 +299,9 @@ pub(crate) async fn endpoint_for_update(
     db: impl PgExecutor<'_>,
     id: &EndpointId,
     tenant: Option<&TenantId>,
+    keys: &Keyring,
 ) -> Result<Option<Endpoint>> {
-    Ok(sqlx::query_as(
+    let sealed: Option<Endpoint> = sqlx::query_as(
         "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
                 secret, disabled_reason, created_at, updated_at
          FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) FOR UPDATE",
@@ -287,12 +309,18 @@ pub(crate) async fn endpoint_for_update(
     .bind(id.as_str())
     .bind(tenant.map(TenantId::as_str))
     .fetch_optional(db)
-    .await?)
+    .await?;
+    sealed.map(|e| e.opened(keys)).transpose()
 }
 
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
-pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, spec: &EndpointSpec) -> Result<Endpoint> {
-    Ok(sqlx::query_as(
+pub(crate) async fn update_endpoint(
+    db: impl PgExecutor<'_>,
+    id: &EndpointId,
+    spec: &EndpointSpec,
+    keys: &Keyring,
+) -> Result<Endpoint> {
+    let sealed: Endpoint = sqlx::query_as(
         "UPDATE endpoints SET url = $2, events = $3, filter = $4, headers = $5, description = $6,
                 enabled = $7, rate_limit_per_sec = $8, timeout_seconds = $9, max_in_flight = $10,
                 updated_at = now(),
@@ -305,14 +333,15 @@ pub(crate) async fn update_endpoint(db: impl PgExecutor<'_>, id: &EndpointId, sp
     .bind(&spec.url)
     .bind(&spec.events)
     .bind(&spec.filter)
-    .bind(Value::Object(spec.headers.clone()))
+    .bind(seal_headers(keys, id.as_str(), &spec.headers))
     .bind(&spec.description)
     .bind(spec.enabled)
     .bind(spec.rate_limit_per_sec)
     .bind(spec.timeout_seconds)
     .bind(spec.max_in_flight)
     .fetch_one(db)
-    .await?)
+    .await?;
+    sealed.opened(keys)
 }
 
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
@@ -335,6 +364,7 @@ pub(crate) async fn endpoints(
     tenant: &TenantId,
     before: Option<&EndpointId>,
     limit: i64,
+    keys: &Keyring,
 ) -> Result<Vec<Endpoint>> {
     let mut q = QueryBuilder::<Postgres>::new(
         "SELECT id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, max_in_flight, timeout_seconds,
@@ -346,7 +376,8 @@ pub(crate) async fn endpoints(
         q.push(" AND id < ").push_bind(before.as_str());
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-    Ok(q.build_query_as().fetch_all(db).await?)
+    let sealed: Vec<Endpoint> = q.build_query_as().fetch_all(db).await?;
+    sealed.into_iter().map(|e| e.opened(keys)).collect()
 }
 
 /// Makes `new_secret` the signing secret; the old one keeps signing for `grace_secs`
@@ -358,6 +389,7 @@ pub(crate) async fn rotate_secret(
     tenant: Option<&TenantId>,
     new_secret: &str,
     grace_secs: i64,
+    keys: &Keyring,
 ) -> Result<bool> {
     // On the right of SET, `secret` is still the old value.
     let done = sqlx::query(
@@ -370,7 +402,7 @@ pub(crate) async fn rotate_secret(
     )
     .bind(id.as_str())
     .bind(tenant.map(TenantId::as_str))
-    .bind(new_secret)
+    .bind(keys.seal(&vault::secret_place(id.as_str()), new_secret))
     .bind(grace_secs)
     .execute(db)
     .await?;

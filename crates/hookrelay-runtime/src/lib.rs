@@ -15,6 +15,7 @@ pub mod ops;
 pub mod retention;
 pub mod shutdown;
 pub mod telemetry;
+pub mod vault;
 
 use anyhow::Context as _;
 pub use config::Config;

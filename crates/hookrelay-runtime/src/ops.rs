@@ -20,6 +20,8 @@ struct Inner {
     db: sqlx::PgPool,
     started: AtomicBool,
     draining: AtomicBool,
+    /// Conditions that do not stop the service but need the operator (shown on `/readyz`).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Readiness {
@@ -29,7 +31,23 @@ impl Readiness {
             db,
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            warnings: std::sync::Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Adds a line `warning: <what>` to `/readyz`'s body (the status stays 200) and logs it.
+    pub fn warn(&self, what: impl Into<String>) {
+        let what = what.into();
+        tracing::warn!("{what}");
+        let mut warnings = self.0.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        if !warnings.contains(&what) {
+            warnings.push(what);
+        }
+    }
+
+    fn warnings(&self) -> String {
+        let warnings = self.0.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        warnings.iter().map(|w| format!("\nwarning: {w}")).collect()
     }
 
     /// Every consumer exists: from now on nothing published to an intake subject is lost.
@@ -92,9 +110,10 @@ pub fn routes(ready: Readiness) -> Router {
 }
 
 async fn readyz(State(ready): State<Readiness>) -> impl IntoResponse {
+    let warnings = ready.warnings();
     match ready.check().await {
-        Ok(()) => (StatusCode::OK, "ready".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+        Ok(()) => (StatusCode::OK, format!("ready{warnings}")),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}{warnings}")),
     }
 }
 

@@ -13,6 +13,9 @@ use rand::Rng;
 use sqlx::{Connection, Executor, PgConnection};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The encryption key every test environment sets (`HOOKRELAY_ENCRYPTION_KEY`): stored
+/// secrets are sealed in tests as in production.
+pub const ENCRYPTION_KEY: &str = "dGVzdC1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWI=";
 
 pub struct TestEnv {
     pub nats_url: String,
@@ -113,6 +116,7 @@ impl TestEnv {
             ("HOOKRELAY_NATS_URL", &self.nats_url),
             ("HOOKRELAY_DATABASE_URL", &self.database_url),
             ("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("HOOKRELAY_ENCRYPTION_KEY", ENCRYPTION_KEY),
             ("HOOKRELAY_RETRY_SCHEDULE", "100ms,200ms,400ms"),
             ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true"),
             ("HOOKRELAY_HTTP_ADDR", "127.0.0.1:0"),
@@ -127,13 +131,14 @@ impl TestEnv {
     }
 
     /// The whole environment of a child process (the real binary) run after `env_clear()`:
-    /// `PATH` and this environment's NATS, database and admin token.
-    pub fn process_env(&self) -> [(&'static str, String); 4] {
+    /// `PATH` and this environment's NATS, database, admin token and encryption key.
+    pub fn process_env(&self) -> [(&'static str, String); 5] {
         [
             ("PATH", std::env::var("PATH").unwrap_or_default()),
             ("HOOKRELAY_NATS_URL", self.nats_url.clone()),
             ("HOOKRELAY_DATABASE_URL", self.database_url.clone()),
             ("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("HOOKRELAY_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
         ]
     }
 

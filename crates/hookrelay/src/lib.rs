@@ -37,3 +37,45 @@ pub async fn migrate(src: &Source) -> anyhow::Result<()> {
     Runtime::start(&common).await?;
     Ok(())
 }
+
+/// `hookrelay reencrypt`: seals every endpoint secret and custom header value under
+/// `HOOKRELAY_ENCRYPTION_KEY`, whether stored in clear or under
+/// `HOOKRELAY_ENCRYPTION_KEY_PREVIOUS`. Safe to run while the services run (with both keys
+/// set), and again. Prints what it did.
+pub async fn reencrypt(src: &Source) -> anyhow::Result<()> {
+    use hookrelay_runtime::vault::{self, Keyring};
+    let database_url = src.get(
+        "HOOKRELAY_DATABASE_URL",
+        hookrelay_runtime::Config::DEFAULT_DATABASE_URL.to_owned(),
+    )?;
+    let keys = Keyring::from_source(src)?;
+    let Some(current) = keys.current_id().map(str::to_owned) else {
+        anyhow::bail!(
+            "{} is required: the key to seal every endpoint secret under",
+            vault::KEY_VAR
+        );
+    };
+    let db = hookrelay_runtime::db::connect(&database_url).await?;
+    hookrelay_runtime::db::migrate(&db).await?;
+    let unknown: Vec<String> = vault::stored_key_ids(&db)
+        .await?
+        .into_iter()
+        .filter(|id| !keys.knows(id))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "values are sealed under encryption key {}: set it as {} beside the new key",
+            unknown.join(", "),
+            vault::PREVIOUS_KEY_VAR
+        );
+    }
+    let done = hookrelay_query::reseal(&db, &keys, hookrelay_query::Reseal::NotCurrent).await?;
+    println!(
+        "{} endpoints, {} rewritten: every endpoint secret and custom header value is sealed under key {current}",
+        done.endpoints, done.rewritten
+    );
+    if keys.knows_previous() {
+        println!("{} may now be removed", vault::PREVIOUS_KEY_VAR);
+    }
+    Ok(())
+}

@@ -28,6 +28,9 @@ enum Command {
     Query,
     /// Apply database migrations and create the JetStream streams, then exit.
     Migrate,
+    /// Seal every endpoint secret and custom header value under HOOKRELAY_ENCRYPTION_KEY
+    /// (after a rotation: the old key in HOOKRELAY_ENCRYPTION_KEY_PREVIOUS), then exit.
+    Reencrypt,
     /// Run everything with a demo receiver, tenant, key and endpoint, and send sample events.
     Demo,
     /// Measure a running (or `--spawn`ed) hookrelay end to end; see docs/benchmarks.md.
@@ -45,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Deliverer => "hookrelay-deliverer",
         Command::Query => "hookrelay-query",
         Command::Migrate => "hookrelay-migrate",
+        Command::Reencrypt => "hookrelay-reencrypt",
         Command::Demo => "hookrelay-demo",
         Command::Bench(_) => "hookrelay-bench",
     };
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Query => hookrelay_query::run(hookrelay_query::Config::from_source(&src)?, None, stop).await,
         Command::Migrate => hookrelay::migrate(&src).await,
+        Command::Reencrypt => hookrelay::reencrypt(&src).await,
         Command::Demo => hookrelay::demo::run(src, stop).await,
         Command::Bench(args) => hookrelay::bench::run(*args, &src, stop).await,
     };

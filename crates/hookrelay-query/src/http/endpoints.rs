@@ -65,7 +65,7 @@ pub(super) fn keys(endpoint: &store::Endpoint) -> Result<(TenantId, EndpointId),
 /// The endpoint `raw` names, if the principal may see it.
 pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> Result<store::Endpoint, QueryError> {
     let id = endpoint_id(raw)?;
-    store::endpoint(&state.db, &id, principal.tenant_scope())
+    store::endpoint(&state.db, &id, principal.tenant_scope(), &state.cfg.encryption)
         .await?
         .ok_or(QueryError::NotFound("endpoint"))
 }
@@ -89,7 +89,15 @@ pub(crate) async fn create(
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let spec = input.create(state.cfg.allow_private_targets)?;
     let secret = Secret::generate().expose();
-    let endpoint = store::insert_endpoint(&state.db, &EndpointId::generate(), &tenant, &spec, &secret).await?;
+    let endpoint = store::insert_endpoint(
+        &state.db,
+        &EndpointId::generate(),
+        &tenant,
+        &spec,
+        &secret,
+        &state.cfg.encryption,
+    )
+    .await?;
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
     Ok(json(StatusCode::CREATED, WithSecret { endpoint, secret }))
 }
@@ -112,7 +120,7 @@ pub(crate) async fn list(
     let page = params.page();
     let limit = page.limit()?;
     let before = cursor(&page, EndpointId::parse)?;
-    let rows = store::endpoints(&state.db, &tenant, before.as_ref(), limit + 1).await?;
+    let rows = store::endpoints(&state.db, &tenant, before.as_ref(), limit + 1, &state.cfg.encryption).await?;
     Ok(json(StatusCode::OK, paginate(rows, limit, |e| &e.id)))
 }
 
@@ -202,11 +210,11 @@ pub(crate) async fn update(
     principal.require(Scope::EndpointsWrite)?;
     let id = endpoint_id(&id)?;
     let mut tx = state.db.begin().await?;
-    let current = store::endpoint_for_update(&mut *tx, &id, principal.tenant_scope())
+    let current = store::endpoint_for_update(&mut *tx, &id, principal.tenant_scope(), &state.cfg.encryption)
         .await?
         .ok_or(QueryError::NotFound("endpoint"))?;
     let spec = input.apply(current.spec(), state.cfg.allow_private_targets)?;
-    let endpoint = store::update_endpoint(&mut *tx, &id, &spec).await?;
+    let endpoint = store::update_endpoint(&mut *tx, &id, &spec, &state.cfg.encryption).await?;
     tx.commit().await?;
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
     Ok(json(StatusCode::OK, endpoint))
@@ -286,7 +294,16 @@ pub(crate) async fn rotate_secret(
         .into());
     }
     let secret = Secret::generate().expose();
-    if !store::rotate_secret(&state.db, &id, principal.tenant_scope(), &secret, grace).await? {
+    if !store::rotate_secret(
+        &state.db,
+        &id,
+        principal.tenant_scope(),
+        &secret,
+        grace,
+        &state.cfg.encryption,
+    )
+    .await?
+    {
         return Err(ApiError::not_found("endpoint"));
     }
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
