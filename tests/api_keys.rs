@@ -138,3 +138,94 @@ async fn ingest_limits_a_key_to_its_rate() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(s.ingest.api.post("/v1/events", &secret, event(3)).await.status, 202);
 }
+
+/// A client whose requests come from `ip` (another loopback address: another client).
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .build()
+        .unwrap()
+}
+
+async fn status_with(client: &reqwest::Client, base: &str, token: &str) -> (u16, Option<String>) {
+    let r = client
+        .get(format!("{base}/v1/api-keys?tenant_id=acme"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (r.status().as_u16(), retry_after)
+}
+
+#[tokio::test]
+async fn an_address_sending_invalid_keys_is_throttled_while_others_are_not() {
+    let s = split(&[]).await;
+    let (_, valid) = key(&s.query.api, "ops", &["keys:write"], json!({})).await;
+    let base = &s.query.api.base;
+    let guesser = client_from([127, 0, 0, 2]);
+    let mut statuses = Vec::new();
+    for n in 0..40 {
+        statuses.push(status_with(&guesser, base, &format!("hr_guess{n:04}")).await);
+    }
+    let first_429 = statuses.iter().position(|(s, _)| *s == 429);
+    let first_429 = first_429.unwrap_or_else(|| panic!("40 invalid keys in a row were never throttled: {statuses:?}"));
+    assert!(
+        first_429 > 10 && statuses[..first_429].iter().all(|(s, _)| *s == 401),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[first_429].1.as_deref(), Some("1"), "{statuses:?}");
+    // While throttled, the address gets 429 even for a real key it has not used lately:
+    // an answer must not tell a guesser which key is real.
+    assert_eq!(status_with(&guesser, base, &valid).await.0, 429);
+    // Another address is not affected, neither its keys nor the admin token.
+    let other = client_from([127, 0, 0, 1]);
+    assert_eq!(status_with(&other, base, &valid).await.0, 200);
+    assert_eq!(status_with(&other, base, ADMIN_TOKEN).await.0, 200);
+    // The budget refills: after Retry-After the guesser may try again.
+    let again = eventually(Duration::from_secs(5), || async {
+        let (status, _) = status_with(&guesser, base, &valid).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "the throttled address never got through again");
+}
+
+#[tokio::test]
+async fn a_key_made_by_a_key_gets_at_most_its_makers_rate_limit() {
+    let s = split(&[]).await;
+    let (_, maker) = key(
+        &s.query.api,
+        "maker",
+        &["keys:write", "endpoints:read"],
+        json!({"rate_limit_per_sec": 10}),
+    )
+    .await;
+    let body = |extra: Value| {
+        let mut b = json!({"name": "made", "scopes": ["endpoints:read"]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        b
+    };
+    let r = s.query.api.post("/v1/api-keys", &maker, body(json!({}))).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["rate_limit_per_sec"], 10, "{r:?}");
+    let r = s
+        .query
+        .api
+        .post("/v1/api-keys", &maker, body(json!({"rate_limit_per_sec": 5})))
+        .await;
+    assert_eq!((r.status, &r.body["rate_limit_per_sec"]), (201, &json!(5)), "{r:?}");
+    let r = s
+        .query
+        .api
+        .post("/v1/api-keys", &maker, body(json!({"rate_limit_per_sec": 11})))
+        .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{r:?}");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("10"), "{r:?}");
+}

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{ADMIN, App, app, app_with, assert_error, ids};
+use hookrelay_runtime::vault;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -596,6 +597,12 @@ async fn rotate_secret_keeps_the_old_one_for_the_grace_period() {
     .fetch_one(&app.db)
     .await
     .unwrap();
+    // Stored sealed; opened with the key the services hold.
+    let keys = sealing_keys();
+    let place = vault::secret_place(id);
+    assert!(vault::sealed_key_id(&secret).is_some() && !secret.contains(&new[6..]));
+    let secret = keys.open(&place, &secret).unwrap();
+    let previous = previous.map(|p| keys.open(&place, &p).unwrap());
     assert_eq!((secret.as_str(), previous.as_deref()), (new, Some(old)));
     let grace = grace.unwrap();
     assert!((86_000.0..=86_400.0).contains(&grace), "{grace}");
@@ -621,7 +628,7 @@ async fn rotate_secret_keeps_the_old_one_for_the_grace_period() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(previous.as_deref(), Some(new));
+    assert_eq!(previous.map(|p| keys.open(&place, &p).unwrap()).as_deref(), Some(new));
     assert!(grace.unwrap() <= 60.0);
 
     for bad in [
@@ -909,12 +916,15 @@ async fn custom_header_values_are_write_only_and_a_masked_value_sent_back_keeps_
     let list = app.api.get("/v1/endpoints", &key).await;
     assert_eq!(list.body["data"][0]["headers"], masked, "list");
     assert!(!list.body.to_string().contains("sk_live"), "{:?}", list.body);
+    let keys = sealing_keys();
     let stored = async || -> Value {
-        sqlx::query_scalar("SELECT headers FROM endpoints WHERE id = $1")
+        let sealed: Value = sqlx::query_scalar("SELECT headers FROM endpoints WHERE id = $1")
             .bind(&id)
             .fetch_one(&app.db)
             .await
-            .unwrap()
+            .unwrap();
+        assert!(!sealed.to_string().contains("sk_live"), "stored in clear: {sealed}");
+        vault::map_headers(&id, &sealed, |place, v| keys.open(place, v)).unwrap()
     };
 
     // Without `headers` a PATCH keeps them; with what GET showed, each value is kept.
@@ -983,4 +993,9 @@ async fn a_nul_in_an_endpoint_is_refused_naming_the_field() {
             .await;
         assert_error(&r, 422, "invalid_data");
     }
+}
+
+/// The keys the test services seal with.
+fn sealing_keys() -> vault::Keyring {
+    vault::Keyring::new(Some(hookrelay_testkit::ENCRYPTION_KEY), None).unwrap()
 }

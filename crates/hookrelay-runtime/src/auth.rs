@@ -14,13 +14,14 @@
 use std::{
     collections::HashMap,
     future::Future,
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use axum::{
     extract::{FromRef, FromRequestParts, Request, State},
-    http::{header::AUTHORIZATION, request::Parts},
+    http::{StatusCode, header::AUTHORIZATION, request::Parts},
     middleware::Next,
     response::Response,
 };
@@ -91,6 +92,8 @@ pub enum Principal {
         id: ApiKeyId,
         tenant: TenantId,
         scopes: Vec<Scope>,
+        /// Its own `rate_limit_per_sec` (`None`: `HOOKRELAY_API_KEY_RATE_LIMIT` applies).
+        rate_limit: Option<u32>,
     },
 }
 
@@ -172,24 +175,51 @@ impl Authenticator {
         }))
     }
 
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
+    /// The principal behind `authorization`, for a request from `client` (its address, when
+    /// known). An address that sent many invalid credentials lately is answered `429` for
+    /// any credential this process has not seen valid lately (see [`KeyActivity::invalid_credentials_burst`]).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <API key or admin token>`"))?;
         let hash = sha256(token.as_bytes());
+        let now = Instant::now();
+        let known = self.0.activity.known(&hash, now);
+        if known.is_none()
+            && let Some(client) = client
+            && let Err(wait) = self.0.activity.failures_admit(client, now)
+        {
+            return Err(ApiError::rate_limited(
+                "too many requests with invalid credentials from this address: retry after the Retry-After seconds",
+                whole_secs(wait),
+            ));
+        }
+        let failed = |e: ApiError| {
+            if let Some(client) = client {
+                self.0.activity.failed(client, now);
+            }
+            e
+        };
         // Comparing hashes keeps the comparison's time independent of the token's content.
         if constant_time_eq(&hash, &self.0.admin_token_hash) {
             return Ok(Principal::Admin);
         }
         if !token.starts_with(KEY_PREFIX) {
-            return Err(ApiError::unauthorized("the credential is not valid"));
+            return Err(failed(ApiError::unauthorized("the credential is not valid")));
         }
-        let now = Instant::now();
-        let key = match self.0.activity.known(&hash, now) {
+        let key = match known {
             Some(key) => key,
-            None => self.look_up(hash, now).await?,
+            None => match self.look_up(hash, now).await {
+                Ok(key) => key,
+                Err(e) if e.status == StatusCode::UNAUTHORIZED => return Err(failed(e)),
+                Err(e) => return Err(e),
+            },
         };
         let KnownKey {
             id,
@@ -201,11 +231,16 @@ impl Authenticator {
         if let Err(wait) = self.0.activity.admit(&id, limit, now) {
             return Err(ApiError::rate_limited(
                 "this API key is over its request rate limit: retry after the Retry-After seconds",
-                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                whole_secs(wait),
             ));
         }
         self.0.activity.record(&id, OffsetDateTime::now_utc());
-        Ok(Principal::Key { id, tenant, scopes })
+        Ok(Principal::Key {
+            id,
+            tenant,
+            scopes,
+            rate_limit: limit,
+        })
     }
 
     /// Reads the key with this hash and remembers it for [`KEY_CACHE_TTL`] (unless a
@@ -295,6 +330,10 @@ struct Activity {
     known: HashMap<[u8; 32], KnownKey>,
     /// Revocations seen so far: a lookup that started before one is not remembered.
     revocations: u64,
+    /// Per client address, GCRA's theoretical arrival time of invalid credentials.
+    failures: HashMap<IpAddr, Instant>,
+    /// Invalid credentials an address may send at once (0: no limit).
+    failures_burst: u32,
 }
 
 impl KeyActivity {
@@ -305,7 +344,40 @@ impl KeyActivity {
             buckets: HashMap::new(),
             known: HashMap::new(),
             revocations: 0,
+            failures: HashMap::new(),
+            failures_burst: DEFAULT_FAILURES_BURST,
         })))
+    }
+
+    /// `HOOKRELAY_INVALID_CREDENTIALS_BURST`: invalid credentials an address may send at
+    /// once before it is held to one per second (0: no limit).
+    pub fn invalid_credentials_burst(self, burst: u32) -> Self {
+        self.lock().failures_burst = burst;
+        self
+    }
+
+    /// Whether `client` may present a credential not known valid: `Err` holds the wait
+    /// while it is over its budget of invalid ones.
+    fn failures_admit(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        let a = self.lock();
+        let Some(tat) = a.failures.get(&client).filter(|_| a.failures_burst > 0) else {
+            return Ok(());
+        };
+        let ahead = tat.saturating_duration_since(now);
+        match ahead.checked_sub(FAILURES_INTERVAL * a.failures_burst) {
+            Some(wait) if !wait.is_zero() => Err(wait),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts an invalid credential from `client`.
+    fn failed(&self, client: IpAddr, now: Instant) {
+        let mut a = self.lock();
+        if a.failures_burst == 0 {
+            return;
+        }
+        let tat = a.failures.entry(client).or_insert(now);
+        *tat = (*tat).max(now) + FAILURES_INTERVAL;
     }
 
     fn known(&self, hash: &[u8; 32], now: Instant) -> Option<KnownKey> {
@@ -353,6 +425,7 @@ impl KeyActivity {
         let mut a = self.lock();
         let now = Instant::now();
         a.buckets.retain(|_, tat| *tat > now);
+        a.failures.retain(|_, tat| *tat > now);
         a.known.retain(|_, k| k.until > now);
         let mut uses: Vec<_> = a.uses.drain().collect();
         uses.sort();
@@ -430,6 +503,17 @@ pub fn key_uses_report(uses: &[(ApiKeyId, OffsetDateTime)]) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Invalid credentials an address may send at once by default
+/// ([`KeyActivity::invalid_credentials_burst`])...
+pub const DEFAULT_FAILURES_BURST: u32 = 20;
+/// ... and then one per this interval.
+pub const FAILURES_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `wait` rounded up to whole seconds, for `Retry-After`.
+fn whole_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// GCRA with a burst of one second's worth: `per_sec` requests at once, then one every
 /// `1/per_sec` s. `tat` (the theoretical arrival time) moves on only for admitted requests.
 /// `Err` holds the wait until the next request would be admitted.
@@ -479,7 +563,7 @@ impl Authenticator {
 /// authenticated and counted against its key's rate limit once.
 pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let principal = g.auth.authenticate(header).await?;
+    let principal = g.auth.authenticate(header, client_ip(req.extensions())).await?;
     match (g.who, &principal) {
         (Who::Admin, Principal::Key { .. }) => {
             return Err(ApiError::forbidden("only the admin token may do this"));
@@ -503,8 +587,17 @@ where
             return Ok(principal.clone());
         }
         let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        Authenticator::from_ref(state).authenticate(header).await
+        Authenticator::from_ref(state)
+            .authenticate(header, client_ip(&parts.extensions))
+            .await
     }
+}
+
+/// The client's address, as the server recorded it (`ConnectInfo`).
+fn client_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// A new API key: the text shown once (`hr_…`) and the hash to store.
@@ -579,6 +672,7 @@ mod tests {
             id: ApiKeyId::generate(),
             tenant: TenantId::parse("acme").unwrap(),
             scopes: vec![Scope::DeliveriesRead],
+            rate_limit: None,
         };
         assert_eq!(p.tenant(None).unwrap().as_str(), "acme");
         assert_eq!(p.tenant(Some("globex")).unwrap_err().status, 404);

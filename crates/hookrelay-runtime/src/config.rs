@@ -139,6 +139,9 @@ pub struct Config {
     /// `HOOKRELAY_API_KEY_RATE_LIMIT`: requests per second an API key may make (per
     /// process) when the key sets no `rate_limit_per_sec` of its own; unset = no limit.
     pub api_key_rate_limit: Option<u32>,
+    /// `HOOKRELAY_INVALID_CREDENTIALS_BURST`: invalid credentials one client address may
+    /// send at once before it is held to one per second (0: no limit).
+    pub invalid_credentials_burst: u32,
     /// `HOOKRELAY_RETENTION`: finished deliveries (with their attempts) and the events they
     /// carried are removed once older than this. Each table's writer sweeps its own rows.
     pub retention: Duration,
@@ -147,6 +150,9 @@ pub struct Config {
     /// `HOOKRELAY_RETENTION_BATCH`: rows removed per statement, so no statement holds its
     /// locks for long.
     pub retention_batch: i64,
+    /// `HOOKRELAY_HTTP_MAX_CONNECTIONS`, `HOOKRELAY_HTTP_HEADER_TIMEOUT`,
+    /// `HOOKRELAY_HTTP_BODY_TIMEOUT`: what one client can hold of the HTTP server.
+    pub http_limits: crate::server::Limits,
 }
 
 impl Config {
@@ -186,6 +192,11 @@ impl Config {
                 n @ 1..=100_000 => n,
                 n => anyhow::bail!("HOOKRELAY_RETENTION_BATCH must be 1 to 100000, not {n}"),
             },
+            http_limits: crate::server::Limits::from_source(src)?,
+            invalid_credentials_burst: src.get(
+                "HOOKRELAY_INVALID_CREDENTIALS_BURST",
+                crate::auth::DEFAULT_FAILURES_BURST,
+            )?,
         })
     }
 }

@@ -12,7 +12,6 @@ use axum::{
 use bytes::Bytes;
 use hookrelay_types::{EnvelopeError, Invalid};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio_util::sync::CancellationToken;
 
 /// An API error: a status, a stable snake_case code and a human sentence. 5xx errors log
 /// their cause once, here, and show a generic message.
@@ -135,6 +134,13 @@ impl IntoResponse for ApiError {
 }
 
 fn body_rejection(r: BytesRejection) -> ApiError {
+    if crate::server::is_body_timeout(&r) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time; send it again",
+        );
+    }
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -307,13 +313,6 @@ pub fn with_fallbacks(router: Router) -> Router {
                 "this route does not take that method",
             )
         })
-}
-
-/// Serves until `shutdown`, then lets in-flight requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 /// A JSON response with a status.

@@ -13,6 +13,7 @@ pub mod http;
 pub mod nats;
 pub mod ops;
 pub mod retention;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod vault;
@@ -42,6 +43,8 @@ pub struct Runtime {
     pub tasks: TaskTracker,
     /// API key uses and rate limit buckets of this process (shared by its APIs).
     pub keys: auth::KeyActivity,
+    /// The HTTP server's bounds.
+    pub http_limits: server::Limits,
 }
 
 impl Runtime {
@@ -71,7 +74,9 @@ impl Runtime {
             db,
             ready,
             tasks: TaskTracker::new(),
-            keys: auth::KeyActivity::new(cfg.api_key_rate_limit),
+            keys: auth::KeyActivity::new(cfg.api_key_rate_limit)
+                .invalid_credentials_burst(cfg.invalid_credentials_burst),
+            http_limits: cfg.http_limits,
         })
     }
 }
@@ -98,7 +103,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     let app = http::with_fallbacks(api.merge(ops::routes(rt.ready.clone())));
-    http::serve(listener, app, shutdown).await?;
+    server::serve(listener, app, shutdown, rt.http_limits).await?;
     rt.tasks.close();
     if tokio::time::timeout(drain, rt.tasks.wait()).await.is_err() {
         tracing::warn!(?drain, "background work did not finish within the drain deadline");

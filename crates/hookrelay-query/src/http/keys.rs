@@ -24,6 +24,8 @@ pub(crate) struct NewKey {
     #[schema(value_type = Vec<super::openapi::ScopeName>, min_items = 1)]
     scopes: Vec<String>,
     /// Requests per second (per process); absent or null = `HOOKRELAY_API_KEY_RATE_LIMIT`.
+    /// A key made by a key gets at most its maker's limit, and its maker's own limit when
+    /// it names none.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2147483647)]
     rate_limit_per_sec: Option<i64>,
@@ -73,6 +75,28 @@ fn check_rate_limit(limit: Option<i64>) -> Result<Option<i32>, Invalid> {
         .transpose()
 }
 
+/// The rate limit a new key gets: a key making a key hands on at most its own limit (its
+/// `rate_limit_per_sec`, else `default`, the process-wide one), and its own when the new
+/// key names none.
+fn inherited_rate_limit(
+    principal: &Principal,
+    requested: Option<i32>,
+    default: Option<u32>,
+) -> Result<Option<i32>, ApiError> {
+    let Principal::Key { rate_limit: own, .. } = principal else {
+        return Ok(requested);
+    };
+    let own = own.and_then(|n| i32::try_from(n).ok());
+    let ceiling = own.or_else(|| default.and_then(|n| i32::try_from(n).ok()));
+    match (requested, ceiling) {
+        (Some(r), Some(c)) if r > c => Err(ApiError::forbidden(format!(
+            "this API key may not make a key allowed more than its own {c} requests per second"
+        ))),
+        (None, _) => Ok(own),
+        (r, _) => Ok(r),
+    }
+}
+
 /// A tenant key may only hand out scopes it holds itself.
 fn may_grant(principal: &Principal, scopes: &[Scope]) -> Result<(), ApiError> {
     scopes.iter().try_for_each(|s| principal.require(*s))
@@ -105,6 +129,7 @@ pub(crate) async fn create(
     let scopes = parse_scopes(&body.scopes)?;
     let rate_limit = check_rate_limit(body.rate_limit_per_sec)?;
     may_grant(&principal, &scopes)?;
+    let rate_limit = inherited_rate_limit(&principal, rate_limit, state.cfg.common.api_key_rate_limit)?;
     let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
     let (secret, hash) = new_api_key();
     let key = store::insert_api_key(
@@ -204,11 +229,39 @@ mod tests {
     }
 
     #[test]
+    fn a_key_hands_on_at_most_its_own_rate_limit() {
+        let key = |rate_limit| Principal::Key {
+            id: ApiKeyId::generate(),
+            tenant: TenantId::parse("acme").unwrap(),
+            scopes: vec![Scope::KeysWrite],
+            rate_limit,
+        };
+        assert_eq!(inherited_rate_limit(&key(Some(10)), None, None).unwrap(), Some(10));
+        assert_eq!(inherited_rate_limit(&key(Some(10)), Some(5), None).unwrap(), Some(5));
+        assert_eq!(
+            inherited_rate_limit(&key(Some(10)), Some(11), None).unwrap_err().status,
+            403
+        );
+        // A key under the process default hands that on: the new key falls under it too.
+        assert_eq!(inherited_rate_limit(&key(None), None, Some(50)).unwrap(), None);
+        assert_eq!(
+            inherited_rate_limit(&key(None), Some(51), Some(50)).unwrap_err().status,
+            403
+        );
+        assert_eq!(inherited_rate_limit(&key(None), Some(1000), None).unwrap(), Some(1000));
+        assert_eq!(
+            inherited_rate_limit(&Principal::Admin, Some(1000), Some(5)).unwrap(),
+            Some(1000)
+        );
+    }
+
+    #[test]
     fn a_key_cannot_grant_more_than_it_holds() {
         let key = Principal::Key {
             id: ApiKeyId::generate(),
             tenant: TenantId::parse("acme").unwrap(),
             scopes: vec![Scope::KeysWrite, Scope::EndpointsRead],
+            rate_limit: None,
         };
         assert!(may_grant(&key, &[Scope::EndpointsRead]).is_ok());
         assert_eq!(may_grant(&key, &[Scope::DeliveriesWrite]).unwrap_err().status, 403);
