@@ -387,9 +387,12 @@ async fn an_unfiltered_deliverer_commands_consumer_from_an_older_release_is_narr
     let env = TestEnv::start().await.unwrap();
     let js = jetstream::new(env.nats().await.unwrap());
     hookrelay_runtime::nats::ensure_streams(&js, 1).await.unwrap();
-    hookrelay_runtime::nats::durable_consumer(&js, subjects::COMMANDS_STREAM, subjects::DELIVERER_COMMANDS_CONSUMER)
-        .await
-        .unwrap();
+    let unfiltered = hookrelay_runtime::nats::ConsumerSpec {
+        stream: subjects::COMMANDS_STREAM,
+        name: subjects::DELIVERER_COMMANDS_CONSUMER,
+        filter: None,
+    };
+    hookrelay_runtime::nats::consumer(&js, unfiltered, None).await.unwrap();
     let src = env.source(&[]);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let _stop = s.shutdown.drop_guard();

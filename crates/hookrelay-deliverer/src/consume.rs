@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use hookrelay_runtime::nats::{ConsumerSpec, Handed, Source};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
     messages::{DeliveryCommand, DeliveryJob, delivery_command::Action},
@@ -34,54 +35,61 @@ const DUPLICATES: &str = "hookrelay_deliverer_duplicate_jobs_total";
 /// A message that failed for a passing reason comes back after this.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-async fn consumer(
-    js: &jetstream::Context,
-    stream: &'static str,
-    name: &'static str,
-) -> Result<PullConsumer, DeliverError> {
-    hookrelay_runtime::nats::durable_consumer(js, stream, name)
+pub(crate) const JOBS: ConsumerSpec = ConsumerSpec {
+    stream: subjects::DELIVERIES_STREAM,
+    name: subjects::DELIVERER_CONSUMER,
+    filter: None,
+};
+
+pub(crate) const COMMANDS: ConsumerSpec = ConsumerSpec {
+    stream: subjects::COMMANDS_STREAM,
+    name: subjects::DELIVERER_COMMANDS_CONSUMER,
+    filter: Some(subjects::DELIVERER_COMMANDS_FILTER),
+};
+
+pub(crate) async fn consumer(js: &jetstream::Context, spec: ConsumerSpec) -> Result<PullConsumer, DeliverError> {
+    hookrelay_runtime::nats::consumer(js, spec, None)
         .await
         .map_err(|e| DeliverError::Consumer {
-            consumer: name,
+            consumer: spec.name,
             message: e.to_string(),
         })
 }
 
-pub(crate) async fn jobs_consumer(js: &jetstream::Context) -> Result<PullConsumer, DeliverError> {
-    consumer(js, subjects::DELIVERIES_STREAM, subjects::DELIVERER_CONSUMER).await
-}
-
-pub(crate) async fn commands_consumer(js: &jetstream::Context) -> Result<PullConsumer, DeliverError> {
-    let name = subjects::DELIVERER_COMMANDS_CONSUMER;
-    hookrelay_runtime::nats::filtered_consumer(js, subjects::COMMANDS_STREAM, name, subjects::DELIVERER_COMMANDS_FILTER)
-        .await
-        .map_err(|e| DeliverError::Consumer {
-            consumer: name,
-            message: e.to_string(),
-        })
-}
-
-pub(crate) async fn run_jobs(d: Deliverer, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run_jobs(
+    d: Deliverer,
+    source: Source,
+    consumer: PullConsumer,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Jobs being attempted hold their place until the attempt ends: twice the attempts in
     // flight leaves room for jobs of other tenants and endpoints to be taken meanwhile.
     let (concurrency, drain) = (d.cfg.concurrency * 2, d.cfg.common.drain_timeout);
-    hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
-        let d = d.clone();
-        // Continue the event's trace from the router (set before the span is entered).
-        let span = tracing::info_span!("deliverer.job", subject = %msg.subject);
-        hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
-        async move { on_job(&d, msg).instrument(span).await }
-    })
+    hookrelay_runtime::nats::consume(
+        source,
+        consumer,
+        concurrency,
+        drain,
+        shutdown,
+        move |Handed { msg, .. }| {
+            let d = d.clone();
+            // Continue the event's trace from the router (set before the span is entered).
+            let span = tracing::info_span!("deliverer.job", subject = %msg.subject);
+            hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
+            async move { on_job(&d, msg).instrument(span).await }
+        },
+    )
     .await
 }
 
 pub(crate) async fn run_commands(
     d: Deliverer,
+    source: Source,
     consumer: PullConsumer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let drain = d.cfg.common.drain_timeout;
-    hookrelay_runtime::nats::consume(consumer, 16, drain, shutdown, move |msg| {
+    hookrelay_runtime::nats::consume(source, consumer, 16, drain, shutdown, move |Handed { msg, .. }| {
         let d = d.clone();
         async move {
             let outcome = on_command(&d, &msg).await;

@@ -58,18 +58,19 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     d.limits.set_replicas(live);
     rt.tasks
         .spawn(replicas::run(d.db.clone(), replica, d.limits.clone(), shutdown.clone()));
-    let jobs = consume::jobs_consumer(&rt.js).await?;
-    let commands = consume::commands_consumer(&rt.js).await?;
+    let jobs = consume::consumer(&rt.js, consume::JOBS).await?;
+    let commands = consume::consumer(&rt.js, consume::COMMANDS).await?;
+    let (jobs_source, commands_source) = (rt.consumer_source(consume::JOBS), rt.consumer_source(consume::COMMANDS));
 
     let (dj, stop) = (d.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run_jobs(dj, jobs, stop).await {
+        if let Err(error) = consume::run_jobs(dj, jobs_source, jobs, stop).await {
             tracing::error!(%error, "delivery job consumer stopped");
         }
     });
     let (dc, stop) = (d.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run_commands(dc, commands, stop).await {
+        if let Err(error) = consume::run_commands(dc, commands_source, commands, stop).await {
             tracing::error!(%error, "delivery command consumer stopped");
         }
     });

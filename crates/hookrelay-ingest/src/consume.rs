@@ -12,6 +12,8 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, warn};
 
+use hookrelay_runtime::nats::{ConsumerSpec, Handed, Source};
+
 use crate::{
     accept::{EVENTS_REJECTED, Ingest},
     error::IngestError,
@@ -20,8 +22,14 @@ use crate::{
 
 pub(crate) const DEAD_LETTERS: &str = "hookrelay_dead_letters_total";
 
+pub(crate) const CONSUMER: ConsumerSpec = ConsumerSpec {
+    stream: subjects::INGEST_STREAM,
+    name: subjects::INGEST_CONSUMER,
+    filter: None,
+};
+
 pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
-    hookrelay_runtime::nats::durable_consumer(js, subjects::INGEST_STREAM, subjects::INGEST_CONSUMER).await
+    hookrelay_runtime::nats::consumer(js, CONSUMER, None).await
 }
 
 /// Which intake a consumer serves.
@@ -37,28 +45,36 @@ pub(crate) enum Intake {
 /// [`settle`] (dead letter or redelivery), never dropped.
 pub(crate) async fn run(
     ingest: Ingest,
+    source: Source,
     consumer: PullConsumer,
     intake: Intake,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (concurrency, drain) = (ingest.cfg.concurrency, ingest.cfg.common.drain_timeout);
-    hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
-        let ingest = ingest.clone();
-        async move {
-            // A producer's trace (its `traceparent` header) continues through hookrelay.
-            let span = tracing::info_span!("ingest.nats", subject = %msg.subject);
-            hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
-            async {
-                let outcome = match intake {
-                    Intake::Producers => handle(&ingest, &msg).await,
-                    Intake::System => crate::system::handle(&ingest, &msg).await,
-                };
-                settle(&ingest, &msg, outcome).await;
+    hookrelay_runtime::nats::consume(
+        source,
+        consumer,
+        concurrency,
+        drain,
+        shutdown,
+        move |Handed { msg, .. }| {
+            let ingest = ingest.clone();
+            async move {
+                // A producer's trace (its `traceparent` header) continues through hookrelay.
+                let span = tracing::info_span!("ingest.nats", subject = %msg.subject);
+                hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
+                async {
+                    let outcome = match intake {
+                        Intake::Producers => handle(&ingest, &msg).await,
+                        Intake::System => crate::system::handle(&ingest, &msg).await,
+                    };
+                    settle(&ingest, &msg, outcome).await;
+                }
+                .instrument(span)
+                .await;
             }
-            .instrument(span)
-            .await;
-        }
-    })
+        },
+    )
     .await
 }
 

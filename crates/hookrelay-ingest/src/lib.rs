@@ -42,9 +42,17 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         .await
         .map_err(|e| anyhow::anyhow!("subscribing to event type changes: {e}"))?;
     let consumer = consume::consumer(&rt.js).await?;
+    let intake_source = rt.consumer_source(consume::CONSUMER);
     let (consumer_ingest, consumer_shutdown) = (ingest.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run(consumer_ingest, consumer, consume::Intake::Producers, consumer_shutdown).await
+        if let Err(error) = consume::run(
+            consumer_ingest,
+            intake_source,
+            consumer,
+            consume::Intake::Producers,
+            consumer_shutdown,
+        )
+        .await
         {
             tracing::error!(%error, "intake consumer stopped");
         }
@@ -52,9 +60,17 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     rt.tasks
         .spawn(ingest.catalogue.clone().idle(rt.nats.clone(), shutdown.clone()));
     let system_consumer = system::consumer(&rt.js).await?;
+    let system_source = rt.consumer_source(system::CONSUMER);
     let (system_ingest, system_shutdown) = (ingest.clone(), shutdown.clone());
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run(system_ingest, system_consumer, consume::Intake::System, system_shutdown).await
+        if let Err(error) = consume::run(
+            system_ingest,
+            system_source,
+            system_consumer,
+            consume::Intake::System,
+            system_shutdown,
+        )
+        .await
         {
             tracing::error!(%error, "system event consumer stopped");
         }

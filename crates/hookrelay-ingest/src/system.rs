@@ -12,8 +12,14 @@ use time::OffsetDateTime;
 
 use crate::{accept::Ingest, error::IngestError};
 
+pub(crate) const CONSUMER: hookrelay_runtime::nats::ConsumerSpec = hookrelay_runtime::nats::ConsumerSpec {
+    stream: subjects::SYSTEM_STREAM,
+    name: subjects::INGEST_SYSTEM_CONSUMER,
+    filter: None,
+};
+
 pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
-    hookrelay_runtime::nats::durable_consumer(js, subjects::SYSTEM_STREAM, subjects::INGEST_SYSTEM_CONSUMER).await
+    hookrelay_runtime::nats::consumer(js, CONSUMER, None).await
 }
 
 /// A checked system event, ready to accept.

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use hookrelay_runtime::nats::{ConsumerSpec, Handed, Source};
 use hookrelay_types::{
     EndpointId, TenantId,
     messages::{EndpointCommand, endpoint_command::Action},
@@ -20,14 +21,14 @@ use crate::store;
 const POISON: &str = "hookrelay_query_poison_commands_total";
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+pub(crate) const CONSUMER: ConsumerSpec = ConsumerSpec {
+    stream: subjects::COMMANDS_STREAM,
+    name: subjects::QUERY_COMMANDS_CONSUMER,
+    filter: Some(subjects::QUERY_COMMANDS_FILTER),
+};
+
 pub(crate) async fn commands_consumer(js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
-    hookrelay_runtime::nats::filtered_consumer(
-        js,
-        subjects::COMMANDS_STREAM,
-        subjects::QUERY_COMMANDS_CONSUMER,
-        subjects::QUERY_COMMANDS_FILTER,
-    )
-    .await
+    hookrelay_runtime::nats::consumer(js, CONSUMER, None).await
 }
 
 #[derive(Clone)]
@@ -38,11 +39,12 @@ pub(crate) struct Ctx {
 
 pub(crate) async fn run(
     ctx: Ctx,
+    source: Source,
     consumer: PullConsumer,
     drain: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    hookrelay_runtime::nats::consume(consumer, 16, drain, shutdown, move |msg| {
+    hookrelay_runtime::nats::consume(source, consumer, 16, drain, shutdown, move |Handed { msg, .. }| {
         let ctx = ctx.clone();
         async move { on_command(&ctx, msg).await }
     })

@@ -41,6 +41,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         tracing::info!(endpoints = sealed.rewritten, "sealed endpoint secrets stored in clear");
     }
     let commands = consume::commands_consumer(&rt.js).await?;
+    let source = rt.consumer_source(consume::CONSUMER);
     let ctx = consume::Ctx {
         db: rt.db.clone(),
         nats: rt.nats.clone(),
@@ -48,7 +49,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     let drain = cfg.common.drain_timeout;
     let consumer_shutdown = shutdown.clone();
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run(ctx, commands, drain, consumer_shutdown).await {
+        if let Err(error) = consume::run(ctx, source, commands, drain, consumer_shutdown).await {
             tracing::error!(%error, "query command consumer stopped");
         }
     });

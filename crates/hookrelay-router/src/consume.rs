@@ -8,6 +8,7 @@ use async_nats::{
     HeaderMap,
     jetstream::{AckKind, Message, consumer::PullConsumer},
 };
+use hookrelay_runtime::nats::{ConsumerSpec, Handed, Source};
 use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId, messages, subjects};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
@@ -27,19 +28,33 @@ pub(crate) struct Router {
     pub(crate) subscriptions: crate::live::Shared,
 }
 
-pub(crate) async fn consumer(js: &async_nats::jetstream::Context) -> anyhow::Result<PullConsumer> {
-    hookrelay_runtime::nats::durable_consumer(js, subjects::EVENTS_STREAM, subjects::ROUTER_CONSUMER).await
+/// The events stream keeps its messages: the router notes its position in
+/// `consumer_positions`, so a consumer made again starts where this one got to.
+pub(crate) const CONSUMER: ConsumerSpec = ConsumerSpec {
+    stream: subjects::EVENTS_STREAM,
+    name: subjects::ROUTER_CONSUMER,
+    filter: None,
+};
+
+pub(crate) async fn consumer(js: &async_nats::jetstream::Context, db: &sqlx::PgPool) -> anyhow::Result<PullConsumer> {
+    hookrelay_runtime::nats::consumer(js, CONSUMER, Some(db)).await
 }
 
-pub(crate) async fn run(router: Router, consumer: PullConsumer, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    router: Router,
+    source: Source,
+    consumer: PullConsumer,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (concurrency, drain) = (router.cfg.concurrency, router.cfg.common.drain_timeout);
-    hookrelay_runtime::nats::consume(consumer, concurrency, drain, shutdown, move |msg| {
+    hookrelay_runtime::nats::consume(source, consumer, concurrency, drain, shutdown, move |handed| {
         let router = router.clone();
+        let Handed { msg, maybe_seen } = handed;
         async move {
             // Continue the event's trace from ingest (set before the span is entered).
             let span = tracing::info_span!("router.route", subject = %msg.subject);
             hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
-            let outcome = route(&router, &msg).instrument(span).await;
+            let outcome = route(&router, &msg, maybe_seen).instrument(span).await;
             settle(&msg, outcome).await;
         }
     })
@@ -54,7 +69,8 @@ struct Outgoing {
 }
 
 /// Returns how many jobs were published.
-async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
+/// `maybe_seen`: the message may have been routed before its consumer was made again.
+async fn route(router: &Router, msg: &Message, maybe_seen: bool) -> Result<usize, RouteError> {
     let event = messages::EventAccepted::decode(msg.payload.clone()).map_err(|e| RouteError::Poison(e.to_string()))?;
     let tenant = TenantId::parse(&event.tenant_id).map_err(|e| RouteError::Poison(e.to_string()))?;
     let event_id = EventId::parse(&event.event_id).map_err(|e| RouteError::Poison(e.to_string()))?;
@@ -62,7 +78,7 @@ async fn route(router: &Router, msg: &Message) -> Result<usize, RouteError> {
     // No job of this event can exist yet when ingest published it for the first time and
     // this is the message's first delivery here (a router that failed or died midway gets
     // it again, and may have published some of its jobs).
-    let first_routing = event.first_publication && msg.info().is_ok_and(|info| info.delivered == 1);
+    let first_routing = event.first_publication && !maybe_seen && msg.info().is_ok_and(|info| info.delivered == 1);
 
     let job = |endpoint: &EndpointId| Outgoing {
         subject: subjects::delivery(&tenant, endpoint),

@@ -30,9 +30,11 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         cfg: Arc::new(cfg.clone()),
         subscriptions,
     };
-    let consumer = consume::consumer(&rt.js).await?;
+    let consumer = consume::consumer(&rt.js, &rt.db).await?;
+    let mut source = rt.consumer_source(consume::CONSUMER);
+    source.positions = Some(rt.db.clone());
     rt.tasks.spawn(async move {
-        if let Err(error) = consume::run(router, consumer, shutdown).await {
+        if let Err(error) = consume::run(router, source, consumer, shutdown).await {
             tracing::error!(%error, "router consumer stopped");
         }
     });

@@ -45,6 +45,8 @@ pub struct Runtime {
     pub keys: auth::KeyActivity,
     /// The HTTP server's bounds.
     pub http_limits: server::Limits,
+    /// `HOOKRELAY_STREAM_REPLICAS`, for streams made again.
+    pub stream_replicas: usize,
 }
 
 impl Runtime {
@@ -77,7 +79,19 @@ impl Runtime {
             keys: auth::KeyActivity::new(cfg.api_key_rate_limit)
                 .invalid_credentials_burst(cfg.invalid_credentials_burst),
             http_limits: cfg.http_limits,
+            stream_replicas: cfg.stream_replicas,
         })
+    }
+
+    /// Where the consumer loop of `spec` makes its consumer again (see [`nats::consume`]).
+    pub fn consumer_source(&self, spec: nats::ConsumerSpec) -> nats::Source {
+        nats::Source {
+            js: self.js.clone(),
+            spec,
+            replicas: self.stream_replicas,
+            ready: self.ready.clone(),
+            positions: None,
+        }
     }
 }
 

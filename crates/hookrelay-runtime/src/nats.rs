@@ -65,11 +65,10 @@ fn stream_config(name: &str, subject: &str, retention: RetentionPolicy, max_age:
     }
 }
 
-/// Creates hookrelay's streams with `replicas` copies each (`HOOKRELAY_STREAM_REPLICAS`: 3
-/// on a three-server cluster); an existing stream with another count is updated to it.
-pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), anyhow::Error> {
+/// hookrelay's streams, as the table above describes them.
+fn streams() -> [stream::Config; 6] {
     let day = Duration::from_secs(86_400);
-    let streams = [
+    [
         stream_config(
             subjects::INGEST_STREAM,
             subjects::INGEST_SUBJECTS,
@@ -106,18 +105,37 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
             RetentionPolicy::Limits,
             14 * day,
         ),
-    ];
-    for mut config in streams {
-        config.num_replicas = replicas;
-        let name = config.name.clone();
-        let failed = |e: &dyn std::fmt::Display| {
-            anyhow::anyhow!("stream {name} with {replicas} replicas (HOOKRELAY_STREAM_REPLICAS): {e}")
-        };
-        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| failed(&e))?;
-        let info = stream.info().await.map_err(|e| failed(&e))?;
-        if info.config.num_replicas != replicas {
-            js.update_stream(config).await.map_err(|e| failed(&e))?;
-        }
+    ]
+}
+
+/// Creates hookrelay's streams with `replicas` copies each (`HOOKRELAY_STREAM_REPLICAS`: 3
+/// on a three-server cluster); an existing stream with another count is updated to it.
+pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), anyhow::Error> {
+    for config in streams() {
+        ensure(js, config, replicas).await?;
+    }
+    Ok(())
+}
+
+/// Creates the stream `name` (one of hookrelay's) if it is missing.
+pub async fn ensure_stream(js: &jetstream::Context, name: &str, replicas: usize) -> Result<(), anyhow::Error> {
+    let config = streams()
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| anyhow::anyhow!("{name} is not a hookrelay stream"))?;
+    ensure(js, config, replicas).await
+}
+
+async fn ensure(js: &jetstream::Context, mut config: stream::Config, replicas: usize) -> Result<(), anyhow::Error> {
+    config.num_replicas = replicas;
+    let name = config.name.clone();
+    let failed = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("stream {name} with {replicas} replicas (HOOKRELAY_STREAM_REPLICAS): {e}")
+    };
+    let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| failed(&e))?;
+    let info = stream.info().await.map_err(|e| failed(&e))?;
+    if info.config.num_replicas != replicas {
+        js.update_stream(config).await.map_err(|e| failed(&e))?;
     }
     Ok(())
 }
@@ -201,12 +219,72 @@ pub async fn publish(
     js.publish_with_headers(subject, headers, payload).await
 }
 
+/// A durable pull consumer as hookrelay makes it: enough to make it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub stream: &'static str,
+    pub name: &'static str,
+    /// Needed where several consumers share a work-queue stream (they may not overlap).
+    pub filter: Option<&'static str>,
+}
+
+impl ConsumerSpec {
+    /// What `/readyz` names while the consumer is missing.
+    pub fn describe(&self) -> String {
+        format!("consumer {} on stream {}", self.name, self.stream)
+    }
+
+    /// Whether messages stay in the stream after they are acknowledged (the events
+    /// stream): a consumer made anew there must not start at the stream's beginning.
+    fn keeps_messages(&self) -> bool {
+        self.stream == subjects::EVENTS_STREAM
+    }
+}
+
+/// Where a consumer's loop gets what it needs to make its consumer (and stream) again.
+#[derive(Clone)]
+pub struct Source {
+    pub js: jetstream::Context,
+    pub spec: ConsumerSpec,
+    /// `HOOKRELAY_STREAM_REPLICAS`, for a stream made anew.
+    pub replicas: usize,
+    pub ready: crate::Readiness,
+    /// For a consumer on a stream that keeps its messages: its position is written here
+    /// (`consumer_positions`), and a consumer made anew after a restart starts from it.
+    pub positions: Option<sqlx::PgPool>,
+}
+
+/// One message for a consumer loop's handler.
+pub struct Handed {
+    pub msg: jetstream::Message,
+    /// The message may have been handled before: its consumer was made anew (deleted by
+    /// hand, or its stream was) and it is at or before the last one handed out before that.
+    pub maybe_seen: bool,
+}
+
+/// How far a consumer got: the highest stream sequence handed out, and the ack floor its
+/// server reported last.
+#[derive(Default)]
+struct Progress {
+    seen: std::sync::atomic::AtomicU64,
+    floor: std::sync::atomic::AtomicU64,
+}
+
 /// The consumer loop every service uses: fetch, hand each message to `handle` on its own
 /// task (at most `concurrency` at once), stop fetching on `shutdown`, then give in-flight
 /// handlers `drain` to finish. `handle` settles the message itself (ack, nak or term); a
 /// message it never settles is redelivered after the consumer's ack wait. A fetch error
 /// never ends the loop. While it runs, the consumer's lag is reported (see [`report_lag`]).
+///
+/// **A lost consumer is made again.** When the server ends the consumer (deleted by hand,
+/// or with its stream), the loop says so on `/readyz` (503 naming it), makes the stream if
+/// it is missing and the consumer with the same configuration, counts it in
+/// `hookrelay_consumers_recreated_total{consumer}`, and goes on. On a work-queue stream the
+/// new consumer starts at the first message not yet acknowledged; on the events stream, at
+/// the ack floor the server last reported (so at most a few seconds are handed out again,
+/// each marked [`Handed::maybe_seen`]).
 pub async fn consume<F, Fut>(
+    source: Source,
     consumer: jetstream::consumer::PullConsumer,
     concurrency: usize,
     drain: Duration,
@@ -214,45 +292,170 @@ pub async fn consume<F, Fut>(
     handle: F,
 ) -> anyhow::Result<()>
 where
-    F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
+    F: Fn(Handed) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    use futures::StreamExt as _;
-
-    let name = consumer.cached_info().name.clone();
     let tracker = tokio_util::task::TaskTracker::new();
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut messages = consumer.messages().await?;
-    let lag = tokio::spawn(report_lag(consumer.clone()));
+    let progress = std::sync::Arc::new(Progress::default());
+    let handle = std::sync::Arc::new(handle);
+    let spec = source.spec;
+    let mut consumer = consumer;
+    // Sequences at or below this were handed out by a consumer since lost.
+    let mut before_loss = 0u64;
     loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => break,
-            next = messages.next() => match next {
-                Some(Ok(msg)) => msg,
-                Some(Err(error)) => {
-                    tracing::warn!(consumer = %name, %error, "fetch failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+        let lag = tokio::spawn(report_lag(consumer.clone(), source.clone(), progress.clone()));
+        let ended = run_consumer(
+            &consumer,
+            &permits,
+            &tracker,
+            &progress,
+            before_loss,
+            &handle,
+            &shutdown,
+        )
+        .await;
+        lag.abort();
+        let why = match ended {
+            Ended::Shutdown => break,
+            Ended::Lost(why) => why,
+        };
+        let missing = spec.describe();
+        tracing::error!(consumer = spec.name, stream = spec.stream, %why, "the consumer is gone; making it again");
+        source.ready.missing(&missing, true);
+        metrics::counter!("hookrelay_consumers_recreated_total", "consumer" => spec.name).increment(1);
+        before_loss = before_loss.max(progress.seen.load(std::sync::atomic::Ordering::Acquire));
+        let start = spec
+            .keeps_messages()
+            .then(|| progress.floor.load(std::sync::atomic::Ordering::Acquire) + 1);
+        let mut wait = Duration::from_millis(100);
+        consumer = loop {
+            match remake(&source, start).await {
+                Ok(consumer) => break consumer,
+                Err(error) => {
+                    tracing::warn!(consumer = spec.name, %error, "making the consumer again failed; trying again");
+                    tokio::select! {
+                        () = shutdown.cancelled() => {
+                            return finish(&tracker, drain, spec.name).await;
+                        }
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                None => break,
-            },
+            }
         };
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit?,
-        };
-        let work = handle(msg);
-        tracker.spawn(async move {
-            work.await;
-            drop(permit);
-        });
+        source.ready.missing(&missing, false);
+        tracing::info!(
+            consumer = spec.name,
+            stream = spec.stream,
+            ?start,
+            "consumer made again"
+        );
     }
-    lag.abort();
+    finish(&tracker, drain, spec.name).await
+}
+
+async fn finish(tracker: &tokio_util::task::TaskTracker, drain: Duration, name: &str) -> anyhow::Result<()> {
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(consumer = %name, "messages still in flight at the drain deadline; they will be redelivered");
     }
     Ok(())
+}
+
+enum Ended {
+    Shutdown,
+    /// The server ended the consumer, or it no longer exists.
+    Lost(String),
+}
+
+async fn run_consumer<F, Fut>(
+    consumer: &jetstream::consumer::PullConsumer,
+    permits: &std::sync::Arc<tokio::sync::Semaphore>,
+    tracker: &tokio_util::task::TaskTracker,
+    progress: &Progress,
+    before_loss: u64,
+    handle: &std::sync::Arc<F>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Ended
+where
+    F: Fn(Handed) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    use jetstream::consumer::pull::MessagesErrorKind;
+
+    let name = consumer.cached_info().name.clone();
+    let mut messages = match consumer.messages().await {
+        Ok(messages) => messages,
+        Err(error) => return Ended::Lost(format!("pulling messages: {error}")),
+    };
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            next = messages.next() => match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(error)) => {
+                    if matches!(
+                        error.kind(),
+                        MessagesErrorKind::ConsumerDeleted
+                            | MessagesErrorKind::PushBasedConsumer
+                            | MessagesErrorKind::RequestLimitExceeded
+                    ) {
+                        return Ended::Lost(error.to_string());
+                    }
+                    tracing::warn!(consumer = %name, %error, "fetch failed");
+                    if let Some(why) = gone(consumer).await {
+                        return Ended::Lost(why);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => return Ended::Lost("the server ended its messages".to_owned()),
+            },
+        };
+        let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        progress.seen.fetch_max(sequence, std::sync::atomic::Ordering::AcqRel);
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Ended::Shutdown,
+            },
+        };
+        let work = handle(Handed {
+            msg,
+            maybe_seen: sequence != 0 && sequence <= before_loss,
+        });
+        tracker.spawn(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Why the consumer no longer exists, if it does not.
+async fn gone(consumer: &jetstream::consumer::PullConsumer) -> Option<String> {
+    use jetstream::context::ConsumerInfoErrorKind;
+    let mut consumer = consumer.clone();
+    match consumer.info().await {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+            ) =>
+        {
+            Some(e.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Makes the stream (when missing) and the consumer again; on the events stream starting
+/// at `start`.
+async fn remake(source: &Source, start: Option<u64>) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    ensure_stream(&source.js, source.spec.stream, source.replicas).await?;
+    make_consumer(&source.js, source.spec, start).await
 }
 
 /// How often a consumer's lag is read from the server.
@@ -261,8 +464,13 @@ pub const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Every [`LAG_EVERY`], the consumer's lag as gauges labelled `stream` and `consumer`:
 /// `hookrelay_consumer_pending_messages` (in the stream, not yet delivered to the consumer)
 /// and `hookrelay_consumer_ack_pending_messages` (delivered, not yet acknowledged). Every
-/// replica sharing a durable consumer reports the same numbers: aggregate with `max`.
-async fn report_lag(mut consumer: jetstream::consumer::PullConsumer) {
+/// replica sharing a durable consumer reports the same numbers: aggregate with `max`. Also
+/// notes the ack floor (and writes the position, where the stream keeps its messages).
+async fn report_lag(
+    mut consumer: jetstream::consumer::PullConsumer,
+    source: Source,
+    progress: std::sync::Arc<Progress>,
+) {
     let mut tick = tokio::time::interval(LAG_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -272,68 +480,126 @@ async fn report_lag(mut consumer: jetstream::consumer::PullConsumer) {
                 let labels = [("stream", info.stream_name.clone()), ("consumer", info.name.clone())];
                 metrics::gauge!("hookrelay_consumer_pending_messages", &labels).set(info.num_pending as f64);
                 metrics::gauge!("hookrelay_consumer_ack_pending_messages", &labels).set(info.num_ack_pending as f64);
+                let floor = info.ack_floor.stream_sequence;
+                progress.floor.fetch_max(floor, std::sync::atomic::Ordering::AcqRel);
+                if let Some(db) = &source.positions {
+                    let seen = progress.seen.load(std::sync::atomic::Ordering::Acquire);
+                    if let Err(error) = write_position(db, source.spec, floor, seen).await {
+                        tracing::warn!(%error, consumer = source.spec.name, "writing the consumer's position failed");
+                    }
+                }
             }
             Err(error) => tracing::debug!(%error, "reading consumer lag failed"),
         }
     }
 }
 
-/// The durable pull consumer `name` on `stream` (created if missing): explicit acks, a 30 s
-/// ack wait, up to 10,000 messages in flight.
-pub async fn durable_consumer(
-    js: &jetstream::Context,
-    stream: &str,
-    name: &str,
-) -> anyhow::Result<jetstream::consumer::PullConsumer> {
-    consumer_with_filter(js, stream, name, None).await
+/// Notes how far a consumer on a stream that keeps its messages got.
+async fn write_position(db: &sqlx::PgPool, spec: ConsumerSpec, floor: u64, seen: u64) -> Result<(), sqlx::Error> {
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO consumer_positions (consumer, stream, ack_floor, seen, updated_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (consumer) DO UPDATE SET stream = $2,
+             ack_floor = GREATEST(consumer_positions.ack_floor, $3),
+             seen = GREATEST(consumer_positions.seen, $4), updated_at = now()",
+    )
+    .bind(spec.name)
+    .bind(spec.stream)
+    .bind(as_i64(floor))
+    .bind(as_i64(seen))
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
-/// As [`durable_consumer`], reading only `filter` (needed where several consumers share a
-/// work-queue stream, whose consumers may not overlap). A consumer found with another
-/// filter (made by an older release) is updated to this one.
-pub async fn filtered_consumer(
-    js: &jetstream::Context,
-    stream: &str,
-    name: &str,
-    filter: &str,
-) -> anyhow::Result<jetstream::consumer::PullConsumer> {
-    consumer_with_filter(js, stream, name, Some(filter)).await
+/// The ack floor and highest sequence handed out that `write_position` noted last.
+async fn read_position(db: &sqlx::PgPool, spec: ConsumerSpec) -> Result<Option<(u64, u64)>, sqlx::Error> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT ack_floor, seen FROM consumer_positions WHERE consumer = $1 AND stream = $2")
+            .bind(spec.name)
+            .bind(spec.stream)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(floor, seen)| (floor.max(0) as u64, seen.max(0) as u64)))
 }
 
-async fn consumer_with_filter(
+/// The consumer `spec` names, made if missing: explicit acks, a 30 s ack wait, up to
+/// 10,000 messages in flight. A consumer found with another filter (made by an older
+/// release) is updated. Where the stream keeps its messages and `positions` knows where a
+/// lost consumer got to, a consumer made here starts after that point.
+pub async fn consumer(
     js: &jetstream::Context,
-    stream: &str,
-    name: &str,
-    filter: Option<&str>,
+    spec: ConsumerSpec,
+    positions: Option<&sqlx::PgPool>,
 ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
-    use jetstream::consumer::{AckPolicy, pull};
-    let stream_handle = js
-        .get_stream(stream)
+    let stream = js
+        .get_stream(spec.stream)
         .await
-        .map_err(|e| anyhow::anyhow!("stream {stream}: {e}"))?;
-    let config = pull::Config {
-        durable_name: Some(name.to_owned()),
+        .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.stream))?;
+    if let Ok(existing) = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(spec.name)
+        .await
+        && spec
+            .filter
+            .is_none_or(|f| existing.cached_info().config.filter_subject == f)
+    {
+        return Ok(existing);
+    }
+    let start = match (spec.keeps_messages(), positions) {
+        (true, Some(db)) => read_position(db, spec).await?.map(|(floor, _)| floor + 1),
+        _ => None,
+    };
+    make_consumer(js, spec, start).await
+}
+
+fn consumer_config(spec: ConsumerSpec, start: Option<u64>) -> jetstream::consumer::pull::Config {
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    pull::Config {
+        durable_name: Some(spec.name.to_owned()),
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 10_000,
-        filter_subject: filter.unwrap_or_default().to_owned(),
+        filter_subject: spec.filter.unwrap_or_default().to_owned(),
+        deliver_policy: match start {
+            Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            None => DeliverPolicy::All,
+        },
         ..Default::default()
-    };
-    let mut consumer: jetstream::consumer::PullConsumer = stream_handle
-        .get_or_create_consumer(name, config.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("consumer {name} on {stream}: {e}"))?;
-    if filter.is_some_and(|f| consumer.cached_info().config.filter_subject != f) {
-        stream_handle
-            .update_consumer(config)
-            .await
-            .map_err(|e| anyhow::anyhow!("updating consumer {name} on {stream}: {e}"))?;
-        consumer = stream_handle
-            .get_consumer(name)
-            .await
-            .map_err(|e| anyhow::anyhow!("consumer {name} on {stream}: {e}"))?;
     }
-    Ok(consumer)
+}
+
+/// Creates (or updates) the consumer; on a stream that keeps its messages starting at
+/// `start`.
+async fn make_consumer(
+    js: &jetstream::Context,
+    spec: ConsumerSpec,
+    start: Option<u64>,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let stream = js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.stream))?;
+    let config = consumer_config(spec, start);
+    let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("consumer {} on {}: {e}", spec.name, spec.stream);
+    match stream
+        .get_consumer::<jetstream::consumer::pull::Config>(spec.name)
+        .await
+    {
+        // Found with another filter: updated (a deliver policy cannot change, nor need to).
+        Ok(existing) => {
+            let mut config = config;
+            config.deliver_policy = existing.cached_info().config.deliver_policy;
+            stream.update_consumer(config).await.map_err(|e| failed(&e))?;
+        }
+        Err(_) => {
+            stream.create_consumer(config).await.map_err(|e| failed(&e))?;
+        }
+    }
+    stream
+        .get_consumer(spec.name)
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer {} on {}: {e}", spec.name, spec.stream))
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ struct Inner {
     draining: AtomicBool,
     /// Conditions that do not stop the service but need the operator (shown on `/readyz`).
     warnings: std::sync::Mutex<Vec<String>>,
+    /// Streams and consumers found missing and not yet made again: not ready meanwhile.
+    missing: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Readiness {
@@ -32,7 +34,18 @@ impl Readiness {
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             warnings: std::sync::Mutex::new(Vec::new()),
+            missing: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }))
+    }
+
+    /// Notes that `what` (a stream's or consumer's description) is missing, or is back.
+    pub fn missing(&self, what: &str, missing: bool) {
+        let mut set = self.0.missing.lock().unwrap_or_else(|p| p.into_inner());
+        if missing {
+            set.insert(what.to_owned());
+        } else {
+            set.remove(what);
+        }
     }
 
     /// Adds a line `warning: <what>` to `/readyz`'s body (the status stays 200) and logs it.
@@ -60,20 +73,27 @@ impl Readiness {
     }
 
     /// `Err` names what is not ready.
-    pub async fn check(&self) -> Result<(), &'static str> {
+    pub async fn check(&self) -> Result<(), String> {
         if self.0.draining.load(Ordering::SeqCst) {
-            return Err("shutting down");
+            return Err("shutting down".into());
         }
         if !self.0.started.load(Ordering::SeqCst) {
-            return Err("starting");
+            return Err("starting".into());
         }
         if self.0.nats.connection_state() != async_nats::connection::State::Connected {
-            return Err("NATS not connected");
+            return Err("NATS not connected".into());
+        }
+        {
+            let missing = self.0.missing.lock().unwrap_or_else(|p| p.into_inner());
+            if !missing.is_empty() {
+                let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+                return Err(format!("{} missing (being made again)", names.join(", ")));
+            }
         }
         let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.0.db)).await;
         match ping {
             Ok(Ok(_)) => Ok(()),
-            _ => Err("PostgreSQL not reachable"),
+            _ => Err("PostgreSQL not reachable".into()),
         }
     }
 }

@@ -1,0 +1,182 @@
+//! Faults operators cause by hand, healed by the services: a durable consumer deleted, a
+//! stream deleted, a stream that cannot be made again until the operator clears the way.
+//! Each asserts what a user sees: every event accepted is delivered, once; `/readyz` names
+//! what is missing while it is; the recreations are counted in `/metrics`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, Service, TestEnv, eventually, spawn_service};
+use hookrelay_types::subjects;
+use serde_json::json;
+
+struct System {
+    env: TestEnv,
+    s: Service,
+    rx: Receiver,
+    key: String,
+}
+
+async fn system() -> System {
+    let env = TestEnv::start().await.unwrap();
+    let src = env.source(&[]);
+    let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
+    let rx = Receiver::start().await.unwrap();
+    let r = s
+        .api
+        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = s
+        .api
+        .post(
+            "/v1/api-keys",
+            ADMIN_TOKEN,
+            json!({"tenant_id": "acme", "name": "t", "scopes": ["events:write", "endpoints:write"]}),
+        )
+        .await;
+    let key = r.body["key"].as_str().unwrap().to_owned();
+    let r = s
+        .api
+        .post(
+            "/v1/endpoints",
+            &key,
+            json!({"url": rx.url("ok/heal"), "events": ["orders/*"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    System { env, s, rx, key }
+}
+
+impl System {
+    /// Sends `orders/created` events `from..to` and waits until each has arrived.
+    async fn send_and_see(&self, from: u32, to: u32) {
+        for n in from..to {
+            let event = json!({"event": "orders/created", "event_id": format!("evt_heal_{n}"), "data": {"n": n}});
+            let r = self.s.api.post("/v1/events", &self.key, event).await;
+            assert_eq!(r.status, 202, "{r:?}");
+        }
+        for n in from..to {
+            let id = format!("evt_heal_{n}");
+            let got = self.rx.wait_for("ok/heal", &id, 1, Duration::from_secs(30)).await;
+            assert!(!got.is_empty(), "{id} was accepted and never delivered");
+        }
+    }
+
+    /// Every event arrived exactly once.
+    fn each_once(&self, to: u32) {
+        for n in 0..to {
+            let id = format!("evt_heal_{n}");
+            let got = self.rx.received_id("ok/heal", &id).len();
+            assert_eq!(got, 1, "{id} arrived {got} times");
+        }
+    }
+
+    async fn js(&self) -> jetstream::Context {
+        jetstream::new(self.env.nats().await.unwrap())
+    }
+}
+
+async fn metrics(api: &Api) -> String {
+    reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn readyz(api: &Api) -> (u16, String) {
+    let r = reqwest::get(format!("{}/readyz", api.base)).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Waits until `/metrics` counts a recreation of `consumer`.
+async fn recreated(api: &Api, consumer: &str) {
+    let line = format!("hookrelay_consumers_recreated_total{{consumer=\"{consumer}\"}}");
+    let seen = eventually(Duration::from_secs(20), || async {
+        metrics(api).await.contains(&line).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "no `{line}` in /metrics");
+}
+
+#[tokio::test]
+async fn deleted_consumers_are_made_again_and_nothing_is_lost_or_repeated() {
+    let sys = system().await;
+    sys.send_and_see(0, 10).await;
+    let js = sys.js().await;
+    for (stream, consumer) in [
+        (subjects::EVENTS_STREAM, subjects::ROUTER_CONSUMER),
+        (subjects::DELIVERIES_STREAM, subjects::DELIVERER_CONSUMER),
+        (subjects::INGEST_STREAM, subjects::INGEST_CONSUMER),
+    ] {
+        let stream = js.get_stream(stream).await.unwrap();
+        assert!(stream.delete_consumer(consumer).await.unwrap().success);
+    }
+    for consumer in ["router", "deliverer", "ingest"] {
+        recreated(&sys.s.api, consumer).await;
+    }
+    sys.send_and_see(10, 30).await;
+    // The router's new consumer starts where the old one got to, not at the stream's start.
+    sys.each_once(30);
+    // Producers' NATS intake works again too.
+    let nats = sys.env.nats().await.unwrap();
+    let envelope = json!({"event_id": "evt_heal_nats", "data": {"n": 1}});
+    nats.publish("hookrelay.ingest.acme.orders.created", envelope.to_string().into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let got = sys
+        .rx
+        .wait_for("ok/heal", "evt_heal_nats", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(readyz(&sys.s.api).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_deleted_events_stream_is_made_again() {
+    let sys = system().await;
+    sys.send_and_see(0, 5).await;
+    let js = sys.js().await;
+    js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
+    recreated(&sys.s.api, "router").await;
+    sys.send_and_see(5, 15).await;
+    sys.each_once(15);
+}
+
+#[tokio::test]
+async fn a_stream_that_cannot_be_made_again_shows_on_readyz_until_it_can() {
+    let sys = system().await;
+    sys.send_and_see(0, 3).await;
+    let js = sys.js().await;
+    js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
+    // An operator's stream takes the events' subjects: hookrelay's cannot be made again.
+    js.create_stream(jetstream::stream::Config {
+        name: "SQUATTER".into(),
+        subjects: vec![subjects::EVENTS_SUBJECTS.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let shown = eventually(Duration::from_secs(20), || async {
+        let (status, body) = readyz(&sys.s.api).await;
+        (status == 503).then_some(body)
+    })
+    .await
+    .expect("/readyz kept answering 200 with the router's consumer gone");
+    assert!(
+        shown.contains("consumer router on stream HOOKRELAY_EVENTS missing"),
+        "{shown}"
+    );
+    // Cleared: the stream and consumer are made again, and events flow.
+    js.delete_stream("SQUATTER").await.unwrap();
+    let ready = eventually(Duration::from_secs(20), || async {
+        (readyz(&sys.s.api).await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "never ready again: {:?}", readyz(&sys.s.api).await);
+    sys.send_and_see(3, 8).await;
+}
