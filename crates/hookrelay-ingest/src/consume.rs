@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
-use hookrelay_types::{EventType, IncomingEnvelope, Invalid, TenantId, subjects};
+use hookrelay_types::{EventId, EventType, IncomingEnvelope, Invalid, TenantId, subjects};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, warn};
@@ -90,10 +90,21 @@ async fn handle(ingest: &Ingest, msg: &Message) -> Result<(), IngestError> {
         .map_err(|e| IngestError::Envelope(e.into()))?;
     let tenant = TenantId::parse(tenant).map_err(|e| IngestError::Envelope(e.into()))?;
     let from_subject = EventType::from_tokens(tokens).map_err(|e| IngestError::Envelope(e.into()))?;
+    // Without an `event_id` (or `timestamp`), both come from the stored message, so every
+    // redelivery of it is the same event.
+    let stored = msg
+        .info()
+        .ok()
+        .map(|info| (info.stream.to_owned(), info.stream_sequence, info.published));
+    let now = stored.as_ref().map_or_else(OffsetDateTime::now_utc, |s| s.2);
+    let fallback_id = stored.as_ref().map(|(stream, sequence, at)| {
+        let ms = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        EventId::for_message(stream, *sequence, ms)
+    });
     let envelope = IncomingEnvelope::parse(&msg.payload, ingest.cfg.max_envelope_bytes)?.complete(
         Some(from_subject),
-        None,
-        OffsetDateTime::now_utc(),
+        fallback_id,
+        now,
     )?;
     ingest.check_tenant(tenant.as_str()).await?;
     ingest.accept(&tenant, &envelope, "nats", None).await?;

@@ -50,7 +50,7 @@ pub(crate) async fn dead_letter(
     code: &str,
     reason: &str,
 ) -> Result<(), IngestError> {
-    let mut headers = original_headers.cloned().unwrap_or_default();
+    let mut headers = without_control_headers(original_headers);
     headers.insert(subjects::HEADER_ERROR_CODE, code);
     // Header values are one line.
     headers.insert(subjects::HEADER_ERROR, reason.replace(['\r', '\n'], " ").as_str());
@@ -61,6 +61,23 @@ pub(crate) async fn dead_letter(
         .map_err(|e| IngestError::Publish(e.to_string()))?;
     ack.await.map_err(|e| IngestError::Publish(e.to_string()))?;
     Ok(())
+}
+
+/// A producer's headers without JetStream's control headers (`Nats-Expected-*`,
+/// `Nats-Rollup`, `Nats-TTL`, `Nats-Msg-Id`, …): on the dead letter they would make the
+/// server refuse or alter the copy, and the message could never be set aside.
+pub(crate) fn without_control_headers(original: Option<&HeaderMap>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, values) in original.into_iter().flat_map(HeaderMap::iter) {
+        let name_text: &str = name.as_ref();
+        if name_text.to_ascii_lowercase().starts_with("nats-") {
+            continue;
+        }
+        for value in values {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
 }
 
 /// Reports the API keys used lately to query, which writes `api_keys.last_used_at`. Core

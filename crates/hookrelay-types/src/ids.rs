@@ -118,6 +118,21 @@ impl EventId {
         Self(format!("evt_{}", ulid::Ulid::generate().to_string().to_lowercase()))
     }
 
+    /// The id of an event that came without one in a message a stream stored: `evt_` and a
+    /// ULID made of the time the stream stored it and its sequence there (with the
+    /// stream's name folded in). Every redelivery of that message gets the same id, so the
+    /// event is accepted once and a receiver sees one `webhook-id`.
+    pub fn for_message(stream: &str, sequence: u64, stored_at_ms: u64) -> Self {
+        // FNV-1a: a fixed, dependency-free fold of the name into 16 bits.
+        let mut hash: u32 = 0x811c_9dc5;
+        for b in stream.bytes() {
+            hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        let random = (u128::from(hash & 0xffff) << 64) | u128::from(sequence);
+        let ulid = ulid::Ulid::from_parts(stored_at_ms, random);
+        Self(format!("evt_{}", ulid.to_string().to_lowercase()))
+    }
+
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (1..=128).contains(&s.len())
             && s.bytes()
@@ -153,6 +168,19 @@ impl<'de> Deserialize<'de> for EventId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_message_always_gets_the_same_event_id_and_others_another() {
+        let id = EventId::for_message("HOOKRELAY_INGEST", 42, 1_700_000_000_123);
+        assert_eq!(id, EventId::for_message("HOOKRELAY_INGEST", 42, 1_700_000_000_123));
+        assert!(id.as_str().starts_with("evt_") && id.as_str().len() == 30, "{id:?}");
+        assert_eq!(EventId::parse(id.as_str()).unwrap(), id);
+        assert_ne!(id, EventId::for_message("HOOKRELAY_INGEST", 43, 1_700_000_000_123));
+        assert_ne!(id, EventId::for_message("HOOKRELAY_INGEST", 42, 1_700_000_000_124));
+        assert_ne!(id, EventId::for_message("HOOKRELAY_SYSTEM", 42, 1_700_000_000_123));
+        // It sorts by the time it was stored, like a generated one.
+        assert!(id.as_str() < EventId::for_message("HOOKRELAY_INGEST", 1, 1_700_000_000_124).as_str());
+    }
 
     #[test]
     fn generated_ids_parse_back() {
