@@ -36,12 +36,18 @@ PGHOST=$phost PGPORT=$pport bash scripts/ensure-postgres.sh
 psql "$admin_url" -qc "CREATE DATABASE \"$db\""
 
 nats_port=$(free_port)
-.tools/venv/bin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" -l "$work/nats.log" &
+# The NATS configuration hookrelay ships (users and permissions), with throwaway passwords.
+for user in producer ingest router deliverer query hookrelay admin; do
+  export "HOOKRELAY_NATS_${user^^}_PASSWORD=schemathesis${user}$$"
+done
+.tools/venv/bin/nats-server -c deploy/nats/nats.conf -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" -l "$work/nats.log" &
 pids+=($!)
 
 http_port=$(free_port)
 base="http://127.0.0.1:$http_port"
 export HOOKRELAY_NATS_URL="nats://127.0.0.1:$nats_port"
+export HOOKRELAY_NATS_USER=hookrelay HOOKRELAY_NATS_PASSWORD=$HOOKRELAY_NATS_HOOKRELAY_PASSWORD
+export HOOKRELAY_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
 export HOOKRELAY_DATABASE_URL="${admin_url%/*}/$db"
 export HOOKRELAY_ADMIN_TOKEN="schemathesis-admin-$$"
 export HOOKRELAY_HTTP_ADDR="127.0.0.1:$http_port"

@@ -25,9 +25,9 @@ impl Drop for Split {
 
 async fn split(extra: &[(&str, &str)]) -> Split {
     let env = TestEnv::start().await.unwrap();
-    let query_cfg = hookrelay_query::Config::from_source(&env.source(extra)).unwrap();
+    let query_cfg = hookrelay_query::Config::from_source(&env.source_as("query", extra)).unwrap();
     let query = spawn_service(|l, stop| hookrelay_query::run(query_cfg, Some(l), stop)).await;
-    let ingest_cfg = hookrelay_ingest::Config::from_source(&env.source(extra)).unwrap();
+    let ingest_cfg = hookrelay_ingest::Config::from_source(&env.source_as("ingest", extra)).unwrap();
     let ingest = spawn_service(|l, stop| hookrelay_ingest::run(ingest_cfg, Some(l), stop)).await;
     let r = query
         .api

@@ -386,7 +386,9 @@ async fn a_transition_left_unpublished_is_published_later_with_the_same_event_id
 async fn an_unfiltered_deliverer_commands_consumer_from_an_older_release_is_narrowed() {
     let env = TestEnv::start().await.unwrap();
     let js = jetstream::new(env.nats().await.unwrap());
-    hookrelay_runtime::nats::ensure_streams(&js, 1).await.unwrap();
+    hookrelay_runtime::nats::ensure_streams(&js, hookrelay_types::subjects::ALL_STREAMS, 1)
+        .await
+        .unwrap();
     let unfiltered = hookrelay_runtime::nats::ConsumerSpec {
         stream: subjects::COMMANDS_STREAM,
         name: subjects::DELIVERER_COMMANDS_CONSUMER,

@@ -162,6 +162,49 @@ def test_secrets_come_from_the_secret(docs):
             assert "TOKEN" not in key and "DATABASE_URL" not in key, f"secret {key} in ConfigMap"
 
 
+NATS_SECRET = "hookrelay-nats"
+NATS_CONF = ROOT / "deploy" / "nats" / "nats.conf"
+
+
+def test_each_service_connects_to_nats_as_its_own_user(docs):
+    # deploy/nats/nats.conf gives each service a user with only the permissions it needs.
+    users = set(re.findall(r"^\s*user:\s*(\S+)", NATS_CONF.read_text(), re.M))
+    for name, d in deployments(docs).items():
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in c.get("env", [])}
+        user = name.removeprefix("hookrelay-")
+        assert env["HOOKRELAY_NATS_USER"]["value"] == user and user in users, name
+        ref = env["HOOKRELAY_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": NATS_SECRET, "key": f"HOOKRELAY_NATS_{user.upper()}_PASSWORD"}, name
+    job = env_of(docs, named(docs, "Job", "hookrelay-migrate")["spec"]["template"]["spec"]["containers"][0])
+    assert "HOOKRELAY_NATS_USER" in job and "HOOKRELAY_NATS_PASSWORD" in job
+
+
+def test_the_encryption_key_reaches_only_query_and_the_deliverer(docs):
+    for name, d in deployments(docs).items():
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in c.get("env", [])}
+        if name in {"hookrelay-query", "hookrelay-deliverer"}:
+            ref = env["HOOKRELAY_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": SECRET, "key": "HOOKRELAY_ENCRYPTION_KEY"}, name
+        else:
+            assert "HOOKRELAY_ENCRYPTION_KEY" not in env, f"{name} holds the encryption key"
+
+
+def test_dev_nats_runs_hookrelays_nats_conf_with_every_password():
+    docs = _RENDERED.get("dev") or render("dev")
+    (included,) = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("nats-hookrelay")]
+    assert included["data"]["hookrelay.conf"] == NATS_CONF.read_text()
+    assert "include ./hookrelay.conf" in named(docs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    pod = named(docs, "StatefulSet", "nats")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    sources = {s["configMap"]["name"] for s in volume["projected"]["sources"]}
+    assert included["metadata"]["name"] in sources and "nats-config" in sources
+    assert {"secretRef": {"name": NATS_SECRET}} in pod["containers"][0]["envFrom"]
+    wanted = set(re.findall(r"\$(HOOKRELAY_NATS_\w+_PASSWORD)", NATS_CONF.read_text()))
+    assert wanted and wanted == set(named(docs, "Secret", NATS_SECRET)["stringData"])
+
+
 def test_config_map_names_only_known_variables(docs):
     # A misspelt variable is silently ignored by the services: every key must occur in the code.
     source = "\n".join(p.read_text() for p in (ROOT / "crates").rglob("*.rs"))
@@ -296,8 +339,8 @@ def test_dev_runs_nats_jetstream_cluster_and_postgres():
 def test_prod_keeps_databases_and_secrets_out():
     docs = _RENDERED.get("prod") or render("prod")
     assert not of_kind(docs, "StatefulSet"), "prod must use the NATS Helm chart and a Postgres operator"
-    assert not [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == SECRET], (
-        "prod must not apply the placeholder Secret over the real one"
+    assert not [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] in {SECRET, NATS_SECRET}], (
+        "prod must not apply the placeholder Secrets over the real ones"
     )
     values = yaml.safe_load((K8S / "overlays" / "prod" / "nats-values.yaml").read_text())
     assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"

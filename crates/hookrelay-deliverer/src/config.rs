@@ -35,6 +35,8 @@ pub struct Config {
     /// `HOOKRELAY_ATTEMPT_LEASE`: how long a claimed delivery is held by one deliverer; if
     /// its process dies, the delivery is attempted again once the lease runs out.
     pub lease: Duration,
+    /// `HOOKRELAY_AUDIT_INTERVAL`: how often the stuck-delivery audit runs (`audit`).
+    pub audit_interval: Duration,
     /// `HOOKRELAY_PENDING_AFTER`: a job's first attempt is made before its delivery row is
     /// written (the row is written once, with the attempt); one still running after this
     /// long gets its row stored `pending` (leased) meanwhile, so the log shows it and the
@@ -69,6 +71,7 @@ impl Config {
             retry_floor: src.duration("HOOKRELAY_RETRY_FLOOR", Duration::from_secs(1))?,
             poll_interval: src.duration("HOOKRELAY_SCHEDULER_INTERVAL", Duration::from_secs(1))?,
             lease: src.duration("HOOKRELAY_ATTEMPT_LEASE", Duration::from_secs(60))?,
+            audit_interval: src.duration("HOOKRELAY_AUDIT_INTERVAL", Duration::from_secs(60))?,
             pending_after: src.duration("HOOKRELAY_PENDING_AFTER", Duration::from_millis(200))?,
             dns_overrides: crate::DnsOverrides::new(),
             failing_threshold: src.get("HOOKRELAY_FAILING_THRESHOLD", 5)?,
@@ -96,6 +99,9 @@ impl Config {
         }
         if cfg.connect_timeout.is_zero() {
             bail!("HOOKRELAY_DELIVERY_CONNECT_TIMEOUT must be more than 0");
+        }
+        if cfg.audit_interval.is_zero() {
+            bail!("HOOKRELAY_AUDIT_INTERVAL must be more than 0");
         }
         if cfg.poll_interval.is_zero() {
             bail!("HOOKRELAY_SCHEDULER_INTERVAL must be more than 0");

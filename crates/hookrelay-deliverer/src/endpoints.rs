@@ -191,7 +191,10 @@ mod tests {
     /// the announcements on `nats`.
     async fn setup(env: &TestEnv, nats: &async_nats::Client) -> (PgPool, Arc<Endpoints>, String) {
         let cfg = crate::Config::from_source(&env.source(&[])).unwrap();
-        let db = hookrelay_runtime::Runtime::start(&cfg.common).await.unwrap().db;
+        let db = hookrelay_runtime::Runtime::start(&cfg.common, hookrelay_types::subjects::ALL_STREAMS)
+            .await
+            .unwrap()
+            .db;
         let id = hookrelay_types::EndpointId::generate().to_string();
         sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
             .execute(&db)

@@ -7,6 +7,7 @@
 //! `/readyz` and `/metrics`. It removes its own rows past `HOOKRELAY_RETENTION` (`retention`).
 
 mod attempt;
+mod audit;
 mod concurrency;
 mod config;
 mod consume;
@@ -76,6 +77,13 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     });
     rt.tasks.spawn(publish::republish(d.clone(), shutdown.clone()));
     rt.tasks.spawn(gauges::run(d.db.clone(), shutdown.clone()));
+    let wakes = d.wakes.clone();
+    rt.tasks.spawn(audit::run(
+        d.db.clone(),
+        cfg.audit_interval,
+        move || wakes.now(),
+        shutdown.clone(),
+    ));
     let retention = hookrelay_runtime::retention::Retention::from_config(&cfg.common);
     rt.tasks
         .spawn(retention::run(d.db.clone(), retention, shutdown.clone()));
@@ -89,7 +97,7 @@ pub async fn run(
     listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let rt = Runtime::start(&cfg.common).await?;
+    let rt = Runtime::start(&cfg.common, hookrelay_types::subjects::DELIVERER_STREAMS).await?;
     let api = start(&cfg, &rt, shutdown.clone()).await?;
     let listener = hookrelay_runtime::listener(listener, cfg.common.http_addr).await?;
     hookrelay_runtime::serve(&rt, listener, api, shutdown, cfg.common.drain_timeout).await

@@ -501,24 +501,30 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
         }
         if !moved.is_empty() {
             sqlx::query(
-            "UPDATE deliveries d
-             SET status = u.status, attempt_count = u.number, last_response_code = u.code, last_duration_ms = u.duration,
-                 next_attempt_at = CASE WHEN u.retry_in IS NULL THEN NULL ELSE now() + make_interval(secs => u.retry_in) END,
-                 manual_retry = false, updated_at = now(),
-                 parked = u.retry_in IS NOT NULL AND EXISTS (
+                // A delivered row stays delivered: a record arriving after it (an attempt
+                // overtaken by an operator's retry, or one whose lease ran out while it was
+                // sent) is kept as an attempt and counted, and moves nothing else.
+                "UPDATE deliveries d
+             SET attempt_count = u.number, manual_retry = false, updated_at = now(),
+                 status = CASE WHEN d.status = 'delivered' THEN d.status ELSE u.status END,
+                 last_response_code = CASE WHEN d.status = 'delivered' THEN d.last_response_code ELSE u.code END,
+                 last_duration_ms = CASE WHEN d.status = 'delivered' THEN d.last_duration_ms ELSE u.duration END,
+                 next_attempt_at = CASE WHEN d.status = 'delivered' OR u.retry_in IS NULL THEN NULL
+                                        ELSE now() + make_interval(secs => u.retry_in) END,
+                 parked = d.status <> 'delivered' AND u.retry_in IS NOT NULL AND EXISTS (
                      SELECT 1 FROM endpoint_health h WHERE h.endpoint_id = d.endpoint_id AND h.state = 'failing')
              FROM unnest($1::text[], $2::text[], $3::int4[], $4::int4[], $5::int4[], $6::float8[])
                   AS u(id, status, number, code, duration, retry_in)
              WHERE d.id = u.id",
-        )
-        .bind(id)
-        .bind(status)
-        .bind(number)
-        .bind(code)
-        .bind(duration)
-        .bind(retry_in)
-        .execute(&mut *tx)
-        .await?;
+            )
+            .bind(id)
+            .bind(status)
+            .bind(number)
+            .bind(code)
+            .bind(duration)
+            .bind(retry_in)
+            .execute(&mut *tx)
+            .await?;
         }
     }
     add_minutes(&mut tx, batch, &answers).await?;

@@ -1408,3 +1408,84 @@ async fn a_replay_command_handled_twice_sends_once_and_a_malformed_one_is_poison
     assert!(poisoned.is_some(), "the malformed replay was not counted as poison");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_makes_stuck_deliveries_due_and_counts_them() {
+    let env = TestEnv::start().await.unwrap();
+    let rx = Receiver::start().await.unwrap();
+    let (d, db, _js) = setup(&env, &[("HOOKRELAY_AUDIT_INTERVAL", "200ms")]).await;
+    let (ep, secret) = endpoint(&db, &rx.url("ok/audit"), json!({})).await;
+    // Two deliveries nothing would ever attempt: one retrying with no next attempt time,
+    // one parked behind an endpoint that is not failing (it has no health row at all).
+    let (lost, parked) = (store_event(&db).await, store_event(&db).await);
+    for (sent, next, is_parked) in [
+        (&lost, None, false),
+        (&parked, Some(time::OffsetDateTime::now_utc()), true),
+    ] {
+        sqlx::query(
+            "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count,
+                                     next_attempt_at, parked)
+             VALUES ($1, $2, $3, 'orders/created', $4, 'retrying', 1, $5, $6)",
+        )
+        .bind(&sent.delivery_id)
+        .bind(TENANT)
+        .bind(&sent.event_id)
+        .bind(&ep)
+        .bind(next)
+        .bind(is_parked)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    for sent in [&lost, &parked] {
+        wait_for(&db, &sent.delivery_id, "delivered", 1).await;
+        let got = rx.wait_for("ok/audit", &sent.event_id, 1, WAIT).await;
+        assert_eq!(got.len(), 1, "{} was not delivered once", sent.event_id);
+        verify(&secret, &got[0].headers, &got[0].body).unwrap();
+    }
+    let metrics = d.metrics().await;
+    for reason in ["no_next_attempt", "parked_not_failing"] {
+        let line = format!("hookrelay_deliveries_repaired_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_failure_of_an_overtaken_attempt_leaves_a_delivered_row_delivered() {
+    let env = TestEnv::start().await.unwrap();
+    let rx = Receiver::start().await.unwrap();
+    let (d, db, js) = setup(&env, &[]).await;
+    // The first attempt answers 500 after 1.5 s; meanwhile an operator's retry goes out and
+    // succeeds.
+    let (ep, _) = endpoint(&db, &rx.url("slowfail/1500/fence"), json!({})).await;
+    let sent = send_event(&db, &js, &ep).await;
+    let stored = eventually(WAIT, || async { delivery(&db, &sent.delivery_id).await }).await;
+    assert!(stored.is_some(), "the slow first attempt's row was never stored");
+    publish_command(
+        &js,
+        Action::Retry(RetryDelivery {
+            delivery_id: sent.delivery_id.clone(),
+        }),
+    )
+    .await;
+    // Both attempts recorded: the late 500 is kept as an attempt, and the delivery stays
+    // delivered (no retry follows it).
+    let both = eventually(WAIT, || async {
+        let n = attempts(&db, &sent.delivery_id).await.len();
+        (n >= 2).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "the two attempts were never both recorded");
+    let row = delivery(&db, &sent.delivery_id).await.unwrap();
+    let recorded = attempts(&db, &sent.delivery_id).await;
+    let codes: Vec<_> = recorded.iter().map(|a| a.response_code).collect();
+    assert_eq!(row.status, "delivered", "attempts {codes:?}");
+    assert_eq!(codes.len(), 2, "attempts {codes:?}");
+    assert!(
+        codes.contains(&Some(200)) && codes.contains(&Some(500)),
+        "attempts {codes:?}"
+    );
+    assert_eq!(row.next_attempt_at, None);
+    d.stop().await;
+}

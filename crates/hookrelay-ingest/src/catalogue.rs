@@ -201,7 +201,10 @@ mod tests {
 
     async fn setup(env: &TestEnv, nats: &async_nats::Client) -> (sqlx::PgPool, Catalogue) {
         let cfg = crate::Config::from_source(&env.source(&[])).unwrap();
-        let db = hookrelay_runtime::Runtime::start(&cfg.common).await.unwrap().db;
+        let db = hookrelay_runtime::Runtime::start(&cfg.common, hookrelay_types::subjects::ALL_STREAMS)
+            .await
+            .unwrap()
+            .db;
         sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
             .execute(&db)
             .await

@@ -11,48 +11,101 @@ use tracing::{info, warn};
 use crate::{accept::Ingest, publish, store};
 
 const REPUBLISHED: &str = "hookrelay_events_republished_total";
+/// Batches the sweeper could not publish (a NATS error, a row it cannot read): left marked,
+/// tried again at the next pass, and never in the way of the batches after them.
+const REPUBLISH_FAILED: &str = "hookrelay_events_republish_failed_total";
+/// Batches read per pass; a full page is followed at once by the next.
+const PAGE: i64 = 500;
+/// Batches published at once; each publishes its events at once and awaits their acks.
+const BATCHES_AT_ONCE: usize = 16;
 
 pub(crate) async fn run(ingest: Ingest, shutdown: CancellationToken) {
+    metrics::counter!(REPUBLISH_FAILED).increment(0);
     let every = (ingest.cfg.republish_after / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let mut wait = every;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(wait) => {}
         }
+        wait = every;
         match sweep(&ingest).await {
-            Ok(0) => {}
-            Ok(n) => info!(events = n, "republished events left unpublished"),
+            Ok(pass) => {
+                if pass.events > 0 {
+                    info!(events = pass.events, "republished events left unpublished");
+                }
+                // A backlog (after a NATS outage) drains without waiting between pages.
+                if pass.full_page && pass.failed_batches == 0 {
+                    wait = Duration::ZERO;
+                }
+            }
             Err(error) => warn!(%error, "sweeping unpublished events failed"),
         }
     }
 }
 
-/// Publishes the events of every batch left unpublished past `HOOKRELAY_REPUBLISH_AFTER`,
-/// then clears the batch's mark. Returns how many events were published.
-async fn sweep(ingest: &Ingest) -> anyhow::Result<usize> {
-    let batches = store::unpublished(&ingest.db, ingest.cfg.republish_after, 50).await?;
-    let mut published = 0;
-    for batch in &batches {
-        for row in store::events_received_at(&ingest.db, batch.received_at).await? {
-            let tenant = TenantId::parse(&row.tenant_id)?;
-            let event_id = EventId::parse(&row.event_id)?;
-            let event_type = EventType::parse(&row.event_type)?;
-            let only = row.only_endpoint_id.as_deref().map(EndpointId::parse).transpose()?;
-            publish::event_accepted(
-                &ingest.js,
-                false,
-                &tenant,
-                &event_id,
-                &event_type,
-                row.body.into_bytes(),
-                row.received_at,
-                only.as_ref(),
-            )
-            .await?;
-            metrics::counter!(REPUBLISHED).increment(1);
-            published += 1;
+/// What one pass did.
+#[derive(Debug, Default)]
+struct Pass {
+    events: usize,
+    failed_batches: usize,
+    full_page: bool,
+}
+
+/// Publishes the events of the batches left unpublished past `HOOKRELAY_REPUBLISH_AFTER`
+/// (a page of them, oldest first, several at once), clearing each batch's mark once all
+/// its events are acknowledged. A batch that fails is counted and left for the next pass.
+async fn sweep(ingest: &Ingest) -> anyhow::Result<Pass> {
+    use futures::StreamExt as _;
+    let batches = store::unpublished(&ingest.db, ingest.cfg.republish_after, PAGE).await?;
+    let mut pass = Pass {
+        full_page: i64::try_from(batches.len()).is_ok_and(|n| n == PAGE),
+        ..Pass::default()
+    };
+    let mut results = futures::stream::iter(batches.into_iter().map(|batch| {
+        let ingest = ingest.clone();
+        async move {
+            let result = republish(&ingest, &batch).await;
+            (batch, result)
         }
-        store::remove_marks(&ingest.db, &[batch.id]).await?;
+    }))
+    .buffer_unordered(BATCHES_AT_ONCE);
+    while let Some((batch, result)) = results.next().await {
+        match result {
+            Ok(n) => pass.events += n,
+            Err(error) => {
+                metrics::counter!(REPUBLISH_FAILED).increment(1);
+                pass.failed_batches += 1;
+                warn!(%error, batch = batch.id, received_at = %batch.received_at, "republishing a batch failed; it is tried again at the next pass");
+            }
+        }
     }
+    Ok(pass)
+}
+
+/// Publishes every event of `batch` at once, awaits their acks, then clears its mark.
+async fn republish(ingest: &Ingest, batch: &store::Unpublished) -> anyhow::Result<usize> {
+    let rows = store::events_received_at(&ingest.db, batch.received_at).await?;
+    let publishes = rows.into_iter().map(|row| async move {
+        let tenant = TenantId::parse(&row.tenant_id)?;
+        let event_id = EventId::parse(&row.event_id)?;
+        let event_type = EventType::parse(&row.event_type)?;
+        let only = row.only_endpoint_id.as_deref().map(EndpointId::parse).transpose()?;
+        publish::event_accepted(
+            &ingest.js,
+            false,
+            &tenant,
+            &event_id,
+            &event_type,
+            row.body.into_bytes(),
+            row.received_at,
+            only.as_ref(),
+        )
+        .await?;
+        metrics::counter!(REPUBLISHED).increment(1);
+        anyhow::Ok(())
+    });
+    let published = futures::future::try_join_all(publishes).await?.len();
+    store::remove_marks(&ingest.db, &[batch.id]).await?;
     Ok(published)
 }

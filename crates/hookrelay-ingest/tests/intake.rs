@@ -24,7 +24,7 @@ async fn start_ingest(
     env: &TestEnv,
     extra: &[(&str, &str)],
 ) -> (Api, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let cfg = Config::from_source(&env.source(extra)).unwrap();
+    let cfg = Config::from_source(&env.source_as("ingest", extra)).unwrap();
     let s = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
     (s.api, s.shutdown, s.task)
 }
@@ -705,4 +705,52 @@ async fn a_refused_message_with_jetstream_control_headers_is_still_dead_lettered
     );
     assert_eq!(headers.get("X-Producer").unwrap().as_str(), "erp");
     assert!(headers.get("Nats-Expected-Stream").is_none() && headers.get("Nats-Msg-Id").is_none());
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_be_republished_does_not_hold_back_the_others() {
+    let app = app(&[("HOOKRELAY_REPUBLISH_AFTER", "200ms")]).await;
+    let db = app.env.db().await.unwrap();
+    // The oldest mark's event cannot be read back (an event type no longer valid); the
+    // newer one's can.
+    for (event_type, event_id, age) in [
+        ("not a type!", "unreadable", "2 minutes"),
+        ("orders/created", "readable", "1 minute"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH mark AS (INSERT INTO unpublished_batches (received_at) VALUES (now() - interval '{age}')
+                           RETURNING received_at)
+             INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
+             SELECT 'acme', $1, $2, now(), '{{}}', received_at FROM mark"
+        )))
+        .bind(event_id)
+        .bind(event_type)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let got = published_soon(&app.env, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event_id, "readable");
+    let failed = eventually(Duration::from_secs(10), || async {
+        let text = reqwest::get(format!("{}/metrics", app.api.base))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("hookrelay_events_republish_failed_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n >= 1)
+    })
+    .await;
+    assert!(failed.is_some(), "the failed batch was not counted");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT e.event_id FROM unpublished_batches b JOIN events e ON e.received_at = b.received_at",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(left, ["unreadable"], "only the failed batch stays marked");
 }

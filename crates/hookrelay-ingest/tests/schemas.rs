@@ -27,7 +27,7 @@ impl Drop for App {
 
 async fn app() -> App {
     let env = TestEnv::start().await.unwrap();
-    let cfg = Config::from_source(&env.source(&[])).unwrap();
+    let cfg = Config::from_source(&env.source_as("ingest", &[])).unwrap();
     let Service { api, shutdown, .. } = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
     let db = env.db().await.unwrap();
     sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")

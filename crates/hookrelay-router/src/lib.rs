@@ -47,7 +47,7 @@ pub async fn run(
     listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let rt = Runtime::start(&cfg.common).await?;
+    let rt = Runtime::start(&cfg.common, hookrelay_types::subjects::ROUTER_STREAMS).await?;
     let api = start(&cfg, &rt, shutdown.clone()).await?;
     let listener = hookrelay_runtime::listener(listener, cfg.common.http_addr).await?;
     hookrelay_runtime::serve(&rt, listener, api, shutdown, cfg.common.drain_timeout).await

@@ -221,7 +221,9 @@ mod tests {
     async fn create_change_disable_and_delete_reach_two_routers_within_a_second() {
         let env = TestEnv::start().await.unwrap();
         let cfg = crate::Config::from_source(&env.source(&[])).unwrap();
-        let rt = hookrelay_runtime::Runtime::start(&cfg.common).await.unwrap();
+        let rt = hookrelay_runtime::Runtime::start(&cfg.common, hookrelay_types::subjects::ALL_STREAMS)
+            .await
+            .unwrap();
         sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
             .execute(&rt.db)
             .await

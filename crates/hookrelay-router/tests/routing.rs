@@ -29,7 +29,7 @@ async fn acme_router() -> (TestEnv, CancellationToken) {
 }
 
 async fn start(env: &TestEnv) -> CancellationToken {
-    let cfg = Config::from_source(&env.source(&[])).unwrap();
+    let cfg = Config::from_source(&env.source_as("router", &[])).unwrap();
     spawn_service(|listener, stop| run(cfg, Some(listener), stop))
         .await
         .shutdown
@@ -307,7 +307,9 @@ async fn jobs_say_whether_their_event_may_have_been_routed_before() {
     js.delete_stream(subjects::DELIVERIES_STREAM).await.unwrap();
     accept(&js, "retried", "orders/created", json!({})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    hookrelay_runtime::nats::ensure_streams(&js, 1).await.unwrap();
+    hookrelay_runtime::nats::ensure_streams(&js, hookrelay_types::subjects::ALL_STREAMS, 1)
+        .await
+        .unwrap();
     let got = jobs_soon(&js, 1).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].event_id.as_str(), got[0].first_routing), ("retried", false));
@@ -338,9 +340,12 @@ async fn an_event_aimed_at_one_endpoint_goes_there_only() {
 async fn one_event_fans_out_to_a_thousand_endpoints_once_each() {
     let env = TestEnv::start().await.unwrap();
     let db = env.db().await.unwrap();
-    hookrelay_runtime::Runtime::start(&Config::from_source(&env.source(&[])).unwrap().common)
-        .await
-        .unwrap();
+    hookrelay_runtime::Runtime::start(
+        &Config::from_source(&env.source(&[])).unwrap().common,
+        hookrelay_types::subjects::ALL_STREAMS,
+    )
+    .await
+    .unwrap();
     sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
         .execute(&db)
         .await

@@ -127,6 +127,8 @@ pub struct Config {
     /// `HOOKRELAY_NATS_URL`: one NATS server's URL, or several (one cluster's) separated by
     /// commas; each is checked at start.
     pub nats_url: String,
+    /// `HOOKRELAY_NATS_USER` / `HOOKRELAY_NATS_PASSWORD` or `HOOKRELAY_NATS_CREDS`.
+    pub nats_credentials: crate::nats::Credentials,
     pub database_url: String,
     pub http_addr: SocketAddr,
     /// `HOOKRELAY_OTLP_ENDPOINT`; unset = no trace export.
@@ -169,6 +171,7 @@ impl Config {
                 }
                 urls
             },
+            nats_credentials: crate::nats::Credentials::from_source(src)?,
             database_url: src.get("HOOKRELAY_DATABASE_URL", Self::DEFAULT_DATABASE_URL.to_owned())?,
             http_addr: src.get("HOOKRELAY_HTTP_ADDR", default_addr)?,
             otlp_endpoint: src.raw("HOOKRELAY_OTLP_ENDPOINT").map(str::to_owned),

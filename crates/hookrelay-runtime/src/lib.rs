@@ -50,9 +50,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Connects to NATS and Postgres, applies migrations and creates the streams. Retries the
-    /// connections until `shutdown` so a service can start before its dependencies.
-    pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
+    /// Connects to NATS and Postgres, applies migrations and creates `streams` (those the
+    /// service reads or writes: its NATS user may touch no other). Retries the connections
+    /// until `shutdown` so a service can start before its dependencies.
+    pub async fn start(cfg: &Config, streams: &[&str]) -> anyhow::Result<Self> {
         telemetry::install_crypto_provider();
         // The recorder before anything counts: tasks spawned by a service's start (a
         // retention sweep runs at once) may count before `serve` builds `/metrics`.
@@ -64,9 +65,11 @@ impl Runtime {
         if !db::autovacuum_on(&db).await {
             tracing::warn!("{}", db::AUTOVACUUM_OFF);
         }
-        let nats = nats::connect(&cfg.nats_url).await.context("connecting to NATS")?;
+        let nats = nats::connect(&cfg.nats_url, &cfg.nats_credentials)
+            .await
+            .context("connecting to NATS")?;
         let js = async_nats::jetstream::new(nats.clone());
-        nats::ensure_streams(&js, cfg.stream_replicas)
+        nats::ensure_streams(&js, streams, cfg.stream_replicas)
             .await
             .context("creating JetStream streams")?;
         let ready = Readiness::new(nats.clone(), db.clone());

@@ -40,16 +40,155 @@ pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
         .collect()
 }
 
-/// Connects to the servers `urls` names (see [`server_addrs`]).
-pub async fn connect(urls: &str) -> anyhow::Result<async_nats::Client> {
+/// How a process proves who it is to NATS: `HOOKRELAY_NATS_USER` with
+/// `HOOKRELAY_NATS_PASSWORD`, or a `.creds` file (`HOOKRELAY_NATS_CREDS`); neither for a
+/// server without authorization. `deploy/nats/nats.conf` names a user per service.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    #[default]
+    None,
+    Password {
+        user: String,
+        password: String,
+    },
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Password { user, .. } => write!(f, "Password {{ user: {user:?}, password: <set> }}"),
+            Self::File(path) => write!(f, "File({path:?})"),
+        }
+    }
+}
+
+impl Credentials {
+    pub const USER_VAR: &'static str = "HOOKRELAY_NATS_USER";
+    pub const PASSWORD_VAR: &'static str = "HOOKRELAY_NATS_PASSWORD";
+    pub const CREDS_VAR: &'static str = "HOOKRELAY_NATS_CREDS";
+
+    pub fn from_source(src: &crate::config::Source) -> anyhow::Result<Self> {
+        let set = |key: &str| src.raw(key).map(str::trim).filter(|v| !v.is_empty());
+        let user = set(Self::USER_VAR);
+        let password = src.raw(Self::PASSWORD_VAR).filter(|v| !v.is_empty());
+        match (user, password, set(Self::CREDS_VAR)) {
+            (None, None, None) => Ok(Self::None),
+            (Some(user), Some(password), None) => Ok(Self::Password {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }),
+            (None, None, Some(path)) => Ok(Self::File(path.into())),
+            (Some(_), None, None) => anyhow::bail!("{} is set without {}", Self::USER_VAR, Self::PASSWORD_VAR),
+            (None, Some(_), None) => anyhow::bail!("{} is set without {}", Self::PASSWORD_VAR, Self::USER_VAR),
+            _ => anyhow::bail!(
+                "set either {} and {} or {}, not both",
+                Self::USER_VAR,
+                Self::PASSWORD_VAR,
+                Self::CREDS_VAR
+            ),
+        }
+    }
+
+    /// A producer's credentials: user `producer` where `HOOKRELAY_NATS_PRODUCER_PASSWORD`
+    /// is set (as it is for the server running `deploy/nats/nats.conf`), else the
+    /// process's own. The demo and `hookrelay bench` publish their events with these.
+    pub fn producer(src: &crate::config::Source) -> anyhow::Result<Self> {
+        match src.raw(PRODUCER_PASSWORD_VAR).filter(|v| !v.is_empty()) {
+            Some(password) => Ok(Self::Password {
+                user: PRODUCER_USER.to_owned(),
+                password: password.to_owned(),
+            }),
+            None => Self::from_source(src),
+        }
+    }
+
+    /// The user, as logs name it.
+    fn describe(&self) -> String {
+        match self {
+            Self::None => "no credentials".to_owned(),
+            Self::Password { user, .. } => format!("user `{user}`"),
+            Self::File(path) => format!("the credentials in {}", path.display()),
+        }
+    }
+}
+
+/// The user `deploy/nats/nats.conf` gives producers, and where its password comes from.
+pub const PRODUCER_USER: &str = "producer";
+pub const PRODUCER_PASSWORD_VAR: &str = "HOOKRELAY_NATS_PRODUCER_PASSWORD";
+
+/// Counts what NATS servers refused this process: `kind` is `authorization` (the
+/// credentials) or `permissions` (a subject its user may not use).
+pub const SERVER_ERRORS: &str = "hookrelay_nats_server_errors_total";
+
+/// Connects to the servers `urls` names (see [`server_addrs`]) as `credentials`. Replies
+/// come under [`subjects::SERVICE_INBOX`], which producers may not read. What a server
+/// refuses (credentials, a subject's permission) is logged as an error and counted
+/// ([`SERVER_ERRORS`]).
+pub async fn connect(urls: &str, credentials: &Credentials) -> anyhow::Result<async_nats::Client> {
+    connect_with_inbox(urls, credentials, subjects::SERVICE_INBOX, true).await
+}
+
+/// Like [`connect`], for a producer: replies come under the usual `_INBOX`, the only
+/// inbox a producer's user may read; fails at once when no server answers.
+pub async fn connect_producer(urls: &str, credentials: &Credentials) -> anyhow::Result<async_nats::Client> {
+    connect_with_inbox(urls, credentials, "_INBOX", false).await
+}
+
+async fn connect_with_inbox(
+    urls: &str,
+    credentials: &Credentials,
+    inbox: &str,
+    retry: bool,
+) -> anyhow::Result<async_nats::Client> {
     let servers = server_addrs(urls).map_err(|e| anyhow::anyhow!("HOOKRELAY_NATS_URL: {e}"))?;
-    let client = async_nats::ConnectOptions::new()
+    let mut options = match credentials {
+        Credentials::None => async_nats::ConnectOptions::new(),
+        Credentials::Password { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        Credentials::File(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| anyhow::anyhow!("{} {}: {e}", Credentials::CREDS_VAR, path.display()))?,
+    };
+    let who = credentials.describe();
+    options = options.event_callback(move |event| {
+        let who = who.clone();
+        async move { log_event(&who, &event) }
+    });
+    if retry {
+        options = options.retry_on_initial_connect();
+    }
+    let client = options
         .name("hookrelay")
-        .retry_on_initial_connect()
+        .custom_inbox_prefix(inbox)
         .connection_timeout(Duration::from_secs(5))
         .connect(servers)
         .await?;
     Ok(client)
+}
+
+fn log_event(who: &str, event: &async_nats::Event) {
+    use async_nats::{Event, ServerError};
+    match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => {
+            metrics::counter!(SERVER_ERRORS, "kind" => "authorization").increment(1);
+            tracing::error!(
+                "NATS refused {who}: set HOOKRELAY_NATS_USER and HOOKRELAY_NATS_PASSWORD (or HOOKRELAY_NATS_CREDS) to a user the server knows"
+            );
+        }
+        Event::ServerError(ServerError::Other(message))
+            if message.to_ascii_lowercase().contains("permissions violation") =>
+        {
+            metrics::counter!(SERVER_ERRORS, "kind" => "permissions").increment(1);
+            tracing::error!(%message, "NATS refused {who} a subject: its permissions (deploy/nats/nats.conf) lack it");
+        }
+        Event::ServerError(error) => tracing::warn!(%error, "NATS server error"),
+        Event::Disconnected => tracing::warn!("disconnected from NATS"),
+        Event::Connected => tracing::info!("connected to NATS as {who}"),
+        _ => {}
+    }
 }
 
 fn stream_config(name: &str, subject: &str, retention: RetentionPolicy, max_age: Duration) -> stream::Config {
@@ -108,11 +247,12 @@ fn streams() -> [stream::Config; 6] {
     ]
 }
 
-/// Creates hookrelay's streams with `replicas` copies each (`HOOKRELAY_STREAM_REPLICAS`: 3
-/// on a three-server cluster); an existing stream with another count is updated to it.
-pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), anyhow::Error> {
-    for config in streams() {
-        ensure(js, config, replicas).await?;
+/// Creates the streams `names` (hookrelay's, [`subjects::ALL_STREAMS`] or a service's
+/// share of them) with `replicas` copies each (`HOOKRELAY_STREAM_REPLICAS`: 3 on a
+/// three-server cluster); an existing stream with another count is updated to it.
+pub async fn ensure_streams(js: &jetstream::Context, names: &[&str], replicas: usize) -> Result<(), anyhow::Error> {
+    for name in names {
+        ensure_stream(js, name, replicas).await?;
     }
     Ok(())
 }

@@ -17,6 +17,33 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// secrets are sealed in tests as in production.
 pub const ENCRYPTION_KEY: &str = "dGVzdC1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWI=";
 
+/// The users of `deploy/nats/nats.conf`, which every test's NATS server runs: each one's
+/// password is `test-<user>-password`.
+pub const NATS_USERS: [&str; 7] = [
+    "producer",
+    "ingest",
+    "router",
+    "deliverer",
+    "query",
+    "hookrelay",
+    "admin",
+];
+
+/// The password a test's NATS server gives `user`.
+pub fn nats_password(user: &str) -> String {
+    format!("test-{user}-password")
+}
+
+/// The NATS server configuration hookrelay ships (`deploy/nats/nats.conf`).
+pub fn nats_conf() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/nats.conf")
+}
+
+/// The server's environment variable holding `user`'s password.
+fn nats_password_var(user: &str) -> String {
+    format!("HOOKRELAY_NATS_{}_PASSWORD", user.to_ascii_uppercase())
+}
+
 pub struct TestEnv {
     pub nats_url: String,
     pub database_url: String,
@@ -81,12 +108,16 @@ impl TestEnv {
         Ok(env)
     }
 
-    /// Starts (or restarts) the private NATS server on the same port and store.
+    /// Starts (or restarts) the private NATS server on the same port and store, running
+    /// `deploy/nats/nats.conf` (its users' passwords: [`nats_password`]).
     pub async fn start_nats(&mut self) -> anyhow::Result<()> {
         let bin = nats_server_binary();
         let child = Command::new(&bin)
+            .arg("-c")
+            .arg(nats_conf())
             .args(["-a", "127.0.0.1", "-p", &self.nats_port.to_string(), "-js", "-sd"])
             .arg(self.nats_store.path())
+            .envs(NATS_USERS.map(|user| (nats_password_var(user), nats_password(user))))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -110,10 +141,20 @@ impl TestEnv {
         }
     }
 
-    /// The contract's variables for this environment, plus `extra` (which wins).
+    /// The contract's variables for this environment, plus `extra` (which wins). NATS as
+    /// user `hookrelay` (the four services together); see [`TestEnv::source_as`].
     pub fn source(&self, extra: &[(&str, &str)]) -> Source {
+        self.source_as("hookrelay", extra)
+    }
+
+    /// [`TestEnv::source`] for a service connecting to NATS as `user` (`ingest`, `router`,
+    /// `deliverer`, `query`): its suite runs with no more permissions than it ships with.
+    pub fn source_as(&self, user: &str, extra: &[(&str, &str)]) -> Source {
+        let password = nats_password(user);
         let mut pairs: Vec<(&str, &str)> = vec![
             ("HOOKRELAY_NATS_URL", &self.nats_url),
+            ("HOOKRELAY_NATS_USER", user),
+            ("HOOKRELAY_NATS_PASSWORD", &password),
             ("HOOKRELAY_DATABASE_URL", &self.database_url),
             ("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN),
             ("HOOKRELAY_ENCRYPTION_KEY", ENCRYPTION_KEY),
@@ -131,11 +172,14 @@ impl TestEnv {
     }
 
     /// The whole environment of a child process (the real binary) run after `env_clear()`:
-    /// `PATH` and this environment's NATS, database, admin token and encryption key.
-    pub fn process_env(&self) -> [(&'static str, String); 5] {
+    /// `PATH` and this environment's NATS (as user `hookrelay`), database, admin token and
+    /// encryption key.
+    pub fn process_env(&self) -> [(&'static str, String); 7] {
         [
             ("PATH", std::env::var("PATH").unwrap_or_default()),
             ("HOOKRELAY_NATS_URL", self.nats_url.clone()),
+            ("HOOKRELAY_NATS_USER", "hookrelay".to_owned()),
+            ("HOOKRELAY_NATS_PASSWORD", nats_password("hookrelay")),
             ("HOOKRELAY_DATABASE_URL", self.database_url.clone()),
             ("HOOKRELAY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("HOOKRELAY_ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
@@ -147,9 +191,19 @@ impl TestEnv {
         Ok(sqlx::PgPool::connect(&self.database_url).await?)
     }
 
-    /// A plain NATS client on this test's server.
+    /// A plain NATS client on this test's server, as user `admin` (every permission: an
+    /// operator's `nats` CLI).
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(async_nats::connect(&self.nats_url).await?)
+        self.nats_as("admin").await
+    }
+
+    /// A plain NATS client on this test's server as `user` (see [`NATS_USERS`]).
+    pub async fn nats_as(&self, user: &str) -> anyhow::Result<async_nats::Client> {
+        Ok(
+            async_nats::ConnectOptions::with_user_and_password(user.to_owned(), nats_password(user))
+                .connect(&self.nats_url)
+                .await?,
+        )
     }
 
     /// Plays query announcing a change and the work a user sends after its answer: from a

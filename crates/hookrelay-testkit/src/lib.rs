@@ -17,7 +17,7 @@ mod receiver;
 mod service;
 
 pub use api::{Api, Reply};
-pub use env::{ADMIN_TOKEN, ENCRYPTION_KEY, TestEnv};
+pub use env::{ADMIN_TOKEN, ENCRYPTION_KEY, NATS_USERS, TestEnv, nats_conf, nats_password};
 pub use postgres::PgCluster;
 pub use receiver::{Received, Receiver};
 pub use service::{Service, spawn_service};

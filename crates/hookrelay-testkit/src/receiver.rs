@@ -5,6 +5,8 @@
 //! - `/status/<code>/<name>`: that status
 //! - `/flaky/<n>/<name>`: 500 for the first `n` requests per `webhook-id`, then 200
 //! - `/slow/<ms>/<name>`: 200 after that many milliseconds
+//! - `/slowfail/<ms>/<name>`: the first request per `webhook-id` is answered 500 after that
+//!   many milliseconds, later ones 200 at once
 
 use std::{
     collections::HashMap,
@@ -143,6 +145,14 @@ async fn handle(
         ["slow", ms, ..] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
             (StatusCode::OK, "slow ok".into())
+        }
+        ["slowfail", ms, ..] => {
+            if count == 1 {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+                (StatusCode::INTERNAL_SERVER_ERROR, "slow failure".into())
+            } else {
+                (StatusCode::OK, format!("attempt {count} ok"))
+            }
         }
         _ => (StatusCode::NOT_FOUND, "unknown receiver path".into()),
     }

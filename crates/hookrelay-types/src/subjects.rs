@@ -73,6 +73,26 @@ pub fn event_type_changed(tenant: &TenantId) -> String {
     format!("hookrelay.control.event-types.{tenant}")
 }
 
+/// Every stream, and each service's share: the streams it reads or writes, which it
+/// creates when missing and which its NATS user (`deploy/nats/nats.conf`) may manage.
+pub const ALL_STREAMS: &[&str] = &[
+    INGEST_STREAM,
+    EVENTS_STREAM,
+    DELIVERIES_STREAM,
+    COMMANDS_STREAM,
+    SYSTEM_STREAM,
+    DEAD_STREAM,
+];
+pub const INGEST_STREAMS: &[&str] = &[INGEST_STREAM, SYSTEM_STREAM, EVENTS_STREAM, DEAD_STREAM];
+pub const ROUTER_STREAMS: &[&str] = &[EVENTS_STREAM, DELIVERIES_STREAM];
+pub const DELIVERER_STREAMS: &[&str] = &[DELIVERIES_STREAM, COMMANDS_STREAM, SYSTEM_STREAM];
+pub const QUERY_STREAMS: &[&str] = &[COMMANDS_STREAM, SYSTEM_STREAM];
+
+/// The inbox prefix of hookrelay's services: their replies (JetStream API answers, pulled
+/// messages, publish acks) come under it, apart from producers' `_INBOX`, so a producer
+/// allowed its own acks reads none of them.
+pub const SERVICE_INBOX: &str = "_HOOKRELAY_INBOX";
+
 /// Headers on dead letters.
 pub const HEADER_ERROR_CODE: &str = "Hookrelay-Error-Code";
 pub const HEADER_ERROR: &str = "Hookrelay-Error";

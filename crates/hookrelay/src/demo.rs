@@ -12,7 +12,7 @@ use std::{
 use crate::control::ControlPlane;
 use anyhow::{Context as _, bail};
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post};
-use hookrelay_runtime::config::Source;
+use hookrelay_runtime::{config::Source, nats::Credentials};
 use hookrelay_types::signature::Secret;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -104,8 +104,8 @@ pub async fn run(src: Source, shutdown: CancellationToken) -> anyhow::Result<()>
         "HOOKRELAY_NATS_URL",
         hookrelay_runtime::Config::DEFAULT_NATS_URL.to_owned(),
     )?;
-    let servers = hookrelay_runtime::nats::server_addrs(&nats_url).map_err(anyhow::Error::msg)?;
-    let nats = async_nats::connect(servers).await?;
+    let producer = Credentials::producer(&src)?;
+    let nats = hookrelay_runtime::nats::connect_producer(&nats_url, &producer).await?;
     nats.publish(
         format!("hookrelay.ingest.{TENANT}.orders.created"),
         br#"{"data":{"order_id":"ord_from_nats","items":1,"merchant":"Acme Corp"}}"#
@@ -127,6 +127,16 @@ pub async fn run(src: Source, shutdown: CancellationToken) -> anyhow::Result<()>
     if got < want {
         println!("\nOnly {got} of {want} webhooks arrived within 30 s; see the log above.");
     }
+    // The `nats` CLI line, with the credentials the demo's own NATS event went with.
+    let nats_flags = match &producer {
+        Credentials::None => String::new(),
+        Credentials::Password { user, .. } if user == hookrelay_runtime::nats::PRODUCER_USER => format!(
+            " --user {user} --password \"${}\"",
+            hookrelay_runtime::nats::PRODUCER_PASSWORD_VAR
+        ),
+        Credentials::Password { user, .. } => format!(" --user {user} --password \"${}\"", Credentials::PASSWORD_VAR),
+        Credentials::File(path) => format!(" --creds {}", path.display()),
+    };
     println!(
         "\nhookrelay is running at {base} (Ctrl-C stops it).\n\
          \n  admin token      {admin}\n  demo API key     {key}\n  demo endpoint    {endpoint}\n\
@@ -135,7 +145,7 @@ pub async fn run(src: Source, shutdown: CancellationToken) -> anyhow::Result<()>
          \n  curl -s -H 'Authorization: Bearer {key}' {base}/v1/endpoints/{endpoint}/stats\
          \n  curl -s -H 'Authorization: Bearer {key}' {base}/v1/deliveries/<delivery id>\
          \n  curl -s -X POST -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"event\":\"orders/created\",\"data\":{{\"n\":1}}}}' {base}/v1/events\
-         \n  nats pub hookrelay.ingest.{TENANT}.orders.created '{{\"data\":{{\"n\":2}}}}'\
+         \n  nats pub -s {nats_url}{nats_flags} hookrelay.ingest.{TENANT}.orders.created '{{\"data\":{{\"n\":2}}}}'\
          \n\nMetrics: {base}/metrics   Readiness: {base}/readyz\n"
     );
     app.await.context("the services task")?

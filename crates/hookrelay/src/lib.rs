@@ -21,7 +21,7 @@ pub async fn run_all(
     let deliverer = hookrelay_deliverer::Config::from_source(src)?;
     let query = hookrelay_query::Config::from_source(src)?;
     let common = ingest.common.clone();
-    let rt = Runtime::start(&common).await?;
+    let rt = Runtime::start(&common, hookrelay_types::subjects::ALL_STREAMS).await?;
     let api = axum::Router::new()
         .merge(hookrelay_ingest::start(&ingest, &rt, shutdown.clone()).await?)
         .merge(hookrelay_router::start(&router, &rt, shutdown.clone()).await?)
@@ -34,7 +34,7 @@ pub async fn run_all(
 /// Connects, applies migrations and creates the streams, then returns.
 pub async fn migrate(src: &Source) -> anyhow::Result<()> {
     let common = hookrelay_runtime::Config::from_source(src, ([127, 0, 0, 1], 8080).into())?;
-    Runtime::start(&common).await?;
+    Runtime::start(&common, hookrelay_types::subjects::ALL_STREAMS).await?;
     Ok(())
 }
 

@@ -52,7 +52,7 @@ pub async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Running {
 
 /// Starts a deliverer whose resolver answers `names` (name → addresses) without DNS.
 pub async fn start_resolving(env: &TestEnv, extra: &[(&str, &str)], names: &[(&str, &[&str])]) -> Running {
-    let mut cfg = Config::from_source(&env.source(extra)).unwrap();
+    let mut cfg = Config::from_source(&env.source_as("deliverer", extra)).unwrap();
     cfg.dns_overrides = names
         .iter()
         .map(|(name, ips)| ((*name).to_owned(), ips.iter().map(|ip| ip.parse().unwrap()).collect()))

@@ -29,7 +29,7 @@ impl Drop for App {
 /// Query with the test environment's settings plus `extra`.
 pub async fn app_with(extra: &[(&str, &str)]) -> App {
     let env = TestEnv::start().await.unwrap();
-    let cfg = Config::from_source(&env.source(extra)).unwrap();
+    let cfg = Config::from_source(&env.source_as("query", extra)).unwrap();
     let Service { api, shutdown, .. } = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
     let db = env.db().await.unwrap();
     let app = App { api, db, shutdown, env };

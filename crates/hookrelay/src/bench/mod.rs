@@ -291,9 +291,8 @@ impl Bench {
             "HOOKRELAY_DATABASE_URL",
             hookrelay_runtime::Config::DEFAULT_DATABASE_URL.to_owned(),
         )?;
-        let servers =
-            hookrelay_runtime::nats::server_addrs(&nats_url).map_err(|e| anyhow::anyhow!("HOOKRELAY_NATS_URL: {e}"))?;
-        let nats = async_nats::connect(servers)
+        let producer = hookrelay_runtime::nats::Credentials::producer(src)?;
+        let nats = hookrelay_runtime::nats::connect_producer(&nats_url, &producer)
             .await
             .with_context(|| format!("connecting to NATS at {nats_url} (HOOKRELAY_NATS_URL)"))?;
         let db = sqlx::postgres::PgPoolOptions::new()
