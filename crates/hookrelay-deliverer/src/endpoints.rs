@@ -81,8 +81,11 @@ impl Endpoints {
 
     /// Forgets every endpoint announced since the last call.
     pub(crate) fn catch_up(&self) {
-        self.changes
-            .apply(|msg| self.forget(std::str::from_utf8(&msg.payload).unwrap_or_default().trim()));
+        self.changes.apply(|msg| match msg {
+            Some(msg) => self.forget(std::str::from_utf8(&msg.payload).unwrap_or_default().trim()),
+            // Reconnected: announcements may have been missed.
+            None => self.forget(""),
+        });
     }
 
     /// The tenant's endpoint `id`, from memory while fresh, else from the database.

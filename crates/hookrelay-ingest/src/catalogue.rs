@@ -137,6 +137,11 @@ impl Catalogue {
     /// Drops every entry announced since the last call.
     pub(crate) fn catch_up(&self) {
         self.changes.apply(|msg| {
+            // Reconnected: announcements may have been missed.
+            let Some(msg) = msg else {
+                self.clear();
+                return;
+            };
             let tenant = msg.subject.rsplit('.').next().unwrap_or_default();
             match std::str::from_utf8(&msg.payload) {
                 Ok(name) if !name.is_empty() => self.forget(tenant, name),
@@ -145,22 +150,14 @@ impl Catalogue {
         });
     }
 
-    /// Applies announcements while no event is looked up; clears all after a reconnect.
-    pub(crate) async fn idle(self, nats: async_nats::Client, shutdown: CancellationToken) {
+    /// Applies announcements while no event is looked up (and clears all after a
+    /// reconnect, which [`Followed`] reports).
+    pub(crate) async fn idle(self, shutdown: CancellationToken) {
         let mut every = tokio::time::interval(IDLE_CATCH_UP);
-        let mut tick = tokio::time::interval(TTL);
-        let mut connected = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = every.tick() => self.catch_up(),
-                _ = tick.tick() => {
-                    let now = nats.connection_state() == async_nats::connection::State::Connected;
-                    if now && !connected {
-                        self.clear();
-                    }
-                    connected = now;
-                }
             }
         }
     }

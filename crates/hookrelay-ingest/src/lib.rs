@@ -57,8 +57,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
             tracing::error!(%error, "intake consumer stopped");
         }
     });
-    rt.tasks
-        .spawn(ingest.catalogue.clone().idle(rt.nats.clone(), shutdown.clone()));
+    rt.tasks.spawn(ingest.catalogue.clone().idle(shutdown.clone()));
     let system_consumer = system::consumer(&rt.js).await?;
     let system_source = rt.consumer_source(system::CONSUMER);
     let (system_ingest, system_shutdown) = (ingest.clone(), shutdown.clone());

@@ -2,7 +2,7 @@
 //! core NATS `hookrelay.control.endpoints.<tenant>` (payload: the changed endpoint's id,
 //! published by query after each commit) and reloads that endpoint, or the whole tenant
 //! when the payload names none. Notifications are not stored, so a full reload follows
-//! every (re)connect, and one runs every `HOOKRELAY_ROUTER_RELOAD_INTERVAL` as a safety net.
+//! every reconnect, however short (before the next event is routed), and one runs every `HOOKRELAY_ROUTER_RELOAD_INTERVAL` as a safety net.
 //!
 //! **An endpoint change answered before an event is accepted applies to that event.** Query
 //! flushes the notification to the server before it answers, and ingest publishes the event
@@ -16,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use async_nats::connection::State;
 use hookrelay_runtime::nats::Announcements;
 use hookrelay_types::{EndpointId, subjects};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +58,14 @@ impl Live {
     /// subscriptions that may miss a change.
     pub(crate) async fn catch_up(&self) -> Result<(), sqlx::Error> {
         let mut pending = self.notifications.lock().await;
+        // Announcements made while the connection was away are lost: reload everything
+        // before routing anything that came over the new connection.
+        if pending.announcements.reconnected() {
+            debug!("reconnected to NATS; reloading subscriptions");
+            pending.stale = true;
+            self.reload_all("reconnect").await?;
+            pending.stale = false;
+        }
         if pending.stale {
             self.reload_all("error").await?;
             pending.stale = false;
@@ -158,22 +165,13 @@ pub(crate) async fn start(
         let mut safety = tokio::time::interval(every);
         safety.tick().await;
         let mut idle = tokio::time::interval(IDLE_CATCH_UP);
-        let mut watch = tokio::time::interval(Duration::from_millis(500));
-        let mut was_connected = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                // A failure is logged; the next event or tick tries again.
+                // A failure is logged; the next event or tick tries again (a reconnect
+                // seen here reloads everything before the next event is routed).
                 _ = idle.tick() => { let _ = state.catch_up().await; }
                 _ = safety.tick() => state.reload_all_in_turn("interval").await,
-                _ = watch.tick() => {
-                    let connected = nats.connection_state() == State::Connected;
-                    if connected && !was_connected {
-                        debug!("reconnected to NATS; reloading subscriptions");
-                        state.reload_all_in_turn("reconnect").await;
-                    }
-                    was_connected = connected;
-                }
             }
         }
     };

@@ -369,3 +369,23 @@ async fn one_event_fans_out_to_a_thousand_endpoints_once_each() {
     want.sort();
     assert_eq!(endpoints, want, "each endpoint exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_added_while_nats_restarted_gets_the_next_event() {
+    let (mut env, stop) = acme_router().await;
+    // The announcement of a change made while the server restarts is lost with it.
+    env.kill_nats();
+    let id = insert_endpoint(&env.db().await.unwrap(), &["orders/*"], None, true).await;
+    env.start_nats().await.unwrap();
+    // However soon the router is back, the first event it routes sees the change (the
+    // safety reload is 30 s away).
+    let js = jetstream::new(env.nats().await.unwrap());
+    let back = eventually(Duration::from_secs(20), || async {
+        js.get_stream(subjects::EVENTS_STREAM).await.ok()
+    })
+    .await;
+    assert!(back.is_some(), "JetStream did not come back");
+    accept(&js, "evt_after_restart", "orders/created", json!({})).await;
+    assert_eq!(job_endpoints(&js, 1).await, [id]);
+    stop.cancel();
+}

@@ -280,6 +280,37 @@ async fn ensure(js: &jetstream::Context, mut config: stream::Config, replicas: u
     Ok(())
 }
 
+/// Notices that a client connected again since it last looked, however short the outage:
+/// core NATS announcements published meanwhile are lost, so a holder of announced state
+/// must reload it. Reads the client's connect count, so no outage goes unseen between two
+/// looks.
+pub struct Reconnects {
+    client: async_nats::Client,
+    seen: u64,
+}
+
+impl Reconnects {
+    pub fn new(client: &async_nats::Client) -> Self {
+        let seen = client.statistics().connects.load(std::sync::atomic::Ordering::Acquire);
+        Self {
+            client: client.clone(),
+            seen,
+        }
+    }
+
+    /// Whether the client has connected (again) since the last call, or since [`Reconnects::new`].
+    pub fn happened(&mut self) -> bool {
+        let now = self
+            .client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Acquire);
+        let happened = now != self.seen;
+        self.seen = now;
+        happened
+    }
+}
+
 /// Core NATS announcements of a change (an endpoint's, for instance) that a process must
 /// apply before the work that follows them. The server writes messages to one connection
 /// in the order it handles them, and an announcer flushes before it answers; so an
@@ -287,14 +318,21 @@ async fn ensure(js: &jetstream::Context, mut config: stream::Config, replicas: u
 /// job) arrives on the same connection. Taking every [`Announcements::ready`] one before
 /// each piece of work applies every change announced before it. (Across the servers of a
 /// cluster the order is not kept.)
-pub struct Announcements(async_nats::Subscriber);
+pub struct Announcements(async_nats::Subscriber, Reconnects);
 
 impl Announcements {
     /// Subscribes to `subject`; flushed, so nothing announced after this returns is missed.
     pub async fn subscribe(nats: &async_nats::Client, subject: &'static str) -> Result<Self, async_nats::Error> {
+        let reconnects = Reconnects::new(nats);
         let subscriber = nats.subscribe(subject).await?;
         nats.flush().await?;
-        Ok(Self(subscriber))
+        Ok(Self(subscriber, reconnects))
+    }
+
+    /// Whether the connection was lost and made again since the last call: announcements
+    /// may have been missed meanwhile, and whatever they keep fresh must be read again.
+    pub fn reconnected(&mut self) -> bool {
+        self.1.happened()
     }
 
     /// The next announcement already received, without waiting.
@@ -322,14 +360,19 @@ impl Followed {
         Ok(())
     }
 
-    /// Hands every announcement already received to `apply`, in order.
-    pub fn apply(&self, mut apply: impl FnMut(&async_nats::Message)) {
+    /// Hands every announcement already received to `apply`, in order; `None` first when
+    /// the connection was made again since the last call (announcements may have been
+    /// missed: forget everything).
+    pub fn apply(&self, mut apply: impl FnMut(Option<&async_nats::Message>)) {
         let mut announcements = self.announcements.lock().unwrap_or_else(|e| e.into_inner());
         let Some(announcements) = announcements.as_mut() else {
             return;
         };
+        if announcements.reconnected() {
+            apply(None);
+        }
         while let Some(msg) = announcements.ready() {
-            apply(&msg);
+            apply(Some(&msg));
         }
     }
 
