@@ -55,10 +55,14 @@ fn free_addr() -> String {
 /// Starts `hookrelay <service>` on its own port and waits until it is ready.
 async fn spawn(env: &TestEnv, service: &str, extra: &[(&str, &str)]) -> Proc {
     let addr = free_addr();
+    // Each service as its own NATS user, as deployed (`all` as the user of the four).
+    let user = if service == "all" { "hookrelay" } else { service };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
     cmd.arg(service)
         .env_clear()
         .envs(env.process_env())
+        .env("HOOKRELAY_NATS_USER", user)
+        .env("HOOKRELAY_NATS_PASSWORD", hookrelay_testkit::nats_password(user))
         .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
         .env("HOOKRELAY_RETRY_SCHEDULE", "200ms,400ms,800ms,1s,1s,1s")
         .env("HOOKRELAY_DRAIN_TIMEOUT", "10s")

@@ -86,6 +86,18 @@ pub(crate) struct Accepted {
 }
 
 impl Ingest {
+    /// Whether the database and NATS answer now (within a few seconds): a message failing
+    /// while they do is poison, not a victim of an outage.
+    pub(crate) async fn answering(&self) -> bool {
+        let client = self.js.client();
+        let db = sqlx::query("SELECT 1").execute(&self.db);
+        let nats = client.flush();
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), async { tokio::join!(db, nats) }).await,
+            Ok((Ok(_), Ok(())))
+        )
+    }
+
     pub(crate) fn new(db: sqlx::PgPool, js: async_nats::jetstream::Context, cfg: Arc<Config>) -> Self {
         let (events_db, marks_db) = (db.clone(), db.clone());
         let done = Batcher::spawn("events_published", BATCH_MAX, move |marks: Vec<i64>| {

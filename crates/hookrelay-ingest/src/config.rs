@@ -19,6 +19,11 @@ pub struct Config {
     /// this bounds NATS intake: 64 gave 7,000-7,300 events/s here, 256 gives 11,600-12,300
     /// (docs/benchmarks.md); more added nothing but memory.
     pub concurrency: usize,
+    /// `HOOKRELAY_INGEST_MAX_DELIVERIES`: a NATS intake message that has failed this many
+    /// times while ingest's database and NATS answer is poison: it is dead-lettered
+    /// (`redelivery_limit`) instead of being tried again. While they do not answer, it is
+    /// tried again, waiting longer each time (up to 30 s), however long that takes.
+    pub max_deliveries: u64,
 }
 
 impl Config {
@@ -29,7 +34,11 @@ impl Config {
             max_envelope_bytes: src.get("HOOKRELAY_MAX_EVENT_BYTES", DEFAULT_MAX_ENVELOPE_BYTES)?,
             republish_after: src.duration("HOOKRELAY_REPUBLISH_AFTER", Duration::from_secs(10))?,
             concurrency: src.get("HOOKRELAY_INGEST_CONCURRENCY", 256)?,
+            max_deliveries: src.get("HOOKRELAY_INGEST_MAX_DELIVERIES", 20)?,
         };
+        if cfg.max_deliveries < 2 {
+            anyhow::bail!("HOOKRELAY_INGEST_MAX_DELIVERIES must be at least 2");
+        }
         if cfg.max_envelope_bytes < 1024 {
             anyhow::bail!("HOOKRELAY_MAX_EVENT_BYTES must be at least 1024");
         }

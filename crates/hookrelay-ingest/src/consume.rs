@@ -21,6 +21,9 @@ use crate::{
 };
 
 pub(crate) const DEAD_LETTERS: &str = "hookrelay_dead_letters_total";
+/// The dead-letter code of a message that kept failing while everything answered
+/// (`HOOKRELAY_INGEST_MAX_DELIVERIES`).
+pub(crate) const POISON_CODE: &str = "redelivery_limit";
 
 pub(crate) const CONSUMER: ConsumerSpec = ConsumerSpec {
     stream: subjects::INGEST_STREAM,
@@ -120,12 +123,22 @@ async fn settle(ingest: &Ingest, msg: &Message, outcome: Result<(), IngestError>
         }
         Err(error) => error,
     };
-    if !error.is_permanent() {
-        warn!(%error, subject = %msg.subject, "intake failed; the message will be redelivered");
-        ack(msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+    let (code, reason) = if error.is_permanent() {
+        (error.code(), error.to_string())
+    } else if delivered >= i64::try_from(ingest.cfg.max_deliveries).unwrap_or(i64::MAX) && ingest.answering().await {
+        // Failing again and again while everything it needs answers: poison, not an outage.
+        (
+            POISON_CODE,
+            format!("failed {delivered} times while the database and NATS answered; last: {error}"),
+        )
+    } else {
+        // An outage: try again, waiting longer each time (1 s, 2 s, 4 s … 30 s).
+        let wait = Duration::from_secs(1 << (delivered - 1).clamp(0, 5)).min(Duration::from_secs(30));
+        warn!(%error, subject = %msg.subject, delivered, ?wait, "intake failed; the message will be redelivered");
+        ack(msg, AckKind::Nak(Some(wait))).await;
         return;
-    }
-    let code = error.code();
+    };
     metrics::counter!(EVENTS_REJECTED, "via" => "nats", "reason" => code).increment(1);
     let dead = publish::dead_letter(
         &ingest.js,
@@ -133,13 +146,13 @@ async fn settle(ingest: &Ingest, msg: &Message, outcome: Result<(), IngestError>
         msg.headers.as_ref(),
         msg.payload.clone(),
         code,
-        &error.to_string(),
+        &reason,
     )
     .await;
     match dead {
         Ok(()) => {
             metrics::counter!(DEAD_LETTERS, "reason" => code).increment(1);
-            warn!(subject = %msg.subject, code, %error, "intake message refused; sent to hookrelay.dead.ingest");
+            warn!(subject = %msg.subject, code, %reason, "intake message refused; sent to hookrelay.dead.ingest");
             ack(msg, AckKind::Ack).await;
         }
         Err(publish_error) => {

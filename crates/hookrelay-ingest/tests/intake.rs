@@ -754,3 +754,56 @@ async fn a_batch_that_cannot_be_republished_does_not_hold_back_the_others() {
     .unwrap();
     assert_eq!(left, ["unreadable"], "only the failed batch stays marked");
 }
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_while_everything_answers_is_dead_lettered() {
+    let app = app(&[("HOOKRELAY_INGEST_MAX_DELIVERIES", "3")]).await;
+    let db = app.env.db().await.unwrap();
+    // PostgreSQL itself refuses one event's row, every time: a poison message.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.event_id = 'evt_poison' THEN RAISE EXCEPTION 'this row is refused'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let nats = app.env.nats().await.unwrap();
+    let mut dead = nats.subscribe(subjects::DEAD_INGEST).await.unwrap();
+    nats.flush().await.unwrap();
+    nats.publish(
+        "hookrelay.ingest.acme.orders.created",
+        r#"{"event_id":"evt_poison","data":{}}"#.into(),
+    )
+    .await
+    .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut dead))
+        .await
+        .expect("the poison message was not dead-lettered within 30 s")
+        .unwrap();
+    let headers = msg.headers.unwrap();
+    assert_eq!(
+        headers.get(subjects::HEADER_ERROR_CODE).unwrap().as_str(),
+        "redelivery_limit"
+    );
+    let reason = headers.get(subjects::HEADER_ERROR).unwrap().as_str().to_owned();
+    assert!(reason.contains("failed 3 times"), "{reason}");
+    // Intake goes on: the next event is accepted.
+    nats.publish(
+        "hookrelay.ingest.acme.orders.created",
+        r#"{"event_id":"evt_after_poison","data":{}}"#.into(),
+    )
+    .await
+    .unwrap();
+    let got = eventually(Duration::from_secs(10), || async {
+        published(&app.env)
+            .await
+            .into_iter()
+            .find(|e| e.event_id == "evt_after_poison")
+    })
+    .await;
+    assert!(got.is_some(), "intake stopped after the poison message");
+}

@@ -1,0 +1,337 @@
+//! Fault drills: the four services as separate processes (each as its own NATS user), a
+//! steady flow of events over REST and NATS, a fault in the middle of it, and then what a
+//! user would check: every accepted event delivered, few duplicates, nothing left stuck
+//! (the deliverers' audit found nothing, no delivery waits without a next step), and no
+//! panic in any service's log. The short form runs here; each drill takes well under a
+//! minute.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, nats_password};
+use hookrelay_types::subjects;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const SERVICES: [&str; 4] = ["ingest", "router", "deliverer", "query"];
+/// Events per second of the steady flow (half over REST, half over NATS).
+const RATE: u64 = 20;
+/// Everything accepted must arrive within this after the flow stops (a job lost with a
+/// killed deliverer comes back after JetStream's 30 s ack wait).
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// A service process (its log is `<service>.log` in the drill's folder); killed (SIGKILL)
+/// when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The accepted events and what the flow saw.
+#[derive(Default)]
+struct Flow {
+    accepted: Vec<String>,
+    refused: usize,
+}
+
+struct Drill {
+    env: TestEnv,
+    logs: tempfile::TempDir,
+    procs: HashMap<&'static str, Proc>,
+    addrs: HashMap<&'static str, String>,
+    rx: Receiver,
+    key: String,
+    flow: Arc<Mutex<Flow>>,
+    stop_flow: CancellationToken,
+    flow_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drill {
+    async fn start() -> Self {
+        let env = TestEnv::start().await.unwrap();
+        let mut drill = Self {
+            env,
+            logs: tempfile::tempdir().unwrap(),
+            procs: HashMap::new(),
+            addrs: SERVICES.iter().map(|s| (*s, free_addr())).collect(),
+            rx: Receiver::start().await.unwrap(),
+            key: String::new(),
+            flow: Arc::default(),
+            stop_flow: CancellationToken::new(),
+            flow_task: None,
+        };
+        for service in SERVICES {
+            drill.spawn(service).await;
+        }
+        let query = drill.api("query");
+        let r = query
+            .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let scopes = ["events:write", "endpoints:write", "deliveries:read"];
+        let r = query
+            .post(
+                "/v1/api-keys",
+                ADMIN_TOKEN,
+                json!({"tenant_id": "acme", "name": "drill", "scopes": scopes}),
+            )
+            .await;
+        drill.key = r.body["key"].as_str().unwrap().to_owned();
+        let r = query
+            .post(
+                "/v1/endpoints",
+                &drill.key,
+                json!({"url": drill.rx.url("ok/drill"), "events": ["**"]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        drill
+    }
+
+    fn api(&self, service: &str) -> Api {
+        Api::new(format!("http://{}", self.addrs[service]))
+    }
+
+    /// Starts `hookrelay <service>` as its own NATS user, logging to a file, and waits until
+    /// it is ready.
+    async fn spawn(&mut self, service: &'static str) {
+        let log = self.logs.path().join(format!("{service}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .arg(service)
+            .env_clear()
+            .envs(self.env.process_env())
+            .env("HOOKRELAY_NATS_USER", service)
+            .env("HOOKRELAY_NATS_PASSWORD", nats_password(service))
+            .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
+            .env("HOOKRELAY_RETRY_SCHEDULE", "200ms,400ms,800ms,1s,1s,1s")
+            .env("HOOKRELAY_PROBE_INTERVAL", "100ms")
+            .env("HOOKRELAY_AUDIT_INTERVAL", "500ms")
+            .env("HOOKRELAY_REPUBLISH_AFTER", "1s")
+            .env("HOOKRELAY_HTTP_ADDR", &self.addrs[service])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        self.procs.insert(service, Proc { child });
+        self.api(service).wait_ready().await;
+    }
+
+    /// SIGKILL of `service`, then a new one in its place.
+    async fn kill9_and_restart(&mut self, service: &'static str) {
+        // Dropping it kills it; its log stays for the panic check.
+        drop(self.procs.remove(service));
+        self.spawn(service).await;
+    }
+
+    /// Sends [`RATE`] events a second, alternately over REST and as a producer over NATS,
+    /// until [`Drill::stop`]; records what was accepted (202, or a JetStream ack).
+    async fn start_flow(&mut self) {
+        let producer = async_nats::ConnectOptions::with_user_and_password("producer".into(), nats_password("producer"))
+            .connect(&self.env.nats_url)
+            .await
+            .unwrap();
+        let js = jetstream::new(producer);
+        let (ingest, key, flow, stop) = (
+            self.api("ingest"),
+            self.key.clone(),
+            self.flow.clone(),
+            self.stop_flow.clone(),
+        );
+        self.flow_task = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
+            for n in 0u64.. {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let id = format!("evt_drill_{n}");
+                let accepted = if n % 2 == 0 {
+                    let body = json!({"event": "orders/created", "event_id": id, "data": {"n": n}});
+                    ingest.post("/v1/events", &key, body).await.status == 202
+                } else {
+                    let body = json!({"event_id": id, "data": {"n": n}}).to_string();
+                    let ack = tokio::time::timeout(Duration::from_secs(2), async {
+                        js.publish("hookrelay.ingest.acme.orders.created", body.into())
+                            .await?
+                            .await?;
+                        anyhow::Ok(())
+                    })
+                    .await;
+                    matches!(ack, Ok(Ok(())))
+                };
+                let mut f = flow.lock().unwrap();
+                if accepted {
+                    f.accepted.push(id);
+                } else {
+                    f.refused += 1;
+                }
+            }
+        }));
+    }
+
+    /// Stops the flow `after` from now, then checks what a user would (see the module).
+    async fn finish(mut self, name: &str, fault_took: Duration, after: Duration) {
+        tokio::time::sleep(after).await;
+        self.stop_flow.cancel();
+        self.flow_task.take().unwrap().await.unwrap();
+        self.check(name, fault_took).await;
+    }
+
+    async fn check(&self, name: &str, fault_took: Duration) {
+        let (accepted, refused) = {
+            let f = self.flow.lock().unwrap();
+            (f.accepted.clone(), f.refused)
+        };
+        assert!(
+            accepted.len() > 20,
+            "{name}: the flow hardly ran ({} accepted)",
+            accepted.len()
+        );
+        let started = Instant::now();
+        let all_in = eventually(SETTLE, || async {
+            accepted
+                .iter()
+                .all(|id| !self.rx.received_id("ok/drill", id).is_empty())
+                .then_some(())
+        })
+        .await;
+        let missing: Vec<&String> = accepted
+            .iter()
+            .filter(|id| self.rx.received_id("ok/drill", id).is_empty())
+            .collect();
+        assert!(all_in.is_some(), "{name}: accepted and never delivered: {missing:?}");
+        let settled = started.elapsed();
+        let duplicates: usize = accepted
+            .iter()
+            .map(|id| self.rx.received_id("ok/drill", id).len() - 1)
+            .sum();
+        eprintln!(
+            "drill {name}: {} accepted, {refused} refused, all delivered {settled:?} after the flow stopped \
+             (fault took {fault_took:?}), {duplicates} duplicates",
+            accepted.len()
+        );
+        // A duplicate comes from an attempt in flight at the fault; at this rate that is a
+        // handful.
+        assert!(duplicates <= 20, "{name}: {duplicates} duplicates");
+        // Nothing waits without a next step, and the audit repaired nothing.
+        let db = self.env.db().await.unwrap();
+        let stuck: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries d
+             WHERE d.status IN ('pending', 'retrying')
+               AND (d.next_attempt_at IS NULL
+                    OR (d.parked AND NOT EXISTS (SELECT 1 FROM endpoint_health h
+                                                 WHERE h.endpoint_id = d.endpoint_id AND h.state = 'failing')))",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(stuck, 0, "{name}: deliveries left without a next step");
+        let metrics = reqwest::get(format!("http://{}/metrics", self.addrs["deliverer"]))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let repaired: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("hookrelay_deliveries_repaired_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(repaired, 0.0, "{name}: the audit found stuck deliveries");
+        for entry in std::fs::read_dir(self.logs.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                !text.contains("panicked"),
+                "{name}: a panic in {}:\n{text}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Flow for a moment before the fault.
+const BEFORE: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_kill9_of_every_service_in_turn() {
+    let mut d = Drill::start().await;
+    d.start_flow().await;
+    tokio::time::sleep(BEFORE).await;
+    let at = Instant::now();
+    for service in SERVICES {
+        d.kill9_and_restart(service).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    d.finish("kill -9 of each service", at.elapsed(), Duration::from_secs(2))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_nats_restart() {
+    let mut d = Drill::start().await;
+    d.start_flow().await;
+    tokio::time::sleep(BEFORE).await;
+    let at = Instant::now();
+    d.env.kill_nats();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.env.start_nats().await.unwrap();
+    for service in SERVICES {
+        d.api(service).wait_ready().await;
+    }
+    d.finish("NATS down 2 s", at.elapsed(), Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_consumers_and_the_events_stream_deleted() {
+    let mut d = Drill::start().await;
+    d.start_flow().await;
+    tokio::time::sleep(BEFORE).await;
+    let at = Instant::now();
+    let js = jetstream::new(d.env.nats().await.unwrap());
+    for (stream, consumer) in [
+        (subjects::INGEST_STREAM, subjects::INGEST_CONSUMER),
+        (subjects::DELIVERIES_STREAM, subjects::DELIVERER_CONSUMER),
+    ] {
+        js.get_stream(stream)
+            .await
+            .unwrap()
+            .delete_consumer(consumer)
+            .await
+            .unwrap();
+    }
+    js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
+    // Each service makes what it lost again and is ready again.
+    for service in SERVICES {
+        d.api(service).wait_ready().await;
+    }
+    d.finish(
+        "consumers and the events stream deleted",
+        at.elapsed(),
+        Duration::from_secs(3),
+    )
+    .await;
+}
