@@ -296,3 +296,13 @@ async fn bench_log_times_every_filter_shape_over_its_own_loaded_database() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn bench_republish_puts_every_unpublished_event_on_the_stream() {
+    let env = TestEnv::start().await.unwrap();
+    let r = bench(&env, &["republish", "--backlog", "2000"]).await;
+    assert_eq!(r["scenario"], "republish");
+    assert_eq!(r["events"], 2000, "{r}");
+    assert_eq!(r["published"], 2000, "{r}");
+    assert!(r["drain_events_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+}

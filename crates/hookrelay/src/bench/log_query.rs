@@ -126,15 +126,16 @@ fn shapes(now: OffsetDateTime, rows: i64) -> anyhow::Result<Vec<Shape>> {
     ])
 }
 
-/// A database of its own, named for the run, on the server `HOOKRELAY_DATABASE_URL` names.
-struct Scratch {
+/// A database of its own, named for the scenario and the run, on the server
+/// `HOOKRELAY_DATABASE_URL` names.
+pub(crate) struct Scratch {
     admin: PgConnectOptions,
-    name: String,
-    url: String,
+    pub(crate) name: String,
+    pub(crate) url: String,
 }
 
 impl Scratch {
-    async fn create(src: &Source, tag: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(src: &Source, scenario: &str, tag: &str) -> anyhow::Result<Self> {
         let url = src.get(
             "HOOKRELAY_DATABASE_URL",
             hookrelay_runtime::Config::DEFAULT_DATABASE_URL.to_owned(),
@@ -143,7 +144,7 @@ impl Scratch {
             .parse()
             .with_context(|| format!("HOOKRELAY_DATABASE_URL `{url}` is not a PostgreSQL URL"))?;
         let admin = opts.clone().database("postgres");
-        let name = format!("hookrelay_bench_log_{tag}");
+        let name = format!("hookrelay_bench_{scenario}_{tag}");
         let mut conn = admin
             .connect()
             .await
@@ -157,7 +158,7 @@ impl Scratch {
         Ok(Self { admin, name, url })
     }
 
-    async fn drop(self) -> anyhow::Result<()> {
+    pub(crate) async fn drop(self) -> anyhow::Result<()> {
         let mut conn = self.admin.connect().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -216,7 +217,7 @@ pub(crate) async fn run(args: &Args, src: &Source, stop: CancellationToken) -> a
         .unwrap_or_default()
         .as_nanos();
     let tag = format!("b{:x}", nanos % (1 << 40));
-    let scratch = Scratch::create(src, &tag).await?;
+    let scratch = Scratch::create(src, "log", &tag).await?;
     eprintln!("log: database {}", scratch.name);
     let src = src.clone().with("HOOKRELAY_DATABASE_URL", &scratch.url);
     let name = scratch.name.clone();

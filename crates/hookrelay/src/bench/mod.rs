@@ -12,6 +12,7 @@ mod log;
 mod log_query;
 mod receiver;
 mod report;
+mod republish;
 mod scenarios;
 mod send;
 mod target;
@@ -54,6 +55,10 @@ pub enum Scenario {
     /// `GET /v1/deliveries` per filter shape over `--rows` (default 10,000,000) deliveries
     /// bulk-loaded into a database of its own; query runs in this process unless `--spawn`.
     Log,
+    /// Ingest's republish sweeper: `--backlog` (default 50,000) events stored but never
+    /// published (as a NATS outage leaves them), in a database of its own; how fast one
+    /// ingest (in this process) puts them all on the events stream.
+    Republish,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,7 +109,7 @@ pub struct Args {
     /// starts.
     #[arg(long, default_value_t = 3)]
     pub queued: u64,
-    /// noisy: deliveries queued for the failing endpoint.
+    /// noisy: deliveries queued for the failing endpoint; republish: events left unpublished.
     #[arg(long, default_value_t = 50_000)]
     pub backlog: u64,
     /// intake: also measure with a declared JSON Schema enforced.
@@ -162,6 +167,17 @@ fn seconds(s: &str) -> Result<Duration, String> {
 /// lost, duplicated, refused, left unlogged or badly signed.
 pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::Result<()> {
     hookrelay_runtime::telemetry::install_crypto_provider();
+    if args.scenario == Scenario::Republish {
+        let report = republish::run(&args, src, stop)
+            .await
+            .context("bench republish failed")?;
+        report.print(args.json);
+        let problems = report.problems();
+        if !problems.is_empty() {
+            bail!("bench republish: {}", problems.join("; "));
+        }
+        return Ok(());
+    }
     if args.scenario == Scenario::Log {
         let report = log_query::run(&args, src, stop).await.context("bench log failed")?;
         report.print(args.json);

@@ -140,7 +140,16 @@ impl Report {
     pub(crate) fn print(&self, json_line: bool) {
         println!("hookrelay bench {} (via {})", self.scenario, self.via);
         // The log scenario sends no events: its figures are its own table and the extras.
-        if self.scenario != "log" {
+        // Republish sends none either: it counts events put on the stream.
+        if self.scenario == "republish" {
+            println!(
+                "  events      {:>10}   {:>9.0}/s   over {:.2} s from ingest's start; lost {}",
+                self.events,
+                self.per_sec(self.events),
+                self.seconds,
+                self.lost
+            );
+        } else if self.scenario != "log" {
             println!(
                 "  events      {:>10}   {:>9.0}/s",
                 self.events,

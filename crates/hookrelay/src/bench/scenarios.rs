@@ -30,7 +30,9 @@ pub(crate) async fn run(args: &Args, src: &Source, target: &Target, stop: Cancel
         Scenario::Noisy => noisy(args, src, target, stop).await,
         Scenario::Fairness => fairness(args, src, target, stop).await,
         Scenario::Intake => intake(args, src, target, stop).await,
-        Scenario::Log => anyhow::bail!("the log scenario starts its own hookrelay"),
+        Scenario::Log | Scenario::Republish => {
+            anyhow::bail!("the {} scenario starts its own hookrelay", name(args.scenario))
+        }
     }
 }
 
@@ -43,6 +45,7 @@ fn name(s: Scenario) -> &'static str {
         Scenario::Fairness => "fairness",
         Scenario::Intake => "intake",
         Scenario::Log => "log",
+        Scenario::Republish => "republish",
     }
 }
 
