@@ -14,7 +14,7 @@ use std::{
 };
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, nats_password};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, eventually, nats_password};
 use hookrelay_types::subjects;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +65,11 @@ struct Drill {
 
 impl Drill {
     async fn start() -> Self {
-        let env = TestEnv::start().await.unwrap();
+        Self::on(TestEnv::start().await.unwrap()).await
+    }
+
+    /// A drill on `env` (a database on a cluster of the drill's own, for instance).
+    async fn on(env: TestEnv) -> Self {
         let mut drill = Self {
             env,
             logs: tempfile::tempdir().unwrap(),
@@ -334,4 +338,23 @@ async fn drill_consumers_and_the_events_stream_deleted() {
         Duration::from_secs(3),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_postgres_crash_and_restart() {
+    // A cluster of the drill's own, crashed (`pg_ctl stop -m immediate`) mid-flow. It
+    // outlives the drill (declared first, dropped last).
+    let pg = PgCluster::start().unwrap();
+    let mut d = Drill::on(TestEnv::start_on(pg.admin_url()).await.unwrap()).await;
+    d.start_flow().await;
+    tokio::time::sleep(BEFORE).await;
+    let at = Instant::now();
+    pg.crash().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.up().unwrap();
+    for service in SERVICES {
+        d.api(service).wait_ready().await;
+    }
+    d.finish("PostgreSQL down 2 s", at.elapsed(), Duration::from_secs(2))
+        .await;
 }

@@ -92,10 +92,12 @@ async fn readyz(api: &Api) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// Waits until `/metrics` counts a recreation of `consumer`.
+/// Waits until `/metrics` counts a recreation of `consumer`. A loss the server announces is
+/// seen at once; one it does not is seen when the pull's heartbeats stop (within twice the
+/// idle heartbeat, about 30 s).
 async fn recreated(api: &Api, consumer: &str) {
     let line = format!("hookrelay_consumers_recreated_total{{consumer=\"{consumer}\"}}");
-    let seen = eventually(Duration::from_secs(20), || async {
+    let seen = eventually(Duration::from_secs(60), || async {
         metrics(api).await.contains(&line).then_some(())
     })
     .await;
@@ -161,7 +163,7 @@ async fn a_stream_that_cannot_be_made_again_shows_on_readyz_until_it_can() {
     })
     .await
     .unwrap();
-    let shown = eventually(Duration::from_secs(20), || async {
+    let shown = eventually(Duration::from_secs(60), || async {
         let (status, body) = readyz(&sys.s.api).await;
         (status == 503).then_some(body)
     })
@@ -173,7 +175,7 @@ async fn a_stream_that_cannot_be_made_again_shows_on_readyz_until_it_can() {
     );
     // Cleared: the stream and consumer are made again, and events flow.
     js.delete_stream("SQUATTER").await.unwrap();
-    let ready = eventually(Duration::from_secs(20), || async {
+    let ready = eventually(Duration::from_secs(60), || async {
         (readyz(&sys.s.api).await.0 == 200).then_some(())
     })
     .await;
