@@ -109,6 +109,32 @@ impl Drill {
         drill
     }
 
+    /// Waits (up to 90 s: a loss the server does not announce is noticed within 30 s, then
+    /// made good) until every service answers `/readyz` 200; panics naming what one said.
+    async fn all_ready(&self) {
+        for service in SERVICES {
+            let url = format!("http://{}/readyz", self.addrs[service]);
+            let ready = eventually(Duration::from_secs(90), || {
+                let url = url.clone();
+                async move {
+                    reqwest::get(&url)
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                }
+            })
+            .await;
+            if ready.is_none() {
+                let said = match reqwest::get(&url).await {
+                    Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                    Err(e) => e.to_string(),
+                };
+                panic!("{service} not ready within 90 s: {said}");
+            }
+        }
+    }
+
     fn api(&self, service: &str) -> Api {
         Api::new(format!("http://{}", self.addrs[service]))
     }
@@ -197,7 +223,7 @@ impl Drill {
     }
 
     /// Stops the flow `after` from now, then checks what a user would (see the module).
-    async fn finish(mut self, name: &str, fault_took: Duration, after: Duration) {
+    async fn finish(&mut self, name: &str, fault_took: Duration, after: Duration) {
         tokio::time::sleep(after).await;
         self.stop_flow.cancel();
         self.flow_task.take().unwrap().await.unwrap();
@@ -303,9 +329,7 @@ async fn drill_nats_restart() {
     d.env.kill_nats();
     tokio::time::sleep(Duration::from_secs(2)).await;
     d.env.start_nats().await.unwrap();
-    for service in SERVICES {
-        d.api(service).wait_ready().await;
-    }
+    d.all_ready().await;
     d.finish("NATS down 2 s", at.elapsed(), Duration::from_secs(2)).await;
 }
 
@@ -329,9 +353,7 @@ async fn drill_consumers_and_the_events_stream_deleted() {
     }
     js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
     // Each service makes what it lost again and is ready again.
-    for service in SERVICES {
-        d.api(service).wait_ready().await;
-    }
+    d.all_ready().await;
     d.finish(
         "consumers and the events stream deleted",
         at.elapsed(),
@@ -352,9 +374,126 @@ async fn drill_postgres_crash_and_restart() {
     pg.crash().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.up().unwrap();
-    for service in SERVICES {
-        d.api(service).wait_ready().await;
-    }
+    d.all_ready().await;
     d.finish("PostgreSQL down 2 s", at.elapsed(), Duration::from_secs(2))
         .await;
+}
+
+/// Receivers that misbehave, each on a loopback port of its own, as raw TCP: `Never`
+/// reads the request and never answers, `Reset` closes each connection at once (a reset),
+/// `Huge` answers 200 with a 10 MB body.
+#[derive(Clone, Copy)]
+enum Rogue {
+    Never,
+    Reset,
+    Huge,
+}
+
+async fn rogue(kind: Rogue) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/rogue", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                match kind {
+                    Rogue::Reset => {
+                        // Closed with data unread and no linger: the peer sees a reset.
+                        let _ = conn.set_zero_linger();
+                        drop(conn);
+                    }
+                    Rogue::Never => {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                    }
+                    Rogue::Huge => {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let _ = conn.read(&mut buf).await;
+                        let size = 10 * 1024 * 1024;
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n");
+                        if conn.write_all(head.as_bytes()).await.is_ok() {
+                            let chunk = vec![b'x'; 64 * 1024];
+                            for _ in 0..size / chunk.len() {
+                                if conn.write_all(&chunk).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_receivers_of_every_kind_beside_a_healthy_one() {
+    let d = Drill::start().await;
+    let query = d.api("query");
+    // Beside the healthy endpoint: one that answers after 29 s (its timeout is 30 s), one
+    // that never answers (2 s), one that resets every connection, one that answers 10 MB.
+    let mut others = Vec::new();
+    for (url, timeout) in [
+        (d.rx.url("slow/29000/drill"), 30),
+        (rogue(Rogue::Never).await, 2),
+        (rogue(Rogue::Reset).await, 5),
+        (rogue(Rogue::Huge).await, 5),
+    ] {
+        let r = query
+            .post(
+                "/v1/endpoints",
+                &d.key,
+                json!({"url": url, "events": ["**"], "timeout_seconds": timeout}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        others.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let mut d = d;
+    d.start_flow().await;
+    let at = Instant::now();
+    // The flow runs beside them; the healthy endpoint must get everything, in time.
+    d.finish(
+        "receivers of every kind beside a healthy one",
+        at.elapsed(),
+        Duration::from_secs(5),
+    )
+    .await;
+    // Every delivery to them has a next step or an end, and each attempt is in the log
+    // with its cause: a 10 MB answer is cut, a reset and a silence are named.
+    let db = d_db(&d).await;
+    let huge: Option<i32> = sqlx::query_scalar(
+        "SELECT max(length(a.response_body)) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.endpoint_id = $1",
+    )
+    .bind(&others[3])
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        huge.is_some_and(|n| n <= 4096),
+        "a 10 MB answer was stored as {huge:?} bytes"
+    );
+    for (endpoint, cause) in [(&others[1], "timeout"), (&others[2], "connection")] {
+        let errors: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT a.error FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1",
+        )
+        .bind(endpoint)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        assert!(!errors.is_empty(), "no attempt to the {cause} receiver was recorded");
+        assert!(
+            errors.iter().flatten().any(|e| e.contains(cause)),
+            "no attempt names `{cause}`: {errors:?}"
+        );
+    }
+}
+
+async fn d_db(d: &Drill) -> sqlx::PgPool {
+    d.env.db().await.unwrap()
 }
