@@ -222,8 +222,17 @@ impl Drill {
         }));
     }
 
-    /// Stops the flow `after` from now, then checks what a user would (see the module).
-    async fn finish(&mut self, name: &str, fault_took: Duration, after: Duration) {
+    /// Starts the flow and lets it run [`BEFORE`] the fault; returns when the fault begins.
+    async fn begin(&mut self) -> Instant {
+        self.start_flow().await;
+        tokio::time::sleep(BEFORE).await;
+        Instant::now()
+    }
+
+    /// Called once the fault (begun at `fault`) is over: stops the flow `after` from now,
+    /// then checks what a user would (see the module).
+    async fn finish(&mut self, name: &str, fault: Instant, after: Duration) {
+        let fault_took = fault.elapsed();
         tokio::time::sleep(after).await;
         self.stop_flow.cancel();
         self.flow_task.take().unwrap().await.unwrap();
@@ -309,36 +318,29 @@ const BEFORE: Duration = Duration::from_secs(2);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_kill9_of_every_service_in_turn() {
     let mut d = Drill::start().await;
-    d.start_flow().await;
-    tokio::time::sleep(BEFORE).await;
-    let at = Instant::now();
+    let at = d.begin().await;
     for service in SERVICES {
         d.kill9_and_restart(service).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    d.finish("kill -9 of each service", at.elapsed(), Duration::from_secs(2))
-        .await;
+    d.finish("kill -9 of each service", at, Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_nats_restart() {
     let mut d = Drill::start().await;
-    d.start_flow().await;
-    tokio::time::sleep(BEFORE).await;
-    let at = Instant::now();
+    let at = d.begin().await;
     d.env.kill_nats();
     tokio::time::sleep(Duration::from_secs(2)).await;
     d.env.start_nats().await.unwrap();
     d.all_ready().await;
-    d.finish("NATS down 2 s", at.elapsed(), Duration::from_secs(2)).await;
+    d.finish("NATS down 2 s", at, Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_consumers_and_the_events_stream_deleted() {
     let mut d = Drill::start().await;
-    d.start_flow().await;
-    tokio::time::sleep(BEFORE).await;
-    let at = Instant::now();
+    let at = d.begin().await;
     let js = jetstream::new(d.env.nats().await.unwrap());
     for (stream, consumer) in [
         (subjects::INGEST_STREAM, subjects::INGEST_CONSUMER),
@@ -354,12 +356,8 @@ async fn drill_consumers_and_the_events_stream_deleted() {
     js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
     // Each service makes what it lost again and is ready again.
     d.all_ready().await;
-    d.finish(
-        "consumers and the events stream deleted",
-        at.elapsed(),
-        Duration::from_secs(3),
-    )
-    .await;
+    d.finish("consumers and the events stream deleted", at, Duration::from_secs(3))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,15 +366,12 @@ async fn drill_postgres_crash_and_restart() {
     // outlives the drill (declared first, dropped last).
     let pg = PgCluster::start().unwrap();
     let mut d = Drill::on(TestEnv::start_on(pg.admin_url()).await.unwrap()).await;
-    d.start_flow().await;
-    tokio::time::sleep(BEFORE).await;
-    let at = Instant::now();
+    let at = d.begin().await;
     pg.crash().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.up().unwrap();
     d.all_ready().await;
-    d.finish("PostgreSQL down 2 s", at.elapsed(), Duration::from_secs(2))
-        .await;
+    d.finish("PostgreSQL down 2 s", at, Duration::from_secs(2)).await;
 }
 
 /// Receivers that misbehave, each on a loopback port of its own, as raw TCP: `Never`
@@ -455,17 +450,18 @@ async fn drill_receivers_of_every_kind_beside_a_healthy_one() {
     }
     let mut d = d;
     d.start_flow().await;
+    // No fault but them: the flow runs beside them; the healthy endpoint must get
+    // everything, in time.
     let at = Instant::now();
-    // The flow runs beside them; the healthy endpoint must get everything, in time.
     d.finish(
         "receivers of every kind beside a healthy one",
-        at.elapsed(),
+        at,
         Duration::from_secs(5),
     )
     .await;
     // Every delivery to them has a next step or an end, and each attempt is in the log
     // with its cause: a 10 MB answer is cut, a reset and a silence are named.
-    let db = d_db(&d).await;
+    let db = d.env.db().await.unwrap();
     let huge: Option<i32> = sqlx::query_scalar(
         "SELECT max(length(a.response_body)) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
          WHERE d.endpoint_id = $1",
@@ -492,8 +488,4 @@ async fn drill_receivers_of_every_kind_beside_a_healthy_one() {
             "no attempt names `{cause}`: {errors:?}"
         );
     }
-}
-
-async fn d_db(d: &Drill) -> sqlx::PgPool {
-    d.env.db().await.unwrap()
 }

@@ -75,6 +75,14 @@ async fn published(env: &TestEnv) -> Vec<EventAccepted> {
     out
 }
 
+/// The next message on `dead` (a subscription to `hookrelay.dead.ingest`), within `within`.
+async fn next_dead_letter(dead: &mut async_nats::Subscriber, within: Duration) -> async_nats::Message {
+    tokio::time::timeout(within, futures::StreamExt::next(dead))
+        .await
+        .unwrap_or_else(|_| panic!("no dead letter within {within:?}"))
+        .expect("the dead-letter subscription ended")
+}
+
 async fn published_soon(env: &TestEnv, n: usize) -> Vec<EventAccepted> {
     eventually(Duration::from_secs(10), || async {
         let got = published(env).await;
@@ -694,11 +702,10 @@ async fn a_refused_message_with_jetstream_control_headers_is_still_dead_lettered
     nats.publish_with_headers("hookrelay.ingest.acme.orders.created", headers, "{not json".into())
         .await
         .unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut dead))
+    let headers = next_dead_letter(&mut dead, Duration::from_secs(10))
         .await
-        .expect("no dead letter within 10 s")
+        .headers
         .unwrap();
-    let headers = msg.headers.unwrap();
     assert_eq!(
         headers.get(subjects::HEADER_ERROR_CODE).unwrap().as_str(),
         "invalid_json"
@@ -780,11 +787,10 @@ async fn a_message_that_keeps_failing_while_everything_answers_is_dead_lettered(
     )
     .await
     .unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut dead))
+    let headers = next_dead_letter(&mut dead, Duration::from_secs(30))
         .await
-        .expect("the poison message was not dead-lettered within 30 s")
+        .headers
         .unwrap();
-    let headers = msg.headers.unwrap();
     assert_eq!(
         headers.get(subjects::HEADER_ERROR_CODE).unwrap().as_str(),
         "redelivery_limit"

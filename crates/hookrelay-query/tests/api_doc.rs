@@ -308,46 +308,34 @@ fn without_tests(tokens: Vec<Token>) -> Vec<Token> {
             continue;
         }
         i += cfg_test.len();
-        // Further attributes of the same item.
+        // Further attributes of the same item, then the item itself.
         while tokens.get(i) == Some(&Token::Punct('#')) && tokens.get(i + 1) == Some(&Token::Punct('[')) {
-            let mut depth = 0;
-            while i < tokens.len() {
-                match tokens[i] {
-                    Token::Punct('[') => depth += 1,
-                    Token::Punct(']') => {
-                        depth -= 1;
-                        if depth == 0 {
-                            i += 1;
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
+            i = past_group(&tokens, i, '[', ']', false);
         }
-        // The item itself.
-        let mut depth = 0;
-        while i < tokens.len() {
-            match tokens[i] {
-                Token::Punct('{') => depth += 1,
-                Token::Punct('}') => {
-                    depth -= 1;
-                    if depth == 0 {
-                        i += 1;
-                        break;
-                    }
-                }
-                Token::Punct(';') if depth == 0 => {
-                    i += 1;
-                    break;
-                }
-                _ => {}
-            }
-            i += 1;
-        }
+        i = past_group(&tokens, i, '{', '}', true);
     }
     out
+}
+
+/// The index just past the group that starts at or after `i`: its `close` matching the
+/// first `open`, or (with `or_semicolon`) a `;` met outside any group.
+fn past_group(tokens: &[Token], mut i: usize, open: char, close: char, or_semicolon: bool) -> usize {
+    let mut depth = 0;
+    while i < tokens.len() {
+        match tokens[i] {
+            Token::Punct(c) if c == open => depth += 1,
+            Token::Punct(c) if c == close => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            Token::Punct(';') if or_semicolon && depth == 0 => return i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    i
 }
 
 /// `invalid_url`, `forbidden`: lower-case words joined by `_`.

@@ -212,11 +212,7 @@ impl InProcess {
 
 /// Runs the scenario end to end; the scratch database goes whatever happens.
 pub(crate) async fn run(args: &Args, src: &Source, stop: CancellationToken) -> anyhow::Result<Report> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let tag = format!("b{:x}", nanos % (1 << 40));
+    let tag = super::run_tag();
     let scratch = Scratch::create(src, "log", &tag).await?;
     eprintln!("log: database {}", scratch.name);
     let src = src.clone().with("HOOKRELAY_DATABASE_URL", &scratch.url);

@@ -260,6 +260,15 @@ pub async fn run(args: Args, src: &Source, stop: CancellationToken) -> anyhow::R
     Ok(())
 }
 
+/// A name for one run (`b` and hex digits, from the clock): its tenant's, its database's.
+pub(crate) fn run_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("b{:x}", nanos % (1 << 40))
+}
+
 fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
@@ -292,11 +301,7 @@ impl Bench {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let clock = Instant::now();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let tag = format!("b{:x}", nanos % (1 << 40));
+        let tag = run_tag();
         let tenant = format!("bench_{tag}");
         let admin = src.required("HOOKRELAY_ADMIN_TOKEN")?;
         let nats_url = src.get(

@@ -24,11 +24,7 @@ use super::{Args, log_query::Scratch, report::Report};
 const PER_BATCH: u64 = 10;
 
 pub(crate) async fn run(args: &Args, src: &Source, stop: CancellationToken) -> anyhow::Result<Report> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let tag = format!("b{:x}", nanos % (1 << 40));
+    let tag = super::run_tag();
     let scratch = Scratch::create(src, "republish", &tag).await?;
     let src = src.clone().with("HOOKRELAY_DATABASE_URL", &scratch.url);
     let outcome = measure(args, &src, &tag, &stop).await;
