@@ -456,7 +456,9 @@ struct Progress {
 /// The consumer loop every service uses: fetch, hand each message to `handle` on its own
 /// task (at most `concurrency` at once), stop fetching on `shutdown`, then give in-flight
 /// handlers `drain` to finish. `handle` settles the message itself (ack, nak or term); a
-/// message it never settles is redelivered after the consumer's ack wait. A fetch error
+/// message it never settles is redelivered after the consumer's ack wait, counted from
+/// when its handler returned: while a message waits for its turn or its handler runs, the
+/// server is told every third of the ack wait that it is still being worked on. A fetch error
 /// never ends the loop. While it runs, the consumer's lag is reported (see [`report_lag`]).
 ///
 /// **A lost consumer is made again.** When the server ends the consumer (deleted by hand,
@@ -490,6 +492,7 @@ where
         let lag = tokio::spawn(report_lag(consumer.clone(), source.clone(), progress.clone()));
         let ended = run_consumer(
             &consumer,
+            concurrency,
             &permits,
             &tracker,
             &progress,
@@ -552,8 +555,10 @@ enum Ended {
     Lost(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_consumer<F, Fut>(
     consumer: &jetstream::consumer::PullConsumer,
+    concurrency: usize,
     permits: &std::sync::Arc<tokio::sync::Semaphore>,
     tracker: &tokio_util::task::TaskTracker,
     progress: &Progress,
@@ -569,7 +574,16 @@ where
     use jetstream::consumer::pull::MessagesErrorKind;
 
     let name = consumer.cached_info().name.clone();
-    let mut messages = match consumer.messages().await {
+    let every = still_working_every(consumer.cached_info().config.ack_wait);
+    // Pulled no further ahead than the handlers can take: a message pulled but not yet
+    // handed out cannot say it is still wanted, and would be redelivered after the ack wait.
+    let pulling = consumer
+        .stream()
+        .max_messages_per_batch(concurrency.clamp(1, 200))
+        .heartbeat(Duration::from_secs(15))
+        .messages()
+        .await;
+    let mut messages = match pulling {
         Ok(messages) => messages,
         Err(error) => return Ended::Lost(format!("pulling messages: {error}")),
     };
@@ -599,9 +613,10 @@ where
         };
         let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         progress.seen.fetch_max(sequence, std::sync::atomic::Ordering::AcqRel);
+        let held = Held::of(&msg);
         let permit = tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = held.while_working(permits.clone().acquire_owned(), every) => match permit {
                 Ok(permit) => permit,
                 Err(_) => return Ended::Shutdown,
             },
@@ -611,9 +626,51 @@ where
             maybe_seen: sequence != 0 && sequence <= before_loss,
         });
         tracker.spawn(async move {
-            work.await;
+            held.while_working(work, every).await;
             drop(permit);
         });
+    }
+}
+
+/// How often a held message tells the server it is still being worked on: three times
+/// within the consumer's ack wait.
+fn still_working_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(100))
+}
+
+/// A message this loop holds: waiting for a permit, or with its handler. While held, it
+/// tells the server every so often that it is still being worked on (a progress
+/// acknowledgement, `+WPI`, which restarts the ack wait), so a job that waits for a permit
+/// or takes longer than the ack wait is not handed to another replica meanwhile. Once the
+/// handler returns (it settled the message, or left it to be redelivered) it says nothing
+/// more.
+struct Held {
+    client: async_nats::Client,
+    reply: Option<async_nats::Subject>,
+}
+
+impl Held {
+    fn of(msg: &jetstream::Message) -> Self {
+        Self {
+            client: msg.context.client(),
+            reply: msg.reply.clone(),
+        }
+    }
+
+    async fn while_working<T>(&self, work: impl std::future::Future<Output = T>, every: Duration) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(every) => {
+                    if let Some(reply) = &self.reply
+                        && let Err(error) = self.client.publish(reply.clone(), bytes::Bytes::from_static(b"+WPI")).await
+                    {
+                        tracing::debug!(%error, "telling the server a message is still worked on failed");
+                    }
+                }
+            }
+        }
     }
 }
 
