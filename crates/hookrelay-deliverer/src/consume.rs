@@ -25,7 +25,7 @@ use tracing::{Instrument as _, info, warn};
 use crate::{
     deliver::{self, Deliverer, Ready},
     error::DeliverError,
-    limits::{Entry, PACING_WINDOW, Want},
+    limits::{self, Entry, PACING_WINDOW, Want},
     store::{self, Due, First, NewDelivery},
 };
 
@@ -222,7 +222,7 @@ async fn on_job(d: &Deliverer, msg: Message) {
             traceparent: due.traceparent.clone(),
             created_at: time::OffsetDateTime::now_utc(),
         };
-        tokio::time::sleep(wait).await;
+        limits::pace(wait).await;
         // `new` is what a slow attempt stores meanwhile: leased.
         let done = deliver::deliver_first(d, due, (slot, permit), first, new).await;
         let outcome = if done {
@@ -235,7 +235,7 @@ async fn on_job(d: &Deliverer, msg: Message) {
     // From here Postgres holds the delivery: if this process dies before the attempt is
     // recorded, the scheduler attempts it when the row's lease runs out.
     if store_job(d, &msg, new, &due).await {
-        tokio::time::sleep(wait).await;
+        limits::pace(wait).await;
         deliver::deliver(d, due, slot, permit).await;
     }
 }

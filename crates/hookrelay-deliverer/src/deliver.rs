@@ -22,7 +22,7 @@ use crate::{
     endpoints::{self, Endpoints},
     fair::{Fair, Permit},
     health::Observed,
-    limits::{Handoff, Limits, Slot},
+    limits::{self, Handoff, Limits, Slot},
     publish,
     retry::{self, Next},
     scheduler::Wakes,
@@ -66,6 +66,33 @@ pub(crate) struct Deliverer {
     pub(crate) records: Batcher<Record, Option<(i32, Next)>>,
 }
 
+/// How long a success's reset of its endpoint's failure count may wait to be written
+/// together with others: nobody waits for it.
+const RESETS_LINGER: Duration = Duration::from_millis(100);
+
+/// Resets, in the background, the failure counts of the endpoints that answered a recorded
+/// attempt with success (see [`store::reset_failure_counts`]).
+fn reset_failure_counts(resets: &Batcher<String, ()>, batch: &[Record], answers: &[Option<(i32, Next)>]) {
+    let mut endpoints: Vec<String> = batch
+        .iter()
+        .zip(answers)
+        .filter(|(r, a)| r.succeeded && a.is_some())
+        .map(|(r, _)| r.endpoint_id.clone())
+        .collect();
+    endpoints.sort_unstable();
+    endpoints.dedup();
+    if endpoints.is_empty() {
+        return;
+    }
+    let resets = resets.clone();
+    tokio::spawn(async move {
+        let calls = endpoints.into_iter().map(|endpoint| resets.call(endpoint));
+        if let Some(Err(error)) = futures::future::join_all(calls).await.into_iter().find(Result::is_err) {
+            warn!(%error, "resetting healthy endpoints' failure counts failed");
+        }
+    });
+}
+
 /// Most rows a batch writes at once.
 const BATCH_MAX: usize = 256;
 /// Batches of each kind written at once, each on its own connection (their rows are locked
@@ -81,7 +108,11 @@ impl Deliverer {
         js: async_nats::jetstream::Context,
         shutdown: CancellationToken,
     ) -> Self {
-        let (insert_db, record_db, known_db) = (db.clone(), db.clone(), db.clone());
+        let (insert_db, record_db, known_db, reset_db) = (db.clone(), db.clone(), db.clone(), db.clone());
+        let resets = Batcher::spawn_lingering("health_resets", BATCH_MAX, RESETS_LINGER, move |ids: Vec<String>| {
+            let db = reset_db.clone();
+            async move { store::reset_failure_counts(&db, &ids).await }
+        });
         let wakes = Arc::new(Wakes::default());
         Self {
             known: Batcher::spawn_parallel(
@@ -99,8 +130,12 @@ impl Deliverer {
                 async move { store::insert_deliveries(&db, &batch).await }
             }),
             records: Batcher::spawn_parallel("attempts", BATCH_MAX, PARALLEL, move |batch: Vec<Record>| {
-                let db = record_db.clone();
-                async move { store::record_batch(&db, &batch).await }
+                let (db, resets) = (record_db.clone(), resets.clone());
+                async move {
+                    let answers = store::record_batch(&db, &batch).await?;
+                    reset_failure_counts(&resets, &batch, &answers);
+                    Ok(answers)
+                }
             }),
             db,
             sender: Arc::new(sender),
@@ -155,7 +190,7 @@ pub(crate) async fn when_started(d: &Deliverer, due: Due, starting: impl Future<
     };
     match started {
         Some((slot, wait, permit)) => {
-            tokio::time::sleep(wait).await;
+            limits::pace(wait).await;
             deliver(d, due, slot, permit).await;
         }
         None => {

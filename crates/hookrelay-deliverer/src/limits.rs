@@ -35,6 +35,15 @@ use crate::{
     scheduler::Wakes,
 };
 
+/// Waits out a pacing delay. No delay is no wait: a timer of zero still waits for the
+/// timer driver's next millisecond tick, which would add up to a millisecond to every
+/// attempt.
+pub(crate) async fn pace(wait: Duration) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Deliveries waiting for a slot in this process, over every endpoint.
 pub(crate) const WAITING_MAX: usize = 10_000;
 /// Deliveries waiting for one endpoint's slot at most.

@@ -429,10 +429,7 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
     if batch.iter().all(|r| r.first.is_some()) {
         let nexts: Vec<Next> = batch.iter().map(|r| (r.decide)(1)).collect();
         match record_firsts(db, batch, &nexts).await {
-            Ok(()) => {
-                reset_failure_counts(db, batch, &vec![true; batch.len()]);
-                return Ok(nexts.into_iter().map(|next| Some((1, next))).collect());
-            }
+            Ok(()) => return Ok(nexts.into_iter().map(|next| Some((1, next))).collect()),
             // One of the rows exists already: the statement wrote nothing, and the
             // transaction below records the whole batch, that one against the existing row.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
@@ -529,41 +526,27 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
     }
     add_minutes(&mut tx, batch, &answers).await?;
     tx.commit().await?;
-    reset_failure_counts(db, batch, &answers.iter().map(Option::is_some).collect::<Vec<_>>());
     Ok(answers)
 }
 
 /// A success resets the failure count of a healthy endpoint (what the health machine would
-/// do, without reading the row first), in the background: its own statement after the
-/// commit, because the health machine locks a health row and then deliveries (parking), so
-/// taking them the other way round in one transaction could deadlock. The attempts are
-/// recorded whatever happens here: a failure is only logged (the next success resets the
-/// count).
-fn reset_failure_counts(db: &PgPool, batch: &[Record], recorded: &[bool]) {
-    let mut succeeded: Vec<String> = batch
-        .iter()
-        .zip(recorded)
-        .filter(|(r, recorded)| r.succeeded && **recorded)
-        .map(|(r, _)| r.endpoint_id.clone())
-        .collect();
-    succeeded.sort_unstable();
-    succeeded.dedup();
-    if succeeded.is_empty() {
-        return;
-    }
-    let db = db.clone();
-    tokio::spawn(async move {
-        let reset = sqlx::query(
-            "UPDATE endpoint_health SET consecutive_failures = 0, first_failure_at = NULL, updated_at = now()
-             WHERE endpoint_id = ANY($1) AND state = 'healthy' AND consecutive_failures > 0",
-        )
-        .bind(succeeded)
-        .execute(&db)
-        .await;
-        if let Err(error) = reset {
-            tracing::warn!(%error, "resetting healthy endpoints' failure counts failed");
-        }
-    });
+/// do, without reading the row first): its own statement after the record's commit,
+/// because the health machine locks a health row and then deliveries (parking), so taking
+/// them the other way round in one transaction could deadlock. Endpoints are given in any
+/// order, repeats allowed; each is reset at most once. The attempts are recorded whatever
+/// happens here: a failure is only logged (the next success resets the count).
+pub(crate) async fn reset_failure_counts(db: &PgPool, endpoints: &[String]) -> Result<Vec<()>, sqlx::Error> {
+    let mut ids: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query(
+        "UPDATE endpoint_health SET consecutive_failures = 0, first_failure_at = NULL, updated_at = now()
+         WHERE endpoint_id = ANY($1) AND state = 'healthy' AND consecutive_failures > 0",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(vec![(); endpoints.len()])
 }
 
 /// Inserts first rows (see [`FirstRows`]: eleven arrays from `$1`) in their state after

@@ -24,6 +24,9 @@ const BATCH_MAX: usize = 512;
 /// another waits for its commit.
 const PARALLEL: usize = 3;
 
+/// How long a published batch's mark may wait to be removed together with others.
+const MARKS_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(crate) const EVENTS_ACCEPTED: &str = "hookrelay_events_accepted_total";
 pub(crate) const EVENTS_DUPLICATE: &str = "hookrelay_events_duplicate_total";
 pub(crate) const EVENTS_REJECTED: &str = "hookrelay_events_rejected_total";
@@ -100,7 +103,10 @@ impl Ingest {
 
     pub(crate) fn new(db: sqlx::PgPool, js: async_nats::jetstream::Context, cfg: Arc<Config>) -> Self {
         let (events_db, marks_db) = (db.clone(), db.clone());
-        let done = Batcher::spawn("events_published", BATCH_MAX, move |marks: Vec<i64>| {
+        // Nobody waits for a mark's removal (a mark left behind costs a second publish at
+        // worst), so removals gather for a moment: one statement per MARKS_LINGER at a low
+        // rate instead of one per batch.
+        let done = Batcher::spawn_lingering("events_published", BATCH_MAX, MARKS_LINGER, move |marks: Vec<i64>| {
             let db = marks_db.clone();
             async move {
                 store::remove_marks(&db, &marks).await?;

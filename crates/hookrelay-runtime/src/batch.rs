@@ -40,6 +40,17 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Self::spawn_parallel(name, max, 1, run)
     }
 
+    /// As [`Batcher::spawn`], for work nobody waits on (a clean-up after the fact): a batch
+    /// waits up to `linger` after its first item for more, so a trickle of items costs one
+    /// statement per `linger` instead of one per item.
+    pub fn spawn_lingering<F, Fut>(name: &'static str, max: usize, linger: std::time::Duration, run: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, sqlx::Error>> + Send + 'static,
+    {
+        Self::start(name, max, 1, linger, run)
+    }
+
     /// As [`Batcher::spawn`], with up to `parallel` batches running at once: while one
     /// batch waits for its commit (an fsync), the next is already being written on another
     /// connection. Items that arrive while all `parallel` batches run wait together for the
@@ -47,6 +58,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// may touch the same rows must lock them in one order (sort by key), or they can
     /// deadlock.
     pub fn spawn_parallel<F, Fut>(name: &'static str, max: usize, parallel: usize, run: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, sqlx::Error>> + Send + 'static,
+    {
+        Self::start(name, max, parallel, std::time::Duration::ZERO, run)
+    }
+
+    fn start<F, Fut>(name: &'static str, max: usize, parallel: usize, linger: std::time::Duration, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, sqlx::Error>> + Send + 'static,
@@ -67,14 +86,18 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 let (mut items, mut replies) = (Vec::with_capacity(max), Vec::with_capacity(max));
                 items.push(item);
                 replies.push(reply);
+                let until = tokio::time::Instant::now() + linger;
                 while items.len() < max {
-                    match rx.try_recv() {
-                        Ok((item, reply)) => {
-                            items.push(item);
-                            replies.push(reply);
-                        }
-                        Err(_) => break,
-                    }
+                    let next = match rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(_) if linger.is_zero() => None,
+                        Err(_) => tokio::time::timeout_at(until, rx.recv()).await.ok().flatten(),
+                    };
+                    let Some((item, reply)) = next else {
+                        break;
+                    };
+                    items.push(item);
+                    replies.push(reply);
                 }
                 metrics::histogram!("hookrelay_batch_size", "batch" => name).record(items.len() as f64);
                 let batch = run(items);
@@ -186,6 +209,38 @@ mod tests {
         }
         assert_eq!(most_at_once(1).await, 1);
         assert_eq!(most_at_once(3).await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_gathers_a_trickle_and_a_plain_one_does_not() {
+        async fn sizes(linger: std::time::Duration) -> Vec<usize> {
+            let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = sizes.clone();
+            let run = move |items: Vec<u32>| {
+                seen.lock().unwrap().push(items.len());
+                async move { Ok(items) }
+            };
+            let batcher = if linger.is_zero() {
+                Batcher::spawn("test", 64, run)
+            } else {
+                Batcher::spawn_lingering("test", 64, linger, run)
+            };
+            // One item every 5 ms, each caller waiting for its answer on its own task.
+            let mut calls = Vec::new();
+            for i in 0..10 {
+                let b = batcher.clone();
+                calls.push(tokio::spawn(async move { b.call(i).await.unwrap() == i }));
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            for call in calls {
+                assert!(call.await.unwrap(), "each caller gets its own answer");
+            }
+            sizes.lock().unwrap().clone()
+        }
+        let plain = sizes(std::time::Duration::ZERO).await;
+        assert_eq!(plain.len(), 10, "nothing waits for a plain batch to fill: {plain:?}");
+        let lingering = sizes(std::time::Duration::from_secs(1)).await;
+        assert_eq!(lingering, vec![10], "the trickle went in one batch");
     }
 
     #[tokio::test]

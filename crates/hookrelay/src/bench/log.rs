@@ -86,3 +86,26 @@ pub(crate) async fn events_published(
     .fetch_one(db)
     .await?)
 }
+
+/// For each delivery of the tenant whose event id starts with `prefix` that has a first
+/// attempt: (event id, endpoint id, the event's `received_at`, the first attempt's
+/// `started_at`), both in µs since the Unix epoch.
+pub(crate) async fn first_attempts(
+    db: &PgPool,
+    tenant: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<(String, String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT e.event_id, d.endpoint_id,
+                (extract(epoch FROM e.received_at) * 1e6)::int8,
+                (extract(epoch FROM a.started_at) * 1e6)::int8
+         FROM events e
+         JOIN deliveries d ON d.tenant_id = e.tenant_id AND d.event_id = e.event_id
+         JOIN attempts a ON a.delivery_id = d.id AND a.attempt = 1
+         WHERE e.tenant_id = $1 AND e.event_id LIKE $2",
+    )
+    .bind(tenant)
+    .bind(format!("{prefix}%"))
+    .fetch_all(db)
+    .await?)
+}

@@ -15,6 +15,7 @@ mod report;
 mod republish;
 mod scenarios;
 mod send;
+mod stages;
 mod target;
 
 use std::{
@@ -285,6 +286,8 @@ pub(crate) struct Bench {
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) rx: Arc<Receiver>,
     pub(crate) clock: Instant,
+    /// The wall clock (µs since the Unix epoch) at `clock`'s start.
+    pub(crate) wall_us0: i64,
     pub(crate) stop: CancellationToken,
     pub(crate) cpu: cpu::Meter,
     /// Endpoint ids by receiver slot.
@@ -301,6 +304,9 @@ impl Bench {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let clock = Instant::now();
+        let wall_us0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         let tag = run_tag();
         let tenant = format!("bench_{tag}");
         let admin = src.required("HOOKRELAY_ADMIN_TOKEN")?;
@@ -344,6 +350,7 @@ impl Bench {
             js: async_nats::jetstream::new(nats),
             rx,
             clock,
+            wall_us0,
             stop,
             cpu: target.cpu.clone(),
             endpoints: Vec::new(),

@@ -63,13 +63,28 @@ pub(crate) struct Slot {
     checked_once: AtomicBool,
 }
 
+/// One delivery's first arrival, on the bench clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    pub(crate) endpoint: usize,
+    pub(crate) seq: u64,
+    pub(crate) sent_us: u64,
+    pub(crate) arrival_us: u64,
+}
+
+impl Arrival {
+    pub(crate) fn latency_us(&self) -> u64 {
+        self.arrival_us.saturating_sub(self.sent_us)
+    }
+}
+
 /// Arrivals of one phase.
 #[derive(Default)]
 pub(crate) struct Phase {
     /// Per endpoint: event seq → requests received.
     pub(crate) seen: Vec<Mutex<HashMap<u64, u32>>>,
-    /// Microseconds from send to first arrival, healthy endpoints only.
-    pub(crate) latencies_us: Mutex<Vec<u64>>,
+    /// First arrivals at healthy endpoints, outside the warm-up.
+    pub(crate) arrivals: Mutex<Vec<Arrival>>,
     pub(crate) first_arrivals: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     /// Bench-clock µs of the latest first arrival.
@@ -256,11 +271,12 @@ impl Receiver {
         let nth = phase.first_arrivals.fetch_add(1, Relaxed);
         phase.last_arrival_us.fetch_max(now, Relaxed);
         if key.phase != WARMUP {
-            phase
-                .latencies_us
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(now.saturating_sub(key.sent_us));
+            phase.arrivals.lock().unwrap_or_else(|e| e.into_inner()).push(Arrival {
+                endpoint,
+                seq: key.seq,
+                sent_us: key.sent_us,
+                arrival_us: now,
+            });
             self.window.add_permits(1);
         }
         let first_here = !slot.checked_once.swap(true, Relaxed);

@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Args, Bench, Scenario, Via, log,
-    receiver::{EventKey, WARMUP},
+    receiver::{Arrival, EventKey, WARMUP},
     report::{Latency, Report, round2},
     send::{Drive, Sent, Shape},
+    stages,
     target::Target,
 };
 
@@ -104,6 +105,9 @@ async fn latency(args: &Args, src: &Source, target: &Target, stop: CancellationT
     report
         .extra
         .insert("drain_seconds".into(), json!(round2(out.drain_seconds)));
+    report
+        .extra
+        .insert("stages_ms".into(), stages::of(&b, shape.phase, &out.arrivals).await?);
     Ok(report)
 }
 
@@ -246,6 +250,12 @@ async fn noisy(args: &Args, src: &Source, target: &Target, stop: CancellationTok
     report
         .extra
         .insert("latency_ms_alone".into(), Latency::json(alone.latency));
+    report
+        .extra
+        .insert("stages_ms".into(), stages::of(&b, shape.phase, &beside.arrivals).await?);
+    report
+        .extra
+        .insert("stages_ms_alone".into(), stages::of(&b, 1, &alone.arrivals).await?);
     report.extra.insert("p99_ratio".into(), ratio);
     report.extra.insert(
         "backlog".into(),
@@ -364,6 +374,12 @@ async fn fairness(args: &Args, src: &Source, target: &Target, stop: Cancellation
     report
         .extra
         .insert("latency_ms_alone".into(), Latency::json(alone.latency));
+    report
+        .extra
+        .insert("stages_ms".into(), stages::of(&b, shape.phase, &beside.arrivals).await?);
+    report
+        .extra
+        .insert("stages_ms_alone".into(), stages::of(&b, 1, &alone.arrivals).await?);
     report.extra.insert("p99_ratio".into(), json!(ratio));
     report
         .extra
@@ -741,6 +757,8 @@ struct Outcome {
     send_seconds: f64,
     drain_seconds: f64,
     latency: Option<Latency>,
+    /// Each delivery's first arrival (for [`stages`]).
+    arrivals: Vec<Arrival>,
     lost: u64,
     duplicates: u64,
     attempts_logged: u64,
@@ -863,7 +881,8 @@ async fn measure(
     let started = sent.started_us.load(Relaxed);
     let ended = sent.ended_us.load(Relaxed);
     let last = phase.last_arrival_us.load(Relaxed).max(ended);
-    let latencies = std::mem::take(&mut *phase.latencies_us.lock().unwrap_or_else(|e| e.into_inner()));
+    let arrivals = std::mem::take(&mut *phase.arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+    let latencies = arrivals.iter().map(Arrival::latency_us).collect();
     let send_errors = sent.failed.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
     let first_error = sent.first_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(Outcome {
@@ -873,6 +892,7 @@ async fn measure(
         send_seconds: sent.seconds(),
         drain_seconds: last.saturating_sub(ended) as f64 / 1e6,
         latency: Latency::of(latencies),
+        arrivals,
         lost,
         duplicates: phase.duplicates.load(Relaxed),
         attempts_logged,
