@@ -14,7 +14,7 @@ use std::{
 };
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, eventually, nats_password};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Link, PgCluster, Receiver, TestEnv, eventually, nats_password};
 use hookrelay_types::subjects;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,8 @@ struct Flow {
 
 struct Drill {
     env: TestEnv,
+    /// Where the services reach NATS: the server, or a [`Link`] to it.
+    nats_url: String,
     logs: tempfile::TempDir,
     procs: HashMap<&'static str, Proc>,
     addrs: HashMap<&'static str, String>,
@@ -70,8 +72,15 @@ impl Drill {
 
     /// A drill on `env` (a database on a cluster of the drill's own, for instance).
     async fn on(env: TestEnv) -> Self {
+        let nats_url = env.nats_url.clone();
+        Self::through(env, nats_url).await
+    }
+
+    /// A drill whose services reach NATS at `nats_url` (a [`Link`] the drill cuts).
+    async fn through(env: TestEnv, nats_url: String) -> Self {
         let mut drill = Self {
             env,
+            nats_url,
             logs: tempfile::tempdir().unwrap(),
             procs: HashMap::new(),
             addrs: SERVICES.iter().map(|s| (*s, free_addr())).collect(),
@@ -135,6 +144,52 @@ impl Drill {
         }
     }
 
+    /// An operator's mistake: ingest's and the deliverer's consumers deleted, and the events
+    /// stream with the router's consumer.
+    async fn delete_consumers_and_the_events_stream(&self) {
+        let js = jetstream::new(self.env.nats().await.unwrap());
+        for (stream, consumer) in [
+            (subjects::INGEST_STREAM, subjects::INGEST_CONSUMER),
+            (subjects::DELIVERIES_STREAM, subjects::DELIVERER_CONSUMER),
+        ] {
+            js.get_stream(stream)
+                .await
+                .unwrap()
+                .delete_consumer(consumer)
+                .await
+                .unwrap();
+        }
+        js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
+    }
+
+    /// Each service process's resident memory (VmRSS), in MB.
+    fn rss_mb(&self) -> Vec<(&'static str, f64)> {
+        SERVICES
+            .iter()
+            .filter_map(|service| {
+                let pid = self.procs.get(service)?.child.id();
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let kb: f64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((*service, (kb / 1024.0 * 10.0).round() / 10.0))
+            })
+            .collect()
+    }
+
+    /// What `service`'s `/readyz` says: `None` while it answers 200.
+    async fn not_ready(&self, service: &str) -> Option<String> {
+        let r = reqwest::get(format!("http://{}/readyz", self.addrs[service]))
+            .await
+            .ok()?;
+        (!r.status().is_success()).then_some(format!("{} {}", r.status(), r.text().await.unwrap_or_default()))
+    }
+
     fn api(&self, service: &str) -> Api {
         Api::new(format!("http://{}", self.addrs[service]))
     }
@@ -152,6 +207,7 @@ impl Drill {
             .arg(service)
             .env_clear()
             .envs(self.env.process_env())
+            .env("HOOKRELAY_NATS_URL", &self.nats_url)
             .env("HOOKRELAY_NATS_USER", service)
             .env("HOOKRELAY_NATS_PASSWORD", nats_password(service))
             .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
@@ -232,14 +288,19 @@ impl Drill {
     /// Called once the fault (begun at `fault`) is over: stops the flow `after` from now,
     /// then checks what a user would (see the module).
     async fn finish(&mut self, name: &str, fault: Instant, after: Duration) {
+        self.finish_after(name, fault, after, 1).await;
+    }
+
+    /// As [`Drill::finish`], after `faults` faults: each may leave a few duplicates.
+    async fn finish_after(&mut self, name: &str, fault: Instant, after: Duration, faults: usize) -> Checked {
         let fault_took = fault.elapsed();
         tokio::time::sleep(after).await;
         self.stop_flow.cancel();
         self.flow_task.take().unwrap().await.unwrap();
-        self.check(name, fault_took).await;
+        self.check(name, fault_took, faults).await
     }
 
-    async fn check(&self, name: &str, fault_took: Duration) {
+    async fn check(&self, name: &str, fault_took: Duration, faults: usize) -> Checked {
         let (accepted, refused) = {
             let f = self.flow.lock().unwrap();
             (f.accepted.clone(), f.refused)
@@ -274,7 +335,7 @@ impl Drill {
         );
         // A duplicate comes from an attempt in flight at the fault; at this rate that is a
         // handful.
-        assert!(duplicates <= 20, "{name}: {duplicates} duplicates");
+        assert!(duplicates <= 20 * faults, "{name}: {duplicates} duplicates");
         // Nothing waits without a next step, and the audit repaired nothing.
         let db = self.env.db().await.unwrap();
         let stuck: i64 = sqlx::query_scalar(
@@ -309,7 +370,22 @@ impl Drill {
                 path.display()
             );
         }
+        Checked {
+            accepted: accepted.len(),
+            refused,
+            duplicates,
+            settled,
+        }
     }
+}
+
+/// What a drill's check found.
+struct Checked {
+    accepted: usize,
+    refused: usize,
+    duplicates: usize,
+    /// From the flow's end until every accepted event had arrived.
+    settled: Duration,
 }
 
 /// Flow for a moment before the fault.
@@ -338,22 +414,37 @@ async fn drill_nats_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_nats_cut_off_for_10_s() {
+    let env = TestEnv::start().await.unwrap();
+    let link = Link::start(env.nats_addr()).await.unwrap();
+    let mut d = Drill::through(env, link.nats_url()).await;
+    let at = d.begin().await;
+    link.cut();
+    // Nothing closes: each service notices the silence by its unanswered pings, and says so.
+    let said = eventually(Duration::from_secs(10), || async {
+        let mut said = Vec::new();
+        for service in SERVICES {
+            said.push(format!("{service}: {}", d.not_ready(service).await?));
+        }
+        Some(said)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(at.elapsed())).await;
+    link.restore();
+    let said = said.expect("every service said it was not ready while NATS was cut off");
+    assert!(
+        said.iter().all(|s| s.to_lowercase().contains("nats")),
+        "not ready for NATS: {said:?}"
+    );
+    d.all_ready().await;
+    d.finish("NATS cut off 10 s", at, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_consumers_and_the_events_stream_deleted() {
     let mut d = Drill::start().await;
     let at = d.begin().await;
-    let js = jetstream::new(d.env.nats().await.unwrap());
-    for (stream, consumer) in [
-        (subjects::INGEST_STREAM, subjects::INGEST_CONSUMER),
-        (subjects::DELIVERIES_STREAM, subjects::DELIVERER_CONSUMER),
-    ] {
-        js.get_stream(stream)
-            .await
-            .unwrap()
-            .delete_consumer(consumer)
-            .await
-            .unwrap();
-    }
-    js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
+    d.delete_consumers_and_the_events_stream().await;
     // Each service makes what it lost again and is ready again.
     d.all_ready().await;
     d.finish("consumers and the events stream deleted", at, Duration::from_secs(3))
@@ -488,4 +579,83 @@ async fn drill_receivers_of_every_kind_beside_a_healthy_one() {
             "no attempt names `{cause}`: {errors:?}"
         );
     }
+}
+
+/// The long form: every fault above in turn, under the steady flow, for
+/// `HOOKRELAY_DRILL_SOAK` (`10m`, `90s`; 10 minutes if unset), 20 s of flow between
+/// faults. Prints each fault's recovery time (until every service was ready again) and
+/// each service's memory at the start and the end; the figures in docs/reliability.md.
+///
+/// `HOOKRELAY_DRILL_SOAK=10m cargo nextest run -p hookrelay --test system drills::soak
+/// --run-ignored only --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the long form (minutes): run it with --run-ignored only"]
+async fn soak() {
+    let total = std::env::var("HOOKRELAY_DRILL_SOAK")
+        .ok()
+        .map_or(Duration::from_secs(600), |v| {
+            hookrelay_runtime::config::parse_duration(&v).expect("HOOKRELAY_DRILL_SOAK: a duration such as 10m")
+        });
+    let pg = PgCluster::start().unwrap();
+    let env = TestEnv::start_on(pg.admin_url()).await.unwrap();
+    let link = Link::start(env.nats_addr()).await.unwrap();
+    let mut d = Drill::through(env, link.nats_url()).await;
+    let rss_start = d.rss_mb();
+    let at = d.begin().await;
+    let mut recoveries: Vec<(String, Duration)> = Vec::new();
+    for n in 0usize.. {
+        if at.elapsed() >= total {
+            break;
+        }
+        let began = Instant::now();
+        let name = match n % 5 {
+            0 => {
+                let service = SERVICES[(n / 5) % SERVICES.len()];
+                d.kill9_and_restart(service).await;
+                format!("kill -9 of {service}")
+            }
+            1 => {
+                d.env.kill_nats();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                d.env.start_nats().await.unwrap();
+                "NATS down 2 s".to_owned()
+            }
+            2 => {
+                link.cut();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                link.restore();
+                "NATS cut off 10 s".to_owned()
+            }
+            3 => {
+                d.delete_consumers_and_the_events_stream().await;
+                "consumers and the events stream deleted".to_owned()
+            }
+            _ => {
+                pg.crash().unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                pg.up().unwrap();
+                "PostgreSQL down 2 s".to_owned()
+            }
+        };
+        d.all_ready().await;
+        recoveries.push((name, began.elapsed()));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    }
+    let rss_end = d.rss_mb();
+    let faults = recoveries.len();
+    let checked = d.finish_after("soak", at, Duration::from_secs(2), faults).await;
+    eprintln!(
+        "soak of {:?}: {faults} faults, {} events accepted, {} refused, 0 lost, {} duplicates, \
+         all delivered {:?} after the flow stopped",
+        at.elapsed(),
+        checked.accepted,
+        checked.refused,
+        checked.duplicates,
+        checked.settled
+    );
+    for (name, took) in &recoveries {
+        eprintln!("  {name}: every service ready again after {took:?}");
+    }
+    eprintln!("  RSS (MB) at the start: {rss_start:?}");
+    eprintln!("  RSS (MB) at the end:   {rss_end:?}");
 }

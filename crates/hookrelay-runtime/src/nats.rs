@@ -164,10 +164,17 @@ async fn connect_with_inbox(
         .name("hookrelay")
         .custom_inbox_prefix(inbox)
         .connection_timeout(Duration::from_secs(5))
+        .ping_interval(PING_EVERY)
         .connect(servers)
         .await?;
     Ok(client)
 }
+
+/// How often a connection asks the server for a PONG. A connection that carries nothing
+/// (a network partition: no close, no reset) is given up after two pings go unanswered, so
+/// within three of these: it then reconnects, `/readyz` says NATS is disconnected
+/// meanwhile, and what was announced while it was away is reloaded (see [`Reconnects`]).
+pub const PING_EVERY: Duration = Duration::from_secs(2);
 
 fn log_event(who: &str, event: &async_nats::Event) {
     use async_nats::{Event, ServerError};

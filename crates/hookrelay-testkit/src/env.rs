@@ -133,6 +133,11 @@ impl TestEnv {
         bail!("nats-server did not listen on {addr}")
     }
 
+    /// Where the private NATS server listens.
+    pub fn nats_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.nats_port))
+    }
+
     /// Kills the NATS server (SIGKILL): for restart tests.
     pub fn kill_nats(&mut self) {
         if let Some(mut child) = self.nats.take() {

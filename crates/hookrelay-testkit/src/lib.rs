@@ -2,7 +2,8 @@
 //! [`TestEnv`] starts a private `nats-server` (own port and store) and creates a fresh
 //! database on the local PostgreSQL; [`Receiver`] is a real HTTP server on loopback that
 //! records every webhook; [`Api`] calls the REST API; [`verify`] checks a signature with the
-//! Standard Webhooks reference library, as a receiver would.
+//! Standard Webhooks reference library, as a receiver would; [`Link`] stands between the
+//! services and a server so a test can cut the network between them.
 //!
 //! Finding the servers:
 //! - `nats-server`: `$HOOKRELAY_TEST_NATS_SERVER`, else `.tools/venv/bin/nats-server` in the
@@ -12,12 +13,14 @@
 
 mod api;
 mod env;
+mod link;
 mod postgres;
 mod receiver;
 mod service;
 
 pub use api::{Api, Reply};
 pub use env::{ADMIN_TOKEN, ENCRYPTION_KEY, NATS_USERS, TestEnv, nats_conf, nats_password};
+pub use link::Link;
 pub use postgres::PgCluster;
 pub use receiver::{Received, Receiver};
 pub use service::{Service, spawn_service};
