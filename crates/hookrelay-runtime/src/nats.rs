@@ -458,6 +458,51 @@ pub struct Handed {
 struct Progress {
     seen: std::sync::atomic::AtomicU64,
     floor: std::sync::atomic::AtomicU64,
+    /// The stream `seen` and `floor` count in (its creation time).
+    stream_created: std::sync::Mutex<Option<time::OffsetDateTime>>,
+}
+
+impl Progress {
+    fn position(&self) -> Position {
+        Position {
+            floor: self.floor.load(std::sync::atomic::Ordering::Acquire),
+            stream_created: *self.stream_created.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Counts from now on in the stream made at `created`: a new stream starts afresh.
+    fn counting_in(&self, created: time::OffsetDateTime) -> bool {
+        let mut current = self.stream_created.lock().unwrap_or_else(|e| e.into_inner());
+        let same = *current == Some(created);
+        if !same {
+            self.seen.store(0, std::sync::atomic::Ordering::Release);
+            self.floor.store(0, std::sync::atomic::Ordering::Release);
+            *current = Some(created);
+        }
+        same
+    }
+}
+
+/// Where a consumer on a stream that keeps its messages got: its ack floor, in the stream
+/// made at `stream_created` (unknown for a position written before that was noted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    floor: u64,
+    stream_created: Option<time::OffsetDateTime>,
+}
+
+impl Position {
+    /// The sequence a new consumer starts at on `stream`, or `None` for the stream's start:
+    /// a position in another stream of the same name (deleted and made again since) does
+    /// not count there. One whose stream is unknown counts unless it lies past the
+    /// stream's end.
+    fn start_in(&self, stream: &jetstream::stream::Info) -> Option<u64> {
+        let same = match self.stream_created {
+            Some(created) => created == stream.created,
+            None => self.floor <= stream.state.last_sequence,
+        };
+        same.then_some(self.floor + 1)
+    }
 }
 
 /// The consumer loop every service uses: fetch, hand each message to `handle` on its own
@@ -474,7 +519,8 @@ struct Progress {
 /// `hookrelay_consumers_recreated_total{consumer}`, and goes on. On a work-queue stream the
 /// new consumer starts at the first message not yet acknowledged; on the events stream, at
 /// the ack floor the server last reported (so at most a few seconds are handed out again,
-/// each marked [`Handed::maybe_seen`]).
+/// each marked [`Handed::maybe_seen`]), unless the stream itself was made anew: its
+/// messages are numbered from 1 again, and the new consumer reads it from its start.
 pub async fn consume<F, Fut>(
     source: Source,
     consumer: jetstream::consumer::PullConsumer,
@@ -493,6 +539,9 @@ where
     let handle = std::sync::Arc::new(handle);
     let spec = source.spec;
     let mut consumer = consumer;
+    if let Ok(stream) = source.js.get_stream(spec.stream).await {
+        progress.counting_in(stream.cached_info().created);
+    }
     // Sequences at or below this were handed out by a consumer since lost.
     let mut before_loss = 0u64;
     loop {
@@ -518,13 +567,17 @@ where
         source.ready.missing(&missing, true);
         metrics::counter!("hookrelay_consumers_recreated_total", "consumer" => spec.name).increment(1);
         before_loss = before_loss.max(progress.seen.load(std::sync::atomic::Ordering::Acquire));
-        let start = spec
-            .keeps_messages()
-            .then(|| progress.floor.load(std::sync::atomic::Ordering::Acquire) + 1);
+        let position = spec.keeps_messages().then(|| progress.position());
         let mut wait = Duration::from_millis(100);
         consumer = loop {
-            match remake(&source, start).await {
-                Ok(consumer) => break consumer,
+            match remake(&source, position).await {
+                Ok((consumer, created)) => {
+                    if !progress.counting_in(created) {
+                        // A new stream: nothing in it was handed out before.
+                        before_loss = 0;
+                    }
+                    break consumer;
+                }
                 Err(error) => {
                     tracing::warn!(consumer = spec.name, %error, "making the consumer again failed; trying again");
                     tokio::select! {
@@ -541,7 +594,7 @@ where
         tracing::info!(
             consumer = spec.name,
             stream = spec.stream,
-            ?start,
+            ?position,
             "consumer made again"
         );
     }
@@ -700,9 +753,12 @@ async fn gone(consumer: &jetstream::consumer::PullConsumer) -> Option<String> {
 
 /// Makes the stream (when missing) and the consumer again; on the events stream starting
 /// at `start`.
-async fn remake(source: &Source, start: Option<u64>) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+async fn remake(
+    source: &Source,
+    position: Option<Position>,
+) -> anyhow::Result<(jetstream::consumer::PullConsumer, time::OffsetDateTime)> {
     ensure_stream(&source.js, source.spec.stream, source.replicas).await?;
-    make_consumer(&source.js, source.spec, start).await
+    make_consumer(&source.js, source.spec, position).await
 }
 
 /// How often a consumer's lag is read from the server.
@@ -731,7 +787,8 @@ async fn report_lag(
                 progress.floor.fetch_max(floor, std::sync::atomic::Ordering::AcqRel);
                 if let Some(db) = &source.positions {
                     let seen = progress.seen.load(std::sync::atomic::Ordering::Acquire);
-                    if let Err(error) = write_position(db, source.spec, floor, seen).await {
+                    let created = progress.position().stream_created;
+                    if let Err(error) = write_position(db, source.spec, floor, seen, created).await {
                         tracing::warn!(%error, consumer = source.spec.name, "writing the consumer's position failed");
                     }
                 }
@@ -742,33 +799,46 @@ async fn report_lag(
 }
 
 /// Notes how far a consumer on a stream that keeps its messages got.
-async fn write_position(db: &sqlx::PgPool, spec: ConsumerSpec, floor: u64, seen: u64) -> Result<(), sqlx::Error> {
+async fn write_position(
+    db: &sqlx::PgPool,
+    spec: ConsumerSpec,
+    floor: u64,
+    seen: u64,
+    stream_created: Option<time::OffsetDateTime>,
+) -> Result<(), sqlx::Error> {
     let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    // Positions only grow within one stream; a stream made anew starts them again.
     sqlx::query(
-        "INSERT INTO consumer_positions (consumer, stream, ack_floor, seen, updated_at)
-         VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (consumer) DO UPDATE SET stream = $2,
-             ack_floor = GREATEST(consumer_positions.ack_floor, $3),
-             seen = GREATEST(consumer_positions.seen, $4), updated_at = now()",
+        "INSERT INTO consumer_positions (consumer, stream, ack_floor, seen, stream_created, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (consumer) DO UPDATE SET stream = $2, stream_created = $5, updated_at = now(),
+             ack_floor = CASE WHEN consumer_positions.stream_created IS NOT DISTINCT FROM $5
+                              THEN GREATEST(consumer_positions.ack_floor, $3) ELSE $3 END,
+             seen = CASE WHEN consumer_positions.stream_created IS NOT DISTINCT FROM $5
+                         THEN GREATEST(consumer_positions.seen, $4) ELSE $4 END",
     )
     .bind(spec.name)
     .bind(spec.stream)
     .bind(as_i64(floor))
     .bind(as_i64(seen))
+    .bind(stream_created)
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// The ack floor and highest sequence handed out that `write_position` noted last.
-async fn read_position(db: &sqlx::PgPool, spec: ConsumerSpec) -> Result<Option<(u64, u64)>, sqlx::Error> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT ack_floor, seen FROM consumer_positions WHERE consumer = $1 AND stream = $2")
+/// The position `write_position` noted last.
+async fn read_position(db: &sqlx::PgPool, spec: ConsumerSpec) -> Result<Option<Position>, sqlx::Error> {
+    let row: Option<(i64, Option<time::OffsetDateTime>)> =
+        sqlx::query_as("SELECT ack_floor, stream_created FROM consumer_positions WHERE consumer = $1 AND stream = $2")
             .bind(spec.name)
             .bind(spec.stream)
             .fetch_optional(db)
             .await?;
-    Ok(row.map(|(floor, seen)| (floor.max(0) as u64, seen.max(0) as u64)))
+    Ok(row.map(|(floor, stream_created)| Position {
+        floor: floor.max(0) as u64,
+        stream_created,
+    }))
 }
 
 /// The consumer `spec` names, made if missing: explicit acks, a 30 s ack wait, up to
@@ -793,11 +863,11 @@ pub async fn consumer(
     {
         return Ok(existing);
     }
-    let start = match (spec.keeps_messages(), positions) {
-        (true, Some(db)) => read_position(db, spec).await?.map(|(floor, _)| floor + 1),
+    let position = match (spec.keeps_messages(), positions) {
+        (true, Some(db)) => read_position(db, spec).await?,
         _ => None,
     };
-    make_consumer(js, spec, start).await
+    Ok(make_consumer(js, spec, position).await?.0)
 }
 
 fn consumer_config(spec: ConsumerSpec, start: Option<u64>) -> jetstream::consumer::pull::Config {
@@ -818,15 +888,19 @@ fn consumer_config(spec: ConsumerSpec, start: Option<u64>) -> jetstream::consume
 
 /// Creates (or updates) the consumer; on a stream that keeps its messages starting at
 /// `start`.
+/// Makes (or updates) the consumer; on a stream that keeps its messages it starts after
+/// `position` when that counts in this stream. Returns it with the stream's creation time.
 async fn make_consumer(
     js: &jetstream::Context,
     spec: ConsumerSpec,
-    start: Option<u64>,
-) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    position: Option<Position>,
+) -> anyhow::Result<(jetstream::consumer::PullConsumer, time::OffsetDateTime)> {
     let stream = js
         .get_stream(spec.stream)
         .await
         .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.stream))?;
+    let created = stream.cached_info().created;
+    let start = position.and_then(|p| p.start_in(stream.cached_info()));
     let config = consumer_config(spec, start);
     let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("consumer {} on {}: {e}", spec.name, spec.stream);
     match stream
@@ -843,10 +917,11 @@ async fn make_consumer(
             stream.create_consumer(config).await.map_err(|e| failed(&e))?;
         }
     }
-    stream
+    let consumer = stream
         .get_consumer(spec.name)
         .await
-        .map_err(|e| anyhow::anyhow!("consumer {} on {}: {e}", spec.name, spec.stream))
+        .map_err(|e| anyhow::anyhow!("consumer {} on {}: {e}", spec.name, spec.stream))?;
+    Ok((consumer, created))
 }
 
 #[cfg(test)]
