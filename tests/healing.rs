@@ -149,6 +149,64 @@ async fn a_deleted_events_stream_is_made_again() {
     sys.each_once(15);
 }
 
+/// Events accepted but not yet routed when the events stream is deleted went with it:
+/// ingest notices the stream was made anew and publishes the recent ones again.
+#[tokio::test]
+async fn events_lost_with_a_deleted_events_stream_are_published_again() {
+    let env = TestEnv::start().await.unwrap();
+    let src = env.source(&[("HOOKRELAY_REPUBLISH_AFTER", "1s")]);
+    macro_rules! service {
+        ($krate:ident) => {{
+            let cfg = $krate::Config::from_source(&src).unwrap();
+            spawn_service(|listener, stop| async move { $krate::run(cfg, Some(listener), stop).await }).await
+        }};
+    }
+    // Everything but the router: accepted events wait in HOOKRELAY_EVENTS.
+    let query = service!(hookrelay_query);
+    let ingest = service!(hookrelay_ingest);
+    let _deliverer = service!(hookrelay_deliverer);
+    let rx = Receiver::start().await.unwrap();
+    let r = query
+        .api
+        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let scopes = ["events:write", "endpoints:write"];
+    let r = query
+        .api
+        .post(
+            "/v1/api-keys",
+            ADMIN_TOKEN,
+            json!({"tenant_id": "acme", "name": "t", "scopes": scopes}),
+        )
+        .await;
+    let key = r.body["key"].as_str().unwrap().to_owned();
+    let r = query
+        .api
+        .post(
+            "/v1/endpoints",
+            &key,
+            json!({"url": rx.url("ok/lost"), "events": ["orders/*"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    for n in 0..5 {
+        let event = json!({"event": "orders/created", "event_id": format!("evt_lost_{n}"), "data": {"n": n}});
+        let r = ingest.api.post("/v1/events", &key, event).await;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+
+    let js = jetstream::new(env.nats().await.unwrap());
+    js.delete_stream(subjects::EVENTS_STREAM).await.unwrap();
+    // The router makes the stream anew and reads it from its start.
+    let _router = service!(hookrelay_router);
+    for n in 0..5 {
+        let id = format!("evt_lost_{n}");
+        let got = rx.wait_for("ok/lost", &id, 1, Duration::from_secs(30)).await;
+        assert_eq!(got.len(), 1, "{id} was accepted and never delivered");
+    }
+}
+
 #[tokio::test]
 async fn a_stream_that_cannot_be_made_again_shows_on_readyz_until_it_can() {
     let sys = system().await;

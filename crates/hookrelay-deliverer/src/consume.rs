@@ -71,12 +71,12 @@ pub(crate) async fn run_jobs(
         concurrency,
         drain,
         shutdown,
-        move |Handed { msg, .. }| {
+        move |Handed { msg, maybe_seen }| {
             let d = d.clone();
             // Continue the event's trace from the router (set before the span is entered).
             let span = tracing::info_span!("deliverer.job", subject = %msg.subject);
             hookrelay_runtime::telemetry::follow(&span, msg.headers.as_ref());
-            async move { on_job(&d, msg).instrument(span).await }
+            async move { on_job(&d, msg, maybe_seen).instrument(span).await }
         },
     )
     .await
@@ -118,7 +118,9 @@ fn decode_job(payload: &[u8]) -> Result<DeliveryJob, DeliverError> {
 /// `HOOKRELAY_PENDING_AFTER` and the job then acked, or, when the queue is full, its row is
 /// stored due for the scheduler. A failing or disabled endpoint's jobs are stored for the
 /// scheduler, which paces them (a failing one's rows parked for its probes).
-async fn on_job(d: &Deliverer, msg: Message) {
+/// `maybe_seen`: the job may have been handled by a consumer since lost (see
+/// [`Handed::maybe_seen`]), so it is treated as a redelivery.
+async fn on_job(d: &Deliverer, msg: Message, maybe_seen: bool) {
     let job = match decode_job(&msg.payload) {
         Ok(job) => job,
         Err(error) => return settle(&msg, Err(error), "job").await,
@@ -203,12 +205,13 @@ async fn on_job(d: &Deliverer, msg: Message) {
     };
     // A job attempted at once whose event and endpoint have no delivery yet: the attempt
     // goes first, and the row is written with its record (`deliver::deliver_first`). A
-    // redelivered job (its ack was lost, or a deliverer died with it), or a second job for
+    // redelivered job (its ack was lost, a deliverer died with it, or its consumer was lost
+    // before the ack), or a second job for
     // an event and endpoint (the router routed the event again), stores its row first, as
     // below, so a row that already exists is found before anything is sent again. A job of
     // the event's first routing (`first_routing`) cannot be a second one; any other is
     // looked up first.
-    let first_seen = msg.info().is_ok_and(|info| info.delivered == 1);
+    let first_seen = !maybe_seen && msg.info().is_ok_and(|info| info.delivered == 1);
     if first_seen
         && (job.first_routing
             || d.known

@@ -77,6 +77,7 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     let retention = hookrelay_runtime::retention::Retention::from_config(&cfg.common);
     rt.tasks
         .spawn(retention::run(rt.db.clone(), retention, shutdown.clone()));
+    sweeper::check_events_stream(&ingest).await;
     rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown.clone()));
     rt.tasks.spawn(hookrelay_runtime::auth::forget_revoked(
         rt.nats.clone(),

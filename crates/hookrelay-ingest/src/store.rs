@@ -155,6 +155,52 @@ pub(crate) async fn unpublished(
     .await
 }
 
+/// Notes `stream` as made at `created`. When it was seen made at another time before (it
+/// was deleted and made again since), also marks every batch of events received in the
+/// last `window` unpublished again (those marked already stay as they are), so the sweeper
+/// publishes them again, and returns how many batches were marked. One transaction: the
+/// change is acted on once, whichever ingest notices it.
+pub(crate) async fn note_stream(
+    db: &sqlx::PgPool,
+    stream: &str,
+    created: OffsetDateTime,
+    window: std::time::Duration,
+) -> Result<Option<u64>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let before: Option<OffsetDateTime> =
+        sqlx::query_scalar("SELECT created FROM stream_instances WHERE stream = $1 FOR UPDATE")
+            .bind(stream)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if before == Some(created) {
+        return Ok(None);
+    }
+    let marked = if before.is_some() {
+        let done = sqlx::query(
+            "INSERT INTO unpublished_batches (received_at)
+             SELECT DISTINCT e.received_at FROM events e
+             WHERE e.received_at > now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM unpublished_batches u WHERE u.received_at = e.received_at)",
+        )
+        .bind(window.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        Some(done.rows_affected())
+    } else {
+        None
+    };
+    sqlx::query(
+        "INSERT INTO stream_instances (stream, created) VALUES ($1, $2)
+         ON CONFLICT (stream) DO UPDATE SET created = $2, seen_at = now()",
+    )
+    .bind(stream)
+    .bind(created)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(marked)
+}
+
 /// An event of an unpublished batch, to publish again.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct BatchEvent {

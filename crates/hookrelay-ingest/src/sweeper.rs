@@ -19,6 +19,11 @@ const PAGE: i64 = 500;
 /// Batches published at once; each publishes its events at once and awaits their acks.
 const BATCHES_AT_ONCE: usize = 16;
 
+/// Times the events stream was found made anew (and recent events marked to publish again).
+const STREAMS_REMADE: &str = "hookrelay_events_stream_remade_total";
+/// How far back events are published again when the events stream is found made anew.
+const STREAM_LOSS_WINDOW: Duration = Duration::from_secs(300);
+
 pub(crate) async fn run(ingest: Ingest, shutdown: CancellationToken) {
     metrics::counter!(REPUBLISH_FAILED).increment(0);
     let every = (ingest.cfg.republish_after / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
@@ -29,6 +34,7 @@ pub(crate) async fn run(ingest: Ingest, shutdown: CancellationToken) {
             () = tokio::time::sleep(wait) => {}
         }
         wait = every;
+        check_events_stream(&ingest).await;
         match sweep(&ingest).await {
             Ok(pass) => {
                 if pass.events > 0 {
@@ -41,6 +47,33 @@ pub(crate) async fn run(ingest: Ingest, shutdown: CancellationToken) {
             }
             Err(error) => warn!(%error, "sweeping unpublished events failed"),
         }
+    }
+}
+
+/// When HOOKRELAY_EVENTS was deleted (by hand) and made again, the events it held and the
+/// router had not yet routed went with it. The stream is known by its creation time, noted
+/// in `stream_instances` (so a change made while ingest was down counts too); when it
+/// changes, every event accepted in the last [`STREAM_LOSS_WINDOW`] is marked to be
+/// published again. The router routes each again, and the deliverer keeps one delivery per
+/// event and endpoint, so what was delivered already is not sent twice. Runs at start and
+/// at every pass of the sweeper.
+pub(crate) async fn check_events_stream(ingest: &Ingest) {
+    let Ok(stream) = ingest.js.get_stream(hookrelay_types::subjects::EVENTS_STREAM).await else {
+        return;
+    };
+    let created = stream.cached_info().created;
+    let stream = hookrelay_types::subjects::EVENTS_STREAM;
+    match store::note_stream(&ingest.db, stream, created, STREAM_LOSS_WINDOW).await {
+        Ok(Some(batches)) => {
+            metrics::counter!(STREAMS_REMADE).increment(1);
+            warn!(
+                batches,
+                window_seconds = STREAM_LOSS_WINDOW.as_secs(),
+                "the events stream was made anew; publishing the events accepted within the window again"
+            );
+        }
+        Ok(None) => {}
+        Err(error) => warn!(%error, "noting the events stream failed; trying again at the next pass"),
     }
 }
 
