@@ -205,6 +205,25 @@ async fn events_lost_with_a_deleted_events_stream_are_published_again() {
         let got = rx.wait_for("ok/lost", &id, 1, Duration::from_secs(30)).await;
         assert_eq!(got.len(), 1, "{id} was accepted and never delivered");
     }
+    // Noticed once: the stream ingest noted is the one NATS has, to the microsecond
+    // PostgreSQL keeps (a mismatch would count it made anew at every pass).
+    let remade: Vec<String> = metrics(&ingest.api)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("hookrelay_events_stream_remade_total"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(remade, ["hookrelay_events_stream_remade_total 1"]);
+    let mut stream = js.get_stream(subjects::EVENTS_STREAM).await.unwrap();
+    let noted: time::OffsetDateTime = sqlx::query_scalar("SELECT created FROM stream_instances WHERE stream = $1")
+        .bind(subjects::EVENTS_STREAM)
+        .fetch_one(&env.db().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        noted,
+        hookrelay_runtime::nats::stream_created(stream.info().await.unwrap())
+    );
 }
 
 #[tokio::test]

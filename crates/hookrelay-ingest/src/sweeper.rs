@@ -61,7 +61,7 @@ pub(crate) async fn check_events_stream(ingest: &Ingest) {
     let Ok(stream) = ingest.js.get_stream(hookrelay_types::subjects::EVENTS_STREAM).await else {
         return;
     };
-    let created = stream.cached_info().created;
+    let created = hookrelay_runtime::nats::stream_created(stream.cached_info());
     let stream = hookrelay_types::subjects::EVENTS_STREAM;
     match store::note_stream(&ingest.db, stream, created, STREAM_LOSS_WINDOW).await {
         Ok(Some(batches)) => {

@@ -483,6 +483,14 @@ impl Progress {
     }
 }
 
+/// When a stream was made, which tells one stream from another of the same name made
+/// after it was deleted. To the microsecond, as PostgreSQL keeps it: a time read back from
+/// the database compares equal to the stream's own.
+pub fn stream_created(stream: &jetstream::stream::Info) -> time::OffsetDateTime {
+    let t = stream.created;
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).unwrap_or(t)
+}
+
 /// Where a consumer on a stream that keeps its messages got: its ack floor, in the stream
 /// made at `stream_created` (unknown for a position written before that was noted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,7 +506,7 @@ impl Position {
     /// stream's end.
     fn start_in(&self, stream: &jetstream::stream::Info) -> Option<u64> {
         let same = match self.stream_created {
-            Some(created) => created == stream.created,
+            Some(created) => created == stream_created(stream),
             None => self.floor <= stream.state.last_sequence,
         };
         same.then_some(self.floor + 1)
@@ -540,7 +548,7 @@ where
     let spec = source.spec;
     let mut consumer = consumer;
     if let Ok(stream) = source.js.get_stream(spec.stream).await {
-        progress.counting_in(stream.cached_info().created);
+        progress.counting_in(stream_created(stream.cached_info()));
     }
     // Sequences at or below this were handed out by a consumer since lost.
     let mut before_loss = 0u64;
@@ -899,7 +907,7 @@ async fn make_consumer(
         .get_stream(spec.stream)
         .await
         .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.stream))?;
-    let created = stream.cached_info().created;
+    let created = stream_created(stream.cached_info());
     let start = position.and_then(|p| p.start_in(stream.cached_info()));
     let config = consumer_config(spec, start);
     let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("consumer {} on {}: {e}", spec.name, spec.stream);
