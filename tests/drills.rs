@@ -324,13 +324,13 @@ impl Drill {
         let all_in = eventually(SETTLE, || async {
             accepted
                 .iter()
-                .all(|id| !self.rx.received_id("ok/drill", id).is_empty())
+                .all(|id| self.rx.count_id("ok/drill", id) > 0)
                 .then_some(())
         })
         .await;
         let missing: Vec<&String> = accepted
             .iter()
-            .filter(|id| self.rx.received_id("ok/drill", id).is_empty())
+            .filter(|id| self.rx.count_id("ok/drill", id) == 0)
             .collect();
         if all_in.is_none() {
             panic!(
@@ -341,10 +341,7 @@ impl Drill {
             );
         }
         let settled = started.elapsed();
-        let duplicates: usize = accepted
-            .iter()
-            .map(|id| self.rx.received_id("ok/drill", id).len() - 1)
-            .sum();
+        let duplicates: usize = accepted.iter().map(|id| self.rx.count_id("ok/drill", id) - 1).sum();
         eprintln!(
             "drill {name}: {} accepted, {refused} refused, all delivered {settled:?} after the flow stopped \
              (fault took {fault_took:?}), {duplicates} duplicates",

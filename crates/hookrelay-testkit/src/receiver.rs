@@ -90,6 +90,14 @@ impl Receiver {
             .collect()
     }
 
+    /// How many requests at `path` carried this `webhook-id` (without copying them: for
+    /// checks over thousands of ids).
+    pub fn count_id(&self, path: &str, webhook_id: &str) -> usize {
+        let key = (format!("/{}", path.trim_start_matches('/')), webhook_id.to_owned());
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.per_id.get(&key).map_or(0, |n| *n as usize)
+    }
+
     /// Waits until `path` has received `webhook_id` at least `n` times.
     pub async fn wait_for(&self, path: &str, webhook_id: &str, n: usize, timeout: Duration) -> Vec<Received> {
         crate::eventually(timeout, || async {
