@@ -211,6 +211,13 @@ async fn on_job(d: &Deliverer, msg: Message, maybe_seen: bool) {
     // below, so a row that already exists is found before anything is sent again. A job of
     // the event's first routing (`first_routing`) cannot be a second one; any other is
     // looked up first.
+    let key = (due.tenant_id.clone(), due.event_id.clone(), due.endpoint_id.clone());
+    if lock(&d.firsts).contains(&key) {
+        // The first attempt of this event to this endpoint is under way here and its row
+        // comes with its record: this job (a second one, or the same handed out again)
+        // comes back once that is written, and finds it.
+        return settle(&msg, Ok(AckKind::Nak(Some(RETRY_DELAY))), "job").await;
+    }
     let first_seen = !maybe_seen && msg.info().is_ok_and(|info| info.delivered == 1);
     if first_seen
         && (job.first_routing
@@ -226,8 +233,10 @@ async fn on_job(d: &Deliverer, msg: Message, maybe_seen: bool) {
             created_at: time::OffsetDateTime::now_utc(),
         };
         limits::pace(wait).await;
+        lock(&d.firsts).insert(key.clone());
         // `new` is what a slow attempt stores meanwhile: leased.
         let done = deliver::deliver_first(d, due, (slot, permit), first, new).await;
+        lock(&d.firsts).remove(&key);
         let outcome = if done {
             Ok(AckKind::Ack)
         } else {
@@ -241,6 +250,10 @@ async fn on_job(d: &Deliverer, msg: Message, maybe_seen: bool) {
         limits::pace(wait).await;
         deliver::deliver(d, due, slot, permit).await;
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Stores a job's delivery row and settles the job. `true` when the row is this job's,

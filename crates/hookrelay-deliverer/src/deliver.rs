@@ -64,6 +64,9 @@ pub(crate) struct Deliverer {
     pub(crate) known: Batcher<(String, String, String), bool>,
     /// Attempts, recorded a batch per transaction.
     pub(crate) records: Batcher<Record, Option<(i32, Next)>>,
+    /// (tenant, event, endpoint) of first attempts under way here whose row is written only
+    /// with their record: a second job for one of them cannot find the row yet.
+    pub(crate) firsts: Arc<std::sync::Mutex<std::collections::HashSet<(String, String, String)>>>,
 }
 
 /// How long a success's reset of its endpoint's failure count may wait to be written
@@ -129,6 +132,7 @@ impl Deliverer {
                 let db = insert_db.clone();
                 async move { store::insert_deliveries(&db, &batch).await }
             }),
+            firsts: Arc::default(),
             records: Batcher::spawn_parallel("attempts", BATCH_MAX, PARALLEL, move |batch: Vec<Record>| {
                 let (db, resets) = (record_db.clone(), resets.clone());
                 async move {
