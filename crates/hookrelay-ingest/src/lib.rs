@@ -77,8 +77,8 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
     let retention = hookrelay_runtime::retention::Retention::from_config(&cfg.common);
     rt.tasks
         .spawn(retention::run(rt.db.clone(), retention, shutdown.clone()));
-    sweeper::check_events_stream(&ingest).await;
-    rt.tasks.spawn(sweeper::run(ingest.clone(), shutdown.clone()));
+    let noted = sweeper::check_events_stream(&ingest, None).await;
+    rt.tasks.spawn(sweeper::run(ingest.clone(), noted, shutdown.clone()));
     rt.tasks.spawn(hookrelay_runtime::auth::forget_revoked(
         rt.nats.clone(),
         rt.keys.clone(),

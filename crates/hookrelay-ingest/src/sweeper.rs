@@ -24,17 +24,20 @@ const STREAMS_REMADE: &str = "hookrelay_events_stream_remade_total";
 /// How far back events are published again when the events stream is found made anew.
 const STREAM_LOSS_WINDOW: Duration = Duration::from_secs(300);
 
-pub(crate) async fn run(ingest: Ingest, shutdown: CancellationToken) {
+/// `noted`: the events stream's creation time as noted at start.
+pub(crate) async fn run(ingest: Ingest, noted: Option<time::OffsetDateTime>, shutdown: CancellationToken) {
     metrics::counter!(REPUBLISH_FAILED).increment(0);
     let every = (ingest.cfg.republish_after / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut wait = every;
+    // The stream as this process noted it last: the database is asked only on a change.
+    let mut noted = noted;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
         wait = every;
-        check_events_stream(&ingest).await;
+        noted = check_events_stream(&ingest, noted).await;
         match sweep(&ingest).await {
             Ok(pass) => {
                 if pass.events > 0 {
@@ -56,12 +59,19 @@ pub(crate) async fn run(ingest: Ingest, shutdown: CancellationToken) {
 /// changes, every event accepted in the last [`STREAM_LOSS_WINDOW`] is marked to be
 /// published again. The router routes each again, and the deliverer keeps one delivery per
 /// event and endpoint, so what was delivered already is not sent twice. Runs at start and
-/// at every pass of the sweeper.
-pub(crate) async fn check_events_stream(ingest: &Ingest) {
+/// at every pass of the sweeper; `noted` is the creation time this process noted last (the
+/// database is only asked when the stream's differs). Returns the one noted now.
+pub(crate) async fn check_events_stream(
+    ingest: &Ingest,
+    noted: Option<time::OffsetDateTime>,
+) -> Option<time::OffsetDateTime> {
     let Ok(stream) = ingest.js.get_stream(hookrelay_types::subjects::EVENTS_STREAM).await else {
-        return;
+        return noted;
     };
     let created = hookrelay_runtime::nats::stream_created(stream.cached_info());
+    if noted == Some(created) {
+        return noted;
+    }
     let stream = hookrelay_types::subjects::EVENTS_STREAM;
     match store::note_stream(&ingest.db, stream, created, STREAM_LOSS_WINDOW).await {
         Ok(Some(batches)) => {
@@ -73,8 +83,12 @@ pub(crate) async fn check_events_stream(ingest: &Ingest) {
             );
         }
         Ok(None) => {}
-        Err(error) => warn!(%error, "noting the events stream failed; trying again at the next pass"),
+        Err(error) => {
+            warn!(%error, "noting the events stream failed; trying again at the next pass");
+            return noted;
+        }
     }
+    Some(created)
 }
 
 /// What one pass did.

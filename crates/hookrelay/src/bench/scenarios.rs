@@ -237,26 +237,8 @@ async fn noisy(args: &Args, src: &Source, target: &Target, stop: CancellationTok
     report.duplicates += alone.duplicates;
     report.unlogged += alone.unlogged;
     report.send_errors += alone.send_errors + sent.failed.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
-    report.extra.insert(
-        "alone".into(),
-        json!({"events": alone.events, "deliveries": alone.deliveries, "attempts_logged": alone.attempts_logged}),
-    );
-    let ratio = match (alone.latency, beside.latency) {
-        (Some(a), Some(b)) if a.p99 > 0.0 => json!(round2(b.p99 / a.p99)),
-        _ => Value::Null,
-    };
-    report.extra.insert("rate".into(), json!(rate));
-    report.extra.insert("healthy_endpoints".into(), json!(healthy));
-    report
-        .extra
-        .insert("latency_ms_alone".into(), Latency::json(alone.latency));
-    report
-        .extra
-        .insert("stages_ms".into(), stages::of(&b, shape.phase, &beside.arrivals).await?);
-    report
-        .extra
-        .insert("stages_ms_alone".into(), stages::of(&b, 1, &alone.arrivals).await?);
-    report.extra.insert("p99_ratio".into(), ratio);
+    let ratio = alone_and_beside(&mut report, &b, &alone, &beside, shape.phase, rate, healthy).await?;
+    report.extra.insert("p99_ratio".into(), json!(ratio));
     report.extra.insert(
         "backlog".into(),
         json!({
@@ -361,25 +343,7 @@ async fn fairness(args: &Args, src: &Source, target: &Target, stop: Cancellation
             "tenant A's slow endpoints got {slow_by_end} of {slow_expected} deliveries within --timeout"
         ));
     }
-    let ratio = match (alone.latency, beside.latency) {
-        (Some(a), Some(b)) if a.p99 > 0.0 => Some(round2(b.p99 / a.p99)),
-        _ => None,
-    };
-    report.extra.insert(
-        "alone".into(),
-        json!({"events": alone.events, "deliveries": alone.deliveries, "attempts_logged": alone.attempts_logged}),
-    );
-    report.extra.insert("rate".into(), json!(rate));
-    report.extra.insert("healthy_endpoints".into(), json!(healthy));
-    report
-        .extra
-        .insert("latency_ms_alone".into(), Latency::json(alone.latency));
-    report
-        .extra
-        .insert("stages_ms".into(), stages::of(&b, shape.phase, &beside.arrivals).await?);
-    report
-        .extra
-        .insert("stages_ms_alone".into(), stages::of(&b, 1, &alone.arrivals).await?);
+    let ratio = alone_and_beside(&mut report, &b, &alone, &beside, shape.phase, rate, healthy).await?;
     report.extra.insert("p99_ratio".into(), json!(ratio));
     report
         .extra
@@ -803,6 +767,39 @@ impl Outcome {
 }
 
 /// Sends a phase, waits for the receiver and the log, and checks every expected delivery.
+/// What `noisy` and `fairness` report of their two phases of the healthy endpoints (phase
+/// 1 alone, `beside` the other load): the first's counts, latency and stages, the
+/// second's stages, and the rate. Returns the p99 ratio (beside ÷ alone).
+async fn alone_and_beside(
+    report: &mut Report,
+    b: &Bench,
+    alone: &Outcome,
+    beside: &Outcome,
+    beside_phase: u8,
+    rate: f64,
+    healthy: usize,
+) -> anyhow::Result<Option<f64>> {
+    report.extra.insert(
+        "alone".into(),
+        json!({"events": alone.events, "deliveries": alone.deliveries, "attempts_logged": alone.attempts_logged}),
+    );
+    report.extra.insert("rate".into(), json!(rate));
+    report.extra.insert("healthy_endpoints".into(), json!(healthy));
+    report
+        .extra
+        .insert("latency_ms_alone".into(), Latency::json(alone.latency));
+    report
+        .extra
+        .insert("stages_ms".into(), stages::of(b, beside_phase, &beside.arrivals).await?);
+    report
+        .extra
+        .insert("stages_ms_alone".into(), stages::of(b, 1, &alone.arrivals).await?);
+    Ok(match (alone.latency, beside.latency) {
+        (Some(a), Some(b)) if a.p99 > 0.0 => Some(round2(b.p99 / a.p99)),
+        _ => None,
+    })
+}
+
 async fn measure(
     b: &Bench,
     sender: &Arc<super::send::Sender>,
