@@ -13,6 +13,9 @@ pub mod nul;
 pub mod pattern;
 pub mod schema;
 pub mod signature;
+#[cfg(feature = "sqlx")]
+mod sql;
+pub mod status;
 pub mod subjects;
 pub mod webhook;
 
@@ -26,6 +29,7 @@ pub use envelope::{Envelope, EnvelopeError, IncomingEnvelope};
 pub use event_type::EventType;
 pub use ids::{ApiKeyId, DeliveryId, EndpointId, EventId, TenantId};
 pub use pattern::Pattern;
+pub use status::DeliveryStatus;
 
 /// A rule that a piece of input broke: a stable snake_case `code` and a sentence for humans.
 /// Services map it to their own error type (HTTP 400/422, or a dead-letter header).
