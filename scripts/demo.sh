@@ -57,4 +57,13 @@ if ! psql "$admin_url" -tAc "SELECT 1 FROM pg_database WHERE datname = '$dbname'
   psql "$admin_url" -qc "CREATE DATABASE \"$dbname\""
 fi
 
-exec cargo run --quiet --bin hookrelay -- demo
+# The binary: the one the test command (or an earlier run) built when no source changed
+# since, otherwise a build with cargo's progress shown.
+bin=${CARGO_TARGET_DIR:-target}/debug/hookrelay
+if [ -x "$bin" ] && [ -z "$(find crates proto-schemas Cargo.toml Cargo.lock -newer "$bin" -print -quit)" ]; then
+  echo "using $bin: no source changed since it was built"
+else
+  echo "building hookrelay: the first build compiles every dependency and takes several minutes (about 8 on 2 cores); later ones take seconds"
+  cargo build --bin hookrelay
+fi
+exec "$bin" demo
