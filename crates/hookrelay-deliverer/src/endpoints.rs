@@ -1,27 +1,19 @@
 //! The endpoints this deliverer sends to, read from `endpoints` (and `endpoint_health`) once
 //! and kept for [`FRESH_FOR`], so a delivery costs no read of its endpoint.
 //!
-//! A change shows at once where it is announced: query publishes
-//! `hookrelay.control.endpoints.<tenant>` (payload: the endpoint id) on every create,
-//! update, secret rotation and delete, and the deliverer does the same on every health
-//! transition it makes; each deliverer drops the named endpoint. Every read first applies
-//! every announcement received ([`Endpoints::catch_up`]; an idle deliverer does so every
-//! 100 ms). NATS writes an announcement to this process's connection before the job of any
-//! event accepted after it, so **a change answered before an event is accepted applies to
-//! its first attempt** (a new URL, secret, headers or limits). A read that raced an
-//! announcement of its endpoint is used once and not kept. An announcement that is lost (a
-//! reconnect) shows within [`FRESH_FOR`], when the entry is read again. So for at most that
-//! long after a health transition made by another replica whose announcement was lost, a
-//! deliverer may still treat the endpoint by its old state.
+//! The cache follows `hookrelay.control.endpoints.<tenant>` (payload: the endpoint id),
+//! which query publishes on every create, update, secret rotation and delete, and the
+//! deliverer on every health transition it makes: a change answered before an event is
+//! accepted applies to that event's first attempt (a new URL, secret, headers or limits).
+//! How, and what happens when an announcement is lost, is
+//! [`hookrelay_runtime::cache`]'s to say: at most [`FRESH_FOR`] after a health transition
+//! made by another replica whose announcement was lost, a deliverer may still treat the
+//! endpoint by its old state.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use hookrelay_runtime::{
-    nats::Followed,
+    cache::{FollowedCache, payload_names_the_key},
     vault::{Keyring, VaultError},
 };
 use hookrelay_types::subjects;
@@ -32,18 +24,6 @@ use crate::store::{self, Endpoint};
 
 /// How long an endpoint read stays in use without an announcement.
 pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
-
-/// How often an idle deliverer applies the announcements it has received.
-const IDLE_CATCH_UP: Duration = Duration::from_millis(100);
-
-/// Past this many entries, expired ones are swept out on the next read.
-const SWEEP_PAST: usize = 10_000;
-
-struct Entry {
-    read_at: Instant,
-    /// `None`: no such endpoint (deleted, or never was).
-    endpoint: Option<Arc<Endpoint>>,
-}
 
 /// Why an endpoint could not be read; the delivery waits and is tried again.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +38,8 @@ pub(crate) enum ReadError {
 pub(crate) struct Endpoints {
     db: PgPool,
     keys: Arc<Keyring>,
-    entries: Mutex<HashMap<String, Entry>>,
-    /// The announcements received and not yet applied, and how many entries were dropped.
-    changes: Followed,
+    /// By id; `None`: no such endpoint (deleted, or never was).
+    cache: FollowedCache<String, Option<Arc<Endpoint>>>,
 }
 
 impl Endpoints {
@@ -68,90 +47,43 @@ impl Endpoints {
         Arc::new(Self {
             db,
             keys,
-            entries: Mutex::new(HashMap::new()),
-            changes: Followed::default(),
+            cache: FollowedCache::new(FRESH_FOR, payload_names_the_key),
         })
     }
 
-    /// Subscribes to endpoint announcements (flushed, so none made after this returns is
-    /// missed); from then on every read applies them first.
+    /// Subscribes to endpoint announcements; from then on every read applies them first.
     pub(crate) async fn follow(&self, nats: &async_nats::Client) -> Result<(), async_nats::Error> {
-        self.changes.follow(nats, subjects::CONTROL_ENDPOINTS_ALL).await
-    }
-
-    /// Forgets every endpoint announced since the last call.
-    pub(crate) fn catch_up(&self) {
-        self.changes.apply(|msg| match msg {
-            Some(msg) => self.forget(std::str::from_utf8(&msg.payload).unwrap_or_default().trim()),
-            // Reconnected: announcements may have been missed.
-            None => self.forget(""),
-        });
+        self.cache.follow(nats, subjects::CONTROL_ENDPOINTS_ALL).await
     }
 
     /// The tenant's endpoint `id`, from memory while fresh, else from the database.
     pub(crate) async fn get(&self, tenant: &str, id: &str) -> Result<Option<Arc<Endpoint>>, ReadError> {
-        self.catch_up();
-        let now = Instant::now();
-        let cached = {
-            let entries = self.entries.lock().expect("endpoint cache lock");
-            entries
-                .get(id)
-                .filter(|e| now.duration_since(e.read_at) < FRESH_FOR)
-                .map(|e| e.endpoint.clone())
-        };
-        let endpoint = match cached {
-            Some(endpoint) => endpoint,
-            None => {
-                let before = self.changes.generation();
-                let endpoint = match store::endpoint(&self.db, id).await? {
-                    Some(sealed) => Some(Arc::new(sealed.opened(&self.keys).inspect_err(|_| {
-                        metrics::counter!("hookrelay_secrets_unopened_total").increment(1);
-                    })?)),
-                    None => None,
-                };
-                self.keep(id, now, before, endpoint.clone());
-                endpoint
-            }
-        };
+        let endpoint = self
+            .cache
+            .get_or_read(id.to_owned(), || async {
+                match store::endpoint(&self.db, id).await? {
+                    Some(sealed) => {
+                        Ok::<_, ReadError>(Some(Arc::new(sealed.opened(&self.keys).inspect_err(|_| {
+                            metrics::counter!("hookrelay_secrets_unopened_total").increment(1);
+                        })?)))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .await?;
         // Another tenant's endpoint is no endpoint of this tenant's.
         Ok(endpoint.filter(|e| e.tenant_id == tenant))
     }
 
-    /// Keeps a read begun at generation `before`, unless something was forgotten since:
-    /// the read may predate that change.
-    fn keep(&self, id: &str, now: Instant, before: u64, endpoint: Option<Arc<Endpoint>>) {
-        self.catch_up();
-        let mut entries = self.entries.lock().expect("endpoint cache lock");
-        if self.changes.generation() != before {
-            return;
-        }
-        if entries.len() >= SWEEP_PAST {
-            entries.retain(|_, e| now.duration_since(e.read_at) < FRESH_FOR);
-        }
-        entries.insert(id.to_owned(), Entry { read_at: now, endpoint });
-    }
-
-    /// Drops `id` (empty: every endpoint), so the next delivery to it reads it again.
+    /// Drops `id`, so the next delivery to it reads it again.
     pub(crate) fn forget(&self, id: &str) {
-        let mut entries = self.entries.lock().expect("endpoint cache lock");
-        self.changes.changed();
-        if id.is_empty() {
-            entries.clear();
-        } else {
-            entries.remove(id);
-        }
+        self.cache.forget(&id.to_owned());
     }
 }
 
 /// Applies announcements while no delivery reads an endpoint, until `shutdown`.
 pub(crate) async fn idle_catch_up(endpoints: Arc<Endpoints>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(IDLE_CATCH_UP);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => endpoints.catch_up(),
-        }
-    }
+    endpoints.cache.idle(shutdown).await;
 }
 
 /// Tells every deliverer (and router) that the endpoint changed: its health moved.
@@ -236,26 +168,5 @@ mod tests {
             "http://127.0.0.1:9/b",
             "the job went to the old URL"
         );
-    }
-
-    #[tokio::test]
-    async fn a_read_that_raced_an_announcement_is_used_once_and_not_kept() {
-        let env = TestEnv::start().await.unwrap();
-        let (db, endpoints, id) = setup(&env, &env.nats().await.unwrap()).await;
-        // A read began, then an announcement was applied before it finished.
-        let before = endpoints.changes.generation();
-        let read = store::endpoint(&db, &id).await.unwrap().map(Arc::new);
-        endpoints.forget(&id);
-        endpoints.keep(&id, Instant::now(), before, read);
-
-        set_url(&db, &id, "http://127.0.0.1:9/c").await;
-        assert_eq!(
-            url(&endpoints, &id).await,
-            "http://127.0.0.1:9/c",
-            "a raced read was kept"
-        );
-        // An unraced read is kept for FRESH_FOR.
-        set_url(&db, &id, "http://127.0.0.1:9/d").await;
-        assert_eq!(url(&endpoints, &id).await, "http://127.0.0.1:9/c");
     }
 }

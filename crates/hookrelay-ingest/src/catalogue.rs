@@ -1,26 +1,19 @@
 //! The event type catalogue as intake sees it: per (tenant, type), the validation mode and
 //! the current schema version, compiled once per version and cached.
 //!
-//! Freshness: query publishes on `hookrelay.control.event-types.<tenant>` (payload: the type
-//! name) after each commit, and every lookup first drops the entries announced since the
-//! last one ([`Catalogue::catch_up`]; an idle ingest does so every 100 ms), so the next
-//! event reads the new row. An event published on NATS after query answered arrives on
-//! the connection the announcement came by, after it, so **a schema change answered
-//! before a NATS event is published applies to that event** (see
-//! `hookrelay_runtime::nats::Announcements`); over REST the announcement usually comes
-//! first too, with no such order to rely on. A lookup under way when its type was
-//! announced is used once and not kept. Without the notification (lost, or NATS
-//! reconnecting) an entry is still re-read once it is older than [`TTL`], and the whole
-//! cache is cleared when the connection comes back, so a change is never missed for
-//! longer than that.
+//! The cache follows `hookrelay.control.event-types.<tenant>` (payload: the type name),
+//! which query publishes after each commit: a schema change answered before a NATS event
+//! is published applies to that event (over REST the announcement usually comes first
+//! too, with no such order to rely on). How, and what happens when an announcement is
+//! lost, is [`hookrelay_runtime::cache`]'s to say; an entry is trusted for [`TTL`].
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use hookrelay_runtime::nats::Followed;
+use hookrelay_runtime::cache::{Change, FollowedCache};
 use hookrelay_types::{
     TenantId,
     schema::{Schema, Validation},
@@ -34,9 +27,6 @@ use crate::store;
 /// How long a catalogue entry is trusted without a notification.
 pub(crate) const TTL: Duration = Duration::from_secs(1);
 
-/// How often an idle ingest applies the announcements it has received.
-const IDLE_CATCH_UP: Duration = Duration::from_millis(100);
-
 /// What to check an event against.
 #[derive(Debug, Clone)]
 pub(crate) struct Rule {
@@ -45,20 +35,35 @@ pub(crate) struct Rule {
     pub(crate) schema: Arc<Schema>,
 }
 
+/// (tenant, type).
 type Key = (String, String);
-/// A rule and when it was read.
-type Entries = HashMap<Key, (Instant, Option<Rule>)>;
 /// Compiled schemas by (tenant, type, version).
 type Compiled = HashMap<(String, String, i32), Arc<Schema>>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Catalogue {
     /// `None`: the type is not declared, has no schema, or its validation is `off`.
-    entries: Arc<Mutex<Entries>>,
+    rules: Arc<FollowedCache<Key, Option<Rule>>>,
     /// Compiled schemas by (tenant, type, version): a version's schema never changes.
     compiled: Arc<Mutex<Compiled>>,
-    /// Announcements received and not yet applied, and how many entries were dropped.
-    changes: Arc<Followed>,
+}
+
+impl Default for Catalogue {
+    fn default() -> Self {
+        Self {
+            rules: Arc::new(FollowedCache::new(TTL, change_of)),
+            compiled: Arc::default(),
+        }
+    }
+}
+
+/// The announcement's subject ends with the tenant, its payload is the type's name.
+fn change_of(msg: &async_nats::Message) -> Change<Key, Option<Rule>> {
+    let tenant = msg.subject.rsplit('.').next().unwrap_or_default();
+    match std::str::from_utf8(&msg.payload) {
+        Ok(name) if !name.is_empty() => Change::One((tenant.to_owned(), name.to_owned())),
+        _ => Change::All,
+    }
 }
 
 impl Catalogue {
@@ -68,25 +73,15 @@ impl Catalogue {
         tenant: &TenantId,
         event: &str,
     ) -> Result<Option<Rule>, sqlx::Error> {
-        self.catch_up();
         let key = (tenant.as_str().to_owned(), event.to_owned());
-        if let Some((at, rule)) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
-            && at.elapsed() < TTL
-        {
-            return Ok(rule.clone());
-        }
-        let before = self.changes.generation();
-        let read_at = Instant::now();
-        let rule = match store::event_type_rule(db, tenant, event).await? {
-            None => None,
-            Some(row) => self.compile(&key, row),
-        };
-        self.catch_up();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if self.changes.generation() == before {
-            entries.insert(key, (read_at, rule.clone()));
-        }
-        Ok(rule)
+        self.rules
+            .get_or_read(key.clone(), || async {
+                Ok(match store::event_type_rule(db, tenant, event).await? {
+                    None => None,
+                    Some(row) => self.compile(&key, row),
+                })
+            })
+            .await
     }
 
     fn compile(&self, key: &Key, row: store::EventTypeRule) -> Option<Rule> {
@@ -116,50 +111,14 @@ impl Catalogue {
         })
     }
 
-    fn forget(&self, tenant: &str, name: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        self.changes.changed();
-        entries.remove(&(tenant.to_owned(), name.to_owned()));
-    }
-
-    fn clear(&self) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        self.changes.changed();
-        entries.clear();
-    }
-
-    /// Subscribes to event type announcements (flushed, so none made after this returns is
-    /// missed); from then on every lookup applies them first.
+    /// Subscribes to event type announcements; from then on every lookup applies them first.
     pub(crate) async fn follow(&self, nats: &async_nats::Client) -> Result<(), async_nats::Error> {
-        self.changes.follow(nats, subjects::CONTROL_EVENT_TYPES_ALL).await
+        self.rules.follow(nats, subjects::CONTROL_EVENT_TYPES_ALL).await
     }
 
-    /// Drops every entry announced since the last call.
-    pub(crate) fn catch_up(&self) {
-        self.changes.apply(|msg| {
-            // Reconnected: announcements may have been missed.
-            let Some(msg) = msg else {
-                self.clear();
-                return;
-            };
-            let tenant = msg.subject.rsplit('.').next().unwrap_or_default();
-            match std::str::from_utf8(&msg.payload) {
-                Ok(name) if !name.is_empty() => self.forget(tenant, name),
-                _ => self.clear(),
-            }
-        });
-    }
-
-    /// Applies announcements while no event is looked up (and clears all after a
-    /// reconnect, which [`Followed`] reports).
+    /// Applies announcements while no event is looked up.
     pub(crate) async fn idle(self, shutdown: CancellationToken) {
-        let mut every = tokio::time::interval(IDLE_CATCH_UP);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = every.tick() => self.catch_up(),
-            }
-        }
+        self.rules.idle(shutdown).await;
     }
 }
 
@@ -250,7 +209,7 @@ mod tests {
             let stop = stop.clone();
             async move {
                 while !stop.is_cancelled() {
-                    racing.forget("acme", "other/type");
+                    racing.rules.forget(&("acme".to_owned(), "other/type".to_owned()));
                     tokio::task::yield_now().await;
                 }
             }

@@ -4,12 +4,12 @@
 //! when the payload names none. Notifications are not stored, so a full reload follows
 //! every reconnect, however short (before the next event is routed), and one runs every `HOOKRELAY_ROUTER_RELOAD_INTERVAL` as a safety net.
 //!
-//! **An endpoint change answered before an event is accepted applies to that event.** Query
-//! flushes the notification to the server before it answers, and ingest publishes the event
-//! after; the server writes both to this process's one connection in that order, so the
-//! notification is already waiting here when the event arrives. [`Live::catch_up`], called
-//! before every event is routed, applies every waiting notification first. (Between NATS
-//! servers of a cluster the two can cross; the next notification or reload mends that.)
+//! **An endpoint change answered before an event is accepted applies to that event**:
+//! [`Live::catch_up`], called before every event is routed, applies every notification
+//! already received, and [`Announcements`] says why the notification is there by then.
+//! Unlike the services' caches ([`hookrelay_runtime::cache`]), which drop an entry and read
+//! it again on demand, the router holds every enabled endpoint and applies each change as
+//! it comes, since matching needs them all.
 
 use std::{
     sync::{Arc, RwLock, RwLockReadGuard},

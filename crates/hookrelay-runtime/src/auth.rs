@@ -4,8 +4,9 @@
 //! Keys are read from `api_keys` (written by query) and then trusted by the process for up
 //! to [`KEY_CACHE_TTL`] without reading them again. A revoke drops the key at once in the
 //! process that revoked it (in `hookrelay all`, every API of the process) and, through
-//! query's announcement on `hookrelay.control.key-revoked`, within milliseconds in every
-//! other; a lost announcement is covered by the cache time. Unknown keys are never cached.
+//! query's announcement on `hookrelay.control.key-revoked`, before the next request in
+//! every other (the cache is a [`crate::cache::FollowedCache`]); a lost announcement is
+//! covered by the cache time. Unknown keys are never cached.
 //! Also kept per process in [`KeyActivity`]: each key's last use (flushed every [`KEY_USE_FLUSH_INTERVAL`]: query writes it to
 //! `api_keys.last_used_at`, ingest reports it on `hookrelay.control.key-uses` for query to
 //! write) and each key's rate limit bucket (GCRA). With N processes the effective limit of
@@ -36,7 +37,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::ApiError;
+use crate::{
+    cache::{Change, FollowedCache},
+    http::ApiError,
+};
 
 /// How often each process hands on the key uses it saw (so `last_used_at` lags by about
 /// this much).
@@ -190,7 +194,7 @@ impl Authenticator {
             .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <API key or admin token>`"))?;
         let hash = sha256(token.as_bytes());
         let now = Instant::now();
-        let known = self.0.activity.known(&hash, now);
+        let known = self.0.activity.known(&hash);
         if known.is_none()
             && let Some(client) = client
             && let Err(wait) = self.0.activity.failures_admit(client, now)
@@ -215,7 +219,7 @@ impl Authenticator {
         }
         let key = match known {
             Some(key) => key,
-            None => match self.look_up(hash, now).await {
+            None => match self.look_up(hash).await {
                 Ok(key) => key,
                 Err(e) if e.status == StatusCode::UNAUTHORIZED => return Err(failed(e)),
                 Err(e) => return Err(e),
@@ -245,8 +249,12 @@ impl Authenticator {
 
     /// Reads the key with this hash and remembers it for [`KEY_CACHE_TTL`] (unless a
     /// revocation arrived meanwhile).
-    async fn look_up(&self, hash: [u8; 32], now: Instant) -> Result<KnownKey, ApiError> {
-        let revocations = self.0.activity.revocations();
+    async fn look_up(&self, hash: [u8; 32]) -> Result<KnownKey, ApiError> {
+        self.0.activity.known.get_or_read(hash, || self.read_key(hash)).await
+    }
+
+    /// The key with this hash, from `api_keys`; `401` when there is none or it was revoked.
+    async fn read_key(&self, hash: [u8; 32]) -> Result<KnownKey, ApiError> {
         // Looked up by hash through a unique index: the database never compares the key.
         let row: Option<(String, String, Vec<String>, Option<i32>)> = sqlx::query_as(
             "SELECT id, tenant_id, scopes, rate_limit_per_sec FROM api_keys
@@ -262,9 +270,7 @@ impl Authenticator {
             tenant: TenantId::parse(&tenant).map_err(ApiError::internal)?,
             scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
             rate_limit: rate_limit.and_then(|n| u32::try_from(n).ok()),
-            until: now + KEY_CACHE_TTL,
         };
-        self.0.activity.remember(hash, key.clone(), revocations);
         Ok(key)
     }
 
@@ -274,51 +280,54 @@ impl Authenticator {
     }
 }
 
-/// A key read from `api_keys`, trusted until `until`.
+/// A key read from `api_keys`, trusted for [`KEY_CACHE_TTL`].
 #[derive(Clone)]
 struct KnownKey {
     id: ApiKeyId,
     tenant: TenantId,
     scopes: Vec<Scope>,
     rate_limit: Option<u32>,
-    until: Instant,
+}
+
+/// A revocation names the key's id; the cache keeps keys by hash.
+fn revoked(msg: &async_nats::Message) -> Change<[u8; 32], KnownKey> {
+    match std::str::from_utf8(&msg.payload)
+        .ok()
+        .and_then(|id| ApiKeyId::parse(id).ok())
+    {
+        Some(id) => Change::Matching(Box::new(move |key: &KnownKey| key.id == id)),
+        None => {
+            tracing::warn!("a key revocation that names no key id: forgetting every key");
+            Change::All
+        }
+    }
 }
 
 /// Forgets every key query announces as revoked (`hookrelay.control.key-revoked`) until
-/// `shutdown`. Announcements are not stored: one missed while disconnected is covered by
-/// [`KEY_CACHE_TTL`].
+/// `shutdown`: every authentication applies the announcements received first, an idle
+/// process every [`crate::cache::IDLE_CATCH_UP`]. One missed while disconnected is covered
+/// by [`KEY_CACHE_TTL`].
 pub async fn forget_revoked(nats: async_nats::Client, keys: KeyActivity, shutdown: CancellationToken) {
-    use futures::StreamExt as _;
-    let mut revoked = match nats.subscribe(hookrelay_types::subjects::CONTROL_KEY_REVOKED).await {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            tracing::warn!(%error, "not listening for revoked API keys; they expire from the cache instead");
-            return;
-        }
-    };
-    loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => return,
-            msg = revoked.next() => match msg {
-                Some(msg) => msg,
-                None => return,
-            },
-        };
-        match std::str::from_utf8(&msg.payload)
-            .ok()
-            .and_then(|id| ApiKeyId::parse(id).ok())
-        {
-            Some(id) => keys.forget(&id),
-            None => tracing::warn!("ignoring a key revocation that names no key id"),
-        }
+    if let Err(error) = keys
+        .known
+        .follow(&nats, hookrelay_types::subjects::CONTROL_KEY_REVOKED)
+        .await
+    {
+        tracing::warn!(%error, "not listening for revoked API keys; they expire from the cache instead");
+        return;
     }
+    keys.known.idle(shutdown).await;
 }
 
 /// Per-process memory of API keys: last uses not yet flushed, and rate limit buckets. Cheap
 /// to clone; every clone shares the same state (`hookrelay all` shares one between its
 /// APIs, so a key has one bucket per process).
 #[derive(Clone)]
-pub struct KeyActivity(Arc<Mutex<Activity>>);
+pub struct KeyActivity {
+    activity: Arc<Mutex<Activity>>,
+    /// Keys read lately, by hash.
+    known: Arc<FollowedCache<[u8; 32], KnownKey>>,
+}
 
 struct Activity {
     /// `HOOKRELAY_API_KEY_RATE_LIMIT`, for keys without their own limit.
@@ -326,10 +335,6 @@ struct Activity {
     uses: HashMap<ApiKeyId, OffsetDateTime>,
     /// Per key, GCRA's theoretical arrival time.
     buckets: HashMap<ApiKeyId, Instant>,
-    /// Keys read lately, by hash.
-    known: HashMap<[u8; 32], KnownKey>,
-    /// Revocations seen so far: a lookup that started before one is not remembered.
-    revocations: u64,
     /// Per client address, GCRA's theoretical arrival time of invalid credentials.
     failures: HashMap<IpAddr, Instant>,
     /// Invalid credentials an address may send at once (0: no limit).
@@ -338,15 +343,16 @@ struct Activity {
 
 impl KeyActivity {
     pub fn new(default_limit: Option<u32>) -> Self {
-        Self(Arc::new(Mutex::new(Activity {
-            default_limit,
-            uses: HashMap::new(),
-            buckets: HashMap::new(),
-            known: HashMap::new(),
-            revocations: 0,
-            failures: HashMap::new(),
-            failures_burst: DEFAULT_FAILURES_BURST,
-        })))
+        Self {
+            activity: Arc::new(Mutex::new(Activity {
+                default_limit,
+                uses: HashMap::new(),
+                buckets: HashMap::new(),
+                failures: HashMap::new(),
+                failures_burst: DEFAULT_FAILURES_BURST,
+            })),
+            known: Arc::new(FollowedCache::new(KEY_CACHE_TTL, revoked)),
+        }
     }
 
     /// `HOOKRELAY_INVALID_CREDENTIALS_BURST`: invalid credentials an address may send at
@@ -380,32 +386,17 @@ impl KeyActivity {
         *tat = (*tat).max(now) + FAILURES_INTERVAL;
     }
 
-    fn known(&self, hash: &[u8; 32], now: Instant) -> Option<KnownKey> {
-        self.lock().known.get(hash).filter(|k| k.until > now).cloned()
-    }
-
-    fn revocations(&self) -> u64 {
-        self.lock().revocations
-    }
-
-    /// Remembers `key` unless a revocation came after `revocations` was read (the row may
-    /// have been read just before the revoke committed).
-    fn remember(&self, hash: [u8; 32], key: KnownKey, revocations: u64) {
-        let mut a = self.lock();
-        if a.revocations == revocations {
-            a.known.insert(hash, key);
-        }
+    fn known(&self, hash: &[u8; 32]) -> Option<KnownKey> {
+        self.known.fresh(hash)
     }
 
     /// Stops trusting `id` (revoked).
     pub fn forget(&self, id: &ApiKeyId) {
-        let mut a = self.lock();
-        a.revocations += 1;
-        a.known.retain(|_, k| k.id != *id);
+        self.known.forget_where(|key| key.id == *id);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Activity> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Notes a use of `id` at `at` (keeps the latest).
@@ -426,7 +417,6 @@ impl KeyActivity {
         let now = Instant::now();
         a.buckets.retain(|_, tat| *tat > now);
         a.failures.retain(|_, tat| *tat > now);
-        a.known.retain(|_, k| k.until > now);
         let mut uses: Vec<_> = a.uses.drain().collect();
         uses.sort();
         uses
@@ -621,33 +611,34 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_revoked_key_is_forgotten_and_a_read_that_raced_its_revocation_is_not_kept() {
+    #[tokio::test]
+    async fn a_revoked_key_is_forgotten_and_a_read_that_raced_its_revocation_is_not_kept() {
         let keys = KeyActivity::new(None);
         let id = ApiKeyId::generate();
-        let now = Instant::now();
         let key = KnownKey {
             id: id.clone(),
             tenant: TenantId::parse("acme").unwrap(),
             scopes: vec![Scope::EventsWrite],
             rate_limit: None,
-            until: now + KEY_CACHE_TTL,
         };
         let hash = [7; 32];
-        keys.remember(hash, key.clone(), keys.revocations());
-        assert!(keys.known(&hash, now).is_some());
-        assert!(
-            keys.known(&hash, now + KEY_CACHE_TTL).is_none(),
-            "trusted past its cache time"
-        );
+        let read = || async { Ok::<_, ()>(key.clone()) };
+        keys.known.get_or_read(hash, read).await.unwrap();
+        assert!(keys.known(&hash).is_some());
+        keys.forget(&ApiKeyId::generate());
+        assert!(keys.known(&hash).is_some(), "another key's revocation dropped it");
         keys.forget(&id);
-        assert!(keys.known(&hash, now).is_none(), "trusted after its revocation");
+        assert!(keys.known(&hash).is_none(), "trusted after its revocation");
 
         // The row was read just before a revoke committed: the read must not be kept.
-        let before = keys.revocations();
-        keys.forget(&id);
-        keys.remember(hash, key, before);
-        assert!(keys.known(&hash, now).is_none());
+        keys.known
+            .get_or_read(hash, || async {
+                keys.forget(&id);
+                Ok::<_, ()>(key.clone())
+            })
+            .await
+            .unwrap();
+        assert!(keys.known(&hash).is_none());
     }
 
     #[test]

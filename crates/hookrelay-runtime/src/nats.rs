@@ -324,7 +324,7 @@ impl Reconnects {
 /// announcement is already here when any message published after that answer (an event's
 /// job) arrives on the same connection. Taking every [`Announcements::ready`] one before
 /// each piece of work applies every change announced before it. (Across the servers of a
-/// cluster the order is not kept.)
+/// cluster the order is not kept.) [`crate::cache::FollowedCache`] is built on this.
 pub struct Announcements(async_nats::Subscriber, Reconnects);
 
 impl Announcements {
@@ -346,51 +346,6 @@ impl Announcements {
     pub fn ready(&mut self) -> Option<async_nats::Message> {
         use futures::{FutureExt as _, StreamExt as _};
         self.0.next().now_or_never().flatten()
-    }
-}
-
-/// [`Announcements`] a cache shares among its tasks: none until [`Followed::follow`], then
-/// every [`Followed::apply`] hands over what has arrived. The cache reports each entry it
-/// drops with [`Followed::changed`], so a read that began before ([`Followed::generation`]
-/// moved meanwhile) can tell, and is used once and not kept.
-#[derive(Default)]
-pub struct Followed {
-    announcements: std::sync::Mutex<Option<Announcements>>,
-    generation: std::sync::atomic::AtomicU64,
-}
-
-impl Followed {
-    /// Subscribes to `subject` (see [`Announcements::subscribe`]).
-    pub async fn follow(&self, nats: &async_nats::Client, subject: &'static str) -> Result<(), async_nats::Error> {
-        let announcements = Announcements::subscribe(nats, subject).await?;
-        *self.announcements.lock().unwrap_or_else(|e| e.into_inner()) = Some(announcements);
-        Ok(())
-    }
-
-    /// Hands every announcement already received to `apply`, in order; `None` first when
-    /// the connection was made again since the last call (announcements may have been
-    /// missed: forget everything).
-    pub fn apply(&self, mut apply: impl FnMut(Option<&async_nats::Message>)) {
-        let mut announcements = self.announcements.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(announcements) = announcements.as_mut() else {
-            return;
-        };
-        if announcements.reconnected() {
-            apply(None);
-        }
-        while let Some(msg) = announcements.ready() {
-            apply(Some(&msg));
-        }
-    }
-
-    /// Counts a dropped entry: reads begun before it are not kept.
-    pub fn changed(&self) {
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// How many entries were dropped so far.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -1,6 +1,7 @@
 //! README's configuration table is the operator's list of settings: every `HOOKRELAY_*`
 //! variable a service reads has a row there, and every row names a variable some service
 //! reads. Variables read only by the test suite are documented where the tests are run.
+#![allow(clippy::unwrap_used)]
 
 use std::{
     collections::BTreeSet,
@@ -10,7 +11,16 @@ use std::{
 /// The calls through which the services read a variable: `hookrelay_runtime::config::Source`'s
 /// readers, helpers that take the source first (`positive(src, "HOOKRELAY_…")`), and, for the
 /// few read before configuration exists, `std::env::var`.
-const READERS: [&str; 8] = [".get(", ".duration(", ".durations(", ".bool(", ".required(", ".raw(", "env::var(", "(src,"];
+const READERS: [&str; 8] = [
+    ".get(",
+    ".duration(",
+    ".durations(",
+    ".bool(",
+    ".required(",
+    ".raw(",
+    "env::var(",
+    "(src,",
+];
 
 /// Read by the test suite and its tools, not by a service.
 const TEST_ONLY: [&str; 3] = [
@@ -89,16 +99,28 @@ fn every_variable_the_services_read_has_a_row_in_readme_and_every_row_is_read() 
         .flat_map(|path| names_read(&std::fs::read_to_string(path).unwrap()))
         .filter(|name| !TEST_ONLY.contains(&name.as_str()))
         .collect();
-    assert!(read.len() > 30, "the scan found too few variables to be right: {read:?}");
+    assert!(
+        read.len() > 30,
+        "the scan found too few variables to be right: {read:?}"
+    );
 
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     let rows = table_rows(&readme);
     let missing: Vec<_> = read.difference(&rows).collect();
-    assert!(missing.is_empty(), "read by a service but not in README's configuration table: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "read by a service but not in README's configuration table: {missing:?}"
+    );
     let unread: Vec<_> = rows.difference(&read).collect();
-    assert!(unread.is_empty(), "in README's configuration table but read by no service: {unread:?}");
+    assert!(
+        unread.is_empty(),
+        "in README's configuration table but read by no service: {unread:?}"
+    );
     for name in TEST_ONLY {
-        assert!(readme.contains(name) || test_docs_mention(name), "{name} is documented nowhere");
+        assert!(
+            readme.contains(name) || test_docs_mention(name),
+            "{name} is documented nowhere"
+        );
     }
 }
 
@@ -124,7 +146,13 @@ fn the_scan_sees_the_shapes_readers_are_called_in() {
     "#;
     assert_eq!(
         names_read(text),
-        ["HOOKRELAY_A", "HOOKRELAY_B", "HOOKRELAY_C", "HOOKRELAY_E", "HOOKRELAY_F"]
+        [
+            "HOOKRELAY_A",
+            "HOOKRELAY_B",
+            "HOOKRELAY_C",
+            "HOOKRELAY_E",
+            "HOOKRELAY_F"
+        ]
     );
     let readme = "x\n### Configuration\n\n| variable | d | m |\n| --- | --- | --- |\n\
         | `HOOKRELAY_X` / `HOOKRELAY_Y` | 1 | m |\n| `RUST_LOG`, `HOOKRELAY_LOG_FORMAT=json` | i | l |\n\n## Next\n| `HOOKRELAY_Z` | |";
