@@ -2,13 +2,15 @@
 //! the delivery log (`deliveries`, `attempts`) and stored events (`events`). Read-only; the
 //! bench's tenant is fresh each run, so every row of it is the bench's.
 
+use hookrelay_types::DeliveryStatus;
 use sqlx::PgPool;
 
 /// One delivery row of the bench's tenant.
+#[derive(sqlx::FromRow)]
 pub(crate) struct Logged {
     pub(crate) endpoint_id: String,
     pub(crate) event_id: String,
-    pub(crate) status: String,
+    pub(crate) status: DeliveryStatus,
     pub(crate) attempts: i64,
 }
 
@@ -49,23 +51,14 @@ pub(crate) async fn statuses(db: &PgPool, tenant: &str) -> anyhow::Result<serde_
 
 /// Every delivery of the tenant with the number of attempt rows recorded for it.
 pub(crate) async fn deliveries(db: &PgPool, tenant: &str) -> anyhow::Result<Vec<Logged>> {
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT d.endpoint_id, d.event_id, d.status, \
-                (SELECT count(*) FROM attempts a WHERE a.delivery_id = d.id) \
+                (SELECT count(*) FROM attempts a WHERE a.delivery_id = d.id) AS attempts \
          FROM deliveries d WHERE d.tenant_id = $1",
     )
     .bind(tenant)
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(endpoint_id, event_id, status, attempts)| Logged {
-            endpoint_id,
-            event_id,
-            status,
-            attempts,
-        })
-        .collect())
+    .await?)
 }
 
 /// Events of a type stored and published (ingest's durable acceptance: stored, and no

@@ -855,7 +855,10 @@ async fn measure(
             continue;
         };
         if let Some(slot) = slot_of.get(row.endpoint_id.as_str()) {
-            logged.insert((*slot, key.seq), (row.status == "delivered", row.attempts));
+            logged.insert(
+                (*slot, key.seq),
+                (row.status == hookrelay_types::DeliveryStatus::Delivered, row.attempts),
+            );
         }
     }
     let (mut deliveries, mut lost, mut unlogged, mut attempts_logged) = (0u64, 0u64, 0u64, 0u64);
