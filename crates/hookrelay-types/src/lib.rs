@@ -12,6 +12,7 @@ pub mod latency;
 pub mod nul;
 pub mod pattern;
 pub mod schema;
+pub mod schemes;
 pub mod signature;
 #[cfg(feature = "sqlx")]
 mod sql;
