@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use crate::{Invalid, schemes::Scheme};
+
 pub const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -13,6 +15,8 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "x-convoy-signature",
+    "x-hub-signature-256",
     "content-type",
     "user-agent",
     "hookrelay-event",
@@ -41,6 +45,30 @@ pub fn signed_headers(
         ("user-agent", USER_AGENT.to_owned()),
         ("hookrelay-event", event_type.to_owned()),
     ]
+}
+
+/// The headers of a request signed by `scheme` with `keys` (the current key first, then
+/// those within their grace period), in sending order: `webhook-id`, `webhook-timestamp`,
+/// the scheme's signature header, `content-type`, `user-agent`, `hookrelay-event`.
+pub fn scheme_headers(
+    scheme: Scheme,
+    keys: &[&str],
+    event_id: &str,
+    event_type: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<Vec<(&'static str, String)>, Invalid> {
+    let mut headers = vec![
+        ("webhook-id", event_id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+    ];
+    headers.extend(scheme.headers(keys, event_id, timestamp, body)?);
+    headers.extend([
+        ("content-type", CONTENT_TYPE.to_owned()),
+        ("user-agent", USER_AGENT.to_owned()),
+        ("hookrelay-event", event_type.to_owned()),
+    ]);
+    Ok(headers)
 }
 
 /// The entries of an endpoint's `headers` object that are sent: lower-cased names, string,
@@ -91,7 +119,13 @@ pub fn is_shown_as_sent(name: &str) -> bool {
     let name = name.trim().to_ascii_lowercase();
     matches!(
         name.as_str(),
-        "webhook-id" | "webhook-timestamp" | "webhook-signature" | "content-type" | "user-agent"
+        "webhook-id"
+            | "webhook-timestamp"
+            | "webhook-signature"
+            | "x-convoy-signature"
+            | "x-hub-signature-256"
+            | "content-type"
+            | "user-agent"
     ) || name.starts_with("hookrelay-")
 }
 
@@ -138,6 +172,35 @@ mod tests {
                 ("x-n".to_owned(), "3".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn each_scheme_sends_the_standard_ids_and_its_own_signature_header() {
+        let names = |scheme: Scheme| {
+            let key = scheme.generate_key();
+            scheme_headers(scheme, &[&key], "evt_1", "orders/created", 1, b"{}")
+                .unwrap()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>()
+        };
+        let with = |signature| {
+            vec![
+                "webhook-id",
+                "webhook-timestamp",
+                signature,
+                "content-type",
+                "user-agent",
+                "hookrelay-event",
+            ]
+        };
+        assert_eq!(names(Scheme::StandardHmac), with("webhook-signature"));
+        assert_eq!(names(Scheme::StandardEd25519), with("webhook-signature"));
+        assert_eq!(names(Scheme::Convoy), with("X-Convoy-Signature"));
+        assert_eq!(names(Scheme::Github), with("X-Hub-Signature-256"));
+        for name in ["x-convoy-signature", "x-hub-signature-256"] {
+            assert!(RESERVED_HEADERS.contains(&name) && is_shown_as_sent(name), "{name}");
+        }
     }
 
     #[test]
