@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hookrelay_types::{
-    signature::{Secret, signature_header},
-    webhook,
-};
+use hookrelay_types::{schemes::Scheme, webhook};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -37,8 +34,10 @@ pub(crate) struct Request<'a> {
     pub(crate) delivery_id: &'a str,
     pub(crate) attempt: i32,
     pub(crate) body: Vec<u8>,
-    /// Every secret that signs: the current one, then the previous one during its grace period.
-    pub(crate) secrets: &'a [Secret],
+    /// How the endpoint's requests are signed.
+    pub(crate) scheme: Scheme,
+    /// Every key that signs: the current one, then the previous one during its grace period.
+    pub(crate) keys: &'a [&'a str],
     /// The endpoint's own headers, a JSON object of strings.
     pub(crate) custom_headers: &'a Value,
     /// The endpoint's own limit for the whole attempt, if it has one.
@@ -123,8 +122,13 @@ impl Sender {
         let started_at = OffsetDateTime::now_utc();
         let start = Instant::now();
         let timestamp = started_at.unix_timestamp();
-        let signature = signature_header(req.secrets, req.event_id, timestamp, &req.body);
-        let headers = headers(&req, timestamp, &signature);
+        let signed = webhook::scheme_headers(req.scheme, req.keys, req.event_id, req.event_type, timestamp, &req.body)
+            .unwrap_or_else(|invalid| {
+                // The keys were checked before the attempt; without one nothing is signed.
+                tracing::warn!(%invalid, "signing failed; sending without a signature");
+                Vec::new()
+            });
+        let headers = headers(&req, signed);
         let request_headers = headers_json(&headers, req.custom_headers);
         let mut outcome = Outcome {
             started_at,
@@ -236,14 +240,12 @@ fn backoff(status: u16, headers: &HeaderMap) -> Backoff {
 }
 
 /// The contract's headers, then the endpoint's own (never over the contract's).
-fn headers(req: &Request<'_>, timestamp: i64, signature: &str) -> HeaderMap {
+fn headers(req: &Request<'_>, signed: Vec<(&'static str, String)>) -> HeaderMap {
     let mut map = HeaderMap::new();
-    let fixed = webhook::signed_headers(req.event_id, req.event_type, timestamp, signature)
-        .into_iter()
-        .chain([
-            ("hookrelay-delivery-id", req.delivery_id.to_owned()),
-            ("hookrelay-attempt", req.attempt.to_string()),
-        ]);
+    let fixed = signed.into_iter().chain([
+        ("hookrelay-delivery-id", req.delivery_id.to_owned()),
+        ("hookrelay-attempt", req.attempt.to_string()),
+    ]);
     for (name, value) in fixed {
         match HeaderValue::from_str(&value) {
             Ok(v) => {
@@ -397,7 +399,7 @@ mod tests {
 
     #[test]
     fn custom_headers_never_override_the_contract_headers() {
-        let secret = Secret::generate();
+        let key = Scheme::StandardHmac.generate_key();
         let custom = json!({
             "X-Team": "billing",
             "webhook-id": "forged",
@@ -415,11 +417,15 @@ mod tests {
             delivery_id: "dlv_1",
             attempt: 2,
             body: b"{}".to_vec(),
-            secrets: std::slice::from_ref(&secret),
+            scheme: Scheme::StandardHmac,
+            keys: &[&key],
             custom_headers: &custom,
             timeout: None,
         };
-        let map = headers(&req, 1_700_000_000, "v1,sig");
+        let signed =
+            webhook::scheme_headers(req.scheme, req.keys, "evt_1", "orders/created", 1_700_000_000, b"{}").unwrap();
+        let signature = signed[2].1.clone();
+        let map = headers(&req, signed);
         let get = |n: &str| map.get_all(n).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
         assert_eq!(get("webhook-id"), ["evt_1"]);
         assert_eq!(get("content-type"), ["application/json"]);
@@ -430,7 +436,7 @@ mod tests {
         assert_eq!(get("x-retries"), ["3"]);
         assert!(map.get("x-object").is_none());
         let recorded = headers_json(&map, &custom);
-        assert_eq!(recorded["webhook-signature"], "v1,sig");
+        assert_eq!(recorded["webhook-signature"], signature.as_str());
         assert_eq!(
             recorded["x-team"], "\u{2022}\u{2022}\u{2022}\u{2022}",
             "custom values are write-only"

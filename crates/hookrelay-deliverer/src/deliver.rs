@@ -10,7 +10,6 @@ use std::{
 };
 
 use hookrelay_runtime::batch::Batcher;
-use hookrelay_types::signature::Secret;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
@@ -429,21 +428,19 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<
             Err(e) => warn!(error = %e, "resetting the health of a re-enabled endpoint failed"),
         }
     }
-    let mut secrets = Vec::with_capacity(2);
-    match Secret::parse(&endpoint.secret) {
-        Ok(s) => secrets.push(s),
-        Err(_) => {
-            return Some((
-                Outcome::refused("the endpoint's secret is not valid"),
-                false,
-                Some(endpoint),
-            ));
-        }
+    let scheme = endpoint.signature_scheme;
+    if scheme.check_key(&endpoint.secret).is_err() {
+        return Some((
+            Outcome::refused("the endpoint's signing key is not valid"),
+            false,
+            Some(endpoint),
+        ));
     }
+    let mut keys = vec![endpoint.secret.as_str()];
     if let Some(previous) = endpoint.previous_secret.as_deref() {
-        match Secret::parse(previous) {
-            Ok(s) => secrets.push(s),
-            Err(_) => warn!("the endpoint's previous secret is not valid; signing with the current one only"),
+        match scheme.check_key(previous) {
+            Ok(()) => keys.push(previous),
+            Err(_) => warn!("the endpoint's previous key is not valid; signing with the current one only"),
         }
     }
     let request = Request {
@@ -453,7 +450,8 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<
         delivery_id: &due.id,
         attempt: due.attempt_count + 1,
         body: body.as_bytes().to_vec(),
-        secrets: &secrets,
+        scheme,
+        keys: &keys,
         custom_headers: &endpoint.headers,
         timeout: endpoint
             .timeout_seconds

@@ -4,8 +4,8 @@
 //! | --- | --- | --- |
 //! | `standard-hmac` | `whsec_<base64 key>` | `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>` |
 //! | `standard-ed25519` | `whsk_<base64 private key>`; receivers hold `whpk_<base64 public key>` | `webhook-signature: v1a,<base64 Ed25519 signature of "{id}.{timestamp}.{body}">` |
-//! | `convoy` | the secret's text, as Convoy receivers configure it | `X-Convoy-Signature: t=<timestamp>,v1=<hex HMAC-SHA256(secret, "{timestamp},{body}")>` |
-//! | `github` | the secret's text | `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>` |
+//! | `convoy` | the secret's text, as Convoy receivers configure it | `x-convoy-signature: t=<timestamp>,v1=<hex HMAC-SHA256(secret, "{timestamp},{body}")>` |
+//! | `github` | the secret's text | `x-hub-signature-256: sha256=<hex HMAC-SHA256(secret, body)>` |
 //!
 //! The Standard Webhooks headers `webhook-id` and `webhook-timestamp` go with every scheme.
 //! During a rotation's grace period the Standard Webhooks schemes and `convoy` carry one
@@ -116,12 +116,12 @@ impl Scheme {
                     value.push_str(",v1=");
                     value.push_str(&hex(&hmac_sha256(key.as_bytes(), &content)));
                 }
-                ("X-Convoy-Signature", value)
+                ("x-convoy-signature", value)
             }
             Self::Github => {
                 let key = keys.first().ok_or_else(no_key)?;
                 (
-                    "X-Hub-Signature-256",
+                    "x-hub-signature-256",
                     format!("sha256={}", hex(&hmac_sha256(key.as_bytes(), body))),
                 )
             }
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(
             headers,
             [(
-                "X-Hub-Signature-256",
+                "x-hub-signature-256",
                 "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_owned()
             )]
         );
@@ -303,7 +303,7 @@ mod tests {
         let [(name, value)] = headers.as_slice() else {
             panic!("{headers:?}")
         };
-        assert_eq!(*name, "X-Convoy-Signature");
+        assert_eq!(*name, "x-convoy-signature");
         let expected = hex(&hmac_sha256(b"secret", b"1700000000,{}"));
         let older = hex(&hmac_sha256(b"older", b"1700000000,{}"));
         assert_eq!(*value, format!("t=1700000000,v1={expected},v1={older}"));

@@ -9,7 +9,7 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef, Postgres};
 use sqlx::types::Type;
 
-use crate::{ApiKeyId, DeliveryId, DeliveryStatus, EndpointId, EventId, EventType, TenantId};
+use crate::{ApiKeyId, DeliveryId, DeliveryStatus, EndpointId, EventId, EventType, TenantId, schemes::Scheme};
 
 /// `text` in and out, checked by the type's `parse` on the way in.
 macro_rules! text_column {
@@ -55,5 +55,6 @@ text_column!(
     DeliveryId,
     ApiKeyId,
     EventType,
-    DeliveryStatus
+    DeliveryStatus,
+    Scheme
 );

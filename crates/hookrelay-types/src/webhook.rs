@@ -196,8 +196,8 @@ mod tests {
         };
         assert_eq!(names(Scheme::StandardHmac), with("webhook-signature"));
         assert_eq!(names(Scheme::StandardEd25519), with("webhook-signature"));
-        assert_eq!(names(Scheme::Convoy), with("X-Convoy-Signature"));
-        assert_eq!(names(Scheme::Github), with("X-Hub-Signature-256"));
+        assert_eq!(names(Scheme::Convoy), with("x-convoy-signature"));
+        assert_eq!(names(Scheme::Github), with("x-hub-signature-256"));
         for name in ["x-convoy-signature", "x-hub-signature-256"] {
             assert!(RESERVED_HEADERS.contains(&name) && is_shown_as_sent(name), "{name}");
         }
