@@ -163,13 +163,13 @@ pub(crate) async fn get(
     let tenant = tenant_of_row(&delivery.tenant_id)?;
     let id = DeliveryId::parse(&delivery.id).map_err(ApiError::internal)?;
     let event_id = EventId::parse(&delivery.event_id).map_err(ApiError::internal)?;
-    let body = store::event_body(&state.db, &tenant, &event_id).await?;
-    let payload = match body {
-        Some(text) => serde_json::from_str(&text).map_err(ApiError::internal)?,
+    let event = store::event(&state.db, &tenant, &event_id).await?;
+    let payload = match &event {
+        Some(event) => serde_json::from_str(&event.body).map_err(ApiError::internal)?,
         None => Value::Null,
     };
+    let schema_version = event.and_then(|e| e.schema_version);
     let attempts = store::attempts(&state.db, &id).await?;
-    let (schema_version, _) = store::event_schema_check(&state.db, &tenant, &event_id).await?;
     Ok(json(
         StatusCode::OK,
         Detail {

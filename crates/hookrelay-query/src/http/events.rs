@@ -35,18 +35,17 @@ pub(crate) async fn get(
     principal.require(Scope::DeliveriesRead)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
-    let body = store::event_body(&state.db, &tenant, &event_id)
+    let stored = store::event(&state.db, &tenant, &event_id)
         .await?
         .ok_or(QueryError::NotFound("event"))?;
     // The envelope's own key order is kept (serde_json's `preserve_order`).
-    let Value::Object(mut event) = serde_json::from_str(&body).map_err(ApiError::internal)? else {
+    let Value::Object(mut event) = serde_json::from_str(&stored.body).map_err(ApiError::internal)? else {
         return Err(ApiError::internal(format!(
             "event {event_id}: stored body is not an object"
         )));
     };
-    let (schema_version, schema_violation) = store::event_schema_check(&state.db, &tenant, &event_id).await?;
-    event.insert("schema_version".into(), schema_version.into());
-    event.insert("schema_violation".into(), schema_violation.into());
+    event.insert("schema_version".into(), stored.schema_version.into());
+    event.insert("schema_violation".into(), stored.schema_violation.into());
     let filter = store::DeliveryFilter {
         event_id: Some(event_id),
         ..Default::default()
@@ -87,7 +86,7 @@ pub(crate) async fn replay(
     principal.require(Scope::DeliveriesWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
-    let event = store::stored_event(&state.db, &tenant, &event_id)
+    let event = store::event(&state.db, &tenant, &event_id)
         .await?
         .ok_or(QueryError::NotFound("event"))?;
     let event_type = EventType::parse(&event.event_type).map_err(ApiError::internal)?;

@@ -136,7 +136,11 @@ pub(crate) async fn endpoint_stats(
     let (tenant, id) = endpoints::keys(&endpoint)?;
     let since = OffsetDateTime::now_utc() - span;
 
-    let (delivered, failed, latency) = store::minute_totals(&state.db, &tenant, Some(&id), since).await?;
+    let store::MinuteTotals {
+        delivered,
+        failed,
+        latency,
+    } = store::minute_totals(&state.db, &tenant, Some(&id), since).await?;
     let pending = store::unfinished_count(&state.db, &tenant, &id).await?;
     let counts = Counts {
         delivered,
@@ -183,7 +187,11 @@ pub(crate) async fn tenant_stats(
     let ingested = store::events_received_since(&state.db, &tenant, since).await?;
     let rows = store::tenant_status_counts(&state.db, &tenant, since).await?;
     let pipeline = Pipeline::from_rows(ingested, rows.iter().map(|(s, n)| (s.as_str(), *n)));
-    let (delivered, failed, latency) = store::minute_totals(&state.db, &tenant, None, since).await?;
+    let store::MinuteTotals {
+        delivered,
+        failed,
+        latency,
+    } = store::minute_totals(&state.db, &tenant, None, since).await?;
     let finished = Finished {
         delivered,
         failed,
