@@ -13,14 +13,12 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppJson, AppQuery, Page, json},
 };
-use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, Invalid, TenantId};
+use hookrelay_types::{DeliveryId, DeliveryStatus, EndpointId, EventId, EventType, Invalid};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{AppState, bad_query, cursor, endpoints, paginate, rfc3339};
 use crate::{error::QueryError, publish, store};
-
-pub(crate) const STATUSES: [&str; 4] = ["pending", "delivered", "retrying", "failed"];
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct LogParams {
@@ -45,23 +43,13 @@ fn filter(p: &LogParams) -> Result<store::DeliveryFilter, Invalid> {
         f.endpoint_id = Some(EndpointId::parse(&v).map_err(|e| Invalid::new(e.code, format!("endpoint_id: {e}")))?);
     }
     if let Some(v) = given(&p.event_type) {
-        f.event_type = Some(
-            EventType::parse(&v)
-                .map_err(|e| Invalid::new(e.code, format!("event_type: {e}")))?
-                .to_string(),
-        );
+        f.event_type = Some(EventType::parse(&v).map_err(|e| Invalid::new(e.code, format!("event_type: {e}")))?);
     }
     if let Some(v) = given(&p.event_id) {
         f.event_id = Some(EventId::parse(&v).map_err(|e| Invalid::new(e.code, format!("event_id: {e}")))?);
     }
     if let Some(v) = given(&p.status) {
-        let status = STATUSES.iter().find(|s| **s == v).ok_or_else(|| {
-            Invalid::new(
-                "invalid_status",
-                format!("status `{v}` is not one of {}", STATUSES.join(", ")),
-            )
-        })?;
-        f.status = Some(status);
+        f.status = Some(DeliveryStatus::parse(&v)?);
     }
     if let Some(v) = given(&p.status_class) {
         f.status_class = Some(store::StatusClass::parse(&v).ok_or_else(|| {
@@ -118,7 +106,7 @@ pub(crate) async fn list(
     let filter = filter(&params).map_err(bad_query)?;
     window(&filter)?;
     let rows = store::deliveries(&state.db, &tenant, &filter, before.as_ref(), limit + 1).await?;
-    Ok(json(StatusCode::OK, paginate(rows, limit, |d| &d.id)))
+    Ok(json(StatusCode::OK, paginate(rows, limit, |d| d.id.as_str())))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -141,10 +129,6 @@ async fn find(state: &AppState, principal: &Principal, raw: &str) -> Result<stor
         .ok_or(QueryError::NotFound("delivery"))
 }
 
-fn tenant_of_row(tenant_id: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(tenant_id).map_err(ApiError::internal)
-}
-
 #[utoipa::path(
     get,
     path = "/v1/deliveries/{id}",
@@ -160,16 +144,13 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::DeliveriesRead)?;
     let delivery = find(&state, &principal, &id).await?;
-    let tenant = tenant_of_row(&delivery.tenant_id)?;
-    let id = DeliveryId::parse(&delivery.id).map_err(ApiError::internal)?;
-    let event_id = EventId::parse(&delivery.event_id).map_err(ApiError::internal)?;
-    let event = store::event(&state.db, &tenant, &event_id).await?;
+    let event = store::event(&state.db, &delivery.tenant_id, &delivery.event_id).await?;
     let payload = match &event {
         Some(event) => serde_json::from_str(&event.body).map_err(ApiError::internal)?,
         None => Value::Null,
     };
     let schema_version = event.and_then(|e| e.schema_version);
-    let attempts = store::attempts(&state.db, &id).await?;
+    let attempts = store::attempts(&state.db, &delivery.id).await?;
     Ok(json(
         StatusCode::OK,
         Detail {
@@ -183,7 +164,8 @@ pub(crate) async fn get(
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Queued {
-    id: String,
+    #[schema(value_type = String)]
+    id: DeliveryId,
     status: &'static str,
 }
 
@@ -204,9 +186,7 @@ pub(crate) async fn retry(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::DeliveriesWrite)?;
     let delivery = find(&state, &principal, &id).await?;
-    let tenant = tenant_of_row(&delivery.tenant_id)?;
-    let id = DeliveryId::parse(&delivery.id).map_err(ApiError::internal)?;
-    publish::retry(&state.js, &tenant, &id).await?;
+    publish::retry(&state.js, &delivery.tenant_id, &delivery.id).await?;
     Ok(json(
         StatusCode::ACCEPTED,
         Queued {
@@ -250,10 +230,8 @@ pub(crate) async fn recover(
     // To the millisecond, as the command carries it, so the count matches what is requeued.
     let since = rfc3339("since", "invalid_since", &body.since)?;
     let since = since.truncate_to_millisecond();
-    let tenant = tenant_of_row(&endpoint.tenant_id)?;
-    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
-    let requeued = store::count_failed_since(&state.db, &tenant, &id, since).await?;
-    publish::recover(&state.js, &tenant, &id, since).await?;
+    let requeued = store::count_failed_since(&state.db, &endpoint.tenant_id, &endpoint.id, since).await?;
+    publish::recover(&state.js, &endpoint.tenant_id, &endpoint.id, since).await?;
     Ok(json(StatusCode::ACCEPTED, Requeued { requeued }))
 }
 
@@ -312,9 +290,9 @@ mod tests {
             ("endpoint_id", ""),
         ]))
         .unwrap();
-        assert_eq!(f.status, Some("retrying"));
+        assert_eq!(f.status, Some(DeliveryStatus::Retrying));
         assert_eq!(f.status_class, Some(store::StatusClass::NoResponse));
-        assert_eq!(f.event_type.as_deref(), Some("orders/created"));
+        assert_eq!(f.event_type.as_ref().map(EventType::as_str), Some("orders/created"));
         assert!(f.since.is_some() && f.endpoint_id.is_none());
     }
 }

@@ -13,7 +13,7 @@ use hookrelay_runtime::{
     http::{ApiError, AppJson, AppQuery, json},
 };
 use hookrelay_types::{
-    EndpointId, Envelope, EventType, Invalid, Pattern, TenantId,
+    EndpointId, Envelope, EventType, Invalid, Pattern,
     filter::Filter,
     signature::{Secret, signature_header},
     webhook,
@@ -52,14 +52,6 @@ pub(crate) struct Rotate {
 /// An id from the path; one that cannot be an endpoint's is simply not found.
 pub(super) fn endpoint_id(raw: &str) -> Result<EndpointId, QueryError> {
     EndpointId::parse(raw).map_err(|_| QueryError::NotFound("endpoint"))
-}
-
-/// A stored endpoint's tenant and id as typed keys. They were checked when the row was
-/// written, so a failure here is an internal error, not bad input.
-pub(super) fn keys(endpoint: &store::Endpoint) -> Result<(TenantId, EndpointId), ApiError> {
-    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
-    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
-    Ok((tenant, id))
 }
 
 /// The endpoint `raw` names, if the principal may see it.
@@ -121,7 +113,7 @@ pub(crate) async fn list(
     let limit = page.limit()?;
     let before = cursor(&page, EndpointId::parse)?;
     let rows = store::endpoints(&state.db, &tenant, before.as_ref(), limit + 1, &state.cfg.encryption).await?;
-    Ok(json(StatusCode::OK, paginate(rows, limit, |e| &e.id)))
+    Ok(json(StatusCode::OK, paginate(rows, limit, |e| e.id.as_str())))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -180,8 +172,8 @@ pub(crate) async fn health(
     principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
-    let (tenant, id) = keys(&endpoint)?;
-    let transitions = store::health_transitions(&state.db, &tenant, &id, TRANSITIONS_SHOWN).await?;
+    let transitions =
+        store::health_transitions(&state.db, &endpoint.tenant_id, &endpoint.id, TRANSITIONS_SHOWN).await?;
     Ok(json(
         StatusCode::OK,
         HealthHistory {
@@ -235,8 +227,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
-    let id = endpoint_id(&endpoint.id)?;
-    if !store::delete_endpoint(&state.db, &id, principal.tenant_scope()).await? {
+    if !store::delete_endpoint(&state.db, &endpoint.id, principal.tenant_scope()).await? {
         return Err(ApiError::not_found("endpoint"));
     }
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
@@ -284,7 +275,6 @@ pub(crate) async fn rotate_secret(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
-    let id = endpoint_id(&endpoint.id)?;
     let grace = body.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECS);
     if !(0..=MAX_GRACE_SECS).contains(&grace) {
         return Err(Invalid::new(
@@ -296,7 +286,7 @@ pub(crate) async fn rotate_secret(
     let secret = Secret::generate().expose();
     if !store::rotate_secret(
         &state.db,
-        &id,
+        &endpoint.id,
         principal.tenant_scope(),
         &secret,
         grace,
@@ -422,8 +412,7 @@ pub(crate) async fn test(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
-    let (tenant, id) = keys(&endpoint)?;
-    let event_id = publish::ping(&state.js, &tenant, &id).await?;
+    let event_id = publish::ping(&state.js, &endpoint.tenant_id, &endpoint.id).await?;
     Ok(json(
         StatusCode::ACCEPTED,
         serde_json::json!({ "event_id": event_id.as_str() }),

@@ -11,7 +11,7 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppQuery, Page, json},
 };
-use hookrelay_types::{EventId, EventType};
+use hookrelay_types::{EndpointId, EventId};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -89,10 +89,14 @@ pub(crate) async fn replay(
     let event = store::event(&state.db, &tenant, &event_id)
         .await?
         .ok_or(QueryError::NotFound("event"))?;
-    let event_type = EventType::parse(&event.event_type).map_err(ApiError::internal)?;
     let envelope: Value = serde_json::from_str(&event.body).map_err(ApiError::internal)?;
     let subscribers = store::subscribers(&state.db, &tenant).await?;
-    let endpoints = replay::targets(&event_type, &envelope, event.only_endpoint_id.as_deref(), &subscribers);
+    let endpoints = replay::targets(
+        &event.event_type,
+        &envelope,
+        event.only_endpoint_id.as_ref().map(EndpointId::as_str),
+        &subscribers,
+    );
     publish::replay(&state.js, &tenant, &event_id, &endpoints).await?;
     Ok(json(
         StatusCode::ACCEPTED,

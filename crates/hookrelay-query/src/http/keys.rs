@@ -167,7 +167,7 @@ pub(crate) async fn list(
         return Err(ApiError::not_found("tenant"));
     }
     let rows = store::api_keys(&state.db, &tenant, before.as_ref(), limit + 1).await?;
-    Ok(json(StatusCode::OK, paginate(rows, limit, |k| &k.id)))
+    Ok(json(StatusCode::OK, paginate(rows, limit, |k| k.id.as_str())))
 }
 
 #[utoipa::path(

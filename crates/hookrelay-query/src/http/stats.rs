@@ -12,6 +12,7 @@ use hookrelay_runtime::{
     auth::{Principal, Scope},
     http::{ApiError, AppQuery, json},
 };
+use hookrelay_types::DeliveryStatus;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -63,16 +64,16 @@ pub(crate) struct HealthSummary {
 /// The contract's health of `endpoint`: the deliverer's state machine (`endpoint_health`),
 /// then its recent attempts since its health last started fresh.
 pub(crate) async fn current_health(state: &AppState, endpoint: &store::Endpoint) -> Result<HealthSummary, ApiError> {
-    let (tenant, id) = endpoints::keys(endpoint)?;
-    let row = store::health(&state.db, &id).await?;
+    let (tenant, id) = (&endpoint.tenant_id, &endpoint.id);
+    let row = store::health(&state.db, id).await?;
     let m = stats::machine(
         endpoint.enabled,
         endpoint.updated_at,
         row.as_ref().map(|r| (r.state.as_str(), r.disabled_at, r.reset_at)),
     );
-    let recent = store::recent_outcomes(&state.db, &tenant, &id, stats::DEGRADED_SPAN as i64, m.fresh_since).await?;
-    let last = store::last_finished_status(&state.db, &tenant, &id, m.fresh_since).await?;
-    let health = stats::combined(endpoint.enabled, m, &recent, last.as_deref() == Some("failed"));
+    let recent = store::recent_outcomes(&state.db, tenant, id, stats::DEGRADED_SPAN as i64, m.fresh_since).await?;
+    let last = store::last_finished_status(&state.db, tenant, id, m.fresh_since).await?;
+    let health = stats::combined(endpoint.enabled, m, &recent, last == Some(DeliveryStatus::Failed));
     let fresh = m
         .fresh_since
         .is_some_and(|f| row.as_ref().is_some_and(|r| r.state == "disabled" && f > r.since));
@@ -133,22 +134,22 @@ pub(crate) async fn endpoint_stats(
     let window = params.window.unwrap_or_else(|| stats::DEFAULT_WINDOW.to_owned());
     let span = stats::parse_window(&window).map_err(bad_query)?;
     let endpoint = endpoints::find(&state, &principal, &id).await?;
-    let (tenant, id) = endpoints::keys(&endpoint)?;
+    let (tenant, id) = (&endpoint.tenant_id, &endpoint.id);
     let since = OffsetDateTime::now_utc() - span;
 
     let store::MinuteTotals {
         delivered,
         failed,
         latency,
-    } = store::minute_totals(&state.db, &tenant, Some(&id), since).await?;
-    let pending = store::unfinished_count(&state.db, &tenant, &id).await?;
+    } = store::minute_totals(&state.db, tenant, Some(id), since).await?;
+    let pending = store::unfinished_count(&state.db, tenant, id).await?;
     let counts = Counts {
         delivered,
         failed,
         pending,
     };
     let health = current_health(&state, &endpoint).await?.state;
-    let (limit, in_flight) = store::concurrency(&state.db, &tenant, &id).await?;
+    let (limit, in_flight) = store::concurrency(&state.db, tenant, id).await?;
     Ok(json(
         StatusCode::OK,
         Stats {
@@ -186,7 +187,7 @@ pub(crate) async fn tenant_stats(
     let since = OffsetDateTime::now_utc() - stats::parse_window(&window).map_err(bad_query)?;
     let ingested = store::events_received_since(&state.db, &tenant, since).await?;
     let rows = store::tenant_status_counts(&state.db, &tenant, since).await?;
-    let pipeline = Pipeline::from_rows(ingested, rows.iter().map(|(s, n)| (s.as_str(), *n)));
+    let pipeline = Pipeline::from_rows(ingested, rows);
     let store::MinuteTotals {
         delivered,
         failed,

@@ -82,7 +82,7 @@ pub(crate) async fn list(
     let limit = page.limit()?;
     let after = cursor(&page, TenantId::parse)?;
     let rows = store::tenants(&state.db, after.as_ref(), limit + 1).await?;
-    Ok(json(StatusCode::OK, paginate(rows, limit, |t| &t.id)))
+    Ok(json(StatusCode::OK, paginate(rows, limit, |t| t.id.as_str())))
 }
 
 /// The admin sees any tenant; a key sees its own.

@@ -11,8 +11,10 @@ use super::Result;
 /// An API key as listed: never its secret or hash.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct ApiKey {
-    pub(crate) id: String,
-    pub(crate) tenant_id: String,
+    #[schema(value_type = String)]
+    pub(crate) id: ApiKeyId,
+    #[schema(value_type = String)]
+    pub(crate) tenant_id: TenantId,
     pub(crate) name: String,
     pub(crate) scopes: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -41,8 +43,8 @@ pub(crate) async fn insert_api_key(
          VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, tenant_id, name, scopes, created_at, last_used_at, rate_limit_per_sec",
     )
-    .bind(id.as_str())
-    .bind(tenant.as_str())
+    .bind(id)
+    .bind(tenant)
     .bind(name)
     .bind(scopes)
     .bind(key_hash)
@@ -55,7 +57,7 @@ pub(crate) async fn insert_api_key(
 /// several processes may arrive in any order). One statement for a whole flush.
 #[tracing::instrument(skip_all, fields(keys = uses.len()))]
 pub(crate) async fn touch_api_keys(db: impl PgExecutor<'_>, uses: &[(ApiKeyId, OffsetDateTime)]) -> Result<()> {
-    let ids: Vec<&str> = uses.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: Vec<&ApiKeyId> = uses.iter().map(|(id, _)| id).collect();
     let times: Vec<OffsetDateTime> = uses.iter().map(|(_, at)| *at).collect();
     sqlx::query(
         "UPDATE api_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.at)
@@ -79,9 +81,9 @@ pub(crate) async fn api_keys(
     let mut q = QueryBuilder::<Postgres>::new("SELECT ");
     q.push(API_KEY_COLUMNS)
         .push(" FROM api_keys WHERE revoked_at IS NULL AND tenant_id = ")
-        .push_bind(tenant.as_str());
+        .push_bind(tenant);
     if let Some(before) = before {
-        q.push(" AND id < ").push_bind(before.as_str());
+        q.push(" AND id < ").push_bind(before);
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
     Ok(q.build_query_as().fetch_all(db).await?)
@@ -97,8 +99,8 @@ pub(crate) async fn api_key_scopes(
         "SELECT scopes FROM api_keys
          WHERE id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)",
     )
-    .bind(id.as_str())
-    .bind(tenant.map(TenantId::as_str))
+    .bind(id)
+    .bind(tenant)
     .fetch_optional(db)
     .await?;
     Ok(scopes)
@@ -112,8 +114,8 @@ pub(crate) async fn revoke_api_key(db: impl PgExecutor<'_>, id: &ApiKeyId, tenan
         "UPDATE api_keys SET revoked_at = now()
          WHERE id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)",
     )
-    .bind(id.as_str())
-    .bind(tenant.map(TenantId::as_str))
+    .bind(id)
+    .bind(tenant)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -34,7 +34,7 @@ pub(crate) async fn attempts(db: impl PgExecutor<'_>, delivery: &DeliveryId) -> 
         "SELECT attempt, trigger, started_at, duration_ms, request_headers, response_code, response_body, error
          FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
     )
-    .bind(delivery.as_str())
+    .bind(delivery)
     .fetch_all(db)
     .await?)
 }
@@ -54,8 +54,8 @@ pub(crate) async fn recent_outcomes(
          WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND ($4::timestamptz IS NULL OR a.started_at >= $4)
          ORDER BY a.started_at DESC, a.attempt DESC LIMIT $3",
     )
-    .bind(tenant.as_str())
-    .bind(endpoint.as_str())
+    .bind(tenant)
+    .bind(endpoint)
     .bind(n)
     .bind(since)
     .fetch_all(db)

@@ -1,6 +1,6 @@
 //! `deliveries` (the deliverer writes; query reads): the delivery log and counts over it.
 
-use hookrelay_types::{DeliveryId, EndpointId, EventId, TenantId};
+use hookrelay_types::{DeliveryId, DeliveryStatus, EndpointId, EventId, EventType, TenantId};
 use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::{Duration, OffsetDateTime};
@@ -10,13 +10,19 @@ use super::Result;
 /// A delivery as listed.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Delivery {
-    pub(crate) id: String,
+    #[schema(value_type = String)]
+    pub(crate) id: DeliveryId,
     #[serde(skip)]
-    pub(crate) tenant_id: String,
-    pub(crate) event_id: String,
-    pub(crate) event_type: String,
-    pub(crate) endpoint_id: String,
-    pub(crate) status: String,
+    #[schema(value_type = String)]
+    pub(crate) tenant_id: TenantId,
+    #[schema(value_type = String)]
+    pub(crate) event_id: EventId,
+    #[schema(value_type = String)]
+    pub(crate) event_type: EventType,
+    #[schema(value_type = String)]
+    pub(crate) endpoint_id: EndpointId,
+    #[schema(value_type = String)]
+    pub(crate) status: DeliveryStatus,
     pub(crate) attempt_count: i32,
     pub(crate) last_response_code: Option<i32>,
     pub(crate) last_duration_ms: Option<i32>,
@@ -35,9 +41,9 @@ const DELIVERY_COLUMNS: &str = "id, tenant_id, event_id, event_type, endpoint_id
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DeliveryFilter {
     pub(crate) endpoint_id: Option<EndpointId>,
-    pub(crate) event_type: Option<String>,
+    pub(crate) event_type: Option<EventType>,
     pub(crate) event_id: Option<EventId>,
-    pub(crate) status: Option<&'static str>,
+    pub(crate) status: Option<DeliveryStatus>,
     pub(crate) status_class: Option<StatusClass>,
     /// `created_at >= since`
     pub(crate) since: Option<OffsetDateTime>,
@@ -112,15 +118,15 @@ pub(crate) async fn deliveries(
     let mut q = QueryBuilder::<Postgres>::new("SELECT ");
     q.push(DELIVERY_COLUMNS)
         .push(" FROM deliveries WHERE tenant_id = ")
-        .push_bind(tenant.as_str());
+        .push_bind(tenant);
     if let Some(v) = &filter.endpoint_id {
-        q.push(" AND endpoint_id = ").push_bind(v.as_str());
+        q.push(" AND endpoint_id = ").push_bind(v);
     }
     if let Some(v) = &filter.event_type {
-        q.push(" AND event_type = ").push_bind(v.as_str());
+        q.push(" AND event_type = ").push_bind(v);
     }
     if let Some(v) = &filter.event_id {
-        q.push(" AND event_id = ").push_bind(v.as_str());
+        q.push(" AND event_id = ").push_bind(v);
     }
     if let Some(v) = filter.status {
         q.push(status_condition(v));
@@ -137,20 +143,19 @@ pub(crate) async fn deliveries(
         q.push(" AND id < ").push_bind(first_id_at(v + ID_CLOCK_SLACK));
     }
     if let Some(v) = before {
-        q.push(" AND id < ").push_bind(v.as_str());
+        q.push(" AND id < ").push_bind(v);
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
     Ok(q.build_query_as().fetch_all(db).await?)
 }
 
-/// `status = '<status>'` for one of the four statuses; anything else matches nothing.
-fn status_condition(status: &str) -> &'static str {
+/// `status = '<status>'`, a literal the log's partial indexes can be matched against.
+fn status_condition(status: DeliveryStatus) -> &'static str {
     match status {
-        "pending" => " AND status = 'pending'",
-        "delivered" => " AND status = 'delivered'",
-        "retrying" => " AND status = 'retrying'",
-        "failed" => " AND status = 'failed'",
-        _ => " AND false",
+        DeliveryStatus::Pending => " AND status = 'pending'",
+        DeliveryStatus::Delivered => " AND status = 'delivered'",
+        DeliveryStatus::Retrying => " AND status = 'retrying'",
+        DeliveryStatus::Failed => " AND status = 'failed'",
     }
 }
 
@@ -162,9 +167,9 @@ pub(crate) async fn delivery(
     let mut q = QueryBuilder::<Postgres>::new("SELECT ");
     q.push(DELIVERY_COLUMNS)
         .push(" FROM deliveries WHERE id = ")
-        .push_bind(id.as_str());
+        .push_bind(id);
     if let Some(tenant) = tenant {
-        q.push(" AND tenant_id = ").push_bind(tenant.as_str());
+        q.push(" AND tenant_id = ").push_bind(tenant);
     }
     Ok(q.build_query_as().fetch_optional(db).await?)
 }
@@ -175,8 +180,8 @@ pub(crate) async fn unfinished_count(db: impl PgExecutor<'_>, tenant: &TenantId,
         "SELECT count(*) FROM deliveries
          WHERE endpoint_id = $2 AND tenant_id = $1 AND status IN ('pending', 'retrying')",
     )
-    .bind(tenant.as_str())
-    .bind(endpoint.as_str())
+    .bind(tenant)
+    .bind(endpoint)
     .fetch_one(db)
     .await?)
 }
@@ -188,15 +193,15 @@ pub(crate) async fn last_finished_status(
     tenant: &TenantId,
     endpoint: &EndpointId,
     since: Option<OffsetDateTime>,
-) -> Result<Option<String>> {
+) -> Result<Option<DeliveryStatus>> {
     Ok(sqlx::query_scalar(
         "SELECT status FROM deliveries
          WHERE tenant_id = $1 AND endpoint_id = $2 AND status IN ('delivered', 'failed')
            AND ($3::timestamptz IS NULL OR updated_at >= $3)
          ORDER BY updated_at DESC, id DESC LIMIT 1",
     )
-    .bind(tenant.as_str())
-    .bind(endpoint.as_str())
+    .bind(tenant)
+    .bind(endpoint)
     .bind(since)
     .fetch_optional(db)
     .await?)
@@ -208,11 +213,11 @@ pub(crate) async fn tenant_status_counts(
     db: impl PgExecutor<'_>,
     tenant: &TenantId,
     since: OffsetDateTime,
-) -> Result<Vec<(String, i64)>> {
+) -> Result<Vec<(DeliveryStatus, i64)>> {
     Ok(sqlx::query_as(
         "SELECT status, count(*) FROM deliveries WHERE tenant_id = $1 AND created_at >= $2 GROUP BY status",
     )
-    .bind(tenant.as_str())
+    .bind(tenant)
     .bind(since)
     .fetch_all(db)
     .await?)
@@ -229,8 +234,8 @@ pub(crate) async fn count_failed_since(
         "SELECT count(*) FROM deliveries
          WHERE tenant_id = $1 AND endpoint_id = $2 AND status = 'failed' AND created_at >= $3",
     )
-    .bind(tenant.as_str())
-    .bind(endpoint.as_str())
+    .bind(tenant)
+    .bind(endpoint)
     .bind(since)
     .fetch_one(db)
     .await?)

@@ -10,13 +10,15 @@ use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::Result;
-use crate::endpoint::EndpointSpec;
+use crate::{endpoint::EndpointSpec, replay::Subscriber};
 
 /// An endpoint as shown: the secrets are never serialized.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Endpoint {
-    pub(crate) id: String,
-    pub(crate) tenant_id: String,
+    #[schema(value_type = String)]
+    pub(crate) id: EndpointId,
+    #[schema(value_type = String)]
+    pub(crate) tenant_id: TenantId,
     pub(crate) url: String,
     pub(crate) events: Vec<String>,
     pub(crate) filter: Option<Value>,
@@ -64,8 +66,8 @@ fn seal_headers(keys: &Keyring, endpoint_id: &str, headers: &Map<String, Value>)
 impl Endpoint {
     /// The row as read, with its secret and header values opened.
     fn opened(mut self, keys: &Keyring) -> Result<Self> {
-        self.secret = keys.open(&vault::secret_place(&self.id), &self.secret)?;
-        self.headers = vault::map_headers(&self.id, &self.headers, |place, v| keys.open(place, v))?;
+        self.secret = keys.open(&vault::secret_place(self.id.as_str()), &self.secret)?;
+        self.headers = vault::map_headers(self.id.as_str(), &self.headers, |place, v| keys.open(place, v))?;
         Ok(self)
     }
 
@@ -93,9 +95,9 @@ fn select_endpoint(id: &EndpointId, tenant: Option<&TenantId>) -> QueryBuilder<P
     let mut q = QueryBuilder::new("SELECT ");
     q.push(ENDPOINT_COLUMNS)
         .push(" FROM endpoints WHERE id = ")
-        .push_bind(id.as_str());
+        .push_bind(id);
     if let Some(tenant) = tenant {
-        q.push(" AND tenant_id = ").push_bind(tenant.as_str());
+        q.push(" AND tenant_id = ").push_bind(tenant);
     }
     q
 }
@@ -116,8 +118,8 @@ pub(crate) async fn insert_endpoint(
          VALUES (",
     );
     q.separated(", ")
-        .push_bind(id.as_str())
-        .push_bind(tenant.as_str())
+        .push_bind(id)
+        .push_bind(tenant)
         .push_bind(&spec.url)
         .push_bind(&spec.events)
         .push_bind(&spec.filter)
@@ -189,7 +191,7 @@ pub(crate) async fn update_endpoint(
         .push_bind_unseparated(spec.enabled)
         .push_unseparated(" THEN NULL ELSE disabled_reason END");
     q.push(" WHERE id = ")
-        .push_bind(id.as_str())
+        .push_bind(id)
         .push(" RETURNING ")
         .push(ENDPOINT_COLUMNS);
     let sealed: Endpoint = q.build_query_as().fetch_one(db).await?;
@@ -203,8 +205,8 @@ pub(crate) async fn delete_endpoint(
     tenant: Option<&TenantId>,
 ) -> Result<bool> {
     let done = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)")
-        .bind(id.as_str())
-        .bind(tenant.map(TenantId::as_str))
+        .bind(id)
+        .bind(tenant)
         .execute(db)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -221,9 +223,9 @@ pub(crate) async fn endpoints(
     let mut q = QueryBuilder::<Postgres>::new("SELECT ");
     q.push(ENDPOINT_COLUMNS)
         .push(" FROM endpoints WHERE tenant_id = ")
-        .push_bind(tenant.as_str());
+        .push_bind(tenant);
     if let Some(before) = before {
-        q.push(" AND id < ").push_bind(before.as_str());
+        q.push(" AND id < ").push_bind(before);
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
     let sealed: Vec<Endpoint> = q.build_query_as().fetch_all(db).await?;
@@ -250,8 +252,8 @@ pub(crate) async fn rotate_secret(
              updated_at = now()
          WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
     )
-    .bind(id.as_str())
-    .bind(tenant.map(TenantId::as_str))
+    .bind(id)
+    .bind(tenant)
     .bind(keys.seal(&vault::secret_place(id.as_str()), new_secret))
     .bind(grace_secs)
     .execute(db)
@@ -272,8 +274,8 @@ pub(crate) async fn disable_endpoint(
         "UPDATE endpoints SET enabled = false, disabled_reason = $3, updated_at = now()
          WHERE tenant_id = $1 AND id = $2 AND enabled",
     )
-    .bind(tenant.as_str())
-    .bind(id.as_str())
+    .bind(tenant)
+    .bind(id)
     .bind(reason)
     .execute(db)
     .await?;
@@ -281,10 +283,10 @@ pub(crate) async fn disable_endpoint(
 }
 
 /// The tenant's enabled endpoints' subscriptions, by id.
-pub(crate) async fn subscribers(db: impl PgExecutor<'_>, tenant: &TenantId) -> Result<Vec<crate::replay::Subscriber>> {
+pub(crate) async fn subscribers(db: impl PgExecutor<'_>, tenant: &TenantId) -> Result<Vec<Subscriber>> {
     Ok(
         sqlx::query_as("SELECT id, events, filter FROM endpoints WHERE tenant_id = $1 AND enabled ORDER BY id")
-            .bind(tenant.as_str())
+            .bind(tenant)
             .fetch_all(db)
             .await?,
     )

@@ -50,7 +50,7 @@ pub(crate) async fn event_types(db: impl PgExecutor<'_>, tenant: &TenantId) -> R
            ON v.tenant_id = t.tenant_id AND v.name = t.name AND v.version = t.schema_version
          WHERE t.tenant_id = $1 ORDER BY t.name",
     )
-    .bind(tenant.as_str())
+    .bind(tenant)
     .fetch_all(db)
     .await?)
 }
@@ -63,7 +63,7 @@ pub(crate) async fn event_type(db: impl PgExecutor<'_>, tenant: &TenantId, name:
            ON v.tenant_id = t.tenant_id AND v.name = t.name AND v.version = t.schema_version
          WHERE t.tenant_id = $1 AND t.name = $2",
     )
-    .bind(tenant.as_str())
+    .bind(tenant)
     .bind(name)
     .fetch_optional(db)
     .await?)
@@ -73,7 +73,7 @@ pub(crate) async fn event_type(db: impl PgExecutor<'_>, tenant: &TenantId, name:
 pub(crate) async fn lock_event_type(db: impl PgExecutor<'_>, tenant: &TenantId, name: &str) -> Result<bool> {
     Ok(
         sqlx::query_scalar::<_, i32>("SELECT 1 FROM event_types WHERE tenant_id = $1 AND name = $2 FOR UPDATE")
-            .bind(tenant.as_str())
+            .bind(tenant)
             .bind(name)
             .fetch_optional(db)
             .await?
@@ -91,7 +91,7 @@ pub(crate) async fn insert_event_type(
         "INSERT INTO event_types (tenant_id, name, description, validation, deprecated, example)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(tenant.as_str())
+    .bind(tenant)
     .bind(name)
     .bind(&spec.description)
     .bind(&spec.validation)
@@ -112,7 +112,7 @@ pub(crate) async fn update_event_type(
         "UPDATE event_types SET description = $3, validation = $4, deprecated = $5, example = $6, updated_at = now()
          WHERE tenant_id = $1 AND name = $2",
     )
-    .bind(tenant.as_str())
+    .bind(tenant)
     .bind(name)
     .bind(&spec.description)
     .bind(&spec.validation)
@@ -136,13 +136,13 @@ pub(crate) async fn add_schema_version(
          WHERE tenant_id = $1 AND name = $2
          RETURNING version",
     )
-    .bind(tenant.as_str())
+    .bind(tenant)
     .bind(name)
     .bind(schema)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("UPDATE event_types SET schema_version = $3, updated_at = now() WHERE tenant_id = $1 AND name = $2")
-        .bind(tenant.as_str())
+        .bind(tenant)
         .bind(name)
         .bind(version)
         .execute(&mut *tx)
@@ -159,7 +159,7 @@ pub(crate) async fn schema_versions(
         "SELECT version, schema, created_at FROM event_type_versions
          WHERE tenant_id = $1 AND name = $2 ORDER BY version",
     )
-    .bind(tenant.as_str())
+    .bind(tenant)
     .bind(name)
     .fetch_all(db)
     .await?)

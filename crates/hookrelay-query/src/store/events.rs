@@ -1,6 +1,6 @@
 //! `events` (ingest writes them; query reads): one stored event, counts and the types seen.
 
-use hookrelay_types::{EventId, TenantId};
+use hookrelay_types::{EndpointId, EventId, EventType, TenantId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -9,11 +9,11 @@ use super::Result;
 /// A stored event: its envelope and what intake recorded about it.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct StoredEvent {
-    pub(crate) event_type: String,
+    pub(crate) event_type: EventType,
     /// The envelope as stored (compact JSON text).
     pub(crate) body: String,
     /// Set when the event was aimed at one endpoint (a `hookrelay/ping`).
-    pub(crate) only_endpoint_id: Option<String>,
+    pub(crate) only_endpoint_id: Option<EndpointId>,
     /// The schema version it was checked against at intake; `None` if unchecked.
     pub(crate) schema_version: Option<i32>,
     /// Why it broke its schema, when validation was `warn`.

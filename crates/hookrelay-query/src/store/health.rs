@@ -26,7 +26,7 @@ pub(crate) async fn health(db: impl PgExecutor<'_>, endpoint: &EndpointId) -> Re
                  WHERE t.endpoint_id = h.endpoint_id AND t.kind = 'reset') AS reset_at
          FROM endpoint_health h WHERE h.endpoint_id = $1",
     )
-    .bind(endpoint.as_str())
+    .bind(endpoint)
     .fetch_optional(db)
     .await?)
 }
@@ -53,8 +53,8 @@ pub(crate) async fn health_transitions(
         "SELECT kind, reason, consecutive_failures, since, at FROM endpoint_health_transitions
          WHERE tenant_id = $1 AND endpoint_id = $2 ORDER BY id DESC LIMIT $3",
     )
-    .bind(tenant.as_str())
-    .bind(endpoint.as_str())
+    .bind(tenant)
+    .bind(endpoint)
     .bind(limit)
     .fetch_all(db)
     .await?)

@@ -22,8 +22,8 @@ pub(crate) async fn concurrency(
          FROM endpoint_limits
          WHERE endpoint_id = $1 AND tenant_id = $2 AND updated_at > now() - $3 * interval '1 second'",
     )
-    .bind(endpoint.as_str())
-    .bind(tenant.as_str())
+    .bind(endpoint)
+    .bind(tenant)
     .bind(LIMIT_FRESH_SECS)
     .fetch_one(db)
     .await?)

@@ -25,9 +25,9 @@ fn push_window(
     endpoint: Option<&EndpointId>,
     since: OffsetDateTime,
 ) {
-    q.push(" WHERE m.tenant_id = ").push_bind(tenant.as_str());
+    q.push(" WHERE m.tenant_id = ").push_bind(tenant);
     if let Some(endpoint) = endpoint {
-        q.push(" AND m.endpoint_id = ").push_bind(endpoint.as_str());
+        q.push(" AND m.endpoint_id = ").push_bind(endpoint);
     }
     q.push(" AND m.minute >= date_trunc('minute', ")
         .push_bind(since)

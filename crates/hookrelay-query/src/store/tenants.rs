@@ -9,7 +9,8 @@ use super::Result;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub(crate) struct Tenant {
-    pub(crate) id: String,
+    #[schema(value_type = String)]
+    pub(crate) id: TenantId,
     pub(crate) name: String,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) created_at: OffsetDateTime,
@@ -19,7 +20,7 @@ pub(crate) struct Tenant {
 pub(crate) async fn insert_tenant(db: impl PgExecutor<'_>, id: &TenantId, name: &str) -> Result<Tenant> {
     Ok(
         sqlx::query_as("INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name, created_at")
-            .bind(id.as_str())
+            .bind(id)
             .bind(name)
             .fetch_one(db)
             .await?,
@@ -28,7 +29,7 @@ pub(crate) async fn insert_tenant(db: impl PgExecutor<'_>, id: &TenantId, name: 
 
 pub(crate) async fn tenant(db: impl PgExecutor<'_>, id: &TenantId) -> Result<Option<Tenant>> {
     Ok(sqlx::query_as("SELECT id, name, created_at FROM tenants WHERE id = $1")
-        .bind(id.as_str())
+        .bind(id)
         .fetch_optional(db)
         .await?)
 }
@@ -38,7 +39,7 @@ pub(crate) async fn tenants(db: impl PgExecutor<'_>, after: Option<&TenantId>, l
     Ok(sqlx::query_as(
         "SELECT id, name, created_at FROM tenants WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
     )
-    .bind(after.map(TenantId::as_str))
+    .bind(after)
     .bind(limit)
     .fetch_all(db)
     .await?)
