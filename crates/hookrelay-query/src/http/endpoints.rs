@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use hookrelay_runtime::{
-    auth::{Principal, Scope},
+    auth::Principal,
     http::{ApiError, AppJson, AppQuery, json},
 };
 use hookrelay_types::{
@@ -68,8 +68,7 @@ pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> 
     tag = "endpoints",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
     request_body = crate::endpoint::EndpointInput,
-    responses((status = 201, description = "created, with its signing secret", body = WithSecret)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 201, description = "created, with its signing secret", body = WithSecret))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -77,7 +76,6 @@ pub(crate) async fn create(
     AppQuery(param): AppQuery<TenantParam>,
     AppJson(input): AppJson<EndpointInput>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let spec = input.create(state.cfg.allow_private_targets)?;
     let secret = Secret::generate().expose();
@@ -99,15 +97,13 @@ pub(crate) async fn create(
     path = "/v1/endpoints",
     tag = "endpoints",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of endpoints", body = super::openapi::EndpointList)),
-    security(("bearer" = ["endpoints:read"]))
+    responses((status = 200, description = "a page of endpoints", body = super::openapi::EndpointList))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(params): AppQuery<ListParams>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let page = params.page();
     let limit = page.limit()?;
@@ -128,15 +124,13 @@ pub(crate) struct WithHealth {
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
     params(("id" = String, Path)),
-    responses((status = 200, description = "the endpoint with its health", body = WithHealth)),
-    security(("bearer" = ["endpoints:read"]))
+    responses((status = 200, description = "the endpoint with its health", body = WithHealth))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
     Ok(json(StatusCode::OK, WithHealth { endpoint, health }))
@@ -161,15 +155,13 @@ const TRANSITIONS_SHOWN: i64 = 100;
     path = "/v1/endpoints/{id}/health",
     tag = "endpoints",
     params(("id" = String, Path)),
-    responses((status = 200, description = "health with its transitions", body = HealthHistory)),
-    security(("bearer" = ["endpoints:read"]))
+    responses((status = 200, description = "health with its transitions", body = HealthHistory))
 )]
 pub(crate) async fn health(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
     let transitions =
@@ -190,8 +182,7 @@ pub(crate) async fn health(
     tag = "endpoints",
     params(("id" = String, Path)),
     request_body = crate::endpoint::EndpointInput,
-    responses((status = 200, description = "updated", body = crate::store::Endpoint)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 200, description = "updated", body = crate::store::Endpoint))
 )]
 pub(crate) async fn update(
     State(state): State<AppState>,
@@ -199,7 +190,6 @@ pub(crate) async fn update(
     Path(id): Path<String>,
     AppJson(input): AppJson<EndpointInput>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let id = endpoint_id(&id)?;
     let mut tx = state.db.begin().await?;
     let current = store::endpoint_for_update(&mut *tx, &id, principal.tenant_scope(), &state.cfg.encryption)
@@ -217,15 +207,13 @@ pub(crate) async fn update(
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
     params(("id" = String, Path)),
-    responses((status = 204, description = "deleted")),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 204, description = "deleted"))
 )]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
     if !store::delete_endpoint(&state.db, &endpoint.id, principal.tenant_scope()).await? {
         return Err(ApiError::not_found("endpoint"));
@@ -239,15 +227,13 @@ pub(crate) async fn delete(
     path = "/v1/endpoints/{id}/secret",
     tag = "endpoints",
     params(("id" = String, Path)),
-    responses((status = 200, description = "the signing secret", body = SecretOnly)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 200, description = "the signing secret", body = SecretOnly))
 )]
 pub(crate) async fn secret(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
     Ok(json(
         StatusCode::OK,
@@ -264,8 +250,7 @@ pub(crate) async fn secret(
     tag = "endpoints",
     params(("id" = String, Path)),
     request_body = Rotate,
-    responses((status = 200, description = "the new secret", body = SecretOnly)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 200, description = "the new secret", body = SecretOnly))
 )]
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
@@ -273,7 +258,6 @@ pub(crate) async fn rotate_secret(
     Path(id): Path<String>,
     AppJson(body): AppJson<Rotate>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
     let grace = body.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECS);
     if !(0..=MAX_GRACE_SECS).contains(&grace) {
@@ -338,8 +322,7 @@ pub(crate) struct Preview {
     tag = "endpoints",
     params(("id" = String, Path)),
     request_body = PreviewInput,
-    responses((status = 200, description = "the request that would ship", body = Preview)),
-    security(("bearer" = ["endpoints:read"]))
+    responses((status = 200, description = "the request that would ship", body = Preview))
 )]
 pub(crate) async fn preview(
     State(state): State<AppState>,
@@ -347,7 +330,6 @@ pub(crate) async fn preview(
     Path(id): Path<String>,
     AppJson(input): AppJson<PreviewInput>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let event = EventType::parse(&input.event)?;
     let envelope = Envelope::system(event, input.data, OffsetDateTime::now_utc());
@@ -402,15 +384,13 @@ pub(crate) async fn preview(
     path = "/v1/endpoints/{id}/test",
     tag = "endpoints",
     params(("id" = String, Path)),
-    responses((status = 202, description = "a hookrelay/ping was sent", body = super::openapi::Sent)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 202, description = "a hookrelay/ping was sent", body = super::openapi::Sent))
 )]
 pub(crate) async fn test(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
     let event_id = publish::ping(&state.js, &endpoint.tenant_id, &endpoint.id).await?;
     Ok(json(

@@ -15,7 +15,7 @@ use axum::{
     response::Response,
 };
 use hookrelay_runtime::{
-    auth::{Principal, Scope},
+    auth::Principal,
     http::{ApiError, AppJson, AppQuery, List, json},
 };
 use hookrelay_types::{
@@ -141,8 +141,7 @@ async fn detail(state: &AppState, tenant: &TenantId, name: &str) -> Result<Detai
     tag = "event-types",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
     request_body = Declare,
-    responses((status = 201, description = "declared", body = Detail)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 201, description = "declared", body = Detail))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -150,7 +149,6 @@ pub(crate) async fn create(
     AppQuery(param): AppQuery<TenantParam>,
     AppJson(input): AppJson<Declare>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let name = event_type_name(&input.name)?;
     let validation = match input.validation.as_deref() {
@@ -180,8 +178,7 @@ pub(crate) async fn create(
     tag = "event-types",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
     request_body = Change,
-    responses((status = 200, description = "updated", body = Detail)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 200, description = "updated", body = Detail))
 )]
 pub(crate) async fn update(
     State(state): State<AppState>,
@@ -190,7 +187,6 @@ pub(crate) async fn update(
     Path(name): Path<String>,
     AppJson(input): AppJson<Change>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let mut tx = state.db.begin().await.map_err(QueryError::from)?;
     if !store::lock_event_type(&mut *tx, &tenant, &name).await? {
@@ -228,8 +224,7 @@ pub(crate) async fn update(
     path = "/v1/event-types/{name}",
     tag = "event-types",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
-    responses((status = 200, description = "the type with its schema versions", body = Detail)),
-    security(("bearer" = ["endpoints:read"]))
+    responses((status = 200, description = "the type with its schema versions", body = Detail))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
@@ -237,7 +232,6 @@ pub(crate) async fn get(
     AppQuery(param): AppQuery<TenantParam>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     Ok(json(StatusCode::OK, detail(&state, &tenant, &name).await?))
 }
@@ -248,15 +242,13 @@ pub(crate) async fn get(
     path = "/v1/event-types",
     tag = "event-types",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "declared and seen types", body = super::openapi::EventTypeList)),
-    security(("bearer" = ["endpoints:read"]))
+    responses((status = 200, description = "declared and seen types", body = super::openapi::EventTypeList))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(params): AppQuery<ListParams>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let page = params.page();
     let limit = usize::try_from(page.limit()?).unwrap_or(0);

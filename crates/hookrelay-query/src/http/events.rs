@@ -8,7 +8,7 @@ use axum::{
     response::Response,
 };
 use hookrelay_runtime::{
-    auth::{Principal, Scope},
+    auth::Principal,
     http::{ApiError, AppQuery, Page, json},
 };
 use hookrelay_types::{EndpointId, EventId};
@@ -23,8 +23,7 @@ use crate::{error::QueryError, publish, replay, store};
     path = "/v1/events/{event_id}",
     tag = "events",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
-    responses((status = 200, description = "the stored envelope with its deliveries", body = super::openapi::StoredEvent)),
-    security(("bearer" = ["deliveries:read"]))
+    responses((status = 200, description = "the stored envelope with its deliveries", body = super::openapi::StoredEvent))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
@@ -32,7 +31,6 @@ pub(crate) async fn get(
     AppQuery(param): AppQuery<TenantParam>,
     Path(event_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeliveriesRead)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
     let stored = store::event(&state.db, &tenant, &event_id)
@@ -73,8 +71,7 @@ pub(crate) struct Replayed {
     path = "/v1/events/{event_id}/replay",
     tag = "events",
     params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
-    responses((status = 202, description = "replay queued", body = Replayed)),
-    security(("bearer" = ["deliveries:write"]))
+    responses((status = 202, description = "replay queued", body = Replayed))
 )]
 #[tracing::instrument(skip_all, fields(event_id = %event_id))]
 pub(crate) async fn replay(
@@ -83,7 +80,6 @@ pub(crate) async fn replay(
     AppQuery(param): AppQuery<TenantParam>,
     Path(event_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeliveriesWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
     let event = store::event(&state.db, &tenant, &event_id)
