@@ -16,21 +16,30 @@ use hookrelay_runtime::{
 use hookrelay_types::{DeliveryId, DeliveryStatus, EndpointId, EventId, EventType, Invalid};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::IntoParams;
 
-use super::{AppState, bad_query, cursor, endpoints, paginate, rfc3339};
+use super::{AppState, IdPath, bad_query, cursor, endpoints, paginate, rfc3339};
 use crate::{error::QueryError, publish, store};
 
-#[derive(Debug, Deserialize)]
+/// The delivery log's filters and page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogParams {
     tenant_id: Option<String>,
     endpoint_id: Option<String>,
     event_type: Option<String>,
     event_id: Option<String>,
+    /// pending, delivered, retrying or failed
     status: Option<String>,
+    // Beyond the contract's filters: described in docs/api.md, not in the OpenAPI document.
+    #[param(ignore)]
     status_class: Option<String>,
+    #[param(format = DateTime)]
     since: Option<String>,
+    #[param(format = DateTime)]
     until: Option<String>,
     #[serde(default, deserialize_with = "hookrelay_runtime::http::de_number")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -86,7 +95,7 @@ fn window(f: &store::DeliveryFilter) -> Result<(), Invalid> {
     get,
     path = "/v1/deliveries",
     tag = "deliveries",
-    params(("tenant_id" = Option<String>, Query), ("endpoint_id" = Option<String>, Query), ("event_type" = Option<String>, Query), ("event_id" = Option<String>, Query), ("status" = Option<String>, Query, description = "pending, delivered, retrying or failed"), ("since" = Option<String>, Query, format = DateTime), ("until" = Option<String>, Query, format = DateTime), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    params(LogParams),
     responses((status = 200, description = "the delivery log, newest first", body = super::openapi::DeliveryList))
 )]
 pub(crate) async fn list(
@@ -131,13 +140,13 @@ async fn find(state: &AppState, principal: &Principal, raw: &str) -> Result<stor
     get,
     path = "/v1/deliveries/{id}",
     tag = "deliveries",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 200, description = "the delivery with its payload and attempts", body = Detail))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let delivery = find(&state, &principal, &id).await?;
     let event = store::event(&state.db, &delivery.tenant_id, &delivery.event_id).await?;
@@ -171,13 +180,13 @@ pub(crate) struct Queued {
     post,
     path = "/v1/deliveries/{id}/retry",
     tag = "deliveries",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 202, description = "queued for delivery", body = Queued))
 )]
 pub(crate) async fn retry(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let delivery = find(&state, &principal, &id).await?;
     publish::retry(&state.js, &delivery.tenant_id, &delivery.id).await?;
@@ -208,14 +217,14 @@ pub(crate) struct Requeued {
     post,
     path = "/v1/endpoints/{id}/recover",
     tag = "deliveries",
-    params(("id" = String, Path)),
+    params(IdPath),
     request_body = Recover,
     responses((status = 202, description = "failed deliveries requeued", body = Requeued))
 )]
 pub(crate) async fn recover(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     AppJson(body): AppJson<Recover>,
 ) -> Result<Response, ApiError> {
     let endpoint = endpoints::find(&state, &principal, &id).await?;

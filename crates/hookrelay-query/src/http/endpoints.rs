@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    AppState, ListParams, TenantParam, cursor, paginate,
+    AppState, IdPath, ListParams, TenantParam, cursor, paginate,
     stats::{HealthSummary, current_health},
 };
 use crate::{endpoint::EndpointInput, error::QueryError, publish, store};
@@ -66,7 +66,7 @@ pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> 
     post,
     path = "/v1/endpoints",
     tag = "endpoints",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
+    params(TenantParam),
     request_body = crate::endpoint::EndpointInput,
     responses((status = 201, description = "created, with its signing secret", body = WithSecret))
 )]
@@ -96,7 +96,7 @@ pub(crate) async fn create(
     get,
     path = "/v1/endpoints",
     tag = "endpoints",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    params(ListParams),
     responses((status = 200, description = "a page of endpoints", body = super::openapi::EndpointList))
 )]
 pub(crate) async fn list(
@@ -123,13 +123,13 @@ pub(crate) struct WithHealth {
     get,
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 200, description = "the endpoint with its health", body = WithHealth))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
@@ -154,13 +154,13 @@ const TRANSITIONS_SHOWN: i64 = 100;
     get,
     path = "/v1/endpoints/{id}/health",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 200, description = "health with its transitions", body = HealthHistory))
 )]
 pub(crate) async fn health(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
@@ -180,14 +180,14 @@ pub(crate) async fn health(
     patch,
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     request_body = crate::endpoint::EndpointInput,
     responses((status = 200, description = "updated", body = crate::store::Endpoint))
 )]
 pub(crate) async fn update(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     AppJson(input): AppJson<EndpointInput>,
 ) -> Result<Response, ApiError> {
     let id = endpoint_id(&id)?;
@@ -206,13 +206,13 @@ pub(crate) async fn update(
     delete,
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 204, description = "deleted"))
 )]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let endpoint = find(&state, &principal, &id).await?;
     if !store::delete_endpoint(&state.db, &endpoint.id, principal.tenant_scope()).await? {
@@ -226,13 +226,13 @@ pub(crate) async fn delete(
     get,
     path = "/v1/endpoints/{id}/secret",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 200, description = "the signing secret", body = SecretOnly))
 )]
 pub(crate) async fn secret(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let endpoint = find(&state, &principal, &id).await?;
     Ok(json(
@@ -248,14 +248,14 @@ pub(crate) async fn secret(
     post,
     path = "/v1/endpoints/{id}/rotate-secret",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     request_body = Rotate,
     responses((status = 200, description = "the new secret", body = SecretOnly))
 )]
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     AppJson(body): AppJson<Rotate>,
 ) -> Result<Response, ApiError> {
     let endpoint = find(&state, &principal, &id).await?;
@@ -320,14 +320,14 @@ pub(crate) struct Preview {
     post,
     path = "/v1/endpoints/{id}/preview",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     request_body = PreviewInput,
     responses((status = 200, description = "the request that would ship", body = Preview))
 )]
 pub(crate) async fn preview(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     AppJson(input): AppJson<PreviewInput>,
 ) -> Result<Response, ApiError> {
     let endpoint = find(&state, &principal, &id).await?;
@@ -383,13 +383,13 @@ pub(crate) async fn preview(
     post,
     path = "/v1/endpoints/{id}/test",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 202, description = "a hookrelay/ping was sent", body = super::openapi::Sent))
 )]
 pub(crate) async fn test(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let endpoint = find(&state, &principal, &id).await?;
     let event_id = publish::ping(&state.js, &endpoint.tenant_id, &endpoint.id).await?;

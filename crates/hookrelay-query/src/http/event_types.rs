@@ -26,7 +26,7 @@ use hookrelay_types::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AppState, ListParams, TenantParam};
+use super::{AppState, ListParams, NamePath, TenantParam};
 use crate::{error::QueryError, store};
 
 /// How many of a tenant's newest events the list scans for types only seen.
@@ -139,7 +139,7 @@ async fn detail(state: &AppState, tenant: &TenantId, name: &str) -> Result<Detai
     post,
     path = "/v1/event-types",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
+    params(TenantParam),
     request_body = Declare,
     responses((status = 201, description = "declared", body = Detail))
 )]
@@ -176,7 +176,7 @@ pub(crate) async fn create(
     patch,
     path = "/v1/event-types/{name}",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
+    params(TenantParam, NamePath),
     request_body = Change,
     responses((status = 200, description = "updated", body = Detail))
 )]
@@ -184,7 +184,7 @@ pub(crate) async fn update(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(name): Path<String>,
+    Path(NamePath { name }): Path<NamePath>,
     AppJson(input): AppJson<Change>,
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
@@ -223,14 +223,14 @@ pub(crate) async fn update(
     get,
     path = "/v1/event-types/{name}",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
+    params(TenantParam, NamePath),
     responses((status = 200, description = "the type with its schema versions", body = Detail))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(name): Path<String>,
+    Path(NamePath { name }): Path<NamePath>,
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     Ok(json(StatusCode::OK, detail(&state, &tenant, &name).await?))
@@ -241,7 +241,7 @@ pub(crate) async fn get(
     get,
     path = "/v1/event-types",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    params(ListParams),
     responses((status = 200, description = "declared and seen types", body = super::openapi::EventTypeList))
 )]
 pub(crate) async fn list(

@@ -15,21 +15,21 @@ use hookrelay_types::{EndpointId, EventId};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{AppState, TenantParam};
+use super::{AppState, EventIdPath, TenantParam};
 use crate::{error::QueryError, publish, replay, store};
 
 #[utoipa::path(
     get,
     path = "/v1/events/{event_id}",
     tag = "events",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
+    params(TenantParam, EventIdPath),
     responses((status = 200, description = "the stored envelope with its deliveries", body = super::openapi::StoredEvent))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(event_id): Path<String>,
+    Path(EventIdPath { event_id }): Path<EventIdPath>,
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
@@ -70,7 +70,7 @@ pub(crate) struct Replayed {
     post,
     path = "/v1/events/{event_id}/replay",
     tag = "events",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
+    params(TenantParam, EventIdPath),
     responses((status = 202, description = "replay queued", body = Replayed))
 )]
 #[tracing::instrument(skip_all, fields(event_id = %event_id))]
@@ -78,7 +78,7 @@ pub(crate) async fn replay(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(event_id): Path<String>,
+    Path(EventIdPath { event_id }): Path<EventIdPath>,
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;

@@ -13,7 +13,7 @@ use hookrelay_runtime::{
 use hookrelay_types::{ApiKeyId, Invalid, TenantId};
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, ListParams, cursor, paginate, tenants::check_name};
+use super::{AppState, IdPath, ListParams, cursor, paginate, tenants::check_name};
 use crate::{error::QueryError, store};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -147,7 +147,7 @@ pub(crate) async fn create(
     get,
     path = "/v1/api-keys",
     tag = "api-keys",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    params(ListParams),
     responses((status = 200, description = "a page of unrevoked keys, without secrets", body = super::openapi::ApiKeyList))
 )]
 pub(crate) async fn list(
@@ -170,13 +170,13 @@ pub(crate) async fn list(
     delete,
     path = "/v1/api-keys/{id}",
     tag = "api-keys",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 204, description = "revoked"))
 )]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let id = ApiKeyId::parse(&id).map_err(|_| QueryError::NotFound("API key"))?;
     // A key may revoke only keys that hold no scope it lacks itself.

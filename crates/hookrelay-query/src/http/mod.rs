@@ -30,6 +30,7 @@ use hookrelay_runtime::{
 use hookrelay_types::Invalid;
 use serde::Deserialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use utoipa::IntoParams;
 
 use crate::{Config, error::QueryError};
 
@@ -227,11 +228,18 @@ async fn count_requests(req: Request, next: Next) -> Response {
     resp
 }
 
+// The query and path parameters of the routes. Each struct is both what a handler
+// extracts and, through `IntoParams`, what the OpenAPI document lists; a field's doc comment
+// is its description there.
+
 /// `?tenant_id=` (the admin names a tenant with it) with `?limit=` and `?cursor=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// the tenant (admin token only)
     tenant_id: Option<String>,
     #[serde(default, deserialize_with = "hookrelay_runtime::http::de_number")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -245,10 +253,53 @@ impl ListParams {
     }
 }
 
+/// `?limit=` and `?cursor=` alone.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageParams {
+    #[serde(default, deserialize_with = "hookrelay_runtime::http::de_number")]
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+impl PageParams {
+    fn page(&self) -> Page {
+        Page {
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+        }
+    }
+}
+
 /// `?tenant_id=` alone.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TenantParam {
+    /// the tenant (admin token only)
     tenant_id: Option<String>,
+}
+
+/// `{id}`: the object a path names, parsed by the handler (one that cannot be an id is 404).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct IdPath {
+    id: String,
+}
+
+/// `{event_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct EventIdPath {
+    event_id: String,
+}
+
+/// `{name}`: an event type's name.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct NamePath {
+    /// URL-encoded
+    name: String,
 }
 
 /// The page's cursor, parsed as the id type the list is ordered by; 400 when it is not one.

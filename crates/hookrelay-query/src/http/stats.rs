@@ -15,15 +15,29 @@ use hookrelay_runtime::{
 use hookrelay_types::DeliveryStatus;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::IntoParams;
 
-use super::{AppState, bad_query, endpoints};
+use super::{AppState, IdPath, bad_query, endpoints};
 use crate::{
     stats::{self, Counts, Health, Latency, Pipeline},
     store,
 };
 
-#[derive(Deserialize)]
+/// `?window=` of an endpoint's stats.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WindowParam {
+    /// a duration up to 30d, e.g. 1h, 24h
+    #[param(pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$")]
+    window: Option<String>,
+}
+
+/// `?window=` and `?tenant_id=` of the tenant's pipeline.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StatsParams {
+    /// a duration up to 30d, e.g. 1h, 24h
+    #[param(pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$")]
     window: Option<String>,
     tenant_id: Option<String>,
 }
@@ -120,14 +134,14 @@ pub(crate) struct Concurrency {
     get,
     path = "/v1/endpoints/{id}/stats",
     tag = "stats",
-    params(("id" = String, Path), ("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h")),
+    params(IdPath, WindowParam),
     responses((status = 200, description = "delivery stats over the window", body = Stats))
 )]
 pub(crate) async fn endpoint_stats(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
-    AppQuery(params): AppQuery<StatsParams>,
+    Path(IdPath { id }): Path<IdPath>,
+    AppQuery(params): AppQuery<WindowParam>,
 ) -> Result<Response, ApiError> {
     let window = params.window.unwrap_or_else(|| stats::DEFAULT_WINDOW.to_owned());
     let span = stats::parse_window(&window).map_err(bad_query)?;
@@ -170,7 +184,7 @@ pub(crate) async fn endpoint_stats(
     get,
     path = "/v1/stats",
     tag = "stats",
-    params(("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h"), ("tenant_id" = Option<String>, Query)),
+    params(StatsParams),
     responses((status = 200, description = "the pipeline over the window", body = PipelineStats))
 )]
 pub(crate) async fn tenant_stats(

@@ -14,7 +14,7 @@ use hookrelay_runtime::{
 use hookrelay_types::{Invalid, TenantId};
 use serde::Deserialize;
 
-use super::{AppState, ListParams, cursor, paginate};
+use super::{AppState, IdPath, PageParams, cursor, paginate};
 use crate::{error::QueryError, store};
 
 pub(crate) const MAX_NAME_CHARS: usize = 200;
@@ -59,12 +59,12 @@ pub(crate) async fn create(
     get,
     path = "/v1/tenants",
     tag = "tenants",
-    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
+    params(PageParams),
     responses((status = 200, description = "a page of tenants", body = super::openapi::TenantList))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    AppQuery(params): AppQuery<ListParams>,
+    AppQuery(params): AppQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     let page = params.page();
     let limit = page.limit()?;
@@ -78,13 +78,13 @@ pub(crate) async fn list(
     get,
     path = "/v1/tenants/{id}",
     tag = "tenants",
-    params(("id" = String, Path)),
+    params(IdPath),
     responses((status = 200, description = "the tenant", body = crate::store::Tenant))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
     let id = TenantId::parse(&id).map_err(|_| QueryError::NotFound("tenant"))?;
     if principal.tenant_scope().is_some_and(|own| *own != id) {
