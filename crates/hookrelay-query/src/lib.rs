@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 pub use config::Config;
 use hookrelay_runtime::{Runtime, auth::Authenticator};
+pub use http::who_may_call;
 pub use sealing::{Reseal, Resealed, reseal};
 use tokio_util::sync::CancellationToken;
 

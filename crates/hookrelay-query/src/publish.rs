@@ -118,10 +118,9 @@ pub(crate) async fn ping(
 /// Tells every router that this endpoint changed (core NATS, `endpoint_changed(tenant)`),
 /// after the change is committed. Not stored: a router that misses it catches up at its
 /// next full reload, so a failure is logged, never returned.
-pub(crate) async fn endpoint_changed(js: &jetstream::Context, tenant: &str, endpoint: &str) {
-    let Ok(tenant) = TenantId::parse(tenant) else { return };
-    if let Err(error) = announce(js, subjects::endpoint_changed(&tenant), endpoint.to_owned()).await {
-        tracing::warn!(%error, endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
+pub(crate) async fn endpoint_changed(js: &jetstream::Context, tenant: &TenantId, endpoint: &EndpointId) {
+    if let Err(error) = announce(js, subjects::endpoint_changed(tenant), endpoint.to_string()).await {
+        tracing::warn!(%error, endpoint_id = %endpoint, "announcing an endpoint change failed; routers pick it up at their next reload");
     }
 }
 

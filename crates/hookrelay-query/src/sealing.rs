@@ -10,7 +10,7 @@
 use hookrelay_runtime::vault::{self, Keyring};
 use serde_json::Value;
 
-use crate::error::QueryError;
+use crate::{error::QueryError, store};
 
 const BATCH: i64 = 200;
 
@@ -41,28 +41,29 @@ pub async fn reseal(db: &sqlx::PgPool, keys: &Keyring, which: Reseal) -> anyhow:
     let mut after = String::new();
     loop {
         let mut tx = db.begin().await?;
-        let rows: Vec<(String, String, Option<String>, Value)> = sqlx::query_as(
-            "SELECT id, secret, previous_secret, headers FROM endpoints
-             WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE",
-        )
-        .bind(&after)
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = store::sealed_values_for_update(&mut *tx, &after, BATCH).await?;
         let Some(last) = rows.last() else { break };
-        after = last.0.clone();
-        for (id, secret, previous, headers) in rows {
+        after = last.id.clone();
+        for row in rows {
             done.endpoints += 1;
-            let Some(row) = resealed_row(keys, which, &id, &secret, previous.as_deref(), &headers)? else {
+            let Some((secret, previous_secret, headers)) = resealed_row(
+                keys,
+                which,
+                &row.id,
+                &row.secret,
+                row.previous_secret.as_deref(),
+                &row.headers,
+            )?
+            else {
                 continue;
             };
-            sqlx::query("UPDATE endpoints SET secret = $2, previous_secret = $3, headers = $4 WHERE id = $1")
-                .bind(&id)
-                .bind(row.0)
-                .bind(row.1)
-                .bind(row.2)
-                .execute(&mut *tx)
-                .await?;
+            let values = store::SealedValues {
+                id: row.id,
+                secret,
+                previous_secret,
+                headers,
+            };
+            store::write_sealed_values(&mut *tx, &values).await?;
             done.rewritten += 1;
         }
         tx.commit().await?;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hookrelay_types::Invalid;
+use hookrelay_types::{DeliveryStatus, Invalid};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -133,7 +133,7 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     /// From the window's event count and its deliveries' `(status, count)` rows.
-    pub(crate) fn from_rows<'a>(ingested: i64, rows: impl IntoIterator<Item = (&'a str, i64)>) -> Self {
+    pub(crate) fn from_rows(ingested: i64, rows: impl IntoIterator<Item = (DeliveryStatus, i64)>) -> Self {
         let mut p = Self {
             ingested,
             ..Self::default()
@@ -141,10 +141,10 @@ impl Pipeline {
         for (status, n) in rows {
             p.routed += n;
             match status {
-                "delivered" => p.delivered += n,
-                "retrying" => p.retrying += n,
-                "failed" => p.failed += n,
-                _ => p.pending += n,
+                DeliveryStatus::Delivered => p.delivered += n,
+                DeliveryStatus::Retrying => p.retrying += n,
+                DeliveryStatus::Failed => p.failed += n,
+                DeliveryStatus::Pending => p.pending += n,
             }
         }
         p
@@ -245,7 +245,15 @@ mod tests {
 
     #[test]
     fn every_routed_job_is_in_exactly_one_later_stage() {
-        let p = Pipeline::from_rows(4, [("delivered", 3), ("retrying", 2), ("failed", 1), ("pending", 1)]);
+        let p = Pipeline::from_rows(
+            4,
+            [
+                (DeliveryStatus::Delivered, 3),
+                (DeliveryStatus::Retrying, 2),
+                (DeliveryStatus::Failed, 1),
+                (DeliveryStatus::Pending, 1),
+            ],
+        );
         assert_eq!(
             p,
             Pipeline {

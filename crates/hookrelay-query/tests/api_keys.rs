@@ -23,9 +23,7 @@ const ALL_SCOPES: [&str; 6] = [
 
 /// Query's whole route table with the contract's "who" (`None` = the admin token only,
 /// `any` = any key, for its own tenant).
-/// Ids need not exist (see [`concrete`]): a request that passes the scope check may well
-/// end in a 404.
-const ROUTES: &[(&str, &str, Option<&str>)] = &[
+const CONTRACT: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/tenants", None),
     ("GET", "/v1/tenants", None),
     ("GET", "/v1/tenants/{id}", Some("any")),
@@ -56,6 +54,22 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/v1/stats", Some("deliveries:read")),
 ];
 
+/// The routes as query declares them, once each: its guard and its OpenAPI document read
+/// the same table. Ids need not exist (see [`concrete`]): a request that passes the scope
+/// check may well end in a 404.
+fn routes() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    hookrelay_query::who_may_call()
+}
+
+#[test]
+fn the_declared_routes_are_the_contracts() {
+    let mut declared = routes();
+    let mut contract = CONTRACT.to_vec();
+    declared.sort();
+    contract.sort();
+    assert_eq!(declared, contract);
+}
+
 /// A template's path with ids filled in.
 fn concrete(template: &str) -> String {
     template
@@ -75,7 +89,7 @@ async fn call(app: &App, method: &str, template: &str, token: &str) -> hookrelay
 #[tokio::test]
 async fn every_route_refuses_a_key_without_its_scope_and_admits_one_with_it() {
     let app = app().await;
-    for &(method, path, who) in ROUTES {
+    for (method, path, who) in routes() {
         if who == Some("any") {
             let r = call(&app, method, path, &app.key("acme", &["endpoints:read"]).await).await;
             assert!(![401, 403].contains(&r.status), "{method} {path}: {r:?}");
@@ -103,7 +117,7 @@ async fn every_route_refuses_a_key_without_its_scope_and_admits_one_with_it() {
 async fn a_request_without_a_valid_credential_is_refused_before_its_body_is_read() {
     // One invalid key per route: more than one address may send before it is throttled.
     let app = app_with(&[("HOOKRELAY_INVALID_CREDENTIALS_BURST", "0")]).await;
-    for &(method, path, _) in ROUTES {
+    for (method, path, _) in routes() {
         let r = call(&app, method, path, "hr_not-a-key").await;
         assert_eq!((r.status, r.code()), (401, "unauthorized"), "{method} {path}: {r:?}");
         let m = Method::from_bytes(method.as_bytes()).unwrap();
@@ -362,8 +376,8 @@ async fn the_openapi_document_is_public_and_documents_the_enforced_scopes() {
     );
     assert!(documented.contains(&ingest), "{documented:?}");
     documented.retain(|d| *d != ingest);
-    let mut enforced: Vec<_> = ROUTES
-        .iter()
+    let mut enforced: Vec<_> = routes()
+        .into_iter()
         .map(|(m, p, w)| (m.to_string(), p.to_string(), w.map(str::to_owned)))
         .collect();
     documented.sort();

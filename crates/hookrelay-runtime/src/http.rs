@@ -206,32 +206,37 @@ fn serde_path_to_error<'de, T: DeserializeOwned>(
     }
 }
 
-/// Query parameters, rejected with `400 invalid_query`.
+/// Query parameters, read by `serde_urlencoded`; anything it refuses is `400 invalid_query`.
 pub struct AppQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        let de = serde_urlencoded_like(query)?;
-        serde_json::from_value(de)
+        let query = checked_query(parts.uri.query().unwrap_or_default())?;
+        serde_urlencoded::from_str(&query)
             .map(Self)
             .map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query parameters: {e}")))
     }
 }
 
-/// Decodes `a=1&b=x` into a JSON object of strings, then lets serde convert with
-/// `serde_json`'s rules; numbers are accepted from strings by [`de_number`].
-fn serde_urlencoded_like(query: &str) -> Result<serde_json::Value, ApiError> {
-    let mut map = serde_json::Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)?;
-        let v = percent_decode(v)?;
-        map.insert(k, serde_json::Value::String(v));
+/// The query string as `serde_urlencoded` is to read it. A malformed escape or text that is
+/// not UTF-8 is refused here (`serde_urlencoded` would pass it on altered), and of a
+/// parameter given more than once only the last is kept (it would refuse the repeat).
+fn checked_query(query: &str) -> Result<Cow<'_, str>, ApiError> {
+    let pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    let mut last = std::collections::HashMap::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        percent_decode(value)?;
+        last.insert(percent_decode(key)?, i);
     }
-    Ok(serde_json::Value::Object(map))
+    if last.len() == pairs.len() {
+        return Ok(Cow::Borrowed(query));
+    }
+    let mut kept: Vec<usize> = last.into_values().collect();
+    kept.sort_unstable();
+    Ok(Cow::Owned(kept.iter().map(|&i| pairs[i]).collect::<Vec<_>>().join("&")))
 }
 
 pub fn percent_decode(s: &str) -> Result<String, ApiError> {
@@ -330,6 +335,21 @@ mod tests {
         assert_eq!(percent_decode("a+b").unwrap(), "a b");
         assert!(percent_decode("%zz").is_err());
         assert!(percent_decode("%ff").is_err());
+    }
+
+    #[test]
+    fn query_strings_are_checked_and_the_last_of_a_repeated_parameter_kept() {
+        assert_eq!(checked_query("a=1&b=2").unwrap(), "a=1&b=2");
+        assert_eq!(checked_query("limit=1&cursor=x&limit=2").unwrap(), "cursor=x&limit=2");
+        assert_eq!(checked_query("lim%69t=1&limit=2").unwrap(), "limit=2");
+        for bad in ["a=%zz", "a=%ff", "%zz=1"] {
+            assert_eq!(checked_query(bad).unwrap_err().code, "invalid_query", "{bad}");
+        }
+        let page: Page = serde_urlencoded::from_str(&checked_query("limit=7&limit=").unwrap()).unwrap();
+        assert_eq!(page.limit, None);
+        let page: Page = serde_urlencoded::from_str("limit=7&cursor=a+b").unwrap();
+        assert_eq!((page.limit, page.cursor.as_deref()), (Some(7), Some("a b")));
+        assert!(serde_urlencoded::from_str::<Page>("limit=ten").is_err());
     }
 
     #[test]

@@ -9,11 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use hookrelay_runtime::{
-    auth::{Principal, Scope},
+    auth::Principal,
     http::{ApiError, AppJson, AppQuery, json},
 };
 use hookrelay_types::{
-    EndpointId, Envelope, EventType, Invalid, Pattern, TenantId,
+    EndpointId, Envelope, EventType, Invalid, Pattern,
     filter::Filter,
     signature::{Secret, signature_header},
     webhook,
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    AppState, ListParams, TenantParam, cursor, paginate,
+    AppState, IdPath, ListParams, TenantParam, cursor, paginate,
     stats::{HealthSummary, current_health},
 };
 use crate::{endpoint::EndpointInput, error::QueryError, publish, store};
@@ -54,14 +54,6 @@ pub(super) fn endpoint_id(raw: &str) -> Result<EndpointId, QueryError> {
     EndpointId::parse(raw).map_err(|_| QueryError::NotFound("endpoint"))
 }
 
-/// A stored endpoint's tenant and id as typed keys. They were checked when the row was
-/// written, so a failure here is an internal error, not bad input.
-pub(super) fn keys(endpoint: &store::Endpoint) -> Result<(TenantId, EndpointId), ApiError> {
-    let tenant = TenantId::parse(&endpoint.tenant_id).map_err(ApiError::internal)?;
-    let id = EndpointId::parse(&endpoint.id).map_err(ApiError::internal)?;
-    Ok((tenant, id))
-}
-
 /// The endpoint `raw` names, if the principal may see it.
 pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> Result<store::Endpoint, QueryError> {
     let id = endpoint_id(raw)?;
@@ -74,10 +66,9 @@ pub(super) async fn find(state: &AppState, principal: &Principal, raw: &str) -> 
     post,
     path = "/v1/endpoints",
     tag = "endpoints",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
+    params(TenantParam),
     request_body = crate::endpoint::EndpointInput,
-    responses((status = 201, description = "created, with its signing secret", body = WithSecret)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 201, description = "created, with its signing secret", body = WithSecret))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -85,7 +76,6 @@ pub(crate) async fn create(
     AppQuery(param): AppQuery<TenantParam>,
     AppJson(input): AppJson<EndpointInput>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let spec = input.create(state.cfg.allow_private_targets)?;
     let secret = Secret::generate().expose();
@@ -106,22 +96,20 @@ pub(crate) async fn create(
     get,
     path = "/v1/endpoints",
     tag = "endpoints",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of endpoints", body = super::openapi::EndpointList)),
-    security(("bearer" = ["endpoints:read"]))
+    params(ListParams),
+    responses((status = 200, description = "a page of endpoints", body = super::openapi::EndpointList))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(params): AppQuery<ListParams>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let page = params.page();
     let limit = page.limit()?;
     let before = cursor(&page, EndpointId::parse)?;
     let rows = store::endpoints(&state.db, &tenant, before.as_ref(), limit + 1, &state.cfg.encryption).await?;
-    Ok(json(StatusCode::OK, paginate(rows, limit, |e| &e.id)))
+    Ok(json(StatusCode::OK, paginate(rows, limit, |e| e.id.as_str())))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -135,16 +123,14 @@ pub(crate) struct WithHealth {
     get,
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "the endpoint with its health", body = WithHealth)),
-    security(("bearer" = ["endpoints:read"]))
+    params(IdPath),
+    responses((status = 200, description = "the endpoint with its health", body = WithHealth))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
     Ok(json(StatusCode::OK, WithHealth { endpoint, health }))
@@ -168,20 +154,18 @@ const TRANSITIONS_SHOWN: i64 = 100;
     get,
     path = "/v1/endpoints/{id}/health",
     tag = "endpoints",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "health with its transitions", body = HealthHistory)),
-    security(("bearer" = ["endpoints:read"]))
+    params(IdPath),
+    responses((status = 200, description = "health with its transitions", body = HealthHistory))
 )]
 pub(crate) async fn health(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let health = current_health(&state, &endpoint).await?;
-    let (tenant, id) = keys(&endpoint)?;
-    let transitions = store::health_transitions(&state.db, &tenant, &id, TRANSITIONS_SHOWN).await?;
+    let transitions =
+        store::health_transitions(&state.db, &endpoint.tenant_id, &endpoint.id, TRANSITIONS_SHOWN).await?;
     Ok(json(
         StatusCode::OK,
         HealthHistory {
@@ -196,18 +180,16 @@ pub(crate) async fn health(
     patch,
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     request_body = crate::endpoint::EndpointInput,
-    responses((status = 200, description = "updated", body = crate::store::Endpoint)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 200, description = "updated", body = crate::store::Endpoint))
 )]
 pub(crate) async fn update(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     AppJson(input): AppJson<EndpointInput>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let id = endpoint_id(&id)?;
     let mut tx = state.db.begin().await?;
     let current = store::endpoint_for_update(&mut *tx, &id, principal.tenant_scope(), &state.cfg.encryption)
@@ -224,19 +206,16 @@ pub(crate) async fn update(
     delete,
     path = "/v1/endpoints/{id}",
     tag = "endpoints",
-    params(("id" = String, Path)),
-    responses((status = 204, description = "deleted")),
-    security(("bearer" = ["endpoints:write"]))
+    params(IdPath),
+    responses((status = 204, description = "deleted"))
 )]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
-    let id = endpoint_id(&endpoint.id)?;
-    if !store::delete_endpoint(&state.db, &id, principal.tenant_scope()).await? {
+    if !store::delete_endpoint(&state.db, &endpoint.id, principal.tenant_scope()).await? {
         return Err(ApiError::not_found("endpoint"));
     }
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
@@ -247,16 +226,14 @@ pub(crate) async fn delete(
     get,
     path = "/v1/endpoints/{id}/secret",
     tag = "endpoints",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "the signing secret", body = SecretOnly)),
-    security(("bearer" = ["endpoints:write"]))
+    params(IdPath),
+    responses((status = 200, description = "the signing secret", body = SecretOnly))
 )]
 pub(crate) async fn secret(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
     Ok(json(
         StatusCode::OK,
@@ -271,20 +248,17 @@ pub(crate) async fn secret(
     post,
     path = "/v1/endpoints/{id}/rotate-secret",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     request_body = Rotate,
-    responses((status = 200, description = "the new secret", body = SecretOnly)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 200, description = "the new secret", body = SecretOnly))
 )]
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     AppJson(body): AppJson<Rotate>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
-    let id = endpoint_id(&endpoint.id)?;
     let grace = body.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECS);
     if !(0..=MAX_GRACE_SECS).contains(&grace) {
         return Err(Invalid::new(
@@ -296,7 +270,7 @@ pub(crate) async fn rotate_secret(
     let secret = Secret::generate().expose();
     if !store::rotate_secret(
         &state.db,
-        &id,
+        &endpoint.id,
         principal.tenant_scope(),
         &secret,
         grace,
@@ -346,18 +320,16 @@ pub(crate) struct Preview {
     post,
     path = "/v1/endpoints/{id}/preview",
     tag = "endpoints",
-    params(("id" = String, Path)),
+    params(IdPath),
     request_body = PreviewInput,
-    responses((status = 200, description = "the request that would ship", body = Preview)),
-    security(("bearer" = ["endpoints:read"]))
+    responses((status = 200, description = "the request that would ship", body = Preview))
 )]
 pub(crate) async fn preview(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     AppJson(input): AppJson<PreviewInput>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let endpoint = find(&state, &principal, &id).await?;
     let event = EventType::parse(&input.event)?;
     let envelope = Envelope::system(event, input.data, OffsetDateTime::now_utc());
@@ -411,19 +383,16 @@ pub(crate) async fn preview(
     post,
     path = "/v1/endpoints/{id}/test",
     tag = "endpoints",
-    params(("id" = String, Path)),
-    responses((status = 202, description = "a hookrelay/ping was sent", body = super::openapi::Sent)),
-    security(("bearer" = ["endpoints:write"]))
+    params(IdPath),
+    responses((status = 202, description = "a hookrelay/ping was sent", body = super::openapi::Sent))
 )]
 pub(crate) async fn test(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let endpoint = find(&state, &principal, &id).await?;
-    let (tenant, id) = keys(&endpoint)?;
-    let event_id = publish::ping(&state.js, &tenant, &id).await?;
+    let event_id = publish::ping(&state.js, &endpoint.tenant_id, &endpoint.id).await?;
     Ok(json(
         StatusCode::ACCEPTED,
         serde_json::json!({ "event_id": event_id.as_str() }),

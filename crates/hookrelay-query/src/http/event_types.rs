@@ -15,7 +15,7 @@ use axum::{
     response::Response,
 };
 use hookrelay_runtime::{
-    auth::{Principal, Scope},
+    auth::Principal,
     http::{ApiError, AppJson, AppQuery, List, json},
 };
 use hookrelay_types::{
@@ -26,7 +26,7 @@ use hookrelay_types::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AppState, ListParams, TenantParam};
+use super::{AppState, ListParams, NamePath, TenantParam};
 use crate::{error::QueryError, store};
 
 /// How many of a tenant's newest events the list scans for types only seen.
@@ -139,10 +139,9 @@ async fn detail(state: &AppState, tenant: &TenantId, name: &str) -> Result<Detai
     post,
     path = "/v1/event-types",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)")),
+    params(TenantParam),
     request_body = Declare,
-    responses((status = 201, description = "declared", body = Detail)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 201, description = "declared", body = Detail))
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -150,7 +149,6 @@ pub(crate) async fn create(
     AppQuery(param): AppQuery<TenantParam>,
     AppJson(input): AppJson<Declare>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let name = event_type_name(&input.name)?;
     let validation = match input.validation.as_deref() {
@@ -178,19 +176,17 @@ pub(crate) async fn create(
     patch,
     path = "/v1/event-types/{name}",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
+    params(TenantParam, NamePath),
     request_body = Change,
-    responses((status = 200, description = "updated", body = Detail)),
-    security(("bearer" = ["endpoints:write"]))
+    responses((status = 200, description = "updated", body = Detail))
 )]
 pub(crate) async fn update(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(name): Path<String>,
+    Path(NamePath { name }): Path<NamePath>,
     AppJson(input): AppJson<Change>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let mut tx = state.db.begin().await.map_err(QueryError::from)?;
     if !store::lock_event_type(&mut *tx, &tenant, &name).await? {
@@ -227,17 +223,15 @@ pub(crate) async fn update(
     get,
     path = "/v1/event-types/{name}",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("name" = String, Path, description = "URL-encoded")),
-    responses((status = 200, description = "the type with its schema versions", body = Detail)),
-    security(("bearer" = ["endpoints:read"]))
+    params(TenantParam, NamePath),
+    responses((status = 200, description = "the type with its schema versions", body = Detail))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(name): Path<String>,
+    Path(NamePath { name }): Path<NamePath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     Ok(json(StatusCode::OK, detail(&state, &tenant, &name).await?))
 }
@@ -247,16 +241,14 @@ pub(crate) async fn get(
     get,
     path = "/v1/event-types",
     tag = "event-types",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "declared and seen types", body = super::openapi::EventTypeList)),
-    security(("bearer" = ["endpoints:read"]))
+    params(ListParams),
+    responses((status = 200, description = "declared and seen types", body = super::openapi::EventTypeList))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(params): AppQuery<ListParams>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::EndpointsRead)?;
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let page = params.page();
     let limit = usize::try_from(page.limit()?).unwrap_or(0);

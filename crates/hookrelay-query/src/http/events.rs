@@ -8,45 +8,42 @@ use axum::{
     response::Response,
 };
 use hookrelay_runtime::{
-    auth::{Principal, Scope},
+    auth::Principal,
     http::{ApiError, AppQuery, Page, json},
 };
-use hookrelay_types::{EventId, EventType};
+use hookrelay_types::{EndpointId, EventId};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{AppState, TenantParam};
+use super::{AppState, EventIdPath, TenantParam};
 use crate::{error::QueryError, publish, replay, store};
 
 #[utoipa::path(
     get,
     path = "/v1/events/{event_id}",
     tag = "events",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
-    responses((status = 200, description = "the stored envelope with its deliveries", body = super::openapi::StoredEvent)),
-    security(("bearer" = ["deliveries:read"]))
+    params(TenantParam, EventIdPath),
+    responses((status = 200, description = "the stored envelope with its deliveries", body = super::openapi::StoredEvent))
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(event_id): Path<String>,
+    Path(EventIdPath { event_id }): Path<EventIdPath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeliveriesRead)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
-    let body = store::event_body(&state.db, &tenant, &event_id)
+    let stored = store::event(&state.db, &tenant, &event_id)
         .await?
         .ok_or(QueryError::NotFound("event"))?;
     // The envelope's own key order is kept (serde_json's `preserve_order`).
-    let Value::Object(mut event) = serde_json::from_str(&body).map_err(ApiError::internal)? else {
+    let Value::Object(mut event) = serde_json::from_str(&stored.body).map_err(ApiError::internal)? else {
         return Err(ApiError::internal(format!(
             "event {event_id}: stored body is not an object"
         )));
     };
-    let (schema_version, schema_violation) = store::event_schema_check(&state.db, &tenant, &event_id).await?;
-    event.insert("schema_version".into(), schema_version.into());
-    event.insert("schema_violation".into(), schema_violation.into());
+    event.insert("schema_version".into(), stored.schema_version.into());
+    event.insert("schema_violation".into(), stored.schema_violation.into());
     let filter = store::DeliveryFilter {
         event_id: Some(event_id),
         ..Default::default()
@@ -73,27 +70,29 @@ pub(crate) struct Replayed {
     post,
     path = "/v1/events/{event_id}/replay",
     tag = "events",
-    params(("tenant_id" = Option<String>, Query, description = "the tenant (admin token only)"), ("event_id" = String, Path)),
-    responses((status = 202, description = "replay queued", body = Replayed)),
-    security(("bearer" = ["deliveries:write"]))
+    params(TenantParam, EventIdPath),
+    responses((status = 202, description = "replay queued", body = Replayed))
 )]
 #[tracing::instrument(skip_all, fields(event_id = %event_id))]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(param): AppQuery<TenantParam>,
-    Path(event_id): Path<String>,
+    Path(EventIdPath { event_id }): Path<EventIdPath>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeliveriesWrite)?;
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let event_id = EventId::parse(&event_id).map_err(|_| QueryError::NotFound("event"))?;
-    let event = store::stored_event(&state.db, &tenant, &event_id)
+    let event = store::event(&state.db, &tenant, &event_id)
         .await?
         .ok_or(QueryError::NotFound("event"))?;
-    let event_type = EventType::parse(&event.event_type).map_err(ApiError::internal)?;
     let envelope: Value = serde_json::from_str(&event.body).map_err(ApiError::internal)?;
     let subscribers = store::subscribers(&state.db, &tenant).await?;
-    let endpoints = replay::targets(&event_type, &envelope, event.only_endpoint_id.as_deref(), &subscribers);
+    let endpoints = replay::targets(
+        &event.event_type,
+        &envelope,
+        event.only_endpoint_id.as_ref().map(EndpointId::as_str),
+        &subscribers,
+    );
     publish::replay(&state.js, &tenant, &event_id, &endpoints).await?;
     Ok(json(
         StatusCode::ACCEPTED,

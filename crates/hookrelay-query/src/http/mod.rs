@@ -18,10 +18,10 @@ use async_nats::jetstream;
 use axum::{
     Router,
     extract::{FromRef, MatchedPath, Request},
-    handler::Handler as _,
+    handler::Handler,
     middleware::{self, Next},
     response::Response,
-    routing::{delete, get, post},
+    routing::{MethodFilter, MethodRouter, get, on},
 };
 use hookrelay_runtime::{
     auth::{Authenticator, Scope, Who, guard},
@@ -30,6 +30,7 @@ use hookrelay_runtime::{
 use hookrelay_types::Invalid;
 use serde::Deserialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use utoipa::IntoParams;
 
 use crate::{Config, error::QueryError};
 
@@ -50,86 +51,170 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
-/// Every route with who may call it (the contract's "who" column), checked by
-/// [`guard`] before the handler runs or the body is read.
-pub(crate) fn routes(state: AppState) -> Router {
+/// A method of the API's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Patch => "PATCH",
+            Self::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+            Self::Patch => MethodFilter::PATCH,
+            Self::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// One operation: its method and path template, who may call it (the contract's "who"
+/// column) and its handler. This is the only place a route's scope is stated: [`routes`]
+/// guards the handler with it and the OpenAPI document's `security` is written from it.
+pub(crate) struct Route {
+    pub(crate) verb: Verb,
+    pub(crate) path: &'static str,
+    pub(crate) who: Who,
+    handler: MethodRouter<AppState>,
+}
+
+fn op<H, T>(verb: Verb, path: &'static str, who: Who, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    Route {
+        verb,
+        path,
+        who,
+        handler: on(verb.filter(), handler),
+    }
+}
+
+/// Every guarded route of query's API.
+pub(crate) fn table() -> Vec<Route> {
     use Scope::*;
-    let auth = state.auth.clone();
-    let who = |w: Who| middleware::from_fn_with_state(auth.guard(w), guard);
-    let scope = |s: Scope| who(Who::Scope(s));
-    Router::new()
-        .route(
-            "/v1/tenants",
-            post(tenants::create.layer(who(Who::Admin))).get(tenants::list.layer(who(Who::Admin))),
-        )
-        .route("/v1/tenants/{id}", get(tenants::get.layer(who(Who::AnyKey))))
-        .route(
-            "/v1/api-keys",
-            post(keys::create.layer(scope(KeysWrite))).get(keys::list.layer(scope(KeysWrite))),
-        )
-        .route("/v1/api-keys/{id}", delete(keys::revoke.layer(scope(KeysWrite))))
-        .route(
-            "/v1/endpoints",
-            post(endpoints::create.layer(scope(EndpointsWrite))).get(endpoints::list.layer(scope(EndpointsRead))),
-        )
-        .route(
-            "/v1/endpoints/{id}",
-            get(endpoints::get.layer(scope(EndpointsRead)))
-                .patch(endpoints::update.layer(scope(EndpointsWrite)))
-                .delete(endpoints::delete.layer(scope(EndpointsWrite))),
-        )
-        .route(
+    use Verb::*;
+    let scope = Who::Scope;
+    vec![
+        op(Post, "/v1/tenants", Who::Admin, tenants::create),
+        op(Get, "/v1/tenants", Who::Admin, tenants::list),
+        op(Get, "/v1/tenants/{id}", Who::AnyKey, tenants::get),
+        op(Post, "/v1/api-keys", scope(KeysWrite), keys::create),
+        op(Get, "/v1/api-keys", scope(KeysWrite), keys::list),
+        op(Delete, "/v1/api-keys/{id}", scope(KeysWrite), keys::revoke),
+        op(Post, "/v1/endpoints", scope(EndpointsWrite), endpoints::create),
+        op(Get, "/v1/endpoints", scope(EndpointsRead), endpoints::list),
+        op(Get, "/v1/endpoints/{id}", scope(EndpointsRead), endpoints::get),
+        op(Patch, "/v1/endpoints/{id}", scope(EndpointsWrite), endpoints::update),
+        op(Delete, "/v1/endpoints/{id}", scope(EndpointsWrite), endpoints::delete),
+        op(
+            Get,
             "/v1/endpoints/{id}/secret",
-            get(endpoints::secret.layer(scope(EndpointsWrite))),
-        )
-        .route(
+            scope(EndpointsWrite),
+            endpoints::secret,
+        ),
+        op(
+            Post,
             "/v1/endpoints/{id}/rotate-secret",
-            post(endpoints::rotate_secret.layer(scope(EndpointsWrite))),
-        )
-        .route(
+            scope(EndpointsWrite),
+            endpoints::rotate_secret,
+        ),
+        op(
+            Get,
             "/v1/endpoints/{id}/stats",
-            get(stats::endpoint_stats.layer(scope(DeliveriesRead))),
-        )
-        .route(
+            scope(DeliveriesRead),
+            stats::endpoint_stats,
+        ),
+        op(
+            Get,
             "/v1/endpoints/{id}/health",
-            get(endpoints::health.layer(scope(EndpointsRead))),
-        )
-        .route(
+            scope(EndpointsRead),
+            endpoints::health,
+        ),
+        op(
+            Post,
             "/v1/endpoints/{id}/recover",
-            post(deliveries::recover.layer(scope(DeliveriesWrite))),
-        )
-        .route(
+            scope(DeliveriesWrite),
+            deliveries::recover,
+        ),
+        op(
+            Post,
             "/v1/endpoints/{id}/preview",
-            post(endpoints::preview.layer(scope(EndpointsRead))),
-        )
-        .route(
-            "/v1/endpoints/{id}/test",
-            post(endpoints::test.layer(scope(EndpointsWrite))),
-        )
-        .route(
-            "/v1/event-types",
-            post(event_types::create.layer(scope(EndpointsWrite))).get(event_types::list.layer(scope(EndpointsRead))),
-        )
-        .route(
+            scope(EndpointsRead),
+            endpoints::preview,
+        ),
+        op(Post, "/v1/endpoints/{id}/test", scope(EndpointsWrite), endpoints::test),
+        op(Post, "/v1/event-types", scope(EndpointsWrite), event_types::create),
+        op(Get, "/v1/event-types", scope(EndpointsRead), event_types::list),
+        op(Get, "/v1/event-types/{name}", scope(EndpointsRead), event_types::get),
+        op(
+            Patch,
             "/v1/event-types/{name}",
-            get(event_types::get.layer(scope(EndpointsRead))).patch(event_types::update.layer(scope(EndpointsWrite))),
-        )
-        .route("/v1/deliveries", get(deliveries::list.layer(scope(DeliveriesRead))))
-        .route("/v1/deliveries/{id}", get(deliveries::get.layer(scope(DeliveriesRead))))
-        .route(
+            scope(EndpointsWrite),
+            event_types::update,
+        ),
+        op(Get, "/v1/deliveries", scope(DeliveriesRead), deliveries::list),
+        op(Get, "/v1/deliveries/{id}", scope(DeliveriesRead), deliveries::get),
+        op(
+            Post,
             "/v1/deliveries/{id}/retry",
-            post(deliveries::retry.layer(scope(DeliveriesWrite))),
-        )
-        .route("/v1/events/{event_id}", get(events::get.layer(scope(DeliveriesRead))))
-        .route(
+            scope(DeliveriesWrite),
+            deliveries::retry,
+        ),
+        op(Get, "/v1/events/{event_id}", scope(DeliveriesRead), events::get),
+        op(
+            Post,
             "/v1/events/{event_id}/replay",
-            post(events::replay.layer(scope(DeliveriesWrite))),
-        )
-        .route("/v1/stats", get(stats::tenant_stats.layer(scope(DeliveriesRead))))
+            scope(DeliveriesWrite),
+            events::replay,
+        ),
+        op(Get, "/v1/stats", scope(DeliveriesRead), stats::tenant_stats),
+    ]
+}
+
+/// Every route of [`table`], each checked by [`guard`] for its [`Who`] before the handler
+/// runs or the body is read.
+pub(crate) fn routes(state: AppState) -> Router {
+    let auth = state.auth.clone();
+    let mut router = Router::new();
+    for route in table() {
+        let guard = middleware::from_fn_with_state(auth.guard(route.who), guard);
+        router = router.route(route.path, route.handler.route_layer(guard));
+    }
+    router
         .route("/v1/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(count_requests))
         .with_state(state)
         .merge(dashboard::routes())
+}
+
+/// Each guarded route as `(method, path, who)`: `who` is `None` for the admin token only,
+/// `Some("any")` for any credential, else the scope a key needs.
+pub fn who_may_call() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    table()
+        .into_iter()
+        .map(|r| {
+            let who = match r.who {
+                Who::Admin => None,
+                Who::AnyKey => Some("any"),
+                Who::Scope(scope) => Some(scope.as_str()),
+            };
+            (r.verb.as_str(), r.path, who)
+        })
+        .collect()
 }
 
 async fn count_requests(req: Request, next: Next) -> Response {
@@ -143,11 +228,18 @@ async fn count_requests(req: Request, next: Next) -> Response {
     resp
 }
 
+// The query and path parameters of the routes. Each struct is both what a handler
+// extracts and, through `IntoParams`, what the OpenAPI document lists; a field's doc comment
+// is its description there.
+
 /// `?tenant_id=` (the admin names a tenant with it) with `?limit=` and `?cursor=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// the tenant (admin token only)
     tenant_id: Option<String>,
     #[serde(default, deserialize_with = "hookrelay_runtime::http::de_number")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -161,10 +253,53 @@ impl ListParams {
     }
 }
 
+/// `?limit=` and `?cursor=` alone.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageParams {
+    #[serde(default, deserialize_with = "hookrelay_runtime::http::de_number")]
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+impl PageParams {
+    fn page(&self) -> Page {
+        Page {
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+        }
+    }
+}
+
 /// `?tenant_id=` alone.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TenantParam {
+    /// the tenant (admin token only)
     tenant_id: Option<String>,
+}
+
+/// `{id}`: the object a path names, parsed by the handler (one that cannot be an id is 404).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct IdPath {
+    id: String,
+}
+
+/// `{event_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct EventIdPath {
+    event_id: String,
+}
+
+/// `{name}`: an event type's name.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct NamePath {
+    /// URL-encoded
+    name: String,
 }
 
 /// The page's cursor, parsed as the id type the list is ordered by; 400 when it is not one.

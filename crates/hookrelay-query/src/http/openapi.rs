@@ -16,11 +16,13 @@ use utoipa::{
     Modify, OpenApi, ToSchema,
     openapi::{
         ContentBuilder, Ref, ResponseBuilder,
-        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme},
     },
 };
 
-use super::{deliveries, endpoints, event_types, events, keys, stats, tenants};
+use hookrelay_runtime::auth::Who;
+
+use super::{Verb, deliveries, endpoints, event_types, events, keys, stats, tenants};
 use crate::store;
 
 #[derive(OpenApi)]
@@ -191,8 +193,18 @@ pub(crate) struct Accepted {
 #[allow(dead_code)]
 fn ingest_event() {}
 
-/// Bearer authentication, and the error body on every operation's 4xx answers.
+/// Bearer authentication with each route's scope as [`super::table`] declares it, and the
+/// error body on every operation's 4xx answers.
 struct ApiFace;
+
+/// A route's `security` scopes: `admin` for the admin token only, none for any credential.
+fn security_scopes(who: Who) -> Vec<&'static str> {
+    match who {
+        Who::Admin => vec!["admin"],
+        Who::AnyKey => vec![],
+        Who::Scope(scope) => vec![scope.as_str()],
+    }
+}
 
 const ERRORS: [(&str, &str); 8] = [
     ("400", "bad input"),
@@ -216,6 +228,17 @@ impl Modify for ApiFace {
                     .build(),
             ),
         );
+        for route in super::table() {
+            let op = doc.paths.paths.get_mut(route.path).and_then(|item| match route.verb {
+                Verb::Get => item.get.as_mut(),
+                Verb::Post => item.post.as_mut(),
+                Verb::Patch => item.patch.as_mut(),
+                Verb::Delete => item.delete.as_mut(),
+            });
+            if let Some(op) = op {
+                op.security = Some(vec![SecurityRequirement::new("bearer", security_scopes(route.who))]);
+            }
+        }
         for item in doc.paths.paths.values_mut() {
             let ops = [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete];
             for op in ops.into_iter().flatten() {

@@ -9,20 +9,35 @@ use axum::{
     response::Response,
 };
 use hookrelay_runtime::{
-    auth::{Principal, Scope},
+    auth::Principal,
     http::{ApiError, AppQuery, json},
 };
+use hookrelay_types::DeliveryStatus;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::IntoParams;
 
-use super::{AppState, bad_query, endpoints};
+use super::{AppState, IdPath, bad_query, endpoints};
 use crate::{
     stats::{self, Counts, Health, Latency, Pipeline},
     store,
 };
 
-#[derive(Deserialize)]
+/// `?window=` of an endpoint's stats.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WindowParam {
+    /// a duration up to 30d, e.g. 1h, 24h
+    #[param(pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$")]
+    window: Option<String>,
+}
+
+/// `?window=` and `?tenant_id=` of the tenant's pipeline.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StatsParams {
+    /// a duration up to 30d, e.g. 1h, 24h
+    #[param(pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$")]
     window: Option<String>,
     tenant_id: Option<String>,
 }
@@ -63,16 +78,16 @@ pub(crate) struct HealthSummary {
 /// The contract's health of `endpoint`: the deliverer's state machine (`endpoint_health`),
 /// then its recent attempts since its health last started fresh.
 pub(crate) async fn current_health(state: &AppState, endpoint: &store::Endpoint) -> Result<HealthSummary, ApiError> {
-    let (tenant, id) = endpoints::keys(endpoint)?;
-    let row = store::health(&state.db, &id).await?;
+    let (tenant, id) = (&endpoint.tenant_id, &endpoint.id);
+    let row = store::health(&state.db, id).await?;
     let m = stats::machine(
         endpoint.enabled,
         endpoint.updated_at,
         row.as_ref().map(|r| (r.state.as_str(), r.disabled_at, r.reset_at)),
     );
-    let recent = store::recent_outcomes(&state.db, &tenant, &id, stats::DEGRADED_SPAN as i64, m.fresh_since).await?;
-    let last = store::last_finished_status(&state.db, &tenant, &id, m.fresh_since).await?;
-    let health = stats::combined(endpoint.enabled, m, &recent, last.as_deref() == Some("failed"));
+    let recent = store::recent_outcomes(&state.db, tenant, id, stats::DEGRADED_SPAN as i64, m.fresh_since).await?;
+    let last = store::last_finished_status(&state.db, tenant, id, m.fresh_since).await?;
+    let health = stats::combined(endpoint.enabled, m, &recent, last == Some(DeliveryStatus::Failed));
     let fresh = m
         .fresh_since
         .is_some_and(|f| row.as_ref().is_some_and(|r| r.state == "disabled" && f > r.since));
@@ -119,32 +134,34 @@ pub(crate) struct Concurrency {
     get,
     path = "/v1/endpoints/{id}/stats",
     tag = "stats",
-    params(("id" = String, Path), ("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h")),
-    responses((status = 200, description = "delivery stats over the window", body = Stats)),
-    security(("bearer" = ["deliveries:read"]))
+    params(IdPath, WindowParam),
+    responses((status = 200, description = "delivery stats over the window", body = Stats))
 )]
 pub(crate) async fn endpoint_stats(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
-    AppQuery(params): AppQuery<StatsParams>,
+    Path(IdPath { id }): Path<IdPath>,
+    AppQuery(params): AppQuery<WindowParam>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeliveriesRead)?;
     let window = params.window.unwrap_or_else(|| stats::DEFAULT_WINDOW.to_owned());
     let span = stats::parse_window(&window).map_err(bad_query)?;
     let endpoint = endpoints::find(&state, &principal, &id).await?;
-    let (tenant, id) = endpoints::keys(&endpoint)?;
+    let (tenant, id) = (&endpoint.tenant_id, &endpoint.id);
     let since = OffsetDateTime::now_utc() - span;
 
-    let (delivered, failed, latency) = store::minute_totals(&state.db, &tenant, Some(&id), since).await?;
-    let pending = store::unfinished_count(&state.db, &tenant, &id).await?;
+    let store::MinuteTotals {
+        delivered,
+        failed,
+        latency,
+    } = store::minute_totals(&state.db, tenant, Some(id), since).await?;
+    let pending = store::unfinished_count(&state.db, tenant, id).await?;
     let counts = Counts {
         delivered,
         failed,
         pending,
     };
     let health = current_health(&state, &endpoint).await?.state;
-    let (limit, in_flight) = store::concurrency(&state.db, &tenant, &id).await?;
+    let (limit, in_flight) = store::concurrency(&state.db, tenant, id).await?;
     Ok(json(
         StatusCode::OK,
         Stats {
@@ -167,23 +184,25 @@ pub(crate) async fn endpoint_stats(
     get,
     path = "/v1/stats",
     tag = "stats",
-    params(("window" = Option<String>, Query, pattern = "^[1-9][0-9]{0,2}(s|m|h|d)$", description = "a duration up to 30d, e.g. 1h, 24h"), ("tenant_id" = Option<String>, Query)),
-    responses((status = 200, description = "the pipeline over the window", body = PipelineStats)),
-    security(("bearer" = ["deliveries:read"]))
+    params(StatsParams),
+    responses((status = 200, description = "the pipeline over the window", body = PipelineStats))
 )]
 pub(crate) async fn tenant_stats(
     State(state): State<AppState>,
     principal: Principal,
     AppQuery(params): AppQuery<StatsParams>,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeliveriesRead)?;
     let tenant = principal.tenant(params.tenant_id.as_deref())?;
     let window = params.window.unwrap_or_else(|| PIPELINE_WINDOW.to_owned());
     let since = OffsetDateTime::now_utc() - stats::parse_window(&window).map_err(bad_query)?;
     let ingested = store::events_received_since(&state.db, &tenant, since).await?;
     let rows = store::tenant_status_counts(&state.db, &tenant, since).await?;
-    let pipeline = Pipeline::from_rows(ingested, rows.iter().map(|(s, n)| (s.as_str(), *n)));
-    let (delivered, failed, latency) = store::minute_totals(&state.db, &tenant, None, since).await?;
+    let pipeline = Pipeline::from_rows(ingested, rows);
+    let store::MinuteTotals {
+        delivered,
+        failed,
+        latency,
+    } = store::minute_totals(&state.db, &tenant, None, since).await?;
     let finished = Finished {
         delivered,
         failed,
