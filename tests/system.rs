@@ -11,4 +11,5 @@ mod healing;
 mod nats_permissions;
 mod replay;
 mod retention;
+mod signatures;
 mod traces;

@@ -2,7 +2,7 @@
 //! field by field so every refusal names its field. Pure: reads no tables or subjects.
 
 use axum::http::{HeaderName, HeaderValue};
-use hookrelay_types::{Invalid, Pattern, filter::Filter, webhook};
+use hookrelay_types::{Invalid, Pattern, filter::Filter, schemes::Scheme, webhook};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -69,6 +69,11 @@ pub(crate) struct EndpointInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 30)]
     timeout_seconds: Option<Value>,
+    /// `{"scheme": "standard-hmac" | "standard-ed25519" | "convoy" | "github"}`. A new scheme
+    /// gets a new key of its kind at once, with no grace period for the old one.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    signature: Option<Value>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -89,6 +94,7 @@ pub(crate) struct EndpointSpec {
     pub(crate) max_in_flight: Option<i32>,
     /// The endpoint's own attempt timeout (NULL: the deliverer's default).
     pub(crate) timeout_seconds: Option<i32>,
+    pub(crate) signature_scheme: Scheme,
 }
 
 impl EndpointInput {
@@ -109,6 +115,7 @@ impl EndpointInput {
             rate_limit_per_sec: None,
             max_in_flight: None,
             timeout_seconds: None,
+            signature_scheme: Scheme::default(),
         };
         self.apply(blank, allow_private)
     }
@@ -203,7 +210,34 @@ impl EndpointInput {
                 ),
             };
         }
+        if let Some(v) = self.signature {
+            spec.signature_scheme = signature_scheme(v)?;
+        }
         Ok(spec)
+    }
+}
+
+/// `{"scheme": <name>}`; `null` is the default scheme.
+fn signature_scheme(v: Value) -> Result<Scheme, Invalid> {
+    let bad = || {
+        Invalid::new(
+            "invalid_signature",
+            "signature must be an object {\"scheme\": …} naming standard-hmac, standard-ed25519, convoy or github",
+        )
+    };
+    match v {
+        Value::Null => Ok(Scheme::default()),
+        Value::Object(map) => {
+            if map.keys().any(|k| k != "scheme") {
+                return Err(bad());
+            }
+            match map.get("scheme") {
+                None | Some(Value::Null) => Ok(Scheme::default()),
+                Some(Value::String(name)) => Scheme::parse(name),
+                Some(_) => Err(bad()),
+            }
+        }
+        _ => Err(bad()),
     }
 }
 

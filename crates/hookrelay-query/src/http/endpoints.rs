@@ -1,6 +1,7 @@
 //! `/v1/endpoints`: where a tenant's webhooks go. Writes and reads `endpoints` (the router
-//! and deliverer read it). The secret is shown at creation, by `GET …/secret` and on
-//! rotation, never in an endpoint's JSON. Every committed change is announced on core NATS
+//! and deliverer read it). A shared secret is shown at creation, by `GET …/secret` and on
+//! rotation, never in an endpoint's JSON; an Ed25519 private key is never shown, only its
+//! public key. Every committed change is announced on core NATS
 //! `hookrelay.control.endpoints.<tenant>` (payload: the endpoint id) for the routers.
 
 use axum::{
@@ -15,7 +16,8 @@ use hookrelay_runtime::{
 use hookrelay_types::{
     EndpointId, Envelope, EventType, Invalid, Pattern,
     filter::Filter,
-    signature::{Secret, signature_header},
+    schemes::{Ed25519Key, Scheme},
+    signature::Secret,
     webhook,
 };
 use serde::{Deserialize, Serialize};
@@ -35,12 +37,35 @@ pub(crate) const MAX_GRACE_SECS: i64 = 7 * 86_400;
 pub(crate) struct WithSecret {
     #[serde(flatten)]
     endpoint: store::Endpoint,
-    secret: String,
+    /// The shared secret (`whsec_…`); absent for `standard-ed25519`, whose `public_key` is
+    /// what receivers need.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
 }
 
+/// What a receiver verifies with: the shared secret, or for `standard-ed25519` the public key.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct SecretOnly {
-    secret: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+}
+
+impl SecretOnly {
+    /// `key` as its owner may see it under `scheme`.
+    fn of(scheme: Scheme, key: String) -> Result<Self, ApiError> {
+        match scheme.public_key(&key).map_err(ApiError::internal)? {
+            Some(public_key) => Ok(Self {
+                secret: None,
+                public_key: Some(public_key),
+            }),
+            None => Ok(Self {
+                secret: Some(key),
+                public_key: None,
+            }),
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -78,7 +103,7 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant(param.tenant_id.as_deref())?;
     let spec = input.create(state.cfg.allow_private_targets)?;
-    let secret = Secret::generate().expose();
+    let secret = spec.signature_scheme.generate_key();
     let endpoint = store::insert_endpoint(
         &state.db,
         &EndpointId::generate(),
@@ -89,6 +114,7 @@ pub(crate) async fn create(
     )
     .await?;
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
+    let secret = SecretOnly::of(endpoint.signature_scheme, secret)?.secret;
     Ok(json(StatusCode::CREATED, WithSecret { endpoint, secret }))
 }
 
@@ -196,7 +222,24 @@ pub(crate) async fn update(
         .await?
         .ok_or(QueryError::NotFound("endpoint"))?;
     let spec = input.apply(current.spec(), state.cfg.allow_private_targets)?;
-    let endpoint = store::update_endpoint(&mut *tx, &id, &spec, &state.cfg.encryption).await?;
+    let mut endpoint = store::update_endpoint(&mut *tx, &id, &spec, &state.cfg.encryption).await?;
+    if spec.signature_scheme != current.signature_scheme {
+        // The old key cannot sign under the new scheme: a new one, with no grace period.
+        let key = spec.signature_scheme.generate_key();
+        store::rotate_secret(
+            &mut *tx,
+            &id,
+            None,
+            spec.signature_scheme,
+            &key,
+            0,
+            &state.cfg.encryption,
+        )
+        .await?;
+        endpoint = store::endpoint(&mut *tx, &id, None, &state.cfg.encryption)
+            .await?
+            .ok_or(QueryError::NotFound("endpoint"))?;
+    }
     tx.commit().await?;
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
     Ok(json(StatusCode::OK, endpoint))
@@ -237,9 +280,7 @@ pub(crate) async fn secret(
     let endpoint = find(&state, &principal, &id).await?;
     Ok(json(
         StatusCode::OK,
-        SecretOnly {
-            secret: endpoint.secret,
-        },
+        SecretOnly::of(endpoint.signature_scheme, endpoint.secret)?,
     ))
 }
 
@@ -267,11 +308,12 @@ pub(crate) async fn rotate_secret(
         )
         .into());
     }
-    let secret = Secret::generate().expose();
+    let secret = endpoint.signature_scheme.generate_key();
     if !store::rotate_secret(
         &state.db,
         &endpoint.id,
         principal.tenant_scope(),
+        endpoint.signature_scheme,
         &secret,
         grace,
         &state.cfg.encryption,
@@ -281,7 +323,7 @@ pub(crate) async fn rotate_secret(
         return Err(ApiError::not_found("endpoint"));
     }
     publish::endpoint_changed(&state.js, &endpoint.tenant_id, &endpoint.id).await;
-    Ok(json(StatusCode::OK, SecretOnly { secret }))
+    Ok(json(StatusCode::OK, SecretOnly::of(endpoint.signature_scheme, secret)?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -304,8 +346,9 @@ pub(crate) struct Preview {
     /// The headers as they would be sent, but `webhook-signature` is made with
     /// `preview_secret` and custom header values are masked.
     headers: serde_json::Map<String, serde_json::Value>,
-    /// A secret made for this preview alone (`whsec_…`, used nowhere else): the signature
-    /// shown verifies under it and under no secret of the endpoint.
+    /// A key made for this preview alone, used nowhere else: the signature shown verifies
+    /// under it and under no key of the endpoint. A `whsec_…` secret, or for
+    /// `standard-ed25519` a `whpk_…` public key.
     preview_secret: String,
     /// The envelope exactly as it would be POSTed (compact JSON).
     body: String,
@@ -334,19 +377,29 @@ pub(crate) async fn preview(
     let event = EventType::parse(&input.event)?;
     let envelope = Envelope::system(event, input.data, OffsetDateTime::now_utc());
     let body = envelope.to_body();
-    let preview_secret = Secret::generate();
+    let scheme = endpoint.signature_scheme;
+    let (preview_key, preview_secret) = match scheme {
+        Scheme::StandardEd25519 => {
+            let key = Ed25519Key::generate();
+            let public = key.public_key();
+            (key.expose(), public)
+        }
+        Scheme::StandardHmac | Scheme::Convoy | Scheme::Github => {
+            let secret = Secret::generate().expose();
+            (secret.clone(), secret)
+        }
+    };
     let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-    let signature = signature_header([&preview_secret], envelope.event_id.as_str(), timestamp, &body);
-    let mut headers = serde_json::Map::new();
-    for (name, value) in webhook::signed_headers(
+    let signed = webhook::scheme_headers(
+        scheme,
+        &[&preview_key],
         envelope.event_id.as_str(),
         envelope.event.as_str(),
         timestamp,
-        &signature,
-    )
-    .into_iter()
-    .map(|(n, v)| (n.to_owned(), v))
-    .chain(
+        &body,
+    )?;
+    let mut headers = serde_json::Map::new();
+    for (name, value) in signed.into_iter().map(|(n, v)| (n.to_owned(), v)).chain(
         webhook::custom_headers(&endpoint.headers)
             .into_iter()
             .map(|(name, value)| (name, webhook::mask(&value))),
@@ -370,7 +423,7 @@ pub(crate) async fn preview(
         Preview {
             url: endpoint.url,
             headers,
-            preview_secret: preview_secret.expose(),
+            preview_secret,
             body: String::from_utf8(body).map_err(ApiError::internal)?,
             matches: Matches { patterns, filter },
         },

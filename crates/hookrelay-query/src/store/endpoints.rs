@@ -3,7 +3,7 @@
 //! out (`hookrelay_runtime::vault`).
 
 use hookrelay_runtime::vault::{self, Keyring};
-use hookrelay_types::{EndpointId, TenantId, webhook};
+use hookrelay_types::{EndpointId, TenantId, schemes::Scheme, webhook};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
@@ -33,6 +33,16 @@ pub(crate) struct Endpoint {
     /// The ceiling of its adaptive concurrency; null for the deliverers' default.
     pub(crate) max_in_flight: Option<i32>,
     pub(crate) timeout_seconds: Option<i32>,
+    /// How its requests are signed.
+    #[sqlx(skip)]
+    pub(crate) signature: Signature,
+    /// For `standard-ed25519`, the public key (`whpk_…`) receivers verify with; null for the
+    /// shared-secret schemes.
+    #[sqlx(skip)]
+    pub(crate) public_key: Option<String>,
+    #[serde(skip)]
+    pub(crate) signature_scheme: Scheme,
+    /// The signing key (a `whsec_…` secret, or a `whsk_…` private key never shown).
     #[serde(skip)]
     pub(crate) secret: String,
     /// Why hookrelay disabled it (endpoint health); cleared when it is enabled again.
@@ -41,6 +51,14 @@ pub(crate) struct Endpoint {
     pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) updated_at: OffsetDateTime,
+}
+
+/// An endpoint's `signature` as shown and as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub(crate) struct Signature {
+    /// `standard-hmac` (the default), `standard-ed25519`, `convoy` or `github`.
+    #[schema(value_type = String)]
+    pub(crate) scheme: Scheme,
 }
 
 /// An endpoint's custom headers as shown: every value masked.
@@ -68,6 +86,10 @@ impl Endpoint {
     fn opened(mut self, keys: &Keyring) -> Result<Self> {
         self.secret = keys.open(&vault::secret_place(self.id.as_str()), &self.secret)?;
         self.headers = vault::map_headers(self.id.as_str(), &self.headers, |place, v| keys.open(place, v))?;
+        self.signature = Signature {
+            scheme: self.signature_scheme,
+        };
+        self.public_key = self.signature_scheme.public_key(&self.secret).ok().flatten();
         Ok(self)
     }
 
@@ -82,13 +104,15 @@ impl Endpoint {
             rate_limit_per_sec: self.rate_limit_per_sec,
             max_in_flight: self.max_in_flight,
             timeout_seconds: self.timeout_seconds,
+            signature_scheme: self.signature_scheme,
         }
     }
 }
 
 /// The columns an [`Endpoint`] is read from, in every statement that returns one.
 const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, events, filter, headers, description, enabled, \
-     rate_limit_per_sec, max_in_flight, timeout_seconds, secret, disabled_reason, created_at, updated_at";
+     rate_limit_per_sec, max_in_flight, timeout_seconds, signature_scheme, secret, disabled_reason, created_at, \
+     updated_at";
 
 /// `SELECT <columns> FROM endpoints WHERE id = <id>`, limited to `tenant` when given.
 fn select_endpoint(id: &EndpointId, tenant: Option<&TenantId>) -> QueryBuilder<Postgres> {
@@ -114,7 +138,7 @@ pub(crate) async fn insert_endpoint(
     let mut q = QueryBuilder::<Postgres>::new(
         "INSERT INTO endpoints
            (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret,
-            timeout_seconds, max_in_flight)
+            timeout_seconds, max_in_flight, signature_scheme)
          VALUES (",
     );
     q.separated(", ")
@@ -129,7 +153,8 @@ pub(crate) async fn insert_endpoint(
         .push_bind(spec.rate_limit_per_sec)
         .push_bind(keys.seal(&vault::secret_place(id.as_str()), secret))
         .push_bind(spec.timeout_seconds)
-        .push_bind(spec.max_in_flight);
+        .push_bind(spec.max_in_flight)
+        .push_bind(spec.signature_scheme);
     q.push(") RETURNING ").push(ENDPOINT_COLUMNS);
     let sealed: Endpoint = q.build_query_as().fetch_one(db).await?;
     sealed.opened(keys)
@@ -185,6 +210,8 @@ pub(crate) async fn update_endpoint(
         .push_bind_unseparated(spec.timeout_seconds)
         .push("max_in_flight = ")
         .push_bind_unseparated(spec.max_in_flight)
+        .push("signature_scheme = ")
+        .push_bind_unseparated(spec.signature_scheme)
         .push("updated_at = now()")
         // Enabling an endpoint clears why health disabled it.
         .push("disabled_reason = CASE WHEN ")
@@ -232,13 +259,15 @@ pub(crate) async fn endpoints(
     sealed.into_iter().map(|e| e.opened(keys)).collect()
 }
 
-/// Makes `new_secret` the signing secret; the old one keeps signing for `grace_secs`
-/// (none at all when 0). `false` when there is no such endpoint in `tenant`.
+/// Makes `new_secret` (a key of `scheme`'s kind) the signing key; the old one keeps
+/// signing for `grace_secs` (none at all when 0). `false` when there is no such endpoint in
+/// `tenant` signing with `scheme`.
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 pub(crate) async fn rotate_secret(
     db: impl PgExecutor<'_>,
     id: &EndpointId,
     tenant: Option<&TenantId>,
+    scheme: Scheme,
     new_secret: &str,
     grace_secs: i64,
     keys: &Keyring,
@@ -250,12 +279,13 @@ pub(crate) async fn rotate_secret(
              previous_secret_expires_at = CASE WHEN $4 > 0 THEN now() + $4 * interval '1 second' END,
              secret = $3,
              updated_at = now()
-         WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+         WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) AND signature_scheme = $5",
     )
     .bind(id)
     .bind(tenant)
     .bind(keys.seal(&vault::secret_place(id.as_str()), new_secret))
     .bind(grace_secs)
+    .bind(scheme)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
