@@ -97,6 +97,20 @@ try {
   await page.locator("#ep-secret-value code").filter({ hasText: "whsec_" }).waitFor();
   await page.screenshot({ path: join(artifacts, "endpoints.png"), fullPage: true });
 
+  step("sign with Ed25519: the public key is shown, never a private key; then back to HMAC");
+  await page.getByRole("button", { name: "Edit" }).click();
+  await page.getByLabel(/Signature/).selectOption("standard-ed25519");
+  await page.getByRole("button", { name: "Save endpoint" }).click();
+  await page.locator("#endpoint-facts").getByText("standard-ed25519").waitFor();
+  await page.getByRole("button", { name: "Reveal secret" }).click();
+  await page.locator("#endpoint-detail-msg").filter({ hasText: "Public key shown" }).waitFor();
+  await page.locator("#ep-secret-value code").filter({ hasText: "whpk_" }).waitFor();
+  if ((await page.content()).includes("whsk_")) throw new Error("the page shows an Ed25519 private key");
+  await page.getByRole("button", { name: "Edit" }).click();
+  await page.getByLabel(/Signature/).selectOption("standard-hmac");
+  await page.getByRole("button", { name: "Save endpoint" }).click();
+  await page.locator("#endpoint-facts").getByText("standard-hmac").waitFor();
+
   step("an event sent over REST appears in the log without a reload");
   await page.evaluate(() => { window.__notReloaded = true; });
   const eventId = `evt_browser_${Date.now()}`;

@@ -258,6 +258,8 @@ function renderEndpointFacts(ep) {
     ["Custom headers", headers || "none"],
     ["Rate limit", ep.rate_limit_per_sec ? ep.rate_limit_per_sec + " per second" : "none"],
     ["Max in flight", ep.max_in_flight ? String(ep.max_in_flight) : "default"],
+    ["Signature", ep.signature ? ep.signature.scheme : "standard-hmac"],
+    ["Public key", ep.public_key ? el("code", null, ep.public_key) : "– (shared secret)"],
     ["Description", ep.description || "–"],
   ]);
 }
@@ -317,8 +319,8 @@ function showSecret(secret) {
 async function revealSecret() {
   await endpointAction("Reading the secret", async () => {
     const r = await api("GET", epPath("/secret"));
-    showSecret(r.secret);
-    return "Secret shown below.";
+    showSecret(r.secret || r.public_key);
+    return r.secret ? "Secret shown below." : "Public key shown below; the private key is never shown.";
   });
 }
 
@@ -326,7 +328,7 @@ async function rotateSecret() {
   if (!window.confirm("Rotate this endpoint's secret? The old one keeps signing for 24 hours.")) return;
   await endpointAction("Rotating", async () => {
     const r = await api("POST", epPath("/rotate-secret"), {});
-    showSecret(r.secret);
+    showSecret(r.secret || r.public_key);
     return "New secret shown below; the old one keeps signing for the grace period.";
   });
 }
@@ -358,6 +360,7 @@ function openForm(ep) {
   $("ep-headers").value = ep ? Object.entries(ep.headers || {}).map(([k, v]) => k + ": " + v).join("\n") : "";
   $("ep-rate").value = ep && ep.rate_limit_per_sec ? ep.rate_limit_per_sec : "";
   $("ep-max-in-flight").value = ep && ep.max_in_flight ? ep.max_in_flight : "";
+  $("ep-scheme").value = ep && ep.signature ? ep.signature.scheme : "standard-hmac";
   $("ep-description").value = ep ? ep.description : "";
   $("ep-enabled").checked = ep ? ep.enabled : true;
   say("endpoint-form-error", "");
@@ -392,6 +395,7 @@ function formBody() {
   body.rate_limit_per_sec = rate ? Number(rate) : null;
   const maxInFlight = $("ep-max-in-flight").value.trim();
   body.max_in_flight = maxInFlight ? Number(maxInFlight) : null;
+  body.signature = { scheme: $("ep-scheme").value };
   return body;
 }
 
@@ -414,7 +418,7 @@ async function saveEndpoint(ev) {
     renderEndpoints();
     $("endpoint-form").hidden = true;
     await openEndpoint(ep.id);
-    if (ep.secret) showSecret(ep.secret);
+    if (ep.secret || (!state.editing && ep.public_key)) showSecret(ep.secret || ep.public_key);
     say("endpoint-detail-msg", state.editing ? "Saved." : "Created. Its signing secret is shown below.");
   } catch (e) {
     say("endpoint-form-error", describe(e));
