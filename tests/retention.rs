@@ -45,14 +45,15 @@ where
     }
 }
 
-/// `n` events of tenant `acme`, ids `<prefix>_<i>`, received `age` ago, each with one
-/// delivery in `status` created as long ago and `attempts` attempts.
+/// `n` events of tenant `acme`, ids `<prefix>_<i>`, received `age` ago and published (no
+/// `unpublished_batches` row holds them), each with one delivery in `status` created as
+/// long ago and `attempts` attempts.
 async fn history(db: &PgPool, prefix: &str, n: i32, age: &str, status: &str, attempts: i32) {
     sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at, published_at)
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
          SELECT 'acme', $1 || '_' || i, 'orders/created', now() - $3::interval,
                 '{\"event\":\"orders/created\",\"event_id\":\"' || $1 || '_' || i || '\",\"timestamp\":\"2024-03-15T14:30:00Z\",\"data\":{}}',
-                now() - $3::interval, now() - $3::interval
+                now() - $3::interval
          FROM generate_series(1, $2) AS i",
     )
     .bind(prefix)
@@ -154,8 +155,8 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
         history(&db, "recent", 5, "10 minutes", "delivered", 1).await;
         // An old event that matched no endpoint has nothing to wait for.
         sqlx::query(
-            "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at, published_at)
-             VALUES ('acme', 'unrouted_1', 'orders/created', now(), '{}', now() - interval '2 hours', now())",
+            "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
+             VALUES ('acme', 'unrouted_1', 'orders/created', now(), '{}', now() - interval '2 hours')",
         )
         .execute(&db)
         .await
