@@ -7,17 +7,13 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, WAIT, eventually, spawn_service, wait_until};
 use hookrelay_types::{messages::SystemEvent, subjects};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-/// How long a test waits for something to happen (not a speed bound: the whole suite shares
-/// two cores, and one run saw a health announcement take longer than 20 s under that load).
-const WAIT: Duration = Duration::from_secs(40);
-
 struct System {
-    _env: TestEnv,
+    env: TestEnv,
     api: Api,
     rx: Receiver,
     key: String,
@@ -41,32 +37,35 @@ impl SystemEvents {
 
     /// The first `event_type` event about `endpoint`.
     async fn wait_for(&mut self, event_type: &str, endpoint: &str) -> (SystemEvent, Value) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let rows: Vec<(String, String, String)> = sqlx::query_as(
-                "SELECT tenant_id, event_id, body FROM events WHERE event_type = $1 ORDER BY received_at",
-            )
-            .bind(event_type)
-            .fetch_all(&self.db)
-            .await
-            .unwrap();
-            for (tenant_id, event_id, body) in rows {
-                let envelope: Value = serde_json::from_str(&body).unwrap();
-                let data = envelope["data"].clone();
-                if data["endpoint_id"] == endpoint {
-                    let event = SystemEvent {
-                        tenant_id,
-                        event_id,
-                        event_type: event_type.to_owned(),
-                        data: serde_json::to_vec(&data).unwrap(),
-                        only_endpoint_id: String::new(),
-                    };
-                    return (event, data);
-                }
-            }
-            assert!(Instant::now() < deadline, "no {event_type} event about {endpoint}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let db = &self.db;
+        let (tenant_id, event_id, data) = wait_until(
+            &format!("a {event_type} event about {endpoint}"),
+            async || {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT tenant_id, event_id, body FROM events WHERE event_type = $1 ORDER BY received_at",
+                )
+                .bind(event_type)
+                .fetch_all(db)
+                .await
+                .unwrap();
+                rows.into_iter().find_map(|(tenant_id, event_id, body)| {
+                    let envelope: Value = serde_json::from_str(&body).unwrap();
+                    let data = envelope["data"].clone();
+                    (data["endpoint_id"] == endpoint).then_some((tenant_id, event_id, data))
+                })
+            },
+            Option::is_some,
+        )
+        .await
+        .unwrap();
+        let event = SystemEvent {
+            tenant_id,
+            event_id,
+            event_type: event_type.to_owned(),
+            data: serde_json::to_vec(&data).unwrap(),
+            only_endpoint_id: String::new(),
+        };
+        (event, data)
     }
 }
 
@@ -97,7 +96,7 @@ async fn system(extra: &[(&str, &str)]) -> System {
     let events = SystemEvents::new(&env).await;
     let shutdown: CancellationToken = s.shutdown;
     System {
-        _env: env,
+        env,
         api,
         rx: Receiver::start().await.unwrap(),
         key: r.body["key"].as_str().unwrap().to_owned(),
@@ -137,18 +136,7 @@ impl System {
 
     /// Polls `path` until `check` holds.
     async fn until(&self, path: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let got = eventually(WAIT, || async {
-            let body = self.get(path).await;
-            check(&body).then_some(body)
-        })
-        .await;
-        match got {
-            Some(body) => body,
-            None => panic!(
-                "{path} never as expected: {:?}",
-                self.api.get(path, &self.key).await.body
-            ),
-        }
+        wait_until(&format!("{path} as expected"), async || self.get(path).await, check).await
     }
 }
 
@@ -204,6 +192,7 @@ async fn failing_endpoints_are_probed_announced_and_recover_while_healthy_ones_g
         let got = s.rx.wait_for("ok/good", id, 1, Duration::from_secs(3)).await;
         assert_eq!(got.len(), 1, "a healthy endpoint waited behind a failing one");
     }
+    // A window of three and a half probe intervals: the pace of probes is what is measured.
     tokio::time::sleep(Duration::from_millis(3500).saturating_sub(failing_at.elapsed())).await;
     let probes: Vec<Instant> =
         s.rx.received("fail/bad")
@@ -262,7 +251,7 @@ async fn a_410_disables_at_once_through_query_and_a_re_enable_starts_fresh() {
     // Disabled: nothing more goes out.
     let before = s.rx.received("status/410/gone").len();
     s.send("orders/created").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.env.wait_settled().await;
     assert_eq!(s.rx.received("status/410/gone").len(), before);
 
     // A user enables it again (pointing it somewhere that answers): fresh health.
@@ -321,7 +310,7 @@ async fn an_endpoint_failing_for_the_disable_period_is_disabled_and_its_pending_
     }
     let after = s.rx.received("fail/dead").len();
     s.send("orders/created").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.env.wait_settled().await;
     assert_eq!(
         s.rx.received("fail/dead").len(),
         after,
