@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, WAIT, eventually, spawn_service, wait_until};
+use hookrelay_testkit::{Api, Receiver, TestEnv, WAIT, spawn_service, wait_until};
 use hookrelay_types::{messages::SystemEvent, subjects};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -74,10 +74,6 @@ async fn system(extra: &[(&str, &str)]) -> System {
     let src = env.source(extra);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let api = s.api;
-    let r = api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
     let scopes = [
         "events:write",
         "endpoints:read",
@@ -85,21 +81,15 @@ async fn system(extra: &[(&str, &str)]) -> System {
         "deliveries:read",
         "deliveries:write",
     ];
-    let r = api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "t", "scopes": scopes}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    api.create_tenant("acme", "Acme").await;
+    let key = api.create_api_key("acme", "t", &scopes).await.key;
     let events = SystemEvents::new(&env).await;
     let shutdown: CancellationToken = s.shutdown;
     System {
         env,
         api,
         rx: Receiver::start().await.unwrap(),
-        key: r.body["key"].as_str().unwrap().to_owned(),
+        key,
         events,
         _shutdown: shutdown.drop_guard(),
     }
@@ -332,11 +322,7 @@ async fn a_transition_left_unpublished_is_published_later_with_the_same_event_id
     let src = env.source(&[]);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let _stop = s.shutdown.drop_guard();
-    let r = s
-        .api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    s.api.create_tenant("acme", "Acme").await;
     let mut events = SystemEvents::new(&env).await;
     // As if the deliverer died between committing the transition and publishing it.
     let db = env.db().await.unwrap();
@@ -358,17 +344,20 @@ async fn a_transition_left_unpublished_is_published_later_with_the_same_event_id
         format!("hookrelay_health_ep_01jhzz0000000000000000000a_{id}")
     );
     assert_eq!(data["consecutive_failures"], 5);
-    let published = eventually(WAIT, || async {
-        let at: Option<time::OffsetDateTime> =
-            sqlx::query_scalar("SELECT published_at FROM endpoint_health_transitions WHERE id = $1")
-                .bind(id)
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        at
-    })
+    wait_until(
+        "the transition to be marked published",
+        async || {
+            sqlx::query_scalar::<_, Option<time::OffsetDateTime>>(
+                "SELECT published_at FROM endpoint_health_transitions WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        },
+        Option::is_some,
+    )
     .await;
-    assert!(published.is_some(), "never marked published");
 }
 
 #[tokio::test]
