@@ -4,7 +4,9 @@
 //! records every webhook; [`Api`] calls the REST API and reads `/metrics`; [`verify`] checks
 //! a signature with the Standard Webhooks reference library, as a receiver would; [`Link`]
 //! stands between the services and a server so a test can cut the network between them;
-//! [`wait_until`] and [`holds_for`] wait on a condition with one policy for the suite.
+//! [`wait_until`] and [`holds_for`] wait on a condition with one policy for the suite;
+//! tenants and keys are made over the admin API ([`Api::create_api_key`]) or straight in
+//! the database ([`insert_api_key`]).
 //!
 //! Finding the servers:
 //! - `nats-server`: `$HOOKRELAY_TEST_NATS_SERVER`, else `.tools/venv/bin/nats-server` in the
