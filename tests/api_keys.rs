@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Service, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Service, TestEnv, eventually, spawn_service, wait_until, wait_until_within};
 use serde_json::{Value, json};
 
 struct Split {
@@ -29,11 +29,7 @@ async fn split(extra: &[(&str, &str)]) -> Split {
     let query = spawn_service(|l, stop| hookrelay_query::run(query_cfg, Some(l), stop)).await;
     let ingest_cfg = hookrelay_ingest::Config::from_source(&env.source_as("ingest", extra)).unwrap();
     let ingest = spawn_service(|l, stop| hookrelay_ingest::run(ingest_cfg, Some(l), stop)).await;
-    let r = query
-        .api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{r:?}");
+    query.api.create_tenant("acme", "Acme").await;
     Split {
         ingest,
         query,
@@ -84,17 +80,20 @@ async fn a_key_used_only_on_ingest_shows_its_last_use_on_query() {
     let s = split(&[]).await;
     let (id, secret) = key(&s.query.api, "producer", &["events:write"], json!({})).await;
     assert_eq!(s.ingest.api.post("/v1/events", &secret, event(1)).await.status, 202);
-    let used = eventually(Duration::from_secs(15), || async {
-        let list = s.query.api.get("/v1/api-keys?tenant_id=acme", ADMIN_TOKEN).await;
-        list.body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["id"] == id.as_str())
-            .and_then(|k| k["last_used_at"].as_str().map(str::to_owned))
-    })
+    wait_until(
+        "ingest's use to reach last_used_at on query",
+        async || {
+            let list = s.query.api.get("/v1/api-keys?tenant_id=acme", ADMIN_TOKEN).await;
+            list.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["id"] == id.as_str())
+                .map(|k| k["last_used_at"].clone())
+        },
+        |used| used.as_ref().is_some_and(|at| at.is_string()),
+    )
     .await;
-    assert!(used.is_some(), "ingest's use never reached last_used_at");
 }
 
 #[tokio::test]
@@ -135,8 +134,15 @@ async fn ingest_limits_a_key_to_its_rate() {
     assert_eq!(s.ingest.api.post("/v1/events", &secret, event(1)).await.status, 202);
     let r = s.ingest.api.post("/v1/events", &secret, event(2)).await;
     assert_eq!((r.status, r.code()), (429, "rate_limited"), "{r:?}");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(s.ingest.api.post("/v1/events", &secret, event(3)).await.status, 202);
+    // The next token comes a second after the first was taken.
+    let r = wait_until_within(
+        Duration::from_millis(1100),
+        "the key's next token",
+        async || s.ingest.api.post("/v1/events", &secret, event(3)).await,
+        |r| r.status != 429,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{r:?}");
 }
 
 /// A client whose requests come from `ip` (another loopback address: another client).
@@ -187,12 +193,12 @@ async fn an_address_sending_invalid_keys_is_throttled_while_others_are_not() {
     assert_eq!(status_with(&other, base, &valid).await.0, 200);
     assert_eq!(status_with(&other, base, ADMIN_TOKEN).await.0, 200);
     // The budget refills: after Retry-After the guesser may try again.
-    let again = eventually(Duration::from_secs(5), || async {
-        let (status, _) = status_with(&guesser, base, &valid).await;
-        (status == 200).then_some(())
-    })
+    wait_until(
+        "the throttled address to get through again",
+        async || status_with(&guesser, base, &valid).await,
+        |(status, _)| *status == 200,
+    )
     .await;
-    assert!(again.is_some(), "the throttled address never got through again");
 }
 
 #[tokio::test]

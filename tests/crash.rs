@@ -9,10 +9,12 @@ use std::{
     time::Duration,
 };
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, eventually};
+use hookrelay_testkit::{Api, PgCluster, Receiver, TestEnv, eventually, holds_for, wait_until, wait_until_within};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(60);
+/// How long a test waits for what may come through JetStream's redelivery: a job lost with
+/// a killed deliverer comes back after its 30 s ack wait.
+const WAIT: Duration = Duration::from_secs(30).saturating_add(hookrelay_testkit::WAIT);
 
 /// A service process, killed (SIGKILL) if still running when dropped.
 struct Proc {
@@ -82,20 +84,8 @@ async fn spawn(env: &TestEnv, service: &str, extra: &[(&str, &str)]) -> Proc {
 
 /// A tenant with an all-scopes key, and an endpoint at `url` for every event type.
 async fn tenant_with_endpoint(query: &Api, url: &str) -> (String, String) {
-    let r = query
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
     let scopes = ["events:write", "endpoints:write", "deliveries:read", "deliveries:write"];
-    let r = query
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "crash", "scopes": scopes}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let key = r.body["key"].as_str().unwrap().to_owned();
+    let key = query.create_tenant_with_key("acme", "crash", &scopes).await;
     let ep = add_endpoint(query, &key, url).await;
     (key, ep)
 }
@@ -126,17 +116,14 @@ async fn delivery(db: &sqlx::PgPool, event_id: &str) -> Option<(String, i32)> {
 }
 
 async fn wait_delivered(db: &sqlx::PgPool, event_id: &str) -> i32 {
-    let found = eventually(WAIT, || async {
-        delivery(db, event_id)
-            .await
-            .filter(|(s, _)| s == "delivered")
-            .map(|(_, n)| n)
-    })
+    let found = wait_until_within(
+        WAIT,
+        &format!("{event_id} delivered (status, attempts)"),
+        async || delivery(db, event_id).await,
+        |d| d.as_ref().is_some_and(|(s, _)| s == "delivered"),
+    )
     .await;
-    match found {
-        Some(n) => n,
-        None => panic!("{event_id} not delivered: {:?}", delivery(db, event_id).await),
-    }
+    found.map_or(0, |(_, n)| n)
 }
 
 /// ingest, query and router as processes; the deliverers are each test's business.
@@ -220,10 +207,17 @@ async fn sigterm_lets_an_in_flight_attempt_finish_and_nothing_is_sent_twice() {
     assert_eq!(code, Some(0), "the deliverer did not drain and exit cleanly");
     assert_eq!(delivery(&db, &id).await, Some(("delivered".to_owned(), 1)));
 
-    // A new deliverer finds nothing left to do for it.
-    let _next = spawn(&env, "deliverer", &[]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(rx.received_id("slow/1500/term", &id).len(), 1);
+    // A new deliverer finds nothing left to do for it: not on the stream, and not in the
+    // database over three of its scheduler's passes.
+    let _next = spawn(&env, "deliverer", &[("HOOKRELAY_SCHEDULER_INTERVAL", "100ms")]).await;
+    env.wait_settled().await;
+    holds_for(
+        Duration::from_millis(300),
+        "one request at the receiver",
+        async || rx.received_id("slow/1500/term", &id).len(),
+        |n| *n == 1,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -244,11 +238,15 @@ async fn two_routers_and_two_deliverers_deliver_each_event_once_per_endpoint() {
         ids.push(send(&ingest.api, &key, n).await);
     }
     for path in ["ok/a", "ok/b"] {
-        let all = eventually(WAIT, || async { (rx.received(path).len() >= N).then_some(()) }).await;
-        assert!(all.is_some(), "{path}: {} of {N}", rx.received(path).len());
+        wait_until(
+            &format!("{N} deliveries at {path}"),
+            async || rx.received(path).len(),
+            |n| *n >= N,
+        )
+        .await;
     }
-    // Let any duplicate land before counting.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Any duplicate has landed once every stream is settled.
+    env.wait_settled().await;
     for path in ["ok/a", "ok/b"] {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for r in rx.received(path) {
@@ -292,12 +290,7 @@ async fn a_nats_restart_loses_no_accepted_event() {
         }
     }
     env.start_nats().await.unwrap();
-    let back = eventually(WAIT, || async {
-        let r = all.api.call(reqwest::Method::GET, "/readyz", None, None).await;
-        (r.status == 200).then_some(())
-    })
-    .await;
-    assert!(back.is_some(), "not ready again after the NATS restart");
+    all.api.wait_ready().await;
     for n in 15..25 {
         accepted.push(send(&all.api, &key, n).await);
     }
@@ -343,14 +336,10 @@ async fn a_postgres_crash_and_restart_loses_no_accepted_event_or_retry() {
             _ => refused += 1,
         }
     }
+    // The outage itself: down for a second, with retries falling due meanwhile.
     tokio::time::sleep(Duration::from_secs(1)).await;
     pg.up().unwrap();
-    let back = eventually(WAIT, || async {
-        let r = all.api.call(reqwest::Method::GET, "/readyz", None, None).await;
-        (r.status == 200).then_some(())
-    })
-    .await;
-    assert!(back.is_some(), "not ready again after the Postgres restart");
+    all.api.wait_ready().await;
     for n in 12..20 {
         accepted.push(send(&all.api, &key, n).await);
     }

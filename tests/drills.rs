@@ -14,7 +14,9 @@ use std::{
 };
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Link, PgCluster, Receiver, TestEnv, eventually, nats_password};
+use hookrelay_testkit::{
+    Api, Link, PgCluster, Receiver, TestEnv, eventually, metric_sum, nats_password, wait_until, wait_until_within,
+};
 use hookrelay_types::subjects;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -94,19 +96,9 @@ impl Drill {
             drill.spawn(service).await;
         }
         let query = drill.api("query");
-        let r = query
-            .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-            .await;
-        assert_eq!(r.status, 201, "{r:?}");
+        query.create_tenant("acme", "Acme").await;
         let scopes = ["events:write", "endpoints:write", "deliveries:read"];
-        let r = query
-            .post(
-                "/v1/api-keys",
-                ADMIN_TOKEN,
-                json!({"tenant_id": "acme", "name": "drill", "scopes": scopes}),
-            )
-            .await;
-        drill.key = r.body["key"].as_str().unwrap().to_owned();
+        drill.key = query.create_api_key("acme", "drill", &scopes).await.key;
         let r = query
             .post(
                 "/v1/endpoints",
@@ -122,26 +114,23 @@ impl Drill {
     /// made good) until every service answers `/readyz` 200; panics naming what one said.
     async fn all_ready(&self) {
         for service in SERVICES {
-            let url = format!("http://{}/readyz", self.addrs[service]);
-            let ready = eventually(Duration::from_secs(90), || {
-                let url = url.clone();
-                async move {
-                    reqwest::get(&url)
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| ())
-                }
-            })
-            .await;
-            if ready.is_none() {
-                let said = match reqwest::get(&url).await {
-                    Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
-                    Err(e) => e.to_string(),
-                };
-                panic!("{service} not ready within 90 s: {said}");
-            }
+            wait_until_within(
+                Duration::from_secs(90),
+                &format!("{service} to be ready"),
+                async || self.readyz(service).await,
+                |said| said.as_ref().is_ok_and(|(status, _)| *status == 200),
+            )
+            .await
+            .unwrap();
         }
+    }
+
+    /// `service`'s `/readyz`: its status and body, or why it could not be asked.
+    async fn readyz(&self, service: &str) -> Result<(u16, String), String> {
+        let r = reqwest::get(format!("http://{}/readyz", self.addrs[service]))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((r.status().as_u16(), r.text().await.unwrap_or_default()))
     }
 
     /// An operator's mistake: ingest's and the deliverer's consumers deleted, and the events
@@ -363,17 +352,8 @@ impl Drill {
         .await
         .unwrap();
         assert_eq!(stuck, 0, "{name}: deliveries left without a next step");
-        let metrics = reqwest::get(format!("http://{}/metrics", self.addrs["deliverer"]))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let repaired: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("hookrelay_deliveries_repaired_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let metrics = self.api("deliverer").metrics().await;
+        let repaired = metric_sum(&metrics, "hookrelay_deliveries_repaired_total");
         assert_eq!(repaired, 0.0, "{name}: the audit found stuck deliveries");
         for entry in std::fs::read_dir(self.logs.path()).unwrap() {
             let path = entry.unwrap().path();
@@ -411,6 +391,7 @@ async fn drill_kill9_of_every_service_in_turn() {
     let at = d.begin().await;
     for service in SERVICES {
         d.kill9_and_restart(service).await;
+        // Flow between the kills, so that each restart meets traffic.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     d.finish("kill -9 of each service", at, Duration::from_secs(2)).await;
@@ -421,6 +402,7 @@ async fn drill_nats_restart() {
     let mut d = Drill::start().await;
     let at = d.begin().await;
     d.env.kill_nats();
+    // The outage under test.
     tokio::time::sleep(Duration::from_secs(2)).await;
     d.env.start_nats().await.unwrap();
     d.all_ready().await;
@@ -443,6 +425,7 @@ async fn drill_nats_cut_off_for_10_s() {
         Some(said)
     })
     .await;
+    // The cut under test lasts ten seconds in all.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(at.elapsed())).await;
     link.restore();
     let said = said.expect("every service said it was not ready while NATS was cut off");
@@ -462,17 +445,19 @@ async fn drill_consumers_and_the_events_stream_deleted() {
     // everything the new one gets before the flow stops: a position that counted in the
     // new stream would skip those events.
     let db = d.env.db().await.unwrap();
-    let far = eventually(Duration::from_secs(30), || async {
-        let floor: Option<i64> = sqlx::query_scalar("SELECT ack_floor FROM consumer_positions WHERE consumer = $1")
-            .bind(subjects::ROUTER_CONSUMER)
-            .fetch_optional(&db)
-            .await
-            .ok()
-            .flatten();
-        floor.filter(|f| *f >= 80).map(|_| ())
-    })
+    wait_until(
+        "the router's position to be written past 80",
+        async || {
+            sqlx::query_scalar::<_, i64>("SELECT ack_floor FROM consumer_positions WHERE consumer = $1")
+                .bind(subjects::ROUTER_CONSUMER)
+                .fetch_optional(&db)
+                .await
+                .ok()
+                .flatten()
+        },
+        |floor| floor.is_some_and(|f| f >= 80),
+    )
     .await;
-    assert!(far.is_some(), "the router's position was not written");
     d.delete_consumers_and_the_events_stream().await;
     // Each service makes what it lost again and is ready again.
     d.all_ready().await;
@@ -488,6 +473,7 @@ async fn drill_postgres_crash_and_restart() {
     let mut d = Drill::on(TestEnv::start_on(pg.admin_url()).await.unwrap()).await;
     let at = d.begin().await;
     pg.crash().unwrap();
+    // The outage under test.
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.up().unwrap();
     d.all_ready().await;

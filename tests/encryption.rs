@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, Service, TestEnv, spawn_service, verify};
+use hookrelay_testkit::{Api, Receiver, Service, TestEnv, WAIT, spawn_service, verify};
 use serde_json::json;
 
 const KEY_A: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -34,20 +34,9 @@ async fn stop(service: Service) {
 /// A tenant, a key and an endpoint at `url` with a custom `authorization` header:
 /// `(key, endpoint id, secret)`.
 async fn setup(api: &Api, url: String) -> (String, String, String) {
-    let r = api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{r:?}");
+    api.create_tenant("acme", "Acme").await;
     let scopes = ["events:write", "endpoints:read", "endpoints:write", "deliveries:read"];
-    let r = api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "t", "scopes": scopes}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let key = r.body["key"].as_str().unwrap().to_owned();
+    let key = api.create_api_key("acme", "t", &scopes).await.key;
     let r = api
         .post(
             "/v1/endpoints",
@@ -67,7 +56,7 @@ async fn delivered(api: &Api, key: &str, rx: &Receiver, path: &str, event_id: &s
     let event = json!({"event": "orders/created", "event_id": event_id, "data": {"n": 1}});
     let r = api.post("/v1/events", key, event).await;
     assert_eq!(r.status, 202, "{r:?}");
-    let got = rx.wait_for(path, event_id, 1, Duration::from_secs(20)).await;
+    let got = rx.wait_for(path, event_id, 1, WAIT).await;
     let req = got.first().unwrap_or_else(|| panic!("{event_id} never reached {path}"));
     verify(secret, &req.headers, &req.body).expect("a signature the receiver accepts");
     assert_eq!(req.header("authorization"), Some(HEADER_VALUE));

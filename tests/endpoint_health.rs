@@ -7,17 +7,13 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{Api, Receiver, TestEnv, WAIT, spawn_service, wait_until};
 use hookrelay_types::{messages::SystemEvent, subjects};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-/// How long a test waits for something to happen (not a speed bound: the whole suite shares
-/// two cores, and one run saw a health announcement take longer than 20 s under that load).
-const WAIT: Duration = Duration::from_secs(40);
-
 struct System {
-    _env: TestEnv,
+    env: TestEnv,
     api: Api,
     rx: Receiver,
     key: String,
@@ -41,32 +37,35 @@ impl SystemEvents {
 
     /// The first `event_type` event about `endpoint`.
     async fn wait_for(&mut self, event_type: &str, endpoint: &str) -> (SystemEvent, Value) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let rows: Vec<(String, String, String)> = sqlx::query_as(
-                "SELECT tenant_id, event_id, body FROM events WHERE event_type = $1 ORDER BY received_at",
-            )
-            .bind(event_type)
-            .fetch_all(&self.db)
-            .await
-            .unwrap();
-            for (tenant_id, event_id, body) in rows {
-                let envelope: Value = serde_json::from_str(&body).unwrap();
-                let data = envelope["data"].clone();
-                if data["endpoint_id"] == endpoint {
-                    let event = SystemEvent {
-                        tenant_id,
-                        event_id,
-                        event_type: event_type.to_owned(),
-                        data: serde_json::to_vec(&data).unwrap(),
-                        only_endpoint_id: String::new(),
-                    };
-                    return (event, data);
-                }
-            }
-            assert!(Instant::now() < deadline, "no {event_type} event about {endpoint}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let db = &self.db;
+        let (tenant_id, event_id, data) = wait_until(
+            &format!("a {event_type} event about {endpoint}"),
+            async || {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT tenant_id, event_id, body FROM events WHERE event_type = $1 ORDER BY received_at",
+                )
+                .bind(event_type)
+                .fetch_all(db)
+                .await
+                .unwrap();
+                rows.into_iter().find_map(|(tenant_id, event_id, body)| {
+                    let envelope: Value = serde_json::from_str(&body).unwrap();
+                    let data = envelope["data"].clone();
+                    (data["endpoint_id"] == endpoint).then_some((tenant_id, event_id, data))
+                })
+            },
+            Option::is_some,
+        )
+        .await
+        .unwrap();
+        let event = SystemEvent {
+            tenant_id,
+            event_id,
+            event_type: event_type.to_owned(),
+            data: serde_json::to_vec(&data).unwrap(),
+            only_endpoint_id: String::new(),
+        };
+        (event, data)
     }
 }
 
@@ -75,10 +74,6 @@ async fn system(extra: &[(&str, &str)]) -> System {
     let src = env.source(extra);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let api = s.api;
-    let r = api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
     let scopes = [
         "events:write",
         "endpoints:read",
@@ -86,21 +81,15 @@ async fn system(extra: &[(&str, &str)]) -> System {
         "deliveries:read",
         "deliveries:write",
     ];
-    let r = api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "t", "scopes": scopes}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    api.create_tenant("acme", "Acme").await;
+    let key = api.create_api_key("acme", "t", &scopes).await.key;
     let events = SystemEvents::new(&env).await;
     let shutdown: CancellationToken = s.shutdown;
     System {
-        _env: env,
+        env,
         api,
         rx: Receiver::start().await.unwrap(),
-        key: r.body["key"].as_str().unwrap().to_owned(),
+        key,
         events,
         _shutdown: shutdown.drop_guard(),
     }
@@ -137,18 +126,7 @@ impl System {
 
     /// Polls `path` until `check` holds.
     async fn until(&self, path: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let got = eventually(WAIT, || async {
-            let body = self.get(path).await;
-            check(&body).then_some(body)
-        })
-        .await;
-        match got {
-            Some(body) => body,
-            None => panic!(
-                "{path} never as expected: {:?}",
-                self.api.get(path, &self.key).await.body
-            ),
-        }
+        wait_until(&format!("{path} as expected"), async || self.get(path).await, check).await
     }
 }
 
@@ -204,6 +182,7 @@ async fn failing_endpoints_are_probed_announced_and_recover_while_healthy_ones_g
         let got = s.rx.wait_for("ok/good", id, 1, Duration::from_secs(3)).await;
         assert_eq!(got.len(), 1, "a healthy endpoint waited behind a failing one");
     }
+    // A window of three and a half probe intervals: the pace of probes is what is measured.
     tokio::time::sleep(Duration::from_millis(3500).saturating_sub(failing_at.elapsed())).await;
     let probes: Vec<Instant> =
         s.rx.received("fail/bad")
@@ -262,7 +241,7 @@ async fn a_410_disables_at_once_through_query_and_a_re_enable_starts_fresh() {
     // Disabled: nothing more goes out.
     let before = s.rx.received("status/410/gone").len();
     s.send("orders/created").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.env.wait_settled().await;
     assert_eq!(s.rx.received("status/410/gone").len(), before);
 
     // A user enables it again (pointing it somewhere that answers): fresh health.
@@ -321,7 +300,7 @@ async fn an_endpoint_failing_for_the_disable_period_is_disabled_and_its_pending_
     }
     let after = s.rx.received("fail/dead").len();
     s.send("orders/created").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.env.wait_settled().await;
     assert_eq!(
         s.rx.received("fail/dead").len(),
         after,
@@ -343,11 +322,7 @@ async fn a_transition_left_unpublished_is_published_later_with_the_same_event_id
     let src = env.source(&[]);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let _stop = s.shutdown.drop_guard();
-    let r = s
-        .api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    s.api.create_tenant("acme", "Acme").await;
     let mut events = SystemEvents::new(&env).await;
     // As if the deliverer died between committing the transition and publishing it.
     let db = env.db().await.unwrap();
@@ -369,17 +344,20 @@ async fn a_transition_left_unpublished_is_published_later_with_the_same_event_id
         format!("hookrelay_health_ep_01jhzz0000000000000000000a_{id}")
     );
     assert_eq!(data["consecutive_failures"], 5);
-    let published = eventually(WAIT, || async {
-        let at: Option<time::OffsetDateTime> =
-            sqlx::query_scalar("SELECT published_at FROM endpoint_health_transitions WHERE id = $1")
-                .bind(id)
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        at
-    })
+    wait_until(
+        "the transition to be marked published",
+        async || {
+            sqlx::query_scalar::<_, Option<time::OffsetDateTime>>(
+                "SELECT published_at FROM endpoint_health_transitions WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        },
+        Option::is_some,
+    )
     .await;
-    assert!(published.is_some(), "never marked published");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, spawn_service, verify};
+use hookrelay_testkit::{Api, Receiver, TestEnv, WAIT, spawn_service, verify, wait_until};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -44,19 +44,7 @@ const ALL_SCOPES: [&str; 5] = [
 
 /// A tenant and an all-scopes key for it.
 async fn tenant(api: &Api, id: &str) -> String {
-    let r = api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": id, "name": id}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let r = api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": id, "name": "flow", "scopes": ALL_SCOPES}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    r.body["key"].as_str().unwrap().to_owned()
+    api.create_tenant_with_key(id, "flow", &ALL_SCOPES).await
 }
 
 /// Returns (id, secret).
@@ -80,18 +68,12 @@ async fn send(api: &Api, key: &str, body: Value) -> String {
 /// The delivery of `event_id` to `endpoint_id` once it reaches `status`.
 async fn delivery_with_status(api: &Api, key: &str, event_id: &str, endpoint_id: &str, status: &str) -> Value {
     let path = format!("/v1/deliveries?event_id={event_id}&endpoint_id={endpoint_id}");
-    let found = eventually(Duration::from_secs(20), || async {
-        let r = api.get(&path, key).await;
-        r.body["data"]
-            .as_array()
-            .and_then(|d| d.first().cloned())
-            .filter(|d| d["status"] == status)
-    })
-    .await;
-    match found {
-        Some(d) => d,
-        None => panic!("no {status} delivery after 20 s: {:?}", api.get(&path, key).await.body),
-    }
+    wait_until(
+        &format!("a {status} delivery of {event_id} to {endpoint_id}"),
+        async || api.get(&path, key).await.body["data"][0].clone(),
+        |d| d["status"] == status,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -102,7 +84,7 @@ async fn an_event_posted_over_rest_arrives_signed_and_is_logged_with_every_attem
     let data = json!({"order_id": "ord_9x8y7z", "items": 3, "merchant": "Acme Corp"});
     let id = send(&s.api, &key, json!({"event": "orders/created", "data": data})).await;
 
-    let got = s.rx.wait_for("ok/main", &id, 1, Duration::from_secs(15)).await;
+    let got = s.rx.wait_for("ok/main", &id, 1, WAIT).await;
     assert_eq!(got.len(), 1, "not delivered");
     let hit = &got[0];
     verify(&secret, &hit.headers, &hit.body).expect("a receiver accepts the signature");
@@ -152,7 +134,7 @@ async fn an_event_published_on_nats_arrives_signed_with_its_type_from_the_subjec
     )
     .await
     .unwrap();
-    let got = s.rx.wait_for("ok/nats", "ret_1", 1, Duration::from_secs(15)).await;
+    let got = s.rx.wait_for("ok/nats", "ret_1", 1, WAIT).await;
     assert_eq!(got.len(), 1, "not delivered");
     verify(&secret, &got[0].headers, &got[0].body).unwrap();
     assert_eq!(got[0].json()["event"], "returns/updated");
@@ -230,7 +212,7 @@ async fn a_duplicate_event_over_rest_and_nats_is_delivered_once() {
     .await
     .unwrap();
     delivery_with_status(&s.api, &key, "evt_dup_1", &ep, "delivered").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.env.wait_settled().await;
     assert_eq!(s.rx.received_id("ok/dup", "evt_dup_1").len(), 1);
 }
 
@@ -281,13 +263,13 @@ async fn events_reach_only_the_endpoints_whose_patterns_and_filters_match() {
     .await;
     let nested = send(&s.api, &key, json!({"event": "product-stock/updated/eu", "data": {}})).await;
 
-    let everything = s.rx.clone();
-    let all_four = eventually(Duration::from_secs(15), || async {
-        (everything.received("ok/everything").len() >= 4).then_some(())
-    })
+    wait_until(
+        "the `*` endpoint to get all four",
+        async || s.rx.received("ok/everything").len(),
+        |n| *n >= 4,
+    )
     .await;
-    assert!(all_four.is_some(), "`*` endpoint did not get all four");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.env.wait_settled().await;
     let ids = |path: &str| -> Vec<String> {
         let mut v: Vec<_> =
             s.rx.received(path)
@@ -349,7 +331,7 @@ async fn a_pending_retry_survives_a_restart_of_everything() {
     // The first attempt fails; the retry is due after 100 ms but the system stops first.
     let (ep, secret) = endpoint(&s.api, &key, s.rx.url("flaky/1/r"), json!(["orders/created"])).await;
     let id = send(&s.api, &key, json!({"event": "orders/created", "data": {}})).await;
-    let first = s.rx.wait_for("flaky/1/r", &id, 1, Duration::from_secs(15)).await;
+    let first = s.rx.wait_for("flaky/1/r", &id, 1, WAIT).await;
     assert_eq!(first.len(), 1);
     s.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(15), s.task)
@@ -359,7 +341,7 @@ async fn a_pending_retry_survives_a_restart_of_everything() {
         .unwrap();
 
     let (api, _stop, _task) = start_all(&s.env).await;
-    let got = s.rx.wait_for("flaky/1/r", &id, 2, Duration::from_secs(15)).await;
+    let got = s.rx.wait_for("flaky/1/r", &id, 2, WAIT).await;
     assert_eq!(got.len(), 2, "the retry was not made after the restart");
     verify(&secret, &got[1].headers, &got[1].body).unwrap();
     let d = delivery_with_status(&api, &key, &id, &ep, "delivered").await;
@@ -411,7 +393,7 @@ async fn the_four_services_run_as_separate_processes_deliver_end_to_end() {
         json!({"event": "shipping-labels/created", "data": {"label_id": "lbl_1"}}),
     )
     .await;
-    let got = rx.wait_for("ok/split", &id, 1, Duration::from_secs(15)).await;
+    let got = rx.wait_for("ok/split", &id, 1, WAIT).await;
     assert_eq!(got.len(), 1);
     verify(&secret, &got[0].headers, &got[0].body).unwrap();
     delivery_with_status(&query, &key, &id, &ep, "delivered").await;
@@ -449,10 +431,11 @@ async fn the_binary_serves_until_sigterm_then_exits_cleanly() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exited = eventually(Duration::from_secs(15), || {
-        let done = child.try_wait().unwrap();
-        async move { done }
-    })
+    let exited = wait_until(
+        "the binary to exit on SIGTERM",
+        async || child.try_wait().unwrap(),
+        Option::is_some,
+    )
     .await;
     assert_eq!(
         exited.map(|s| s.code()),
@@ -522,16 +505,30 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_period_ends()
 
     // During the grace period: one signature per valid secret; either one verifies.
     let during = send(&s.api, &key, json!({"event": "orders/created", "data": {}})).await;
-    let got = s.rx.wait_for("ok/rotate", &during, 1, Duration::from_secs(15)).await;
+    let got = s.rx.wait_for("ok/rotate", &during, 1, WAIT).await;
     let req = &got[0];
     assert_eq!(req.header("webhook-signature").unwrap().split(' ').count(), 2);
     verify(&new, &req.headers, &req.body).unwrap();
     verify(&old, &req.headers, &req.body).unwrap();
 
     // After it: only the new secret signs.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let db = s.env.db().await.unwrap();
+    wait_until(
+        "the grace period to end",
+        async || {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT coalesce(previous_secret_expires_at <= now(), true) FROM endpoints WHERE id = $1",
+            )
+            .bind(&ep)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        },
+        |ended| *ended,
+    )
+    .await;
     let after = send(&s.api, &key, json!({"event": "orders/created", "data": {}})).await;
-    let got = s.rx.wait_for("ok/rotate", &after, 1, Duration::from_secs(15)).await;
+    let got = s.rx.wait_for("ok/rotate", &after, 1, WAIT).await;
     let req = &got[0];
     assert_eq!(req.header("webhook-signature").unwrap().split(' ').count(), 1);
     verify(&new, &req.headers, &req.body).unwrap();
@@ -636,7 +633,7 @@ async fn a_declared_schema_is_enforced_on_the_next_event_and_a_preview_verifies(
         "a preview never verifies under the endpoint's secret"
     );
     assert!(body.contains(r#""order_id":"o2""#), "{body}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sys.env.wait_settled().await;
     let preview_id = h["webhook-id"].as_str().unwrap();
     assert!(
         sys.rx.received_id("/hook", preview_id).is_empty(),
@@ -660,7 +657,7 @@ async fn an_endpoint_test_sends_a_signed_ping_to_that_endpoint_only() {
     assert_eq!(r.status, 202, "{:?}", r.body);
     let id = r.body["event_id"].as_str().unwrap().to_owned();
 
-    let got = s.rx.wait_for("ok/target", &id, 1, Duration::from_secs(15)).await;
+    let got = s.rx.wait_for("ok/target", &id, 1, WAIT).await;
     assert_eq!(got.len(), 1, "the ping did not arrive");
     let hit = &got[0];
     verify(&secret, &hit.headers, &hit.body).expect("the ping is signed with the endpoint's secret");
@@ -670,7 +667,7 @@ async fn an_endpoint_test_sends_a_signed_ping_to_that_endpoint_only() {
     assert_eq!(hit.header("hookrelay-event"), Some("hookrelay/ping"));
     delivery_with_status(&s.api, &key, &id, &target, "delivered").await;
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.env.wait_settled().await;
     assert!(
         s.rx.received_id("ok/all", &id).is_empty(),
         "an endpoint subscribed to `*` must not get another endpoint's ping"

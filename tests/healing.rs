@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, Service, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{Api, Receiver, Service, TestEnv, WAIT, spawn_service, wait_until_within};
 use hookrelay_types::subjects;
 use serde_json::json;
 
@@ -23,20 +23,10 @@ async fn system() -> System {
     let src = env.source(&[]);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let rx = Receiver::start().await.unwrap();
-    let r = s
+    let key = s
         .api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+        .create_tenant_with_key("acme", "t", &["events:write", "endpoints:write"])
         .await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let r = s
-        .api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "t", "scopes": ["events:write", "endpoints:write"]}),
-        )
-        .await;
-    let key = r.body["key"].as_str().unwrap().to_owned();
     let r = s
         .api
         .post(
@@ -59,7 +49,7 @@ impl System {
         }
         for n in from..to {
             let id = format!("evt_heal_{n}");
-            let got = self.rx.wait_for("ok/heal", &id, 1, Duration::from_secs(30)).await;
+            let got = self.rx.wait_for("ok/heal", &id, 1, WAIT).await;
             assert!(!got.is_empty(), "{id} was accepted and never delivered");
         }
     }
@@ -78,15 +68,6 @@ impl System {
     }
 }
 
-async fn metrics(api: &Api) -> String {
-    reqwest::get(format!("{}/metrics", api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn readyz(api: &Api) -> (u16, String) {
     let r = reqwest::get(format!("{}/readyz", api.base)).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
@@ -96,13 +77,19 @@ async fn readyz(api: &Api) -> (u16, String) {
 /// seen at once; one it does not is seen when the pull's heartbeats stop (within twice the
 /// idle heartbeat, about 30 s).
 async fn recreated(api: &Api, consumer: &str) {
-    let line = format!("hookrelay_consumers_recreated_total{{consumer=\"{consumer}\"}}");
-    let seen = eventually(Duration::from_secs(60), || async {
-        metrics(api).await.contains(&line).then_some(())
-    })
+    let series = format!("hookrelay_consumers_recreated_total{{consumer=\"{consumer}\"}}");
+    wait_until_within(
+        HEARTBEAT_LOSS,
+        &format!("{series} in /metrics"),
+        async || api.metric(&series).await,
+        |n| n.is_some_and(|n| n >= 1.0),
+    )
     .await;
-    assert!(seen.is_some(), "no `{line}` in /metrics");
 }
+
+/// How long a loss the server does not announce may take to be noticed: twice the pull's
+/// idle heartbeat (about 30 s), with the suite's margin.
+const HEARTBEAT_LOSS: Duration = Duration::from_secs(30).saturating_add(WAIT);
 
 #[tokio::test]
 async fn deleted_consumers_are_made_again_and_nothing_is_lost_or_repeated() {
@@ -130,10 +117,7 @@ async fn deleted_consumers_are_made_again_and_nothing_is_lost_or_repeated() {
         .await
         .unwrap();
     nats.flush().await.unwrap();
-    let got = sys
-        .rx
-        .wait_for("ok/heal", "evt_heal_nats", 1, Duration::from_secs(30))
-        .await;
+    let got = sys.rx.wait_for("ok/heal", "evt_heal_nats", 1, WAIT).await;
     assert_eq!(got.len(), 1);
     assert_eq!(readyz(&sys.s.api).await.0, 200);
 }
@@ -166,21 +150,10 @@ async fn events_lost_with_a_deleted_events_stream_are_published_again() {
     let ingest = service!(hookrelay_ingest);
     let _deliverer = service!(hookrelay_deliverer);
     let rx = Receiver::start().await.unwrap();
-    let r = query
+    let key = query
         .api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
+        .create_tenant_with_key("acme", "t", &["events:write", "endpoints:write"])
         .await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let scopes = ["events:write", "endpoints:write"];
-    let r = query
-        .api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "t", "scopes": scopes}),
-        )
-        .await;
-    let key = r.body["key"].as_str().unwrap().to_owned();
     let r = query
         .api
         .post(
@@ -202,12 +175,14 @@ async fn events_lost_with_a_deleted_events_stream_are_published_again() {
     let _router = service!(hookrelay_router);
     for n in 0..5 {
         let id = format!("evt_lost_{n}");
-        let got = rx.wait_for("ok/lost", &id, 1, Duration::from_secs(30)).await;
+        let got = rx.wait_for("ok/lost", &id, 1, WAIT).await;
         assert_eq!(got.len(), 1, "{id} was accepted and never delivered");
     }
     // Noticed once: the stream ingest noted is the one NATS has, to the microsecond
     // PostgreSQL keeps (a mismatch would count it made anew at every pass).
-    let remade: Vec<String> = metrics(&ingest.api)
+    let remade: Vec<String> = ingest
+        .api
+        .metrics()
         .await
         .lines()
         .filter(|l| l.starts_with("hookrelay_events_stream_remade_total"))
@@ -240,22 +215,25 @@ async fn a_stream_that_cannot_be_made_again_shows_on_readyz_until_it_can() {
     })
     .await
     .unwrap();
-    let shown = eventually(Duration::from_secs(60), || async {
-        let (status, body) = readyz(&sys.s.api).await;
-        (status == 503).then_some(body)
-    })
-    .await
-    .expect("/readyz kept answering 200 with the router's consumer gone");
+    let (_, shown) = wait_until_within(
+        HEARTBEAT_LOSS,
+        "/readyz to answer 503 with the router's consumer gone",
+        async || readyz(&sys.s.api).await,
+        |(status, _)| *status == 503,
+    )
+    .await;
     assert!(
         shown.contains("consumer router on stream HOOKRELAY_EVENTS missing"),
         "{shown}"
     );
     // Cleared: the stream and consumer are made again, and events flow.
     js.delete_stream("SQUATTER").await.unwrap();
-    let ready = eventually(Duration::from_secs(60), || async {
-        (readyz(&sys.s.api).await.0 == 200).then_some(())
-    })
+    wait_until_within(
+        HEARTBEAT_LOSS,
+        "/readyz to answer 200 again",
+        async || readyz(&sys.s.api).await,
+        |(status, _)| *status == 200,
+    )
     .await;
-    assert!(ready.is_some(), "never ready again: {:?}", readyz(&sys.s.api).await);
     sys.send_and_see(3, 8).await;
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use hookrelay_testkit::{ADMIN_TOKEN, Receiver, Service, TestEnv, eventually, nats_password, spawn_service};
+use hookrelay_testkit::{Receiver, Service, TestEnv, WAIT, nats_password, spawn_service, wait_until};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -57,21 +57,14 @@ async fn four_services_each_as_its_own_user_carry_a_producers_event_end_to_end()
     let query = services[0].api.clone();
 
     let rx = Receiver::start().await.unwrap();
-    assert_eq!(
-        query
-            .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-            .await
-            .status,
-        201
-    );
-    let r = query
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "ops", "scopes": ["endpoints:write", "endpoints:read", "deliveries:read", "deliveries:write"]}),
-        )
-        .await;
-    let key = r.body["key"].as_str().unwrap().to_owned();
+    query.create_tenant("acme", "Acme").await;
+    let scopes = [
+        "endpoints:write",
+        "endpoints:read",
+        "deliveries:read",
+        "deliveries:write",
+    ];
+    let key = query.create_api_key("acme", "ops", &scopes).await.key;
     let r = query
         .post(
             "/v1/endpoints",
@@ -94,39 +87,37 @@ async fn four_services_each_as_its_own_user_carry_a_producers_event_end_to_end()
         .await
         .unwrap();
     ack.await.expect("JetStream acknowledges a producer's event");
-    let got = rx.wait_for("ok/erp", "evt_perm_1", 1, Duration::from_secs(30)).await;
+    let got = rx.wait_for("ok/erp", "evt_perm_1", 1, WAIT).await;
     assert_eq!(got.len(), 1, "the producer's event was not delivered");
     hookrelay_testkit::verify(&secret, &got[0].headers, &got[0].body).unwrap();
 
     // The attempt reaches the log (deliverer → query), a retry reaches the deliverer
     // (query → deliverer), a test ping goes through hookrelay's own events (query → ingest).
-    let delivery = eventually(Duration::from_secs(30), || async {
-        let r = query.get("/v1/deliveries?event_id=evt_perm_1", &key).await;
-        let d = r.body["data"].get(0)?.clone();
-        (d["status"] == "delivered" && d["attempt_count"] == 1).then_some(d)
-    })
-    .await
-    .expect("the delivery log never showed the attempt");
+    let delivery = wait_until(
+        "the delivery log to show the attempt",
+        async || query.get("/v1/deliveries?event_id=evt_perm_1", &key).await.body["data"][0].clone(),
+        |d| d["status"] == "delivered" && d["attempt_count"] == 1,
+    )
+    .await;
     let id = delivery["id"].as_str().unwrap();
     let r = query.post(&format!("/v1/deliveries/{id}/retry"), &key, json!({})).await;
     assert!(r.status < 300, "{r:?}");
-    assert_eq!(
-        rx.wait_for("ok/erp", "evt_perm_1", 2, Duration::from_secs(30))
-            .await
-            .len(),
-        2
-    );
+    assert_eq!(rx.wait_for("ok/erp", "evt_perm_1", 2, WAIT).await.len(), 2);
     let r = query
         .post(&format!("/v1/endpoints/{endpoint}/test"), &key, json!({}))
         .await;
     assert!(r.status < 300, "{r:?}");
-    let ping = eventually(Duration::from_secs(30), || async {
-        rx.received("ok/erp")
-            .into_iter()
-            .find(|m| m.json()["event"] == "hookrelay/ping")
-    })
+    wait_until(
+        "the test ping",
+        async || {
+            rx.received("ok/erp")
+                .iter()
+                .map(|m| m.json()["event"].clone())
+                .collect::<Vec<_>>()
+        },
+        |events| events.iter().any(|e| e == "hookrelay/ping"),
+    )
     .await;
-    assert!(ping.is_some(), "the test ping never arrived");
     for s in &services {
         s.shutdown.cancel();
     }

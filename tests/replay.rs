@@ -3,9 +3,7 @@
 //! twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, WAIT, spawn_service, wait_until};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -32,23 +30,11 @@ async fn system() -> System {
 
 /// A tenant and a key with `scopes`.
 async fn tenant(api: &Api, id: &str, scopes: &[&str]) -> String {
-    let r = api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": id, "name": id}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    key(api, id, scopes).await
+    api.create_tenant_with_key(id, "replay", scopes).await
 }
 
 async fn key(api: &Api, tenant: &str, scopes: &[&str]) -> String {
-    let r = api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": tenant, "name": "replay", "scopes": scopes}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    r.body["key"].as_str().unwrap().to_owned()
+    api.create_api_key(tenant, "replay", scopes).await.key
 }
 
 const ALL: [&str; 5] = [
@@ -74,20 +60,17 @@ async fn delivery_when(
     done: impl Fn(&Value) -> bool,
 ) -> Value {
     let path = format!("/v1/deliveries?event_id={event_id}&endpoint_id={endpoint_id}");
-    let found = eventually(Duration::from_secs(20), || async {
-        let r = api.get(&path, key).await;
-        let id = r.body["data"].as_array()?.first()?["id"].as_str()?.to_owned();
-        let d = api.get(&format!("/v1/deliveries/{id}"), key).await.body;
-        done(&d).then_some(d)
-    })
-    .await;
-    match found {
-        Some(d) => d,
-        None => panic!(
-            "delivery not as expected after 20 s: {:?}",
-            api.get(&path, key).await.body
-        ),
-    }
+    wait_until(
+        &format!("the delivery of {event_id} to {endpoint_id} as expected"),
+        async || {
+            let r = api.get(&path, key).await;
+            let id = r.body["data"][0]["id"].as_str()?.to_owned();
+            Some(api.get(&format!("/v1/deliveries/{id}"), key).await.body)
+        },
+        |d| d.as_ref().is_some_and(&done),
+    )
+    .await
+    .unwrap()
 }
 
 fn triggers(d: &Value) -> Vec<String> {
@@ -160,11 +143,11 @@ async fn replay_reaches_every_endpoint_the_event_matches_now_and_only_those() {
     expected.sort();
     assert_eq!(chosen, expected, "{:?}", r.body);
 
-    let again = s.rx.wait_for("ok/subscribed", &id, 2, Duration::from_secs(15)).await;
+    let again = s.rx.wait_for("ok/subscribed", &id, 2, WAIT).await;
     assert_eq!(again.len(), 2, "the delivered endpoint did not get the event again");
     assert_eq!(again[1].header("hookrelay-attempt"), Some("2"));
     assert_eq!(again[1].body, again[0].body, "the same envelope, byte for byte");
-    let first = s.rx.wait_for("ok/added", &id, 1, Duration::from_secs(15)).await;
+    let first = s.rx.wait_for("ok/added", &id, 1, WAIT).await;
     assert_eq!(first.len(), 1, "the newly added endpoint did not get the event");
     assert_eq!(first[0].header("webhook-id"), Some(id.as_str()));
     assert_eq!(first[0].body, again[0].body);
@@ -178,7 +161,7 @@ async fn replay_reaches_every_endpoint_the_event_matches_now_and_only_those() {
     assert_eq!(triggers(&d), ["manual"]);
     assert_eq!(d["payload"]["event_id"], id.as_str());
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.env.wait_settled().await;
     assert_eq!(
         s.rx.received_id("ok/disabled", &id).len(),
         1,
@@ -285,7 +268,7 @@ async fn recover_twice_in_a_row_delivers_each_failed_delivery_once() {
         let d = delivery_when(&s.api, &key, id, &ep, |d| d["status"] == "delivered").await;
         assert_eq!(triggers(&d).last().map(String::as_str), Some("manual"));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.env.wait_settled().await;
     for id in &ids {
         assert_eq!(
             s.rx.received_id("ok/up", id).len(),

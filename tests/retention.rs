@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use hookrelay_testkit::{ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{
+    ADMIN_TOKEN, Api, PgCluster, Receiver, TestEnv, WAIT, holds_for, insert_tenant, spawn_service, wait_until,
+    wait_until_within,
+};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -45,14 +48,15 @@ where
     }
 }
 
-/// `n` events of tenant `acme`, ids `<prefix>_<i>`, received `age` ago, each with one
-/// delivery in `status` created as long ago and `attempts` attempts.
+/// `n` events of tenant `acme`, ids `<prefix>_<i>`, received `age` ago and published (no
+/// `unpublished_batches` row holds them), each with one delivery in `status` created as
+/// long ago and `attempts` attempts.
 async fn history(db: &PgPool, prefix: &str, n: i32, age: &str, status: &str, attempts: i32) {
     sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at, published_at)
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
          SELECT 'acme', $1 || '_' || i, 'orders/created', now() - $3::interval,
                 '{\"event\":\"orders/created\",\"event_id\":\"' || $1 || '_' || i || '\",\"timestamp\":\"2024-03-15T14:30:00Z\",\"data\":{}}',
-                now() - $3::interval, now() - $3::interval
+                now() - $3::interval
          FROM generate_series(1, $2) AS i",
     )
     .bind(prefix)
@@ -140,10 +144,7 @@ async fn transition(db: &PgPool, age: &str) {
 #[tokio::test]
 async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() {
     let s = system_after("100", |db| async move {
-        sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-            .execute(&db)
-            .await
-            .unwrap();
+        insert_tenant(&db, "acme", "Acme").await;
         // 250 old delivered and 30 old failed deliveries: more than two batches of 100.
         history(&db, "olddone", 250, "2 hours", "delivered", 2).await;
         history(&db, "oldfailed", 30, "2 hours", "failed", 4).await;
@@ -154,8 +155,8 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
         history(&db, "recent", 5, "10 minutes", "delivered", 1).await;
         // An old event that matched no endpoint has nothing to wait for.
         sqlx::query(
-            "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at, published_at)
-             VALUES ('acme', 'unrouted_1', 'orders/created', now(), '{}', now() - interval '2 hours', now())",
+            "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, received_at)
+             VALUES ('acme', 'unrouted_1', 'orders/created', now(), '{}', now() - interval '2 hours')",
         )
         .execute(&db)
         .await
@@ -175,27 +176,43 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
     .await;
 
     let db = &s.db;
-    let gone = eventually(Duration::from_secs(20), || async {
-        let left = deliveries_like(db, "olddone").await
-            + deliveries_like(db, "oldfailed").await
-            + events_like(db, "olddone").await
-            + events_like(db, "oldfailed").await
-            + events_like(db, "unrouted").await
-            + count(db, "SELECT count(*) FROM endpoint_health_transitions WHERE published_at IS NOT NULL AND at < now() - interval '1 hour'").await;
-        (left == 0).then_some(())
-    })
+    wait_until(
+        "old finished rows to go",
+        async || {
+            deliveries_like(db, "olddone").await
+                + deliveries_like(db, "oldfailed").await
+                + events_like(db, "olddone").await
+                + events_like(db, "oldfailed").await
+                + events_like(db, "unrouted").await
+                + count(db, "SELECT count(*) FROM endpoint_health_transitions WHERE published_at IS NOT NULL AND at < now() - interval '1 hour'").await
+        },
+        |left| *left == 0,
+    )
     .await;
-    assert!(gone.is_some(), "old finished rows are still there after 20 s");
     assert_eq!(attempts_like(db, "olddone").await, 0, "attempts go with their delivery");
     assert_eq!(attempts_like(db, "oldfailed").await, 0);
 
-    // What must stay, even after more sweeps.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    for (prefix, n, attempts) in [("oldwaiting", 3, 3), ("oldpending", 2, 0), ("recent", 5, 5)] {
-        assert_eq!(deliveries_like(db, prefix).await, n, "{prefix} deliveries");
-        assert_eq!(events_like(db, prefix).await, n, "{prefix} events");
-        assert_eq!(attempts_like(db, prefix).await, attempts, "{prefix} attempts");
-    }
+    // What must stay, even after more sweeps: three of each service's 200 ms passes.
+    let kept = async || {
+        let mut rows = Vec::new();
+        for prefix in ["oldwaiting", "oldpending", "recent"] {
+            rows.push((
+                prefix,
+                deliveries_like(db, prefix).await,
+                events_like(db, prefix).await,
+                attempts_like(db, prefix).await,
+            ));
+        }
+        rows
+    };
+    let want = vec![("oldwaiting", 3, 3, 3), ("oldpending", 2, 2, 0), ("recent", 5, 5, 5)];
+    holds_for(
+        Duration::from_millis(600),
+        "waiting and recent history (prefix, deliveries, events, attempts) staying",
+        kept,
+        |rows| *rows == want,
+    )
+    .await;
     let transitions = count(
         db,
         "SELECT count(*) FROM endpoint_health_transitions WHERE at > now() - interval '1 hour'",
@@ -222,21 +239,20 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
     let r = s.api.get("/v1/events/olddone_1?tenant_id=acme", ADMIN_TOKEN).await;
     assert_eq!(r.status, 404, "{:?}", r.body);
 
-    let text = reqwest::get(format!("{}/metrics", s.api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.api.metrics().await;
     for (table, n) in [
-        ("deliveries", 280),
-        ("attempts", 620),
-        ("events", 281),
-        ("endpoint_health_transitions", 1),
-        ("endpoint_minutes", 1),
+        ("deliveries", 280.0),
+        ("attempts", 620.0),
+        ("events", 281.0),
+        ("endpoint_health_transitions", 1.0),
+        ("endpoint_minutes", 1.0),
     ] {
-        let line = format!("hookrelay_retention_removed_total{{table=\"{table}\"}} {n}");
-        assert!(text.contains(&line), "no `{line}` in /metrics:\n{text}");
+        let series = format!("hookrelay_retention_removed_total{{table=\"{table}\"}}");
+        assert_eq!(
+            hookrelay_testkit::metric_value(&text, &series),
+            Some(n),
+            "{series} in /metrics:\n{text}"
+        );
     }
     s.shutdown.cancel();
     let _ = (s.task.await, s.env);
@@ -250,11 +266,7 @@ async fn intake_and_delivery_go_on_while_a_long_sweep_runs() {
     })
     .await;
     let rx = Receiver::start().await.unwrap();
-    let r = s
-        .api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "live", "name": "live"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    s.api.create_tenant("live", "live").await;
     let r = s
         .api
         .post(
@@ -267,12 +279,12 @@ async fn intake_and_delivery_go_on_while_a_long_sweep_runs() {
 
     // Send while the sweep is part-way through its 80 batches.
     let db = &s.db;
-    let midway = eventually(Duration::from_secs(30), || async {
-        let left = deliveries_like(db, "bulk").await;
-        (left > 0 && left < OLD).then_some(left)
-    })
+    wait_until(
+        "the sweep to get going",
+        async || deliveries_like(db, "bulk").await,
+        |left| *left > 0 && *left < OLD,
+    )
     .await;
-    assert!(midway.is_some(), "the sweep never got going");
     let mut sent = Vec::new();
     for i in 0..5 {
         let start = Instant::now();
@@ -291,16 +303,19 @@ async fn intake_and_delivery_go_on_while_a_long_sweep_runs() {
     }
     let during = deliveries_like(db, "bulk").await;
     for (id, start) in &sent {
-        let got = rx.wait_for("ok/live", id, 1, Duration::from_secs(15)).await;
+        let got = rx.wait_for("ok/live", id, 1, WAIT).await;
         assert_eq!(got.len(), 1, "{id} not delivered during the sweep");
         let took = start.elapsed();
         assert!(took < Duration::from_secs(10), "{id} took {took:?} to deliver");
     }
-    let done = eventually(Duration::from_secs(60), || async {
-        (deliveries_like(db, "bulk").await == 0 && events_like(db, "bulk").await == 0).then_some(())
-    })
+    // 80 batches of 500 on two cores take longer than one ordinary wait.
+    wait_until_within(
+        2 * WAIT,
+        "the sweep to finish (bulk deliveries, events left)",
+        async || (deliveries_like(db, "bulk").await, events_like(db, "bulk").await),
+        |left| *left == (0, 0),
+    )
     .await;
-    assert!(done.is_some(), "the sweep did not finish");
     assert_eq!(attempts_like(db, "bulk").await, 0);
     let live: i64 = count(
         db,
@@ -320,30 +335,38 @@ async fn sweeps_that_fail_while_postgres_is_down_are_tried_again_once_it_is_back
     let src = env.source(&[("HOOKRELAY_RETENTION", "1h"), ("HOOKRELAY_RETENTION_INTERVAL", "200ms")]);
     let s = spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
 
-    // Down for longer than the pool waits for a connection (5 s): the sweeps then running
-    // (of both services) fail.
+    // Down until a sweep of each service has failed (each waits up to 5 s for a connection).
     pg.crash().unwrap();
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    let failures =
+        ["deliverer", "ingest"].map(|service| format!("hookrelay_retention_failures_total{{service=\"{service}\"}}"));
+    wait_until(
+        "a failed sweep of each service in /metrics",
+        async || {
+            let text = s.api.metrics().await;
+            failures
+                .iter()
+                .map(|series| hookrelay_testkit::metric_value(&text, series))
+                .collect::<Vec<_>>()
+        },
+        |counted| counted.iter().all(|n| n.is_some_and(|n| n >= 1.0)),
+    )
+    .await;
     pg.up().unwrap();
 
     let db = env.db().await.unwrap();
     history(&db, "afterdown", 20, "2 hours", "delivered", 1).await;
-    let gone = eventually(Duration::from_secs(30), || async {
-        (deliveries_like(&db, "afterdown").await == 0 && events_like(&db, "afterdown").await == 0).then_some(())
-    })
+    wait_until(
+        "retention to go on after its sweeps failed (afterdown deliveries, events left)",
+        async || {
+            (
+                deliveries_like(&db, "afterdown").await,
+                events_like(&db, "afterdown").await,
+            )
+        },
+        |left| *left == (0, 0),
+    )
     .await;
-    assert!(gone.is_some(), "retention stopped after its sweeps failed");
     assert_eq!(attempts_like(&db, "afterdown").await, 0);
-    let text = reqwest::get(format!("{}/metrics", s.api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for service in ["deliverer", "ingest"] {
-        let failed = format!("hookrelay_retention_failures_total{{service=\"{service}\"}}");
-        assert!(text.contains(&failed), "no `{failed}` in /metrics:\n{text}");
-    }
     s.shutdown.cancel();
     let _ = (s.task.await, env, pg);
 }

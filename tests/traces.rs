@@ -11,7 +11,7 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Receiver, TestEnv, eventually, verify};
+use hookrelay_testkit::{Api, Receiver, TestEnv, eventually, verify};
 use opentelemetry_proto::tonic::{collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value};
 use prost::Message as _;
 use serde_json::json;
@@ -108,18 +108,11 @@ async fn one_events_journey_through_four_processes_is_one_trace() {
         api(service).wait_ready().await;
     }
     let (query, ingest) = (api("query"), api("ingest"));
-    let r = query
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let r = query
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "t", "scopes": ["events:write", "endpoints:write"]}),
-        )
-        .await;
-    let key = r.body["key"].as_str().unwrap().to_owned();
+    query.create_tenant("acme", "Acme").await;
+    let key = query
+        .create_api_key("acme", "t", &["events:write", "endpoints:write"])
+        .await
+        .key;
     let rx = Receiver::start().await.unwrap();
     // Fails once, then succeeds: the retry comes from the scheduler, not from a message.
     let r = query

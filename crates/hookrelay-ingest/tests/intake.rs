@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use hookrelay_ingest::{Config, run};
-use hookrelay_runtime::auth::new_api_key;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{
+    ADMIN_TOKEN, Api, TestEnv, eventually, insert_api_key, insert_tenant, spawn_service, wait_until,
+};
 use hookrelay_types::{messages::EventAccepted, subjects};
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -34,10 +35,8 @@ async fn app(extra: &[(&str, &str)]) -> App {
     let env = TestEnv::start().await.unwrap();
     let (api, shutdown, task) = start_ingest(&env, extra).await;
     let db = env.db().await.unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_tenant(&db, "acme", "Acme").await;
+    insert_tenant(&db, "globex", "Globex").await;
     let key = insert_key(&db, "acme", &["events:write"]).await;
     App {
         env,
@@ -49,16 +48,7 @@ async fn app(extra: &[(&str, &str)]) -> App {
 }
 
 async fn insert_key(db: &sqlx::PgPool, tenant: &str, scopes: &[&str]) -> String {
-    let (key, hash) = new_api_key();
-    sqlx::query("INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash) VALUES ($1, $2, 'test', $3, $4)")
-        .bind(hookrelay_types::ApiKeyId::generate().to_string())
-        .bind(tenant)
-        .bind(scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .bind(hash.as_slice())
-        .execute(db)
-        .await
-        .unwrap();
-    key
+    insert_api_key(db, tenant, "test", scopes).await.key
 }
 
 /// Every `EventAccepted` on HOOKRELAY_EVENTS so far.
@@ -84,12 +74,32 @@ async fn next_dead_letter(dead: &mut async_nats::Subscriber, within: Duration) -
 }
 
 async fn published_soon(env: &TestEnv, n: usize) -> Vec<EventAccepted> {
-    eventually(Duration::from_secs(10), || async {
-        let got = published(env).await;
-        (got.len() >= n).then_some(got)
-    })
+    wait_until(
+        &format!("{n} events on HOOKRELAY_EVENTS"),
+        async || published(env).await,
+        |got| got.len() >= n,
+    )
     .await
-    .unwrap_or_default()
+}
+
+/// Waits until ingest has settled every message on HOOKRELAY_INGEST and cleared every
+/// batch's unpublished mark: nothing it took is left to publish.
+async fn settled(env: &TestEnv) {
+    let js = jetstream::new(env.nats().await.unwrap());
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(subjects::INGEST_CONSUMER, subjects::INGEST_STREAM)
+        .await
+        .unwrap();
+    wait_until(
+        "ingest to settle HOOKRELAY_INGEST (unsettled, not yet given)",
+        async || {
+            let info = consumer.info().await.unwrap();
+            (info.num_ack_pending, info.num_pending)
+        },
+        |left| *left == (0, 0),
+    )
+    .await;
+    marks_cleared(&env.db().await.unwrap()).await;
 }
 
 #[tokio::test]
@@ -113,7 +123,7 @@ async fn a_rest_event_is_stored_and_published_before_the_202() {
         .await
         .unwrap();
     // Its batch's unpublished mark is cleared just after, in the background.
-    assert!(marks_cleared(&db).await, "a published batch's mark is left");
+    marks_cleared(&db).await;
     let on_stream = published(&app.env).await;
     assert_eq!(on_stream.len(), 1);
     assert_eq!(on_stream[0].envelope, body.as_bytes());
@@ -200,7 +210,7 @@ async fn a_repeated_event_id_is_a_200_duplicate_and_published_once() {
         .await;
     assert_eq!(r.status, 202);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&app.env).await;
     assert_eq!(
         published(&app.env).await.len(),
         4,
@@ -232,7 +242,7 @@ async fn a_core_nats_publish_is_accepted_with_the_event_type_from_the_subject() 
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].event_type, "returns/updated");
     assert_eq!(got[0].tenant_id, "acme");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&app.env).await;
     assert_eq!(published(&app.env).await.len(), 1, "the duplicate was published again");
     let body: Value = serde_json::from_slice(&got[0].envelope).unwrap();
     assert_eq!(body["event"], "returns/updated");
@@ -300,24 +310,23 @@ async fn refused_nats_messages_go_to_the_dead_letter_subject_with_their_reason()
         );
     }
     // Dead letters are kept in HOOKRELAY_DEAD, and intake goes on.
-    // (The stream's count may trail the subscriber by a moment: read it until it settles.)
+    // (The stream's count may trail the subscriber by a moment.)
     let js = jetstream::new(nats.clone());
-    let mut kept = 0;
-    for _ in 0..50 {
-        kept = js
-            .get_stream(subjects::DEAD_STREAM)
-            .await
-            .unwrap()
-            .get_info()
-            .await
-            .unwrap()
-            .state
-            .messages;
-        if kept >= cases.len() as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let kept = wait_until(
+        "every dead letter kept in HOOKRELAY_DEAD",
+        async || {
+            js.get_stream(subjects::DEAD_STREAM)
+                .await
+                .unwrap()
+                .get_info()
+                .await
+                .unwrap()
+                .state
+                .messages
+        },
+        |kept| *kept >= cases.len() as u64,
+    )
+    .await;
     assert_eq!(kept, cases.len() as u64);
     nats.publish(
         "hookrelay.ingest.acme.orders.created",
@@ -448,7 +457,7 @@ async fn bad_rest_input_gets_the_contract_error_body() {
         .await;
     assert_eq!(r.status, 202);
     // Nothing refused was stored or published.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&app.env).await;
     assert_eq!(published(&app.env).await.len(), 1);
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&db)
@@ -507,18 +516,20 @@ async fn a_key_revoked_at_query_is_refused_here_at_its_announcement_or_within_a_
     assert!(in_time, "a revoked key is trusted past the cache time");
 }
 
-/// Whether every `unpublished_batches` row is gone within 5 s (marks are cleared in the
+/// Waits until every `unpublished_batches` row is gone (marks are cleared in the
 /// background, just after the publishes).
-async fn marks_cleared(db: &sqlx::PgPool) -> bool {
-    eventually(Duration::from_secs(5), || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM unpublished_batches")
-            .fetch_one(db)
-            .await
-            .unwrap();
-        (left == 0).then_some(())
-    })
-    .await
-    .is_some()
+async fn marks_cleared(db: &sqlx::PgPool) {
+    wait_until(
+        "every unpublished batch's mark to be cleared",
+        async || {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM unpublished_batches")
+                .fetch_one(db)
+                .await
+                .unwrap()
+        },
+        |left| *left == 0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -544,7 +555,7 @@ async fn events_stored_but_never_published_are_republished() {
         "a republication may have reached the router before"
     );
     // The mark is cleared just after the publish is acknowledged, so give it a moment.
-    assert!(marks_cleared(&db).await, "the swept batch's mark is left");
+    marks_cleared(&db).await;
 }
 
 #[tokio::test]
@@ -667,14 +678,18 @@ async fn a_nats_event_without_an_id_gets_one_made_from_its_stored_message() {
         .unwrap();
     let after = std::time::SystemTime::now();
     let db = app.env.db().await.unwrap();
-    let found = eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, String>("SELECT event_id FROM events WHERE tenant_id = 'acme'")
-            .fetch_optional(&db)
-            .await
-            .unwrap()
-    })
+    let found = wait_until(
+        "the event to be stored",
+        async || {
+            sqlx::query_scalar::<_, String>("SELECT event_id FROM events WHERE tenant_id = 'acme'")
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+        },
+        Option::is_some,
+    )
     .await
-    .expect("the event was never stored");
+    .unwrap();
     // Made of the message, not drawn at random: a redelivery of it gets the same id. Its
     // ULID holds the stream's sequence and the time the stream stored the message.
     let ulid = ulid::Ulid::from_string(&found.strip_prefix("evt_").unwrap().to_ascii_uppercase()).unwrap();
@@ -739,20 +754,12 @@ async fn a_batch_that_cannot_be_republished_does_not_hold_back_the_others() {
     let got = published_soon(&app.env, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].event_id, "readable");
-    let failed = eventually(Duration::from_secs(10), || async {
-        let text = reqwest::get(format!("{}/metrics", app.api.base))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("hookrelay_events_republish_failed_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|n| *n >= 1)
-    })
+    wait_until(
+        "the failed batch to be counted",
+        async || app.api.metric("hookrelay_events_republish_failed_total").await,
+        |failed| failed.is_some_and(|n| n >= 1.0),
+    )
     .await;
-    assert!(failed.is_some(), "the failed batch was not counted");
     let left: Vec<String> = sqlx::query_scalar(
         "SELECT e.event_id FROM unpublished_batches b JOIN events e ON e.received_at = b.received_at",
     )
@@ -804,12 +811,16 @@ async fn a_message_that_keeps_failing_while_everything_answers_is_dead_lettered(
     )
     .await
     .unwrap();
-    let got = eventually(Duration::from_secs(10), || async {
-        published(&app.env)
-            .await
-            .into_iter()
-            .find(|e| e.event_id == "evt_after_poison")
-    })
+    wait_until(
+        "the event after the poison message on HOOKRELAY_EVENTS",
+        async || {
+            published(&app.env)
+                .await
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect::<Vec<_>>()
+        },
+        |ids| ids.iter().any(|id| id == "evt_after_poison"),
+    )
     .await;
-    assert!(got.is_some(), "intake stopped after the poison message");
 }

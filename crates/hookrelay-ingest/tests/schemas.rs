@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use hookrelay_ingest::{Config, run};
-use hookrelay_runtime::auth::new_api_key;
-use hookrelay_testkit::{Api, Service, TestEnv, spawn_service};
+use hookrelay_testkit::{Api, Service, TestEnv, insert_api_key, insert_tenant, spawn_service, wait_until_within};
 use hookrelay_types::subjects;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -30,18 +29,8 @@ async fn app() -> App {
     let cfg = Config::from_source(&env.source_as("ingest", &[])).unwrap();
     let Service { api, shutdown, .. } = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
     let db = env.db().await.unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-        .execute(&db)
-        .await
-        .unwrap();
-    let (key, hash) = new_api_key();
-    sqlx::query("INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash) VALUES ($1, 'acme', 't', $2, $3)")
-        .bind(hookrelay_types::ApiKeyId::generate().to_string())
-        .bind(vec!["events:write".to_owned()])
-        .bind(hash.as_slice())
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_tenant(&db, "acme", "Acme").await;
+    let key = insert_api_key(&db, "acme", "t", &["events:write"]).await.key;
     App {
         api,
         key,
@@ -177,12 +166,7 @@ async fn warn_accepts_and_records_the_violation_and_off_ignores_it() {
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(app.check(r.body["event_id"].as_str().unwrap()).await, (None, None));
 
-    let metrics = reqwest::get(format!("{}/metrics", app.api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.api.metrics().await;
     assert!(metrics.contains("hookrelay_schema_violations_total"), "{metrics}");
 }
 
@@ -218,7 +202,13 @@ async fn without_the_notification_a_change_applies_once_the_cache_entry_expires(
     let app = app().await;
     assert_eq!(app.post("orders/placed", json!({"order_id": 5})).await.status, 202);
     app.write_declaration("orders/placed", "enforce", orders_schema()).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = app.post("orders/placed", json!({"order_id": 5})).await;
+    // The entry cached by the first post lasts a second.
+    let r = wait_until_within(
+        Duration::from_millis(1100),
+        "the stored change to apply",
+        async || app.post("orders/placed", json!({"order_id": 5})).await,
+        |r| r.status != 202,
+    )
+    .await;
     assert_eq!(r.status, 422, "{r:?}");
 }

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
+use futures::StreamExt as _;
 use hookrelay_router::{Config, run};
-use hookrelay_testkit::{TestEnv, eventually, spawn_service};
+use hookrelay_testkit::{TestEnv, holds_for, insert_tenant, spawn_service, wait_until};
 use hookrelay_types::{
     EndpointId, EventId, EventType, TenantId,
     messages::{DeliveryJob, EventAccepted},
@@ -21,10 +22,7 @@ use tokio_util::sync::CancellationToken;
 async fn acme_router() -> (TestEnv, CancellationToken) {
     let env = TestEnv::start().await.unwrap();
     let stop = start(&env).await;
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-        .execute(&env.db().await.unwrap())
-        .await
-        .unwrap();
+    insert_tenant(&env.db().await.unwrap(), "acme", "Acme").await;
     (env, stop)
 }
 
@@ -159,13 +157,61 @@ async fn jobs(js: &jetstream::Context) -> Vec<DeliveryJob> {
 }
 
 async fn jobs_soon(js: &jetstream::Context, n: usize) -> Vec<DeliveryJob> {
-    eventually(Duration::from_secs(30), || async {
-        let got = jobs(js).await;
-        (got.len() >= n).then_some(got)
-    })
-    .await
-    .unwrap_or_default()
+    wait_until(&format!("{n} jobs"), async || jobs(js).await, |got| got.len() >= n).await
 }
+
+/// What the router's consumer of HOOKRELAY_EVENTS has done: `(last stream sequence it was
+/// given, messages it has not settled, messages not yet given to it)`.
+async fn router_progress(js: &jetstream::Context) -> (u64, u64, u64) {
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(subjects::ROUTER_CONSUMER, subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    (
+        info.delivered.stream_sequence,
+        info.num_ack_pending as u64,
+        info.num_pending,
+    )
+}
+
+/// Waits until the router has settled every event published so far: each one's jobs are
+/// then on HOOKRELAY_DELIVERIES.
+async fn routed_all(js: &jetstream::Context) {
+    let last = last_event(js).await;
+    wait_until(
+        &format!("the router to settle events up to #{last}"),
+        async || router_progress(js).await,
+        |(given, unsettled, waiting)| *given >= last && *unsettled == 0 && *waiting == 0,
+    )
+    .await;
+}
+
+/// Waits until the router has been given every event published so far.
+async fn given_all(js: &jetstream::Context) {
+    let last = last_event(js).await;
+    wait_until(
+        &format!("the router to be given events up to #{last}"),
+        async || router_progress(js).await,
+        |(given, _, _)| *given >= last,
+    )
+    .await;
+}
+
+/// The stream sequence of the last event on HOOKRELAY_EVENTS.
+async fn last_event(js: &jetstream::Context) -> u64 {
+    js.get_stream(subjects::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence
+}
+
+/// How long a router that went ahead without its endpoints would take to publish a job.
+const GOING_AHEAD: Duration = Duration::from_millis(300);
 
 /// The endpoints of the first `n` jobs published, once there are that many.
 async fn job_endpoints(js: &jetstream::Context, n: usize) -> Vec<String> {
@@ -190,7 +236,7 @@ async fn each_event_becomes_one_job_per_matching_enabled_endpoint() {
 
     accept(&js, "e1", "orders/created", json!({"merchant": "Acme Corp"})).await;
     let got = jobs_soon(&js, 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    routed_all(&js).await;
     let got_now = jobs(&js).await;
     assert_eq!(got_now.len(), 3, "{got_now:?}");
     let mut endpoints: Vec<_> = got.iter().map(|j| j.endpoint_id.clone()).collect();
@@ -226,7 +272,27 @@ async fn an_endpoint_announced_before_an_event_is_accepted_receives_it_however_s
     announce(&env, &id).await;
     let js = jetstream::new(env.nats().await.unwrap());
     accept(&js, "e1", "orders/created", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    given_all(&js).await;
+    wait_until(
+        "the router's read to wait on the lock",
+        async || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'endpoints'::regclass AND NOT granted",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        },
+        |waiting| *waiting > 0,
+    )
+    .await;
+    holds_for(
+        GOING_AHEAD,
+        "no job while the read waits",
+        async || jobs(&js).await,
+        Vec::is_empty,
+    )
+    .await;
     slow.commit().await.unwrap();
 
     assert_eq!(
@@ -249,8 +315,14 @@ async fn an_announced_change_that_cannot_be_read_holds_events_back_until_it_can(
     announce(&env, &id).await;
     let js = jetstream::new(env.nats().await.unwrap());
     accept(&js, "e1", "orders/created", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(jobs(&js).await.is_empty(), "routed while a change could not be read");
+    given_all(&js).await;
+    holds_for(
+        GOING_AHEAD,
+        "no job while a change cannot be read",
+        async || jobs(&js).await,
+        Vec::is_empty,
+    )
+    .await;
 
     sqlx::query("ALTER TABLE endpoints_away RENAME TO endpoints")
         .execute(&db)
@@ -279,7 +351,7 @@ async fn an_event_seen_twice_yields_one_job_and_poison_is_skipped() {
     accept_as(&js, "twice", "orders/created", json!({}), ":again", false).await;
     accept(&js, "other", "orders/created", json!({})).await;
     let got = jobs_soon(&js, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    routed_all(&js).await;
     let got_now = jobs(&js).await;
     assert_eq!(got_now.len(), 2, "{got:?}");
     let mut events: Vec<_> = got_now.iter().map(|j| j.event_id.clone()).collect();
@@ -305,8 +377,20 @@ async fn jobs_say_whether_their_event_may_have_been_routed_before() {
     // A router whose publish fails gets the event again (it may have published some of
     // its jobs by then): those jobs may repeat.
     js.delete_stream(subjects::DELIVERIES_STREAM).await.unwrap();
+    let nats = env.nats().await.unwrap();
+    let mut naked = nats
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.{}.{}",
+            subjects::EVENTS_STREAM,
+            subjects::ROUTER_CONSUMER
+        ))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
     accept(&js, "retried", "orders/created", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(hookrelay_testkit::WAIT, naked.next())
+        .await
+        .expect("the router to give the event back after its publish failed");
     hookrelay_runtime::nats::ensure_streams(&js, hookrelay_types::subjects::ALL_STREAMS, 1)
         .await
         .unwrap();
@@ -325,7 +409,7 @@ async fn an_event_aimed_at_one_endpoint_goes_there_only() {
     accept_only(&js, "ping2", &EndpointId::generate().to_string()).await;
     accept(&js, "after", "orders/created", json!({})).await;
     let got = jobs_soon(&js, 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    routed_all(&js).await;
     let got_now = jobs(&js).await;
     assert_eq!(got_now.len(), 3, "{got:?}");
     let pings: Vec<_> = got_now.iter().filter(|j| j.event_id.starts_with("ping")).collect();
@@ -346,10 +430,7 @@ async fn one_event_fans_out_to_a_thousand_endpoints_once_each() {
     )
     .await
     .unwrap();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ('acme', 'Acme')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_tenant(&db, "acme", "Acme").await;
     let mut want = Vec::new();
     for i in 0..1000 {
         let pattern = ["orders/created", "orders/*", "*/created", "orders/**", "*"][i % 5];
@@ -361,7 +442,7 @@ async fn one_event_fans_out_to_a_thousand_endpoints_once_each() {
     let js = jetstream::new(env.nats().await.unwrap());
     accept(&js, "big", "orders/created", json!({})).await;
     let got = jobs_soon(&js, 1000).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    routed_all(&js).await;
     let got_now = jobs(&js).await;
     assert_eq!(got_now.len(), 1000, "{} jobs", got.len());
     let mut endpoints: Vec<_> = got_now.iter().map(|j| j.endpoint_id.clone()).collect();
@@ -380,11 +461,13 @@ async fn an_endpoint_added_while_nats_restarted_gets_the_next_event() {
     // However soon the router is back, the first event it routes sees the change (the
     // safety reload is 30 s away).
     let js = jetstream::new(env.nats().await.unwrap());
-    let back = eventually(Duration::from_secs(20), || async {
-        js.get_stream(subjects::EVENTS_STREAM).await.ok()
-    })
-    .await;
-    assert!(back.is_some(), "JetStream did not come back");
+    wait_until(
+        "JetStream to come back",
+        async || js.get_stream(subjects::EVENTS_STREAM).await.map(|_| ()),
+        Result::is_ok,
+    )
+    .await
+    .unwrap();
     accept(&js, "evt_after_restart", "orders/created", json!({})).await;
     assert_eq!(job_endpoints(&js, 1).await, [id]);
     stop.cancel();

@@ -13,7 +13,7 @@ use hookrelay_runtime::{
     Readiness,
     nats::{ConsumerSpec, Handed, Source, consume},
 };
-use hookrelay_testkit::{TestEnv, eventually};
+use hookrelay_testkit::{TestEnv, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const SPEC: ConsumerSpec = ConsumerSpec {
@@ -54,7 +54,7 @@ async fn messages_held_past_the_ack_wait_are_not_redelivered() {
     }
 
     // One at a time, each for 1.5 ack waits: the second waits that long for the permit, the
-    // third twice as long.
+    // third twice as long. The handler's sleep is the slow work under test.
     let handled: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let source = Source {
         js: js.clone(),
@@ -83,16 +83,16 @@ async fn messages_held_past_the_ack_wait_are_not_redelivered() {
         },
     ));
 
-    let info = eventually(Duration::from_secs(30), || {
-        let stream = stream.clone();
-        async move {
+    let info = wait_until(
+        "all three messages acknowledged",
+        async || {
             let mut consumer = stream.get_consumer::<pull::Config>(SPEC.name).await.ok()?;
-            let info = consumer.info().await.ok()?.clone();
-            (info.ack_floor.stream_sequence == 3).then_some(info)
-        }
-    })
+            Some(consumer.info().await.ok()?.clone())
+        },
+        |info| info.as_ref().is_some_and(|i| i.ack_floor.stream_sequence == 3),
+    )
     .await
-    .expect("all three messages acknowledged");
+    .unwrap();
     stop.cancel();
     task.await.unwrap().unwrap();
 

@@ -10,6 +10,7 @@ use hookrelay_runtime::{
     http::{AppJson, json},
     server::{self, Limits},
 };
+use hookrelay_testkit::wait_until;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -136,31 +137,19 @@ async fn connections_past_the_limit_are_refused_with_503_until_one_closes() {
     );
 
     drop(held.pop());
-    let served = eventually(|| async {
-        let mut c = TcpStream::connect(s.addr).await.ok()?;
-        c.write_all(request("{}").as_bytes()).await.ok()?;
-        let mut buf = [0u8; 12];
-        c.read_exact(&mut buf).await.ok()?;
-        (&buf == b"HTTP/1.1 200").then_some(())
-    })
-    .await;
-    assert!(served.is_some(), "a freed connection slot was never reused");
-}
-
-/// Polls `f` for up to 10 s.
-async fn eventually<T, F, Fut>(mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
+    wait_until(
+        "a freed connection slot to be reused",
+        async || {
+            let mut c = TcpStream::connect(s.addr).await.map_err(|e| e.to_string())?;
+            c.write_all(request("{}").as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        },
+        |got: &Result<String, String>| got.as_deref() == Ok("HTTP/1.1 200"),
+    )
+    .await
+    .unwrap();
 }
 
 #[test]

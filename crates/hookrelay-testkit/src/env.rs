@@ -211,6 +211,34 @@ impl TestEnv {
         )
     }
 
+    /// Waits until every consumer of every stream on this server has been given every
+    /// message and settled it: whatever was sent so far has had its whole effect (a message
+    /// held back for a retry keeps this waiting). Panics, naming the consumers still busy,
+    /// after [`crate::WAIT`].
+    pub async fn wait_settled(&self) {
+        use futures::TryStreamExt as _;
+        let js = async_nats::jetstream::new(self.nats().await.expect("connecting to NATS"));
+        crate::wait_until(
+            "every consumer to settle its stream (stream, consumer, not yet given, unsettled)",
+            async || {
+                let mut busy = Vec::new();
+                let names: Vec<String> = js.stream_names().try_collect().await.expect("listing streams");
+                for name in names {
+                    let stream = js.get_stream(&name).await.expect("reading a stream");
+                    let infos: Vec<_> = stream.consumers().try_collect().await.expect("listing consumers");
+                    for info in infos {
+                        if info.num_pending > 0 || info.num_ack_pending > 0 {
+                            busy.push((name.clone(), info.name, info.num_pending, info.num_ack_pending));
+                        }
+                    }
+                }
+                busy
+            },
+            Vec::is_empty,
+        )
+        .await;
+    }
+
     /// Plays query announcing a change and the work a user sends after its answer: from a
     /// connection of its own, publishes `payload` on `subject`, then a second message, and
     /// returns once that second message has reached `ours` (a service's connection). The

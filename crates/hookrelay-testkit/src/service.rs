@@ -1,6 +1,6 @@
 //! Running a service (or `hookrelay all`) in the test's process on a loopback port.
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
@@ -13,8 +13,8 @@ pub struct Service {
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Binds 127.0.0.1:0, runs `run(listener, shutdown)` on a task and waits (up to 30 s) for
-/// `/readyz` to answer 200; panics if it never does.
+/// Binds 127.0.0.1:0, runs `run(listener, shutdown)` on a task and waits (up to
+/// [`crate::WAIT`]) for `/readyz` to answer 200; panics if it never does.
 pub async fn spawn_service<F, Fut>(run: F) -> Service
 where
     F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
@@ -31,12 +31,14 @@ where
 }
 
 impl Api {
-    /// Waits (up to 30 s) for `/readyz` to answer 200; panics if it never does.
+    /// Waits (up to [`crate::WAIT`]) for `/readyz` to answer 200; panics, with its last
+    /// answer, if it never does.
     pub async fn wait_ready(&self) {
-        let ready = crate::eventually(Duration::from_secs(30), || async {
-            (self.call(reqwest::Method::GET, "/readyz", None, None).await.status == 200).then_some(())
-        })
+        crate::wait_until(
+            &format!("{} to answer /readyz with 200", self.base),
+            async || self.call(reqwest::Method::GET, "/readyz", None, None).await,
+            |r| r.status == 200,
+        )
         .await;
-        assert!(ready.is_some(), "{} never became ready", self.base);
     }
 }
