@@ -4,10 +4,10 @@
 //! never answered, a rotation signs with both keys, a new scheme gets a new key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{io::Write as _, path::PathBuf, process::Stdio, time::Duration};
+use std::{io::Write as _, path::PathBuf, process::Stdio};
 
 use base64::Engine as _;
-use hookrelay_testkit::{ADMIN_TOKEN, Api, Received, Receiver, TestEnv, spawn_service, verify};
+use hookrelay_testkit::{Api, Received, Receiver, TestEnv, WAIT, spawn_service, verify};
 use serde_json::{Value, json};
 
 /// The Python the test tools were installed into (`scripts/install-tools.sh`).
@@ -66,21 +66,15 @@ async fn system() -> System {
     let service =
         spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
     let api = service.api.clone();
-    let r = api
-        .post("/v1/tenants", ADMIN_TOKEN, json!({"id": "acme", "name": "Acme"}))
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let scopes = ["events:write", "endpoints:read", "endpoints:write"];
-    let r = api
-        .post(
-            "/v1/api-keys",
-            ADMIN_TOKEN,
-            json!({"tenant_id": "acme", "name": "signatures", "scopes": scopes}),
+    let key = api
+        .create_tenant_with_key(
+            "acme",
+            "signatures",
+            &["events:write", "endpoints:read", "endpoints:write"],
         )
         .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
     System {
-        key: r.body["key"].as_str().unwrap().to_owned(),
+        key,
         _env: env,
         api,
         rx: Receiver::start().await.unwrap(),
@@ -113,7 +107,7 @@ impl System {
         let id = r.body["event_id"].as_str().unwrap();
         let got = self
             .rx
-            .wait_for(&format!("ok/{name}"), id, 1, Duration::from_secs(20))
+            .wait_for(&format!("ok/{name}"), id, 1, WAIT)
             .await;
         got.into_iter().next().expect("the delivery did not arrive")
     }
