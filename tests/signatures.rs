@@ -1,6 +1,7 @@
-//! Every signature scheme, checked the way its receivers check it: by
-//! `tests/receivers/verify.py` (Python's hmac and the `cryptography` package's Ed25519), with
-//! only what the API gave the tenant. Plus the rules around keys: an Ed25519 private key is
+//! Every signature scheme, checked the way its receivers check it, with only what the API
+//! gave the tenant: by `tests/receivers/verify.py` (Python's hmac and the `cryptography`
+//! package's Ed25519) and `tests/receivers/verify.mjs` (Node.js's crypto), the receivers
+//! docs/receiving.md shows. Plus the rules around keys: an Ed25519 private key is
 //! never answered, a rotation signs with both keys, a new scheme gets a new key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +17,17 @@ fn python() -> PathBuf {
     if venv.exists() { venv } else { PathBuf::from("python3") }
 }
 
-/// Whether the receiver holding `key` takes `got` as genuine under `scheme`.
+/// The receivers that check a delivery, each a program reading the case on stdin.
+fn receivers() -> Vec<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/receivers");
+    vec![
+        (python(), dir.join("verify.py")),
+        ("node".into(), dir.join("verify.mjs")),
+    ]
+}
+
+/// Whether every receiver holding `key` takes `got` as genuine under `scheme`; the first
+/// that does not says why.
 fn receiver_accepts(scheme: &str, key: &str, got: &Received) -> Result<(), String> {
     let headers: serde_json::Map<String, Value> = got
         .headers
@@ -29,27 +40,31 @@ fn receiver_accepts(scheme: &str, key: &str, got: &Received) -> Result<(), Strin
         "headers": headers,
         "body": base64::engine::general_purpose::STANDARD.encode(&got.body),
     });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/receivers/verify.py");
-    let mut child = std::process::Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python with `cryptography` (scripts/install-tools.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(case.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() { Ok(()) } else { Err(said) }
+    for (runtime, script) in receivers() {
+        let mut child = std::process::Command::new(&runtime)
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} (scripts/test.sh installs it): {e}", runtime.display()));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(case.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            return Err(format!(
+                "{}: {}{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct System {
@@ -105,10 +120,7 @@ impl System {
             .await;
         assert_eq!(r.status, 202, "{:?}", r.body);
         let id = r.body["event_id"].as_str().unwrap();
-        let got = self
-            .rx
-            .wait_for(&format!("ok/{name}"), id, 1, WAIT)
-            .await;
+        let got = self.rx.wait_for(&format!("ok/{name}"), id, 1, WAIT).await;
         got.into_iter().next().expect("the delivery did not arrive")
     }
 }
@@ -210,5 +222,20 @@ async fn a_new_scheme_gets_a_new_key_at_once_and_a_bad_one_is_refused_naming_the
             .await;
         assert_eq!((r.status, r.code()), (422, "invalid_signature"), "{bad}: {:?}", r.body);
         assert!(r.body.to_string().contains("signature"), "{:?}", r.body);
+    }
+}
+
+/// docs/receiving.md shows the receivers as they are: the same files the tests run.
+#[test]
+fn the_receivers_docs_show_are_the_ones_tested() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let doc = std::fs::read_to_string(root.join("docs/receiving.md")).unwrap();
+    for (_, script) in receivers() {
+        let code = std::fs::read_to_string(&script).unwrap();
+        assert!(
+            doc.contains(code.trim_end()),
+            "docs/receiving.md does not show {} as it is",
+            script.display()
+        );
     }
 }
