@@ -30,17 +30,7 @@ pub(crate) fn new_id() -> String {
 
 /// Says this deliverer is alive and returns how many are.
 pub(crate) async fn beat(db: &PgPool, id: &str) -> Result<usize, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "WITH me AS (
-             INSERT INTO deliverer_replicas (id, seen_at) VALUES ($1, now())
-             ON CONFLICT (id) DO UPDATE SET seen_at = now())
-         SELECT 1 + count(*) FROM deliverer_replicas
-         WHERE id <> $1 AND seen_at > now() - make_interval(secs => $2)",
-    )
-    .bind(id)
-    .bind(ALIVE.as_secs_f64())
-    .fetch_one(db)
-    .await?;
+    let n = store::beat(db, id, ALIVE).await?;
     Ok(usize::try_from(n).unwrap_or(1))
 }
 
@@ -60,14 +50,7 @@ pub(crate) async fn run(db: PgPool, id: String, limits: Arc<Limits>, shutdown: C
         }
         report(&db, &id, &limits, &mut reported).await;
     }
-    let left = sqlx::query(
-        "WITH limits AS (DELETE FROM endpoint_limits WHERE replica = $1)
-         DELETE FROM deliverer_replicas WHERE id = $1 OR seen_at < now() - interval '1 hour'",
-    )
-    .bind(&id)
-    .execute(&db)
-    .await;
-    if let Err(error) = left {
+    if let Err(error) = store::leave(&db, &id).await {
         warn!(%error, "removing this deliverer's heartbeat failed; it stops counting after {ALIVE:?}");
     }
 }
