@@ -20,7 +20,42 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub const TENANT: &str = "acme";
+/// How long every wait in these tests waits for its condition.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until `check` gives `Some`, for at most [`WAIT`]; panics naming `what` otherwise.
+pub async fn until<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match eventually(WAIT, check).await {
+        Some(found) => found,
+        None => panic!("{what}: not within {WAIT:?}"),
+    }
+}
+
+/// Waits until the deliverer's metrics contain `line`.
+pub async fn metric(running: &Running, line: &str) {
+    until(&format!("metric `{line}`"), || async {
+        running.metrics().await.contains(line).then_some(())
+    })
+    .await;
+}
+
+/// Waits until every operator's command published so far is handled and acked.
+pub async fn commands_handled(js: &jetstream::Context) {
+    until("commands handled", || async {
+        let stream = js.get_stream(subjects::COMMANDS_STREAM).await.ok()?;
+        let mut consumer = stream
+            .get_consumer::<jetstream::consumer::pull::Config>(subjects::DELIVERER_COMMANDS_CONSUMER)
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
 
 /// A running deliverer.
 pub struct Running {
@@ -148,8 +183,8 @@ pub async fn store_event(db: &sqlx::PgPool) -> Sent {
     let event_id = EventId::generate().to_string();
     let body = envelope(&event_id);
     sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, published_at)
-         VALUES ($1, $2, 'orders/created', now(), $3, now())",
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body)
+         VALUES ($1, $2, 'orders/created', now(), $3)",
     )
     .bind(TENANT)
     .bind(&event_id)
