@@ -5,17 +5,21 @@
 
 use std::collections::{HashMap, HashSet};
 
+use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
-use super::{deliveries, minutes, push_unnest};
-use crate::retry::Next;
+use super::{
+    deliveries::{self, DeliveryKey},
+    minutes, push_unnest,
+};
+use crate::retry::{self, Next, Verdict};
 
 /// One attempt to record, and how to move its delivery on.
 pub(crate) struct Record {
-    pub(crate) delivery_id: String,
-    pub(crate) tenant_id: String,
-    pub(crate) endpoint_id: String,
+    pub(crate) delivery_id: DeliveryId,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) endpoint_id: EndpointId,
     /// The attempt succeeded (2xx).
     pub(crate) succeeded: bool,
     pub(crate) trigger: &'static str,
@@ -25,8 +29,8 @@ pub(crate) struct Record {
     pub(crate) response_code: Option<i32>,
     pub(crate) response_body: Option<String>,
     pub(crate) error: Option<String>,
-    /// What happens to the delivery, given the attempt's number.
-    pub(crate) decide: Box<dyn Fn(i32) -> Next + Send + Sync>,
+    /// What the attempt says about the delivery's next step (see [`Record::decide`]).
+    pub(crate) verdict: Verdict,
     /// The delivery's row is not stored yet: its first attempt was made straight from the
     /// job, and the row is written now, in its state after this attempt.
     pub(crate) first: Option<First>,
@@ -35,11 +39,27 @@ pub(crate) struct Record {
 /// What a delivery row holds beyond its attempt, for a row written with its first attempt.
 #[derive(Debug, Clone)]
 pub(crate) struct First {
-    pub(crate) event_id: String,
-    pub(crate) event_type: String,
+    pub(crate) event_id: EventId,
+    pub(crate) event_type: EventType,
     pub(crate) traceparent: Option<String>,
     /// When the job arrived: the row's `created_at`.
     pub(crate) created_at: OffsetDateTime,
+}
+
+impl Record {
+    /// What happens to the delivery, given the attempt's number.
+    pub(crate) fn decide(&self, number: i32) -> Next {
+        self.verdict.next(number, retry::random_jitter())
+    }
+
+    /// The key of the delivery of a first attempt.
+    fn key(&self, first: &First) -> DeliveryKey {
+        DeliveryKey {
+            tenant_id: self.tenant_id.clone(),
+            event_id: first.event_id.clone(),
+            endpoint_id: self.endpoint_id.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Record {
@@ -63,7 +83,7 @@ impl std::fmt::Debug for Record {
 pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Option<(i32, Next)>>, sqlx::Error> {
     // The common case under load: every record is a job's first attempt.
     if batch.iter().all(|r| r.first.is_some()) {
-        let nexts: Vec<Next> = batch.iter().map(|r| (r.decide)(1)).collect();
+        let nexts: Vec<Next> = batch.iter().map(|r| r.decide(1)).collect();
         match record_firsts(db, batch, &nexts).await {
             Ok(()) => return Ok(nexts.into_iter().map(|next| Some((1, next))).collect()),
             // One of the rows exists already: the statement wrote nothing, and the
@@ -76,19 +96,19 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
     // Rows written with their first attempt; a row that turns out to exist already (a
     // second job for its event and endpoint) has the attempt recorded against it instead.
     let (mut created, existing) = insert_firsts(&mut tx, batch).await?;
-    let delivery_id = |r: &'_ Record| -> String {
-        match existing.get(r.delivery_id.as_str()) {
+    let delivery_id = |r: &'_ Record| -> DeliveryId {
+        match existing.get(&r.delivery_id) {
             Some(id) => id.clone(),
             None => r.delivery_id.clone(),
         }
     };
-    let ids: Vec<String> = batch
+    let ids: Vec<DeliveryId> = batch
         .iter()
-        .filter(|r| !created.contains_key(r.delivery_id.as_str()))
+        .filter(|r| !created.contains_key(&r.delivery_id))
         .map(delivery_id)
         .collect();
     // Locked in id order, so two batches touching the same rows never deadlock.
-    let counts: Vec<(String, i32)> = if ids.is_empty() {
+    let counts: Vec<(DeliveryId, i32)> = if ids.is_empty() {
         Vec::new()
     } else {
         sqlx::query_as("SELECT id, attempt_count FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE")
@@ -96,13 +116,13 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
             .fetch_all(&mut *tx)
             .await?
     };
-    let mut counts: HashMap<String, i32> = counts.into_iter().collect();
+    let mut counts: HashMap<DeliveryId, i32> = counts.into_iter().collect();
     let mut answers = Vec::with_capacity(batch.len());
     // The attempts' columns, and the deliveries' final state (one entry per delivery).
     let mut a = AttemptColumns::default();
-    let mut moved: HashMap<String, Moved> = HashMap::new();
+    let mut moved: HashMap<DeliveryId, Moved> = HashMap::new();
     for r in batch {
-        if let Some(next) = created.remove(r.delivery_id.as_str()) {
+        if let Some(next) = created.remove(&r.delivery_id) {
             a.push(r, r.delivery_id.clone(), 1);
             answers.push(Some((1, next)));
             continue;
@@ -113,7 +133,7 @@ pub(crate) async fn record_batch(db: &PgPool, batch: &[Record]) -> Result<Vec<Op
             continue;
         };
         *count += 1;
-        let (number, next) = (*count, (r.decide)(*count));
+        let (number, next) = (*count, r.decide(*count));
         a.push(r, id.clone(), number);
         moved.insert(
             id,
@@ -147,7 +167,7 @@ struct Moved {
 }
 
 /// Moves each delivery on after its attempts, in one statement.
-async fn move_on(tx: &mut sqlx::PgConnection, moved: &HashMap<String, Moved>) -> Result<(), sqlx::Error> {
+async fn move_on(tx: &mut sqlx::PgConnection, moved: &HashMap<DeliveryId, Moved>) -> Result<(), sqlx::Error> {
     if moved.is_empty() {
         return Ok(());
     }
@@ -168,7 +188,7 @@ async fn move_on(tx: &mut sqlx::PgConnection, moved: &HashMap<String, Moved>) ->
          FROM ",
     );
     push_unnest(&mut qb, |u| {
-        u.array(moved.keys().map(String::as_str).collect::<Vec<_>>(), "text[]")
+        u.array(moved.keys().map(DeliveryId::as_str).collect::<Vec<_>>(), "text[]")
             .array(moved.values().map(|m| m.next.status()).collect::<Vec<_>>(), "text[]")
             .array(column(|m| Some(m.number)), "int4[]")
             .array(column(|m| m.code), "int4[]")
@@ -218,11 +238,11 @@ impl<'a> FirstRows<'a> {
              FROM ",
         );
         push_unnest(qb, |u| {
-            u.array(text(|r, _| &r.delivery_id), "text[]")
-                .array(text(|r, _| &r.tenant_id), "text[]")
-                .array(text(|_, f| &f.event_id), "text[]")
-                .array(text(|_, f| &f.event_type), "text[]")
-                .array(text(|r, _| &r.endpoint_id), "text[]")
+            u.array(text(|r, _| r.delivery_id.as_str()), "text[]")
+                .array(text(|r, _| r.tenant_id.as_str()), "text[]")
+                .array(text(|_, f| f.event_id.as_str()), "text[]")
+                .array(text(|_, f| f.event_type.as_str()), "text[]")
+                .array(text(|r, _| r.endpoint_id.as_str()), "text[]")
                 .array(self.0.iter().map(|(_, _, n)| n.status()).collect::<Vec<_>>(), "text[]")
                 .array(
                     self.0.iter().map(|(r, _, _)| r.response_code).collect::<Vec<_>>(),
@@ -259,23 +279,23 @@ impl<'a> FirstRows<'a> {
 async fn insert_firsts<'a>(
     tx: &mut sqlx::PgConnection,
     batch: &'a [Record],
-) -> Result<(HashMap<String, Next>, HashMap<&'a str, String>), sqlx::Error> {
+) -> Result<(HashMap<DeliveryId, Next>, HashMap<&'a DeliveryId, DeliveryId>), sqlx::Error> {
     let firsts: Vec<(&Record, &First)> = batch.iter().filter_map(|r| Some((r, r.first.as_ref()?))).collect();
     if firsts.is_empty() {
         return Ok(Default::default());
     }
-    let nexts: Vec<Next> = firsts.iter().map(|(r, _)| (r.decide)(1)).collect();
+    let nexts: Vec<Next> = firsts.iter().map(|(r, _)| r.decide(1)).collect();
     let rows = FirstRows::new(firsts.iter().zip(&nexts).map(|((r, f), n)| (*r, *f, *n)).collect());
     let mut qb = QueryBuilder::new("");
     rows.push_insert(&mut qb);
     qb.push(" ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING RETURNING id");
-    let created: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-    let created: HashSet<String> = created.into_iter().collect();
+    let created: Vec<DeliveryId> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+    let created: HashSet<DeliveryId> = created.into_iter().collect();
     let others: Vec<&(&Record, &First)> = firsts
         .iter()
         .filter(|(r, _)| !created.contains(&r.delivery_id))
         .collect();
-    let created: HashMap<String, Next> = firsts
+    let created: HashMap<DeliveryId, Next> = firsts
         .iter()
         .zip(&nexts)
         .filter(|((r, _), _)| created.contains(&r.delivery_id))
@@ -283,14 +303,11 @@ async fn insert_firsts<'a>(
         .collect();
     let mut existing = HashMap::new();
     if !others.is_empty() {
-        let keys = others
-            .iter()
-            .map(|(r, f)| (r.tenant_id.as_str(), f.event_id.as_str(), r.endpoint_id.as_str()));
-        let holders = deliveries::holding(&mut *tx, keys).await?;
-        for (r, f) in others {
-            let key = (&r.tenant_id, &f.event_id, &r.endpoint_id);
-            if let Some((id, _)) = holders.iter().find(|(_, (t, e, p))| (t, e, p) == key) {
-                existing.insert(r.delivery_id.as_str(), id.clone());
+        let keys: Vec<DeliveryKey> = others.iter().map(|(r, f)| r.key(f)).collect();
+        let holders = deliveries::holding(&mut *tx, keys.iter()).await?;
+        for ((r, _), key) in others.into_iter().zip(&keys) {
+            if let Some(holder) = holders.iter().find(|h| h.key == *key) {
+                existing.insert(&r.delivery_id, holder.id.clone());
             }
         }
     }
@@ -329,7 +346,7 @@ const ATTEMPT_COLUMNS: &str =
 /// `attempts` rows as columns, for `unnest`.
 #[derive(Default)]
 struct AttemptColumns<'a> {
-    delivery_id: Vec<String>,
+    delivery_id: Vec<DeliveryId>,
     attempt: Vec<i32>,
     trigger: Vec<&'static str>,
     started_at: Vec<OffsetDateTime>,
@@ -341,7 +358,7 @@ struct AttemptColumns<'a> {
 }
 
 impl<'a> AttemptColumns<'a> {
-    fn push(&mut self, r: &'a Record, delivery_id: String, number: i32) {
+    fn push(&mut self, r: &'a Record, delivery_id: DeliveryId, number: i32) {
         self.delivery_id.push(delivery_id);
         self.attempt.push(number);
         self.trigger.push(r.trigger);
@@ -377,13 +394,18 @@ impl<'a> AttemptColumns<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
 
-    fn first_attempt(delivery_id: &str, event_id: &str) -> Record {
+    use hookrelay_types::DeliveryStatus;
+
+    use super::*;
+    use crate::retry::{Backoff, Rules};
+
+    fn first_attempt(delivery_id: &DeliveryId, event_id: &str, endpoint_id: &EndpointId) -> Record {
         Record {
-            delivery_id: delivery_id.into(),
-            tenant_id: "acme".into(),
-            endpoint_id: "ep_1".into(),
+            delivery_id: delivery_id.clone(),
+            tenant_id: TenantId::parse("acme").unwrap(),
+            endpoint_id: endpoint_id.clone(),
             succeeded: true,
             trigger: "scheduled",
             started_at: OffsetDateTime::now_utc(),
@@ -392,10 +414,18 @@ mod tests {
             response_code: Some(200),
             response_body: None,
             error: None,
-            decide: Box::new(|_| Next::Delivered),
+            verdict: Verdict {
+                succeeded: true,
+                hopeless: false,
+                backoff: Backoff::default(),
+                rules: Arc::new(Rules {
+                    schedule: Vec::new(),
+                    floor: std::time::Duration::ZERO,
+                }),
+            },
             first: Some(First {
-                event_id: event_id.into(),
-                event_type: "orders/created".into(),
+                event_id: EventId::parse(event_id).unwrap(),
+                event_type: EventType::parse("orders/created").unwrap(),
                 traceparent: None,
                 created_at: OffsetDateTime::now_utc(),
             }),
@@ -414,36 +444,43 @@ mod tests {
         let env = hookrelay_testkit::TestEnv::start().await.unwrap();
         let db = env.db().await.unwrap();
         hookrelay_runtime::db::MIGRATOR.run(&db).await.unwrap();
+        let ep = EndpointId::generate();
+        let [existing, again, new] = [(); 3].map(|()| DeliveryId::generate());
         // evt_1 already has its delivery (another job's): the one-statement path cannot
         // write the batch, and the transaction records both attempts.
         sqlx::query(
             "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, next_attempt_at)
-             VALUES ('dlv_existing', 'acme', 'evt_1', 'orders/created', 'ep_1', 'pending', now() + interval '1 minute')",
+             VALUES ($1, 'acme', 'evt_1', 'orders/created', $2, 'pending', now() + interval '1 minute')",
         )
+        .bind(&existing)
+        .bind(&ep)
         .execute(&db)
         .await
         .unwrap();
-        let batch = [first_attempt("dlv_again", "evt_1"), first_attempt("dlv_new", "evt_2")];
+        let batch = [first_attempt(&again, "evt_1", &ep), first_attempt(&new, "evt_2", &ep)];
         let answers = record_batch(&db, &batch).await.unwrap();
         assert_eq!(answers, [Some((1, Next::Delivered)), Some((1, Next::Delivered))]);
 
-        let rows: Vec<(String, String, i32)> =
-            sqlx::query_as("SELECT id, status, attempt_count FROM deliveries ORDER BY id")
+        let mut rows: Vec<(DeliveryId, DeliveryStatus, i32)> =
+            sqlx::query_as("SELECT id, status, attempt_count FROM deliveries")
                 .fetch_all(&db)
                 .await
                 .unwrap();
-        assert_eq!(
-            rows,
-            [
-                ("dlv_existing".to_owned(), "delivered".to_owned(), 1),
-                ("dlv_new".to_owned(), "delivered".to_owned(), 1)
-            ]
-        );
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut expected = [
+            (existing, DeliveryStatus::Delivered, 1),
+            (new, DeliveryStatus::Delivered, 1),
+        ];
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(rows, expected);
         assert_eq!(count(&db, "SELECT count(*) FROM attempts").await, 2);
         assert_eq!(count(&db, "SELECT sum(attempts) FROM endpoint_minutes").await, 2);
 
         // The same again, now all new: the one-statement path writes rows, attempts, minutes.
-        let batch = [first_attempt("dlv_3", "evt_3"), first_attempt("dlv_4", "evt_4")];
+        let batch = [
+            first_attempt(&DeliveryId::generate(), "evt_3", &ep),
+            first_attempt(&DeliveryId::generate(), "evt_4", &ep),
+        ];
         record_batch(&db, &batch).await.unwrap();
         assert_eq!(
             count(&db, "SELECT count(*) FROM deliveries WHERE status = 'delivered'").await,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId};
 use sqlx::PgExecutor;
 
 use crate::limits::Busy;
@@ -11,11 +12,11 @@ use crate::limits::Busy;
 /// A delivery about to be attempted, with the body to send (`None`: the event row is gone).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct Due {
-    pub(crate) id: String,
-    pub(crate) tenant_id: String,
-    pub(crate) event_id: String,
-    pub(crate) event_type: String,
-    pub(crate) endpoint_id: String,
+    pub(crate) id: DeliveryId,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) event_id: EventId,
+    pub(crate) event_type: EventType,
+    pub(crate) endpoint_id: EndpointId,
     pub(crate) attempt_count: i32,
     pub(crate) manual_retry: bool,
     pub(crate) body: Option<String>,

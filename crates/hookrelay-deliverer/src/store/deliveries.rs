@@ -3,21 +3,35 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 
 use super::push_unnest;
 
-/// The key a delivery is unique by: one delivery per event and endpoint in a tenant.
-pub(crate) type Key = (String, String, String);
+/// What a delivery is unique by: one delivery per event and endpoint in a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
+pub(crate) struct DeliveryKey {
+    pub(crate) tenant_id: TenantId,
+    pub(crate) event_id: EventId,
+    pub(crate) endpoint_id: EndpointId,
+}
+
+/// The delivery holding a key.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct Holder {
+    pub(super) id: DeliveryId,
+    #[sqlx(flatten)]
+    pub(super) key: DeliveryKey,
+}
 
 /// A delivery to store, from a job.
 #[derive(Debug)]
 pub(crate) struct NewDelivery {
-    pub(crate) id: String,
-    pub(crate) tenant_id: String,
-    pub(crate) event_id: String,
-    pub(crate) event_type: String,
-    pub(crate) endpoint_id: String,
+    pub(crate) id: DeliveryId,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) event_id: EventId,
+    pub(crate) event_type: EventType,
+    pub(crate) endpoint_id: EndpointId,
     /// Due this long from now: leased (a lease long) while its first attempt runs here, so
     /// the scheduler leaves it alone; due now (zero) or when its endpoint's pacing allows,
     /// for the scheduler to attempt.
@@ -48,11 +62,11 @@ pub(crate) async fn insert_deliveries(
          FROM ",
     );
     push_unnest(&mut qb, |u| {
-        u.array(text(|n| &n.id), "text[]")
-            .array(text(|n| &n.tenant_id), "text[]")
-            .array(text(|n| &n.event_id), "text[]")
-            .array(text(|n| &n.event_type), "text[]")
-            .array(text(|n| &n.endpoint_id), "text[]")
+        u.array(text(|n| n.id.as_str()), "text[]")
+            .array(text(|n| n.tenant_id.as_str()), "text[]")
+            .array(text(|n| n.event_id.as_str()), "text[]")
+            .array(text(|n| n.event_type.as_str()), "text[]")
+            .array(text(|n| n.endpoint_id.as_str()), "text[]")
             .array(
                 sorted.iter().map(|n| n.after.as_secs_f64()).collect::<Vec<_>>(),
                 "float8[]",
@@ -68,8 +82,8 @@ pub(crate) async fn insert_deliveries(
          ON CONFLICT (tenant_id, event_id, endpoint_id) DO NOTHING
          RETURNING id",
     );
-    let stored: Vec<String> = qb.build_query_scalar().fetch_all(db).await?;
-    let mut stored: HashSet<String> = stored.into_iter().collect();
+    let stored: Vec<DeliveryId> = qb.build_query_scalar().fetch_all(db).await?;
+    let mut stored: HashSet<DeliveryId> = stored.into_iter().collect();
     // `remove`: a second job with the same id in this batch was not stored by this batch.
     Ok(batch.iter().map(|n| stored.remove(&n.id)).collect())
 }
@@ -77,49 +91,47 @@ pub(crate) async fn insert_deliveries(
 /// The id of the delivery that already holds (tenant, event, endpoint).
 pub(crate) async fn existing_delivery(
     db: impl PgExecutor<'_>,
-    tenant: &str,
-    event_id: &str,
-    endpoint_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
+    key: &DeliveryKey,
+) -> Result<Option<DeliveryId>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM deliveries WHERE tenant_id = $1 AND event_id = $2 AND endpoint_id = $3")
-        .bind(tenant)
-        .bind(event_id)
-        .bind(endpoint_id)
+        .bind(&key.tenant_id)
+        .bind(&key.event_id)
+        .bind(&key.endpoint_id)
         .fetch_optional(db)
         .await
 }
 
-/// The deliveries holding any of `keys`, as (id, key), in one statement.
+/// The deliveries holding any of `keys`, in one statement.
 pub(super) async fn holding<'k>(
     db: impl PgExecutor<'_>,
-    keys: impl Iterator<Item = (&'k str, &'k str, &'k str)> + Clone,
-) -> Result<Vec<(String, Key)>, sqlx::Error> {
+    keys: impl Iterator<Item = &'k DeliveryKey> + Clone,
+) -> Result<Vec<Holder>, sqlx::Error> {
+    let column = |f: fn(&'k DeliveryKey) -> &'k str| keys.clone().map(f).collect::<Vec<_>>();
     let mut qb =
         QueryBuilder::<Postgres>::new("SELECT d.id, d.tenant_id, d.event_id, d.endpoint_id FROM deliveries d JOIN ");
     push_unnest(&mut qb, |u| {
-        u.array(keys.clone().map(|k| k.0).collect::<Vec<_>>(), "text[]")
-            .array(keys.clone().map(|k| k.1).collect::<Vec<_>>(), "text[]")
-            .array(keys.map(|k| k.2).collect::<Vec<_>>(), "text[]");
+        u.array(column(|k| k.tenant_id.as_str()), "text[]")
+            .array(column(|k| k.event_id.as_str()), "text[]")
+            .array(column(|k| k.endpoint_id.as_str()), "text[]");
     });
     qb.push(
         " AS k(tenant_id, event_id, endpoint_id)
            ON d.tenant_id = k.tenant_id AND d.event_id = k.event_id AND d.endpoint_id = k.endpoint_id",
     );
-    let rows: Vec<(String, String, String, String)> = qb.build_query_as().fetch_all(db).await?;
-    Ok(rows.into_iter().map(|(id, t, e, p)| (id, (t, e, p))).collect())
+    qb.build_query_as().fetch_all(db).await
 }
 
-/// For each (tenant, event, endpoint), whether a delivery holds it already, in one
-/// statement for the batch (a read: nothing to commit).
-pub(crate) async fn deliveries_exist(db: impl PgExecutor<'_>, keys: &[Key]) -> Result<Vec<bool>, sqlx::Error> {
-    let found = holding(db, keys.iter().map(|k| (k.0.as_str(), k.1.as_str(), k.2.as_str()))).await?;
-    let found: HashSet<Key> = found.into_iter().map(|(_, key)| key).collect();
+/// For each key, whether a delivery holds it already, in one statement for the batch (a
+/// read: nothing to commit).
+pub(crate) async fn deliveries_exist(db: impl PgExecutor<'_>, keys: &[DeliveryKey]) -> Result<Vec<bool>, sqlx::Error> {
+    let found = holding(db, keys.iter()).await?;
+    let found: HashSet<DeliveryKey> = found.into_iter().map(|h| h.key).collect();
     Ok(keys.iter().map(|k| found.contains(k)).collect())
 }
 
 /// Gives a claimed delivery back unattempted, due `after` from now (zero: for whichever
 /// deliverer has room), parked if its endpoint turned failing meanwhile.
-pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str, after: Duration) -> Result<(), sqlx::Error> {
+pub(crate) async fn release(db: impl PgExecutor<'_>, id: &DeliveryId, after: Duration) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2),
              parked = EXISTS (SELECT 1 FROM endpoint_health h
@@ -135,7 +147,11 @@ pub(crate) async fn release(db: impl PgExecutor<'_>, id: &str, after: Duration) 
 
 /// An operator's retry: due now, whatever its status (unparked: an operator's retry is not
 /// paced by health). Returns how many rows changed (0 or 1).
-pub(crate) async fn requeue_delivery(db: impl PgExecutor<'_>, tenant: &str, id: &str) -> Result<u64, sqlx::Error> {
+pub(crate) async fn requeue_delivery(
+    db: impl PgExecutor<'_>,
+    tenant: &TenantId,
+    id: &DeliveryId,
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE deliveries
          SET status = 'retrying', next_attempt_at = now(), manual_retry = true, parked = false, updated_at = now()
@@ -152,8 +168,8 @@ pub(crate) async fn requeue_delivery(db: impl PgExecutor<'_>, tenant: &str, id: 
 /// (Unix milliseconds) is due now, parked if the endpoint is failing. Returns how many.
 pub(crate) async fn requeue_failed(
     db: impl PgExecutor<'_>,
-    tenant: &str,
-    endpoint_id: &str,
+    tenant: &TenantId,
+    endpoint_id: &EndpointId,
     since_ms: i64,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
@@ -185,10 +201,10 @@ pub(crate) struct Replayed {
 /// command handled twice (a lost ack) sends once. Nothing happens if the event is gone.
 pub(crate) async fn replay(
     db: impl PgExecutor<'_>,
-    tenant: &str,
-    event_id: &str,
-    endpoints: &[&str],
-    new_ids: &[String],
+    tenant: &TenantId,
+    event_id: &EventId,
+    endpoints: &[EndpointId],
+    new_ids: &[DeliveryId],
 ) -> Result<Replayed, sqlx::Error> {
     let inserted: Vec<bool> = sqlx::query_scalar(
         "INSERT INTO deliveries

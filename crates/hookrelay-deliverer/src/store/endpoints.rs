@@ -1,12 +1,15 @@
 //! `endpoints` (query's) with their `endpoint_health`, as an attempt needs them.
 
 use hookrelay_runtime::vault::{self, Keyring, VaultError};
+use hookrelay_types::EndpointId;
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
+use crate::health::State;
+
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Endpoint {
-    pub(crate) id: String,
+    pub(crate) id: EndpointId,
     pub(crate) tenant_id: String,
     pub(crate) url: String,
     pub(crate) headers: serde_json::Value,
@@ -22,41 +25,41 @@ pub(crate) struct Endpoint {
     pub(crate) max_in_flight: Option<i32>,
     pub(crate) updated_at: OffsetDateTime,
     /// From `endpoint_health`; `None` when it has no row (healthy).
-    pub(crate) health_state: Option<String>,
+    pub(crate) health_state: Option<State>,
     pub(crate) disabled_at: Option<OffsetDateTime>,
 }
 
 impl Endpoint {
     /// The row as read, with its secrets and custom header values opened under `keys`.
     pub(crate) fn opened(mut self, keys: &Keyring) -> Result<Self, VaultError> {
-        self.secret = keys.open(&vault::secret_place(&self.id), &self.secret)?;
+        self.secret = keys.open(&vault::secret_place(self.id.as_str()), &self.secret)?;
         if let Some(previous) = &self.previous_secret {
-            self.previous_secret = Some(keys.open(&vault::secret_place(&self.id), previous)?);
+            self.previous_secret = Some(keys.open(&vault::secret_place(self.id.as_str()), previous)?);
         }
-        self.headers = vault::map_headers(&self.id, &self.headers, |place, v| keys.open(place, v))?;
+        self.headers = vault::map_headers(self.id.as_str(), &self.headers, |place, v| keys.open(place, v))?;
         Ok(self)
     }
 
     /// Failing: its deliveries wait, parked, for the probes.
     pub(crate) fn failing(&self) -> bool {
-        self.health_state.as_deref() == Some("failing")
+        self.health_state == Some(State::Failing)
     }
 
     /// Not healthy: its new deliveries go to the scheduler instead of being attempted at once.
     pub(crate) fn paced(&self) -> bool {
-        self.health_state.as_deref().is_some_and(|s| s != "healthy")
+        self.health_state.is_some_and(|s| s != State::Healthy)
     }
 
     /// Health disabled it and no user has enabled it since (query may not have applied
     /// the disable yet).
     pub(crate) fn health_disabled(&self) -> bool {
-        self.health_state.as_deref() == Some("disabled") && !self.reenabled()
+        self.health_state == Some(State::Disabled) && !self.reenabled()
     }
 
     /// Health disabled it, and a user changed the endpoint since while it is enabled: a
     /// re-enable, after which health starts fresh.
     pub(crate) fn reenabled(&self) -> bool {
-        self.health_state.as_deref() == Some("disabled")
+        self.health_state == Some(State::Disabled)
             && self.enabled
             && self.disabled_at.is_some_and(|at| self.updated_at > at)
     }

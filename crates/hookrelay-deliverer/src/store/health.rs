@@ -4,14 +4,38 @@
 
 use std::time::Duration;
 
-use sqlx::{PgExecutor, PgPool};
+use hookrelay_types::{EndpointId, TenantId};
+use sqlx::{
+    PgExecutor, PgPool, Postgres,
+    postgres::{PgTypeInfo, PgValueRef},
+};
 use time::OffsetDateTime;
 
 use crate::health::{self, Health, Observed, Rules, State};
 
+/// A health state is stored as its word (`healthy`, `failing`, `disabled`).
+impl sqlx::Type<Postgres> for State {
+    fn type_info() -> PgTypeInfo {
+        <str as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <str as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::Decode<'_, Postgres> for State {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Self::parse(value.as_str()?))
+    }
+}
+
+/// The columns [`HealthRow`] reads.
+const HEALTH_COLUMNS: &str = "state, consecutive_failures, since, first_failure_at";
+
 #[derive(Debug, sqlx::FromRow)]
 struct HealthRow {
-    state: String,
+    state: State,
     consecutive_failures: i32,
     since: OffsetDateTime,
     first_failure_at: Option<OffsetDateTime>,
@@ -20,7 +44,7 @@ struct HealthRow {
 impl From<HealthRow> for Health {
     fn from(r: HealthRow) -> Self {
         Self {
-            state: State::parse(&r.state),
+            state: r.state,
             consecutive_failures: r.consecutive_failures,
             since: r.since,
             first_failure_at: r.first_failure_at,
@@ -32,8 +56,8 @@ impl From<HealthRow> for Health {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct TransitionRow {
     pub(crate) id: i64,
-    pub(crate) tenant_id: String,
-    pub(crate) endpoint_id: String,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) endpoint_id: EndpointId,
     pub(crate) url: String,
     pub(crate) kind: String,
     pub(crate) reason: String,
@@ -48,18 +72,20 @@ const TRANSITION_COLUMNS: &str = "id, tenant_id, endpoint_id, url, kind, reason,
 /// failures counted writes nothing.
 pub(crate) async fn observe_health(
     db: &PgPool,
-    tenant: &str,
-    endpoint_id: &str,
+    tenant: &TenantId,
+    endpoint_id: &EndpointId,
     url: &str,
     observed: Observed<'_>,
     rules: Rules,
     probe: Duration,
 ) -> Result<Option<TransitionRow>, sqlx::Error> {
-    let select =
-        "SELECT state, consecutive_failures, since, first_failure_at FROM endpoint_health WHERE endpoint_id = $1";
+    let select = format!("SELECT {HEALTH_COLUMNS} FROM endpoint_health WHERE endpoint_id = $1");
     if observed == Observed::Success {
-        let current: Option<HealthRow> = sqlx::query_as(select).bind(endpoint_id).fetch_optional(db).await?;
-        if current.is_none_or(|h| h.state == "healthy" && h.consecutive_failures == 0) {
+        let current: Option<HealthRow> = sqlx::query_as(sqlx::AssertSqlSafe(select.clone()))
+            .bind(endpoint_id)
+            .fetch_optional(db)
+            .await?;
+        if current.is_none_or(|h| h.state == State::Healthy && h.consecutive_failures == 0) {
             return Ok(None);
         }
     }
@@ -77,7 +103,7 @@ pub(crate) async fn observe_health(
         .fetch_one(&mut *tx)
         .await?;
     let now = OffsetDateTime::now_utc();
-    let before = State::parse(&current.state);
+    let before = current.state;
     let (next, transition) = health::step(&current.into(), observed, now, rules);
     sqlx::query(
         "UPDATE endpoint_health
@@ -137,7 +163,12 @@ pub(crate) async fn observe_health(
 
 /// A user enabled the endpoint again after health disabled it: health starts fresh, and a
 /// `reset` transition (not announced) records it. Returns whether it was reset.
-pub(crate) async fn reset_health(db: &PgPool, tenant: &str, endpoint_id: &str, url: &str) -> Result<bool, sqlx::Error> {
+pub(crate) async fn reset_health(
+    db: &PgPool,
+    tenant: &TenantId,
+    endpoint_id: &EndpointId,
+    url: &str,
+) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
     let old: Option<(i32, OffsetDateTime)> = sqlx::query_as(
         "SELECT consecutive_failures, since FROM endpoint_health
@@ -206,8 +237,8 @@ pub(crate) async fn unpublished_transitions(
 /// them the other way round in one transaction could deadlock. Endpoints are given in any
 /// order, repeats allowed; each is reset at most once. The attempts are recorded whatever
 /// happens here: a failure is only logged (the next success resets the count).
-pub(crate) async fn reset_failure_counts(db: &PgPool, endpoints: &[String]) -> Result<Vec<()>, sqlx::Error> {
-    let mut ids: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+pub(crate) async fn reset_failure_counts(db: &PgPool, endpoints: &[EndpointId]) -> Result<Vec<()>, sqlx::Error> {
+    let mut ids: Vec<&str> = endpoints.iter().map(EndpointId::as_str).collect();
     ids.sort_unstable();
     ids.dedup();
     sqlx::query(

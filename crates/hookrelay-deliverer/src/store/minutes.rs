@@ -47,7 +47,7 @@ impl<'a> MinuteColumns<'a> {
             let m = minutes
                 .entry((r.endpoint_id.as_str(), minute))
                 .or_insert_with(|| Minute {
-                    tenant_id: &r.tenant_id,
+                    tenant_id: r.tenant_id.as_str(),
                     latency: latency::empty(),
                     ..Default::default()
                 });

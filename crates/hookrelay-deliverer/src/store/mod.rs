@@ -22,8 +22,8 @@ pub(crate) use attempts::{First, Record, record_batch};
 pub(crate) use audit::{Repaired, repair_stuck};
 pub(crate) use claims::{Claim, Due, claim_due, claim_probes};
 pub(crate) use deliveries::{
-    NewDelivery, deliveries_exist, existing_delivery, insert_deliveries, release, replay, requeue_delivery,
-    requeue_failed,
+    DeliveryKey, NewDelivery, deliveries_exist, existing_delivery, insert_deliveries, release, replay,
+    requeue_delivery, requeue_failed,
 };
 pub(crate) use endpoints::{Endpoint, endpoint};
 pub(crate) use gauges::{Backlog, EndpointCount, backlog, endpoints_by_health};
