@@ -231,7 +231,13 @@ async fn a_retry_asked_for_during_an_attempt_is_not_lost() {
     )
     .await;
     wait_for(&db, &sent.delivery_id, "delivered", 2).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing is left to attempt: the retry was handled and its attempt recorded.
+    commands_handled(&js).await;
+    until("the manual attempt recorded", || async {
+        let row = delivery(&db, &sent.delivery_id).await?;
+        (row.status == "delivered" && !row.manual_retry && row.next_attempt_at.is_none()).then_some(())
+    })
+    .await;
     let recorded = attempts(&db, &sent.delivery_id).await;
     let mut seen: Vec<_> = recorded.iter().map(|a| (a.trigger.as_str(), a.response_code)).collect();
     seen.sort();
@@ -305,7 +311,13 @@ async fn a_replay_command_handled_twice_sends_once_and_a_malformed_one_is_poison
         sent.event_id.as_str()
     );
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every command is handled and neither delivery waits for another attempt: nothing
+    // more can be sent.
+    commands_handled(&js).await;
+    for id in [&sent.delivery_id, &new_id] {
+        let row = delivery(&db, id).await.unwrap();
+        assert_eq!((row.status.as_str(), row.manual_retry), ("delivered", false), "{id}");
+    }
     assert_eq!(
         receiver.received_id("ok/old", &sent.event_id).len(),
         2,
