@@ -10,6 +10,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -34,24 +35,56 @@ pub(crate) async fn beat(db: &PgPool, id: &str) -> Result<usize, sqlx::Error> {
     Ok(usize::try_from(n).unwrap_or(1))
 }
 
-/// Beats until `shutdown`, keeping `limits`' replica count current, then leaves.
-pub(crate) async fn run(db: PgPool, id: String, limits: Arc<Limits>, shutdown: CancellationToken) {
+/// Asks the heartbeat to beat now, besides every [`BEAT`]: a request is answered, once the
+/// beat is written, with how many deliverers are alive (dropped unanswered if it failed).
+pub(crate) type BeatRequest = oneshot::Sender<usize>;
+
+/// Beats until `shutdown`, every [`BEAT`] and on each of `requests`, keeping `limits`'
+/// replica count current, then leaves.
+pub(crate) async fn run(
+    db: PgPool,
+    id: String,
+    limits: Arc<Limits>,
+    mut requests: Option<mpsc::UnboundedReceiver<BeatRequest>>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = HashSet::new();
     loop {
-        tokio::select! {
+        let reply = tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        match beat(&db, &id).await {
-            Ok(n) => limits.set_replicas(n),
-            Err(error) => warn!(%error, "the deliverer heartbeat failed; keeping the last replica count"),
-        }
+            _ = tick.tick() => None,
+            Some(reply) = requested(&mut requests) => Some(reply),
+        };
+        let live = match beat(&db, &id).await {
+            Ok(n) => {
+                limits.set_replicas(n);
+                Some(n)
+            }
+            Err(error) => {
+                warn!(%error, "the deliverer heartbeat failed; keeping the last replica count");
+                None
+            }
+        };
         report(&db, &id, &limits, &mut reported).await;
+        if let (Some(reply), Some(n)) = (reply, live) {
+            let _ = reply.send(n);
+        }
     }
     if let Err(error) = store::leave(&db, &id).await {
         warn!(%error, "removing this deliverer's heartbeat failed; it stops counting after {ALIVE:?}");
+    }
+}
+
+/// The next request to beat now; never, without a channel or once it is closed.
+async fn requested(requests: &mut Option<mpsc::UnboundedReceiver<BeatRequest>>) -> Option<BeatRequest> {
+    match requests {
+        Some(rx) => match rx.recv().await {
+            Some(reply) => Some(reply),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -238,7 +238,7 @@ async fn an_endpoints_rate_limit_holds_across_two_deliverers_and_costs_no_attemp
     })
     .await;
     assert!(two.is_some(), "the deliverers never saw each other");
-    tokio::time::sleep(Duration::from_millis(2500)).await; // a heartbeat: both know n = 2
+    both_count_two(&first, &second).await;
     let receiver = Receiver::start().await.unwrap();
     let (ep, secret) = endpoint(&db, &receiver.url("ok/limited"), json!({})).await;
     sqlx::query("UPDATE endpoints SET rate_limit_per_sec = $2 WHERE id = $1")
@@ -286,7 +286,7 @@ async fn the_in_flight_cap_holds_across_two_deliverers() {
     let cap = [("HOOKRELAY_ENDPOINT_MAX_IN_FLIGHT", "2")];
     let (first, db, js) = setup(&env, &cap).await;
     let second = start(&env, &cap).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await; // a heartbeat: both know n = 2
+    both_count_two(&first, &second).await;
     let receiver = Receiver::start().await.unwrap();
     let (ep, _) = endpoint(&db, &receiver.url("slow/400/capped"), json!({})).await;
     let mut sent = Vec::new();

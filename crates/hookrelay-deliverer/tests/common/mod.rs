@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
-use hookrelay_deliverer::{Config, run};
+use hookrelay_deliverer::{Config, Heartbeat, run_with_heartbeat};
 use hookrelay_testkit::{TestEnv, eventually, spawn_service};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
@@ -35,6 +35,14 @@ where
     }
 }
 
+/// Makes two deliverers beat until each counts both, so they share endpoints' limits.
+pub async fn both_count_two(a: &Running, b: &Running) {
+    until("both deliverers count two", || async {
+        (a.heartbeat.beat().await == Some(2) && b.heartbeat.beat().await == Some(2)).then_some(())
+    })
+    .await;
+}
+
 /// Waits until the deliverer's metrics contain `line`.
 pub async fn metric(running: &Running, line: &str) {
     until(&format!("metric `{line}`"), || async {
@@ -60,6 +68,8 @@ pub async fn commands_handled(js: &jetstream::Context) {
 /// A running deliverer.
 pub struct Running {
     pub base: String,
+    /// Makes it beat now (`deliverer_replicas`) instead of at its next beat.
+    pub heartbeat: Heartbeat,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -92,9 +102,11 @@ pub async fn start_resolving(env: &TestEnv, extra: &[(&str, &str)], names: &[(&s
         .iter()
         .map(|(name, ips)| ((*name).to_owned(), ips.iter().map(|ip| ip.parse().unwrap()).collect()))
         .collect();
-    let s = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
+    let (heartbeat, beats) = Heartbeat::new();
+    let s = spawn_service(|listener, stop| run_with_heartbeat(cfg, Some(listener), beats, stop)).await;
     Running {
         base: s.api.base,
+        heartbeat,
         shutdown: s.shutdown,
         handle: s.task,
     }
