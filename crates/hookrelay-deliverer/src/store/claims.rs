@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use hookrelay_types::{DeliveryId, EndpointId, EventId, EventType, TenantId};
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+
+use super::push_unnest;
 
 use crate::limits::Busy;
 
@@ -72,41 +74,54 @@ pub(crate) async fn claim_due(db: impl PgExecutor<'_>, c: &Claim<'_>) -> Result<
     let ids: Vec<&str> = c.busy.iter().map(|b| b.endpoint_id.as_str()).collect();
     let free: Vec<i32> = c.busy.iter().map(|b| b.free).collect();
     let paced_free: Vec<i32> = c.busy.iter().map(|b| b.paced_free).collect();
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH busy AS (
-             SELECT * FROM unnest($4::text[], $5::int4[], $6::int4[]) AS b(endpoint_id, free, paced_free)),
+    let mut qb = QueryBuilder::<Postgres>::new("WITH busy AS (SELECT * FROM ");
+    push_unnest(&mut qb, |u| {
+        u.array(ids, "text[]").array(free, "int4[]").array(paced_free, "int4[]");
+    });
+    qb.push(
+        " AS b(endpoint_id, free, paced_free)),
          ranked AS (
              SELECT d.id,
-                    LEAST(COALESCE(b.free, $3::int4),
+                    LEAST(COALESCE(b.free, ",
+    )
+    .push_bind(c.untracked_free)
+    .push(
+        "::int4),
                           CASE WHEN e.rate_limit_per_sec IS NULL THEN 2147483647
                                WHEN b.paced_free >= 0 THEN b.paced_free
-                               ELSE floor($8::float8 * e.rate_limit_per_sec / $7::int4)::int4 + 1 END) AS free,
+                               ELSE floor(",
+    )
+    .push_bind(c.window.as_secs_f64())
+    .push("::float8 * e.rate_limit_per_sec / ")
+    .push_bind(c.replicas.max(1))
+    .push(
+        "::int4)::int4 + 1 END) AS free,
                     row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rank
              FROM deliveries d
              LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id
              LEFT JOIN endpoints e ON e.id = d.endpoint_id
              WHERE d.status IN ('pending', 'retrying') AND NOT d.parked AND d.next_attempt_at <= now()),
          claimed AS (
-             UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2)
+             UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => ",
+    )
+    .push_bind(c.lease.as_secs_f64())
+    .push(
+        ")
              WHERE id IN (
                  SELECT id FROM deliveries
                  WHERE id IN (SELECT id FROM ranked WHERE rank <= free)
                    AND status IN ('pending', 'retrying') AND NOT parked AND next_attempt_at <= now()
                  ORDER BY next_attempt_at
-                 LIMIT $1
+                 LIMIT ",
+    )
+    .push_bind(c.limit)
+    .push(
+        "
                  FOR UPDATE SKIP LOCKED)
-             {CLAIMED}"
-    )))
-    .bind(c.limit)
-    .bind(c.lease.as_secs_f64())
-    .bind(c.untracked_free)
-    .bind(ids)
-    .bind(free)
-    .bind(paced_free)
-    .bind(c.replicas.max(1))
-    .bind(c.window.as_secs_f64())
-    .fetch_all(db)
-    .await
+             ",
+    )
+    .push(CLAIMED);
+    qb.build_query_as().fetch_all(db).await
 }
 
 /// Claims one probe for each failing endpoint whose `next_probe_at` has come and that has
@@ -122,37 +137,49 @@ pub(crate) async fn claim_probes(
     skip: &[&str],
     limit: i64,
 ) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut qb = QueryBuilder::<Postgres>::new(
         "WITH turns AS (
-             UPDATE endpoint_health h SET next_probe_at = now() + make_interval(secs => $2)
+             UPDATE endpoint_health h SET next_probe_at = now() + make_interval(secs => ",
+    );
+    qb.push_bind(probe.as_secs_f64())
+        .push(
+            ")
              WHERE h.endpoint_id IN (
                  SELECT h.endpoint_id FROM endpoint_health h
                  WHERE h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
-                   AND NOT (h.endpoint_id = ANY($3::text[]))
+                   AND NOT (h.endpoint_id = ANY(",
+        )
+        .push_bind(skip)
+        .push(
+            "::text[]))
                    AND EXISTS (SELECT 1 FROM deliveries d
                                WHERE d.endpoint_id = h.endpoint_id AND d.parked
                                  AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now())
                  ORDER BY h.next_probe_at NULLS FIRST
-                 LIMIT $4
+                 LIMIT ",
+        )
+        .push_bind(limit)
+        .push(
+            "
                  FOR UPDATE SKIP LOCKED)
                -- Checked again on the row as it is once locked: a deliverer that took the
                -- turn meanwhile moved next_probe_at, and this one must not probe too.
                AND h.state = 'failing' AND COALESCE(h.next_probe_at <= now(), true)
              RETURNING h.endpoint_id),
          claimed AS (
-             UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $1)
+             UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => ",
+        )
+        .push_bind(lease.as_secs_f64())
+        .push(
+            ")
              WHERE id IN (
                  SELECT (SELECT d.id FROM deliveries d
                          WHERE d.endpoint_id = t.endpoint_id AND d.parked
                            AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()
                          ORDER BY d.next_attempt_at, d.id LIMIT 1)
                  FROM turns t)
-             {CLAIMED}"
-    )))
-    .bind(lease.as_secs_f64())
-    .bind(probe.as_secs_f64())
-    .bind(skip)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+             ",
+        )
+        .push(CLAIMED);
+    qb.build_query_as().fetch_all(db).await
 }
