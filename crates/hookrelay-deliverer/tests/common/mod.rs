@@ -31,7 +31,7 @@ where
 {
     match eventually(WAIT, check).await {
         Some(found) => found,
-        None => panic!("{what}: not within {WAIT:?}"),
+        None => panic!("waited {WAIT:?} in vain: {what}"),
     }
 }
 
