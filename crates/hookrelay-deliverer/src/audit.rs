@@ -20,42 +20,10 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::store;
+
 /// Deliveries the audit found stuck and made due, by `reason`.
 pub(crate) const REPAIRED: &str = "hookrelay_deliveries_repaired_total";
-
-/// How many rows each reason repaired in one pass.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Repaired {
-    pub(crate) no_next_attempt: u64,
-    pub(crate) parked_not_failing: u64,
-}
-
-/// One pass of the audit.
-pub(crate) async fn once(db: &PgPool) -> Result<Repaired, sqlx::Error> {
-    let no_next_attempt = sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = now(), updated_at = now()
-         WHERE status IN ('pending', 'retrying') AND next_attempt_at IS NULL",
-    )
-    .execute(db)
-    .await?
-    .rows_affected();
-    // Within the parked index; an endpoint turning failing meanwhile parks its rows again
-    // at their next record.
-    let parked_not_failing = sqlx::query(
-        "UPDATE deliveries d SET parked = false, next_attempt_at = LEAST(COALESCE(d.next_attempt_at, now()), now()),
-                                 updated_at = now()
-         WHERE d.status IN ('pending', 'retrying') AND d.parked
-           AND NOT EXISTS (SELECT 1 FROM endpoint_health h
-                           WHERE h.endpoint_id = d.endpoint_id AND h.state = 'failing')",
-    )
-    .execute(db)
-    .await?
-    .rows_affected();
-    Ok(Repaired {
-        no_next_attempt,
-        parked_not_failing,
-    })
-}
 
 /// Runs the audit every `every` until `shutdown`; `wake` hears of each repair, so the
 /// scheduler claims the repaired rows at once.
@@ -70,7 +38,7 @@ pub(crate) async fn run(db: PgPool, every: Duration, wake: impl Fn(), shutdown: 
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        match once(&db).await {
+        match store::repair_stuck(&db).await {
             Ok(r) => {
                 for (reason, n) in [
                     ("no_next_attempt", r.no_next_attempt),
@@ -81,7 +49,7 @@ pub(crate) async fn run(db: PgPool, every: Duration, wake: impl Fn(), shutdown: 
                         tracing::warn!(reason, repaired = n, "stuck deliveries made due");
                     }
                 }
-                if r != Repaired::default() {
+                if r != store::Repaired::default() {
                     wake();
                 }
             }

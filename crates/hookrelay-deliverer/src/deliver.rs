@@ -10,6 +10,7 @@ use std::{
 };
 
 use hookrelay_runtime::batch::Batcher;
+use hookrelay_types::{EndpointId, TenantId};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
@@ -23,9 +24,9 @@ use crate::{
     health::Observed,
     limits::{self, Handoff, Limits, Slot},
     publish,
-    retry::{self, Next},
+    retry::{self, Next, Verdict},
     scheduler::Wakes,
-    store::{self, Due, Endpoint, First, NewDelivery, Record},
+    store::{self, DeliveryKey, Due, Endpoint, First, NewDelivery, Record},
 };
 
 const ATTEMPTS: &str = "hookrelay_delivery_attempts_total";
@@ -60,12 +61,14 @@ pub(crate) struct Deliverer {
     /// New deliveries, stored a batch per statement.
     pub(crate) inserts: Batcher<NewDelivery, bool>,
     /// Whether a delivery holds a (tenant, event, endpoint) already, a batch per read.
-    pub(crate) known: Batcher<(String, String, String), bool>,
+    pub(crate) known: Batcher<DeliveryKey, bool>,
     /// Attempts, recorded a batch per transaction.
     pub(crate) records: Batcher<Record, Option<(i32, Next)>>,
     /// (tenant, event, endpoint) of first attempts under way here whose row is written only
     /// with their record: a second job for one of them cannot find the row yet.
-    pub(crate) firsts: Arc<std::sync::Mutex<std::collections::HashSet<(String, String, String)>>>,
+    pub(crate) firsts: Arc<std::sync::Mutex<std::collections::HashSet<DeliveryKey>>>,
+    /// The retry schedule and floor every attempt's verdict follows.
+    pub(crate) retry: Arc<retry::Rules>,
 }
 
 /// How long a success's reset of its endpoint's failure count may wait to be written
@@ -74,8 +77,8 @@ const RESETS_LINGER: Duration = Duration::from_millis(100);
 
 /// Resets, in the background, the failure counts of the endpoints that answered a recorded
 /// attempt with success (see [`store::reset_failure_counts`]).
-fn reset_failure_counts(resets: &Batcher<String, ()>, batch: &[Record], answers: &[Option<(i32, Next)>]) {
-    let mut endpoints: Vec<String> = batch
+fn reset_failure_counts(resets: &Batcher<EndpointId, ()>, batch: &[Record], answers: &[Option<(i32, Next)>]) {
+    let mut endpoints: Vec<EndpointId> = batch
         .iter()
         .zip(answers)
         .filter(|(r, a)| r.succeeded && a.is_some())
@@ -111,27 +114,31 @@ impl Deliverer {
         shutdown: CancellationToken,
     ) -> Self {
         let (insert_db, record_db, known_db, reset_db) = (db.clone(), db.clone(), db.clone(), db.clone());
-        let resets = Batcher::spawn_lingering("health_resets", BATCH_MAX, RESETS_LINGER, move |ids: Vec<String>| {
-            let db = reset_db.clone();
-            async move { store::reset_failure_counts(&db, &ids).await }
-        });
+        let resets = Batcher::spawn_lingering(
+            "health_resets",
+            BATCH_MAX,
+            RESETS_LINGER,
+            move |ids: Vec<EndpointId>| {
+                let db = reset_db.clone();
+                async move { store::reset_failure_counts(&db, &ids).await }
+            },
+        );
         let wakes = Arc::new(Wakes::default());
         Self {
-            known: Batcher::spawn_parallel(
-                "known",
-                BATCH_MAX,
-                PARALLEL,
-                move |batch: Vec<(String, String, String)>| {
-                    let db = known_db.clone();
-                    async move { store::deliveries_exist(&db, &batch).await }
-                },
-            ),
+            known: Batcher::spawn_parallel("known", BATCH_MAX, PARALLEL, move |batch: Vec<DeliveryKey>| {
+                let db = known_db.clone();
+                async move { store::deliveries_exist(&db, &batch).await }
+            }),
             endpoints: Endpoints::new(db.clone(), cfg.encryption.clone()),
             inserts: Batcher::spawn_parallel("deliveries", BATCH_MAX, PARALLEL, move |batch: Vec<NewDelivery>| {
                 let db = insert_db.clone();
                 async move { store::insert_deliveries(&db, &batch).await }
             }),
             firsts: Arc::default(),
+            retry: Arc::new(retry::Rules {
+                schedule: cfg.retry_schedule.clone(),
+                floor: cfg.retry_floor,
+            }),
             records: Batcher::spawn_parallel("attempts", BATCH_MAX, PARALLEL, move |batch: Vec<Record>| {
                 let (db, resets) = (record_db.clone(), resets.clone());
                 async move {
@@ -162,18 +169,24 @@ pub(crate) enum Ready {
 }
 
 /// A delivery's endpoint slot and its tenant's permit (`fair`), with the pacing delay.
-pub(crate) type Started = (Slot, Duration, Permit);
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) slot: Slot,
+    /// Start no sooner than this from now (`limits::pace`).
+    pub(crate) wait: Duration,
+    pub(crate) permit: Permit,
+}
 
 impl Ready {
     /// Waits for the slot, then for a permit of the delivery's tenant: the slot first, so
     /// no permit is held by a delivery whose endpoint is busy.
-    pub(crate) async fn start(self, fair: Arc<Fair>, tenant: String, endpoint: String) -> Option<Started> {
+    pub(crate) async fn start(self, fair: Arc<Fair>, tenant: TenantId, endpoint: EndpointId) -> Option<Started> {
         let (slot, wait) = match self {
             Self::Now(slot, wait) => (slot, wait),
             Self::Later(rx) => rx.await.ok()?,
         };
-        let permit = fair.acquire(&tenant, &endpoint).await;
-        Some((slot, wait, permit))
+        let permit = fair.acquire(tenant.as_str(), endpoint.as_str()).await;
+        Some(Started { slot, wait, permit })
     }
 }
 
@@ -192,9 +205,9 @@ pub(crate) async fn when_started(d: &Deliverer, due: Due, starting: impl Future<
         () = d.shutdown.cancelled() => None,
     };
     match started {
-        Some((slot, wait, permit)) => {
-            limits::pace(wait).await;
-            deliver(d, due, slot, permit).await;
+        Some(started) => {
+            limits::pace(started.wait).await;
+            deliver(d, due, started.slot, started.permit).await;
         }
         None => {
             if let Err(error) = store::release(&d.db, &due.id, Duration::ZERO).await {
@@ -229,7 +242,8 @@ pub(crate) async fn deliver(d: &Deliverer, due: Due, slot: Slot, permit: Permit)
 pub(crate) async fn deliver_first(
     d: &Deliverer,
     due: Due,
-    (slot, permit): (Slot, Permit),
+    slot: Slot,
+    permit: Permit,
     first: First,
     pending: NewDelivery,
 ) -> bool {
@@ -258,8 +272,8 @@ pub(crate) async fn deliver_first(
 /// What an attempt says about its endpoint's load (`concurrency`): a success and how long
 /// it took; overload for a timeout, a connection error, a 5xx or a 429; nothing for
 /// another 4xx or an attempt that sent nothing.
-fn signal(attempted: Option<&(Outcome, bool, Option<Arc<Endpoint>>)>) -> Signal {
-    let Some((outcome, _, _)) = attempted.filter(|(o, _, _)| o.sent) else {
+fn signal(attempted: Option<&Attempted>) -> Signal {
+    let Some(outcome) = attempted.map(|a| &a.outcome).filter(|o| o.sent) else {
         return Signal::Neutral;
     };
     if outcome.succeeded() {
@@ -274,28 +288,24 @@ fn signal(attempted: Option<&(Outcome, bool, Option<Arc<Endpoint>>)>) -> Signal 
 /// Records an attempt (`None`: none was made) and moves the delivery and the endpoint's
 /// health on. `first`: the delivery's row is written with this record. Returns whether the
 /// attempt is recorded.
-async fn record(
-    d: &Deliverer,
-    due: &Due,
-    attempted: Option<(Outcome, bool, Option<Arc<Endpoint>>)>,
-    first: Option<First>,
-) -> bool {
-    let Some((outcome, is_final, endpoint)) = attempted else {
+async fn record(d: &Deliverer, due: &Due, attempted: Option<Attempted>, first: Option<First>) -> bool {
+    let Some(Attempted {
+        outcome,
+        hopeless,
+        endpoint,
+    }) = attempted
+    else {
         return false;
     };
     if let Some(error) = &outcome.error {
         warn!(%error, endpoint_id = %due.endpoint_id, event_id = %due.event_id, "delivery attempt failed");
     }
-    let (cfg, gone, succeeded, backoff) = (d.cfg.clone(), outcome.gone(), outcome.succeeded(), outcome.backoff);
-    let decide = move |number: i32| {
-        if is_final || gone {
-            return Next::Failed;
-        }
-        let number = u32::try_from(number).unwrap_or(u32::MAX);
-        match retry::next(&cfg.retry_schedule, number, succeeded, retry::random_jitter()) {
-            Next::Retry(wait) => Next::Retry(retry::stretch(wait, backoff, cfg.retry_floor)),
-            next => next,
-        }
+    let succeeded = outcome.succeeded();
+    let verdict = Verdict {
+        succeeded,
+        hopeless: hopeless || outcome.gone(),
+        backoff: outcome.backoff,
+        rules: d.retry.clone(),
     };
     let record = || Record {
         delivery_id: due.id.clone(),
@@ -309,7 +319,7 @@ async fn record(
         response_code: outcome.response_code.map(i32::from),
         response_body: outcome.response_body.clone(),
         error: outcome.error.clone(),
-        decide: Box::new(decide.clone()),
+        verdict: verdict.clone(),
         first: first.clone(),
     };
     let recording = tracing::info_span!("deliverer.record", delivery_id = %due.id);
@@ -347,7 +357,7 @@ async fn record(
     match recorded {
         None => warn!("the delivery disappeared while it was attempted; the attempt is not recorded"),
         Some((_, next @ (Next::Delivered | Next::Failed))) => {
-            metrics::counter!(FINISHED, "status" => next.status()).increment(1);
+            metrics::counter!(FINISHED, "status" => next.status().as_str()).increment(1);
         }
         // The scheduler claims it when it comes due, not at its next poll.
         Some((_, Next::Retry(wait))) => d.wakes.at(Instant::now() + wait),
@@ -391,22 +401,37 @@ async fn observe_health(d: &Deliverer, due: &Due, url: &str, outcome: &Outcome) 
             return;
         }
     };
-    d.endpoints.forget(&due.endpoint_id);
-    endpoints::announce(&d.nats, &due.tenant_id, &due.endpoint_id).await;
+    d.endpoints.forget(due.endpoint_id.as_str());
+    endpoints::announce(&d.nats, due.tenant_id.as_str(), due.endpoint_id.as_str()).await;
     if let Err(e) = publish::announce(d, &transition).await {
         warn!(error = %e, endpoint_id = %due.endpoint_id, "announcing a health transition failed; it is published again later");
     }
 }
 
-/// The attempt's outcome, whether it ends the delivery whatever the schedule says (nothing
-/// could ever be sent), and the endpoint. `None` when the endpoint could not be read:
-/// nothing is sent or recorded, and the delivery comes due again when its lease runs out.
-async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<Endpoint>>)> {
-    let refused = |why: &str| Some((Outcome::refused(why), true, None));
+/// An attempt made (or refused), for its record.
+#[derive(Debug)]
+struct Attempted {
+    outcome: Outcome,
+    /// It ends the delivery whatever the schedule says: nothing could ever be sent.
+    hopeless: bool,
+    /// The endpoint as read for it (`None`: refused before it was read, or it is gone).
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+/// The attempt of `due`. `None` when the endpoint could not be read: nothing is sent or
+/// recorded, and the delivery comes due again when its lease runs out.
+async fn attempt(d: &Deliverer, due: &Due) -> Option<Attempted> {
+    let refused = |why: &str| {
+        Some(Attempted {
+            outcome: Outcome::refused(why),
+            hopeless: true,
+            endpoint: None,
+        })
+    };
     let Some(body) = &due.body else {
         return refused("event payload no longer stored");
     };
-    let endpoint = match d.endpoints.get(&due.tenant_id, &due.endpoint_id).await {
+    let endpoint = match d.endpoints.get(due.tenant_id.as_str(), due.endpoint_id.as_str()).await {
         Ok(Some(endpoint)) => endpoint,
         Ok(None) => return refused("endpoint deleted"),
         Err(e) => {
@@ -422,19 +447,19 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<
         match store::reset_health(&d.db, &due.tenant_id, &due.endpoint_id, &endpoint.url).await {
             Ok(_) => {
                 info!(endpoint_id = %due.endpoint_id, "endpoint enabled again; its health starts fresh");
-                d.endpoints.forget(&due.endpoint_id);
-                endpoints::announce(&d.nats, &due.tenant_id, &due.endpoint_id).await;
+                d.endpoints.forget(due.endpoint_id.as_str());
+                endpoints::announce(&d.nats, due.tenant_id.as_str(), due.endpoint_id.as_str()).await;
             }
             Err(e) => warn!(error = %e, "resetting the health of a re-enabled endpoint failed"),
         }
     }
     let scheme = endpoint.signature_scheme;
     if scheme.check_key(&endpoint.secret).is_err() {
-        return Some((
-            Outcome::refused("the endpoint's signing key is not valid"),
-            false,
-            Some(endpoint),
-        ));
+        return Some(Attempted {
+            outcome: Outcome::refused("the endpoint's signing key is not valid"),
+            hopeless: false,
+            endpoint: Some(endpoint),
+        });
     }
     let mut keys = vec![endpoint.secret.as_str()];
     if let Some(previous) = endpoint.previous_secret.as_deref() {
@@ -445,9 +470,9 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<
     }
     let request = Request {
         url: &endpoint.url,
-        event_id: &due.event_id,
-        event_type: &due.event_type,
-        delivery_id: &due.id,
+        event_id: due.event_id.as_str(),
+        event_type: due.event_type.as_str(),
+        delivery_id: due.id.as_str(),
         attempt: due.attempt_count + 1,
         body: body.as_bytes().to_vec(),
         scheme,
@@ -467,5 +492,9 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<(Outcome, bool, Option<Arc<
     if let Some(code) = outcome.response_code {
         span.record("status", code);
     }
-    Some((outcome, false, Some(endpoint)))
+    Some(Attempted {
+        outcome,
+        hopeless: false,
+        endpoint: Some(endpoint),
+    })
 }

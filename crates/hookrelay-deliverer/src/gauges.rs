@@ -10,34 +10,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::store;
+
 pub(crate) const EVERY: Duration = Duration::from_secs(5);
 
-#[derive(Debug, sqlx::FromRow)]
-struct Backlog {
-    due: i64,
-    scheduled: i64,
-    parked: i64,
-}
-
-async fn read(db: &PgPool) -> Result<(Backlog, Vec<(String, i64)>), sqlx::Error> {
-    let backlog: Backlog = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE NOT parked AND next_attempt_at <= now()) AS due,
-                count(*) FILTER (WHERE NOT parked AND next_attempt_at > now()) AS scheduled,
-                count(*) FILTER (WHERE parked) AS parked
-         FROM deliveries WHERE status IN ('pending', 'retrying')",
-    )
-    .fetch_one(db)
-    .await?;
-    let health: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT CASE WHEN NOT e.enabled OR h.state = 'disabled' THEN 'disabled'
-                     ELSE COALESCE(h.state, 'healthy') END AS health,
-                count(*)
-         FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id
-         GROUP BY 1",
-    )
-    .fetch_all(db)
-    .await?;
-    Ok((backlog, health))
+async fn read(db: &PgPool) -> Result<(store::Backlog, Vec<store::EndpointCount>), sqlx::Error> {
+    Ok((store::backlog(db).await?, store::endpoints_by_health(db).await?))
 }
 
 pub(crate) async fn run(db: PgPool, shutdown: CancellationToken) {
@@ -63,7 +41,7 @@ pub(crate) async fn run(db: PgPool, shutdown: CancellationToken) {
             metrics::gauge!("hookrelay_retry_backlog", "state" => state).set(n as f64);
         }
         for state in ["healthy", "failing", "disabled"] {
-            let n = health.iter().find(|(h, _)| h == state).map_or(0, |(_, n)| *n);
+            let n = health.iter().find(|c| c.health == state).map_or(0, |c| c.count);
             metrics::gauge!("hookrelay_endpoints", "health" => state).set(n as f64);
         }
     }

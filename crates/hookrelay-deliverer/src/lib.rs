@@ -32,9 +32,43 @@ use hookrelay_runtime::Runtime;
 pub use target::DnsOverrides;
 use tokio_util::sync::CancellationToken;
 
+/// Makes a running deliverer write its heartbeat (`deliverer_replicas`) now, besides every
+/// two seconds, and tells how many deliverers it then counts: for tests that need the
+/// deliverers to know each other without waiting for the next beat.
+#[derive(Debug, Clone)]
+pub struct Heartbeat(tokio::sync::mpsc::UnboundedSender<replicas::BeatRequest>);
+
+/// The deliverer's side of a [`Heartbeat`], for [`run_with_heartbeat`].
+#[derive(Debug)]
+pub struct BeatRequests(tokio::sync::mpsc::UnboundedReceiver<replicas::BeatRequest>);
+
+impl Heartbeat {
+    pub fn new() -> (Self, BeatRequests) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Self(tx), BeatRequests(rx))
+    }
+
+    /// Beats now; the live deliverers counted, or `None` if the beat failed or the
+    /// deliverer has stopped.
+    pub async fn beat(&self) -> Option<usize> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.send(tx).ok()?;
+        rx.await.ok()
+    }
+}
+
 /// Creates the `deliverer` and `deliverer-commands` consumers and starts the job consumer,
 /// the command consumer and the retry scheduler on `rt.tasks`. Returns no routes.
 pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> anyhow::Result<axum::Router> {
+    start_beating_on(cfg, rt, None, shutdown).await
+}
+
+async fn start_beating_on(
+    cfg: &Config,
+    rt: &Runtime,
+    beats: Option<BeatRequests>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<axum::Router> {
     hookrelay_runtime::vault::check_at_start(&rt.db, &cfg.encryption, &rt.ready).await?;
     let sender = attempt::Sender::new(cfg).map_err(DeliverError::from)?;
     let d = deliver::Deliverer::new(
@@ -57,8 +91,13 @@ pub async fn start(cfg: &Config, rt: &Runtime, shutdown: CancellationToken) -> a
         .await
         .map_err(|e| anyhow::anyhow!("registering this deliverer in deliverer_replicas: {e}"))?;
     d.limits.set_replicas(live);
-    rt.tasks
-        .spawn(replicas::run(d.db.clone(), replica, d.limits.clone(), shutdown.clone()));
+    rt.tasks.spawn(replicas::run(
+        d.db.clone(),
+        replica,
+        d.limits.clone(),
+        beats.map(|b| b.0),
+        shutdown.clone(),
+    ));
     let jobs = consume::consumer(&rt.js, consume::JOBS).await?;
     let commands = consume::consumer(&rt.js, consume::COMMANDS).await?;
     let (jobs_source, commands_source) = (rt.consumer_source(consume::JOBS), rt.consumer_source(consume::COMMANDS));
@@ -97,8 +136,27 @@ pub async fn run(
     listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve(cfg, listener, None, shutdown).await
+}
+
+/// As [`run`], beating also whenever the [`Heartbeat`] paired with `beats` asks.
+pub async fn run_with_heartbeat(
+    cfg: Config,
+    listener: Option<tokio::net::TcpListener>,
+    beats: BeatRequests,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve(cfg, listener, Some(beats), shutdown).await
+}
+
+async fn serve(
+    cfg: Config,
+    listener: Option<tokio::net::TcpListener>,
+    beats: Option<BeatRequests>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let rt = Runtime::start(&cfg.common, hookrelay_types::subjects::DELIVERER_STREAMS).await?;
-    let api = start(&cfg, &rt, shutdown.clone()).await?;
+    let api = start_beating_on(&cfg, &rt, beats, shutdown.clone()).await?;
     let listener = hookrelay_runtime::listener(listener, cfg.common.http_addr).await?;
     hookrelay_runtime::serve(&rt, listener, api, shutdown, cfg.common.drain_timeout).await
 }

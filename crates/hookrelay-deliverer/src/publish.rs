@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use hookrelay_types::{
-    TenantId,
     messages::{DisableEndpoint, EndpointCommand, SystemEvent, endpoint_command::Action},
     subjects,
 };
@@ -39,7 +38,7 @@ pub(crate) fn event_id(t: &store::TransitionRow) -> String {
 /// it published.
 #[tracing::instrument(skip_all, fields(endpoint_id = %t.endpoint_id, kind = %t.kind))]
 pub(crate) async fn announce(d: &Deliverer, t: &store::TransitionRow) -> Result<(), String> {
-    let tenant = TenantId::parse(&t.tenant_id).map_err(|e| e.to_string())?;
+    let tenant = &t.tenant_id;
     let Some(kind) = Kind::parse(&t.kind) else {
         return Err(format!("transition kind {} is not announced", t.kind));
     };
@@ -60,24 +59,18 @@ pub(crate) async fn announce(d: &Deliverer, t: &store::TransitionRow) -> Result<
         only_endpoint_id: String::new(),
     };
     let msg_id = format!("{tenant}:{id}");
-    send(d, subjects::system(&tenant), &msg_id, event.encode_to_vec()).await?;
+    send(d, subjects::system(tenant), &msg_id, event.encode_to_vec()).await?;
     if kind == Kind::Disabled {
         let command_id = format!("disable_{}_{}", t.endpoint_id, t.id);
         let command = EndpointCommand {
             tenant_id: tenant.to_string(),
             command_id: command_id.clone(),
             action: Some(Action::Disable(DisableEndpoint {
-                endpoint_id: t.endpoint_id.clone(),
+                endpoint_id: t.endpoint_id.to_string(),
                 reason: t.reason.clone(),
             })),
         };
-        send(
-            d,
-            subjects::query_command(&tenant),
-            &command_id,
-            command.encode_to_vec(),
-        )
-        .await?;
+        send(d, subjects::query_command(tenant), &command_id, command.encode_to_vec()).await?;
     }
     store::mark_published(&d.db, t.id).await.map_err(|e| e.to_string())?;
     metrics::counter!(TRANSITIONS, "kind" => t.kind.clone()).increment(1);

@@ -10,6 +10,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -30,45 +31,60 @@ pub(crate) fn new_id() -> String {
 
 /// Says this deliverer is alive and returns how many are.
 pub(crate) async fn beat(db: &PgPool, id: &str) -> Result<usize, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "WITH me AS (
-             INSERT INTO deliverer_replicas (id, seen_at) VALUES ($1, now())
-             ON CONFLICT (id) DO UPDATE SET seen_at = now())
-         SELECT 1 + count(*) FROM deliverer_replicas
-         WHERE id <> $1 AND seen_at > now() - make_interval(secs => $2)",
-    )
-    .bind(id)
-    .bind(ALIVE.as_secs_f64())
-    .fetch_one(db)
-    .await?;
+    let n = store::beat(db, id, ALIVE).await?;
     Ok(usize::try_from(n).unwrap_or(1))
 }
 
-/// Beats until `shutdown`, keeping `limits`' replica count current, then leaves.
-pub(crate) async fn run(db: PgPool, id: String, limits: Arc<Limits>, shutdown: CancellationToken) {
+/// Asks the heartbeat to beat now, besides every [`BEAT`]: a request is answered, once the
+/// beat is written, with how many deliverers are alive (dropped unanswered if it failed).
+pub(crate) type BeatRequest = oneshot::Sender<usize>;
+
+/// Beats until `shutdown`, every [`BEAT`] and on each of `requests`, keeping `limits`'
+/// replica count current, then leaves.
+pub(crate) async fn run(
+    db: PgPool,
+    id: String,
+    limits: Arc<Limits>,
+    mut requests: Option<mpsc::UnboundedReceiver<BeatRequest>>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = HashSet::new();
     loop {
-        tokio::select! {
+        let reply = tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        match beat(&db, &id).await {
-            Ok(n) => limits.set_replicas(n),
-            Err(error) => warn!(%error, "the deliverer heartbeat failed; keeping the last replica count"),
-        }
+            _ = tick.tick() => None,
+            Some(reply) = requested(&mut requests) => Some(reply),
+        };
+        let live = match beat(&db, &id).await {
+            Ok(n) => {
+                limits.set_replicas(n);
+                Some(n)
+            }
+            Err(error) => {
+                warn!(%error, "the deliverer heartbeat failed; keeping the last replica count");
+                None
+            }
+        };
         report(&db, &id, &limits, &mut reported).await;
+        if let (Some(reply), Some(n)) = (reply, live) {
+            let _ = reply.send(n);
+        }
     }
-    let left = sqlx::query(
-        "WITH limits AS (DELETE FROM endpoint_limits WHERE replica = $1)
-         DELETE FROM deliverer_replicas WHERE id = $1 OR seen_at < now() - interval '1 hour'",
-    )
-    .bind(&id)
-    .execute(&db)
-    .await;
-    if let Err(error) = left {
+    if let Err(error) = store::leave(&db, &id).await {
         warn!(%error, "removing this deliverer's heartbeat failed; it stops counting after {ALIVE:?}");
+    }
+}
+
+/// The next request to beat now; never, without a channel or once it is closed.
+async fn requested(requests: &mut Option<mpsc::UnboundedReceiver<BeatRequest>>) -> Option<BeatRequest> {
+    match requests {
+        Some(rx) => match rx.recv().await {
+            Some(reply) => Some(reply),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

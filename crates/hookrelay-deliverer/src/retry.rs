@@ -3,8 +3,9 @@
 //! for at least that long (at most an hour of it), and a 429 or a timeout waits at least
 //! the configured floor. Reads and writes nothing.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use hookrelay_types::DeliveryStatus;
 use time::{OffsetDateTime, PrimitiveDateTime, macros::format_description};
 
 /// The longest a receiver's `Retry-After` may hold a retry back; a schedule interval longer
@@ -24,11 +25,11 @@ pub(crate) enum Next {
 }
 
 impl Next {
-    pub(crate) fn status(self) -> &'static str {
+    pub(crate) fn status(self) -> DeliveryStatus {
         match self {
-            Self::Delivered => "delivered",
-            Self::Retry(_) => "retrying",
-            Self::Failed => "failed",
+            Self::Delivered => DeliveryStatus::Delivered,
+            Self::Retry(_) => DeliveryStatus::Retrying,
+            Self::Failed => DeliveryStatus::Failed,
         }
     }
 
@@ -37,6 +38,40 @@ impl Next {
         match self {
             Self::Retry(wait) => Some(wait.as_secs_f64()),
             Self::Delivered | Self::Failed => None,
+        }
+    }
+}
+
+/// The configured retry timing: `HOOKRELAY_RETRY_SCHEDULE` and `HOOKRELAY_RETRY_FLOOR`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rules {
+    pub(crate) schedule: Vec<Duration>,
+    pub(crate) floor: Duration,
+}
+
+/// What an attempt says about its delivery's next step; [`Verdict::next`] decides that
+/// step once the attempt's number is known (at the time it is recorded).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Verdict {
+    /// The receiver answered 2xx.
+    pub(crate) succeeded: bool,
+    /// No retry could succeed: nothing could be sent, or the receiver answered 410.
+    pub(crate) hopeless: bool,
+    pub(crate) backoff: Backoff,
+    pub(crate) rules: Arc<Rules>,
+}
+
+impl Verdict {
+    /// The delivery's next step after its attempt number `attempt`, with `jitter` as in
+    /// [`next`].
+    pub(crate) fn next(&self, attempt: i32, jitter: f64) -> Next {
+        if self.hopeless {
+            return Next::Failed;
+        }
+        let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+        match next(&self.rules.schedule, attempt, self.succeeded, jitter) {
+            Next::Retry(wait) => Next::Retry(stretch(wait, self.backoff, self.rules.floor)),
+            next => next,
         }
     }
 }
@@ -183,9 +218,46 @@ mod tests {
 
     #[test]
     fn statuses_are_the_contract_words() {
-        assert_eq!(Next::Delivered.status(), "delivered");
-        assert_eq!(Next::Retry(Duration::ZERO).status(), "retrying");
-        assert_eq!(Next::Failed.status(), "failed");
+        assert_eq!(Next::Delivered.status().as_str(), "delivered");
+        assert_eq!(Next::Retry(Duration::ZERO).status().as_str(), "retrying");
+        assert_eq!(Next::Failed.status().as_str(), "failed");
+        assert_eq!(Next::Delivered.status(), DeliveryStatus::Delivered);
+        assert_eq!(Next::Retry(Duration::ZERO).status(), DeliveryStatus::Retrying);
+        assert_eq!(Next::Failed.status(), DeliveryStatus::Failed);
+    }
+
+    #[test]
+    fn a_verdict_follows_the_schedule_stretched_unless_hopeless() {
+        let rules = Arc::new(Rules {
+            schedule: ms(&[100, 200]),
+            floor: Duration::from_secs(1),
+        });
+        let failed = Verdict {
+            succeeded: false,
+            hopeless: false,
+            backoff: Backoff::default(),
+            rules: rules.clone(),
+        };
+        assert_eq!(failed.next(1, 0.0), Next::Retry(Duration::from_millis(100)));
+        assert_eq!(failed.next(3, 0.0), Next::Failed);
+        let floored = Verdict {
+            backoff: Backoff {
+                retry_after: None,
+                floored: true,
+            },
+            ..failed.clone()
+        };
+        assert_eq!(floored.next(2, 0.0), Next::Retry(Duration::from_secs(1)));
+        let hopeless = Verdict {
+            hopeless: true,
+            ..failed.clone()
+        };
+        assert_eq!(hopeless.next(1, 0.0), Next::Failed);
+        let succeeded = Verdict {
+            succeeded: true,
+            ..failed
+        };
+        assert_eq!(succeeded.next(2, 0.0), Next::Delivered);
     }
 
     proptest! {

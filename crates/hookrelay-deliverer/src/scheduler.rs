@@ -191,8 +191,8 @@ pub(crate) async fn run(d: Deliverer, shutdown: CancellationToken) {
 /// background), or given back for when its pacing allows.
 async fn start(d: &Deliverer, tracker: &TaskTracker, row: Due, probe: Option<OwnedSemaphorePermit>) {
     let want = Want {
-        endpoint_id: &row.endpoint_id,
-        tenant_id: &row.tenant_id,
+        endpoint_id: row.endpoint_id.as_str(),
+        tenant_id: row.tenant_id.as_str(),
         max_in_flight: row.max_in_flight,
         rate_per_sec: row.rate_limit_per_sec,
         claimed: true,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
-use hookrelay_deliverer::{Config, run};
+use hookrelay_deliverer::{Config, Heartbeat, run_with_heartbeat};
 use hookrelay_testkit::{TestEnv, eventually, spawn_service};
 use hookrelay_types::{
     DeliveryId, EndpointId, EventId, TenantId,
@@ -20,11 +20,56 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub const TENANT: &str = "acme";
+/// How long every wait in these tests waits for its condition.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until `check` gives `Some`, for at most [`WAIT`]; panics naming `what` otherwise.
+pub async fn until<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match eventually(WAIT, check).await {
+        Some(found) => found,
+        None => panic!("waited {WAIT:?} in vain: {what}"),
+    }
+}
+
+/// Makes two deliverers beat until each counts both, so they share endpoints' limits.
+pub async fn both_count_two(a: &Running, b: &Running) {
+    until("both deliverers count two", || async {
+        (a.heartbeat.beat().await == Some(2) && b.heartbeat.beat().await == Some(2)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the deliverer's metrics contain `line`.
+pub async fn metric(running: &Running, line: &str) {
+    until(&format!("metric `{line}`"), || async {
+        running.metrics().await.contains(line).then_some(())
+    })
+    .await;
+}
+
+/// Waits until every operator's command published so far is handled and acked.
+pub async fn commands_handled(js: &jetstream::Context) {
+    until("commands handled", || async {
+        let stream = js.get_stream(subjects::COMMANDS_STREAM).await.ok()?;
+        let mut consumer = stream
+            .get_consumer::<jetstream::consumer::pull::Config>(subjects::DELIVERER_COMMANDS_CONSUMER)
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
 
 /// A running deliverer.
 pub struct Running {
     pub base: String,
+    /// Makes it beat now (`deliverer_replicas`) instead of at its next beat.
+    pub heartbeat: Heartbeat,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -57,9 +102,11 @@ pub async fn start_resolving(env: &TestEnv, extra: &[(&str, &str)], names: &[(&s
         .iter()
         .map(|(name, ips)| ((*name).to_owned(), ips.iter().map(|ip| ip.parse().unwrap()).collect()))
         .collect();
-    let s = spawn_service(|listener, stop| run(cfg, Some(listener), stop)).await;
+    let (heartbeat, beats) = Heartbeat::new();
+    let s = spawn_service(|listener, stop| run_with_heartbeat(cfg, Some(listener), beats, stop)).await;
     Running {
         base: s.api.base,
+        heartbeat,
         shutdown: s.shutdown,
         handle: s.task,
     }
@@ -148,8 +195,8 @@ pub async fn store_event(db: &sqlx::PgPool) -> Sent {
     let event_id = EventId::generate().to_string();
     let body = envelope(&event_id);
     sqlx::query(
-        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body, published_at)
-         VALUES ($1, $2, 'orders/created', now(), $3, now())",
+        "INSERT INTO events (tenant_id, event_id, event_type, occurred_at, body)
+         VALUES ($1, $2, 'orders/created', now(), $3)",
     )
     .bind(TENANT)
     .bind(&event_id)
