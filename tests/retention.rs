@@ -68,7 +68,7 @@ async fn history(db: &PgPool, prefix: &str, n: i32, age: &str, status: &str, att
     sqlx::query(
         "INSERT INTO deliveries (id, tenant_id, event_id, event_type, endpoint_id, status, attempt_count,
                                  next_attempt_at, created_at, updated_at)
-         SELECT 'dlv_' || $1 || '_' || i, 'acme', $1 || '_' || i, 'orders/created', 'ep_old', $4, $5,
+         SELECT 'dlv_' || $1 || lpad(i::text, 26 - length($1), '0'), 'acme', $1 || '_' || i, 'orders/created', 'ep_old00000000000000000000000', $4, $5,
                 CASE WHEN $4 IN ('pending', 'retrying') THEN now() + interval '1 day' END,
                 now() - $3::interval, now() - $3::interval
          FROM generate_series(1, $2) AS i",
@@ -83,7 +83,7 @@ async fn history(db: &PgPool, prefix: &str, n: i32, age: &str, status: &str, att
     .unwrap();
     sqlx::query(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, request_headers, response_code)
-         SELECT 'dlv_' || $1 || '_' || i, a, now() - $3::interval, 10, '{}', 500
+         SELECT 'dlv_' || $1 || lpad(i::text, 26 - length($1), '0'), a, now() - $3::interval, 10, '{}', 500
          FROM generate_series(1, $2) AS i, generate_series(1, $4) AS a",
     )
     .bind(prefix)
@@ -121,18 +121,18 @@ async fn deliveries_like(db: &PgPool, prefix: &str) -> i64 {
 async fn attempts_like(db: &PgPool, prefix: &str) -> i64 {
     count(
         db,
-        &format!("SELECT count(*) FROM attempts WHERE delivery_id LIKE 'dlv\\_{prefix}\\_%'"),
+        &format!("SELECT count(*) FROM attempts WHERE delivery_id LIKE 'dlv\\_{prefix}%'"),
     )
     .await
 }
 
-/// A health transition of endpoint `ep_old` recorded and announced `age` ago. (An
+/// A health transition of endpoint `ep_old0…` recorded and announced `age` ago. (An
 /// unannounced one is announced again by the deliverer, then goes like any other.)
 async fn transition(db: &PgPool, age: &str) {
     sqlx::query(
         "INSERT INTO endpoint_health_transitions
              (tenant_id, endpoint_id, url, kind, reason, consecutive_failures, since, at, published_at)
-         VALUES ('acme', 'ep_old', 'https://example.com', 'failing', 'test', 5, now() - $1::interval,
+         VALUES ('acme', 'ep_old00000000000000000000000', 'https://example.com', 'failing', 'test', 5, now() - $1::interval,
                  now() - $1::interval, now() - $1::interval)",
     )
     .bind(age)
@@ -166,8 +166,8 @@ async fn old_finished_history_goes_while_new_rows_and_waiting_deliveries_stay() 
         // The stats rollup: one old minute and one recent.
         sqlx::query(
             "INSERT INTO endpoint_minutes (endpoint_id, minute, tenant_id, attempts, succeeded, delivered, latency)
-             VALUES ('ep_old', date_trunc('minute', now() - interval '2 hours'), 'acme', 1, 1, 1, '{1}'),
-                    ('ep_old', date_trunc('minute', now() - interval '10 minutes'), 'acme', 1, 1, 1, '{1}')",
+             VALUES ('ep_old00000000000000000000000', date_trunc('minute', now() - interval '2 hours'), 'acme', 1, 1, 1, '{1}'),
+                    ('ep_old00000000000000000000000', date_trunc('minute', now() - interval '10 minutes'), 'acme', 1, 1, 1, '{1}')",
         )
         .execute(&db)
         .await
