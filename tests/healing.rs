@@ -73,9 +73,10 @@ async fn readyz(api: &Api) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// Waits until `/metrics` counts a recreation of `consumer`. A loss the server announces is
-/// seen at once; one it does not is seen when the pull's heartbeats stop (within twice the
-/// idle heartbeat, about 30 s).
+/// Waits until `/metrics` counts a recreation of `consumer` and `/readyz` answers 200 again
+/// (the count goes up when the loss is seen; ready means the stream and consumer are back).
+/// A loss the server announces is seen at once; one it does not is seen when the pull's
+/// heartbeats stop (within twice the idle heartbeat, about 30 s).
 async fn recreated(api: &Api, consumer: &str) {
     let series = format!("hookrelay_consumers_recreated_total{{consumer=\"{consumer}\"}}");
     wait_until_within(
@@ -83,6 +84,13 @@ async fn recreated(api: &Api, consumer: &str) {
         &format!("{series} in /metrics"),
         async || api.metric(&series).await,
         |n| n.is_some_and(|n| n >= 1.0),
+    )
+    .await;
+    wait_until_within(
+        HEARTBEAT_LOSS,
+        &format!("/readyz to answer 200 with {consumer} made again"),
+        async || readyz(api).await,
+        |(status, _)| *status == 200,
     )
     .await;
 }

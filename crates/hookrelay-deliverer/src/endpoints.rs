@@ -72,7 +72,7 @@ impl Endpoints {
             })
             .await?;
         // Another tenant's endpoint is no endpoint of this tenant's.
-        Ok(endpoint.filter(|e| e.tenant_id == tenant))
+        Ok(endpoint.filter(|e| e.tenant_id.as_str() == tenant))
     }
 
     /// Drops `id`, so the next delivery to it reads it again.

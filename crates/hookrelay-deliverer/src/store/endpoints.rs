@@ -10,7 +10,7 @@ use crate::health::State;
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Endpoint {
     pub(crate) id: EndpointId,
-    pub(crate) tenant_id: String,
+    pub(crate) tenant_id: hookrelay_types::TenantId,
     pub(crate) url: String,
     pub(crate) headers: serde_json::Value,
     /// The signing key, of `signature_scheme`'s kind.
