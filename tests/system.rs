@@ -8,6 +8,7 @@ mod encryption;
 mod endpoint_health;
 mod flow;
 mod healing;
+mod nats_destination;
 mod nats_permissions;
 mod replay;
 mod retention;

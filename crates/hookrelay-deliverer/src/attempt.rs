@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hookrelay_types::{schemes::Scheme, webhook};
+use hookrelay_types::{destination::Destination, schemes::Scheme, webhook};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -29,6 +29,8 @@ const GONE: u16 = 410;
 /// What to send.
 pub(crate) struct Request<'a> {
     pub(crate) url: &'a str,
+    /// `None`: an HTTP POST to `url`.
+    pub(crate) destination: Option<&'a Destination>,
     pub(crate) event_id: &'a str,
     pub(crate) event_type: &'a str,
     pub(crate) delivery_id: &'a str,
@@ -94,6 +96,7 @@ pub(crate) struct Sender {
     attempt_timeout: Duration,
     /// No endpoint's own timeout may run past this: an attempt must end inside its lease.
     timeout_cap: Duration,
+    nats: crate::nats_target::NatsTargets,
 }
 
 impl Sender {
@@ -115,6 +118,7 @@ impl Sender {
             connect_timeout: cfg.connect_timeout,
             attempt_timeout: cfg.attempt_timeout,
             timeout_cap: cfg.lease.mul_f64(0.9).max(cfg.attempt_timeout),
+            nats: crate::nats_target::NatsTargets::new(cfg.allow_private_targets, cfg.connect_timeout),
         })
     }
 
@@ -140,6 +144,20 @@ impl Sender {
             sent: false,
             backoff: Backoff::default(),
         };
+        if let Some(Destination::Nats { subject, jetstream }) = req.destination {
+            outcome.sent = true;
+            let timeout = effective_timeout(req.timeout, self.attempt_timeout, self.timeout_cap);
+            let publishing = self.nats.publish(req.url, subject, *jetstream, &headers, req.body);
+            outcome.error = match tokio::time::timeout(timeout, publishing).await {
+                Err(_) => {
+                    outcome.backoff.floored = true;
+                    Some(format!("timeout after {}", human(timeout)))
+                }
+                Ok(result) => result.err(),
+            };
+            outcome.duration = start.elapsed();
+            return outcome;
+        }
         let url = match target::check_url(req.url, self.allow_private) {
             Ok(url) => url,
             Err(error) => {
@@ -412,6 +430,7 @@ mod tests {
         });
         let req = Request {
             url: "http://example.com/",
+            destination: None,
             event_id: "evt_1",
             event_type: "orders/created",
             delivery_id: "dlv_1",

@@ -470,6 +470,7 @@ async fn attempt(d: &Deliverer, due: &Due) -> Option<Attempted> {
     }
     let request = Request {
         url: &endpoint.url,
+        destination: endpoint.destination.as_ref(),
         event_id: due.event_id.as_str(),
         event_type: due.event_type.as_str(),
         delivery_id: due.id.as_str(),

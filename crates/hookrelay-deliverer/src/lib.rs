@@ -18,6 +18,7 @@ mod fair;
 mod gauges;
 mod health;
 mod limits;
+mod nats_target;
 mod publish;
 mod replicas;
 mod retention;

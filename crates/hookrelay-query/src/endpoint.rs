@@ -2,7 +2,7 @@
 //! field by field so every refusal names its field. Pure: reads no tables or subjects.
 
 use axum::http::{HeaderName, HeaderValue};
-use hookrelay_types::{Invalid, Pattern, filter::Filter, schemes::Scheme, webhook};
+use hookrelay_types::{Invalid, Pattern, destination::Destination, filter::Filter, schemes::Scheme, webhook};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -74,6 +74,12 @@ pub(crate) struct EndpointInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     signature: Option<Value>,
+    /// `{"type": "http", "url": …}` (what `url` alone means) or `{"type": "nats", "url":
+    /// "nats://host:port", "subject": …, "jetstream": false}`: the envelope published to a
+    /// subject on the customer's own NATS server.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    destination: Option<Value>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -95,12 +101,19 @@ pub(crate) struct EndpointSpec {
     /// The endpoint's own attempt timeout (NULL: the deliverer's default).
     pub(crate) timeout_seconds: Option<i32>,
     pub(crate) signature_scheme: Scheme,
+    /// `None`: an HTTP POST to `url`.
+    pub(crate) destination: Option<Destination>,
 }
 
 impl EndpointInput {
     /// A new endpoint: `url` and `events` are required, the rest have defaults.
     pub(crate) fn create(self, allow_private: bool) -> Result<EndpointSpec, Invalid> {
-        for (field, value) in [("url", &self.url), ("events", &self.events)] {
+        let url = if self.destination.is_some() {
+            &self.destination
+        } else {
+            &self.url
+        };
+        for (field, value) in [("url", url), ("events", &self.events)] {
             if value.is_none() {
                 return Err(Invalid::new("missing_field", format!("{field} is required")));
             }
@@ -116,6 +129,7 @@ impl EndpointInput {
             max_in_flight: None,
             timeout_seconds: None,
             signature_scheme: Scheme::default(),
+            destination: None,
         };
         self.apply(blank, allow_private)
     }
@@ -123,6 +137,7 @@ impl EndpointInput {
     /// `current` with the fields this input names replaced; the same rules as `create`.
     pub(crate) fn apply(self, current: EndpointSpec, allow_private: bool) -> Result<EndpointSpec, Invalid> {
         let mut spec = current;
+        let url_given = self.url.is_some();
         if let Some(v) = self.url {
             let Value::String(raw) = v else {
                 return Err(Invalid::new("invalid_url", "url must be a string"));
@@ -213,7 +228,53 @@ impl EndpointInput {
         if let Some(v) = self.signature {
             spec.signature_scheme = signature_scheme(v)?;
         }
+        if let Some(v) = self.destination {
+            if url_given {
+                return Err(Invalid::new(
+                    "invalid_destination",
+                    "give the url in destination.url or in url, not both",
+                ));
+            }
+            (spec.url, spec.destination) = destination(v, allow_private)?;
+        } else if url_given {
+            // A bare `url` (checked above as http or https) means an HTTP POST to it.
+            spec.destination = None;
+        }
         Ok(spec)
+    }
+}
+
+/// `{"type": "http", "url"}` or `{"type": "nats", "url", "subject", "jetstream"?}`: the url
+/// as stored and the destination (`None` for HTTP).
+fn destination(v: Value, allow_private: bool) -> Result<(String, Option<Destination>), Invalid> {
+    let bad = |message: &str| Invalid::new("invalid_destination", format!("destination: {message}"));
+    let Value::Object(mut map) = v else {
+        return Err(bad("must be an object with a type, http or nats"));
+    };
+    let Some(Value::String(url)) = map.remove("url") else {
+        return Err(bad("url is required and must be a string"));
+    };
+    let kind = map.remove("type");
+    match kind.as_ref().and_then(Value::as_str) {
+        Some("http") => {
+            if let Some(extra) = map.keys().next() {
+                return Err(bad(&format!("unknown field `{extra}` for type http")));
+            }
+            Ok((target::check_url(&url, allow_private)?.to_string(), None))
+        }
+        Some("nats") => {
+            let url = target::check_nats_url(&url, allow_private)?.to_string();
+            map.insert("type".into(), Value::from("nats"));
+            let nats: Destination = serde_json::from_value(Value::Object(map)).map_err(|e| {
+                bad(&format!(
+                    "{e}; a nats destination has url, subject and jetstream (true or false)"
+                ))
+            })?;
+            let Destination::Nats { subject, .. } = &nats;
+            hookrelay_types::destination::check_subject(subject)?;
+            Ok((url, Some(nats)))
+        }
+        _ => Err(bad("type must be http or nats")),
     }
 }
 

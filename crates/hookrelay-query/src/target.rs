@@ -17,14 +17,24 @@ fn bad(message: impl Into<String>) -> Invalid {
 
 /// The URL as it will be stored (normalised by the `url` crate).
 pub(crate) fn check_url(raw: &str, allow_private: bool) -> Result<url::Url, Invalid> {
+    check_target(raw, allow_private, &["http", "https"])
+}
+
+/// A NATS server's URL (`nats://host:port`), by the same rules as an HTTP target's.
+pub(crate) fn check_nats_url(raw: &str, allow_private: bool) -> Result<url::Url, Invalid> {
+    check_target(raw, allow_private, &["nats"])
+}
+
+fn check_target(raw: &str, allow_private: bool, schemes: &[&str]) -> Result<url::Url, Invalid> {
     if raw.len() > MAX_URL_LEN {
         return Err(bad(format!("is longer than {MAX_URL_LEN} characters")));
     }
     let url = url::Url::parse(raw).map_err(|e| bad(format!("`{raw}` is not a valid URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") {
+    if !schemes.contains(&url.scheme()) {
         return Err(bad(format!(
-            "scheme `{}` is not allowed: use http or https",
-            url.scheme()
+            "scheme `{}` is not allowed: use {}",
+            url.scheme(),
+            schemes.join(" or ")
         )));
     }
     if !url.username().is_empty() || url.password().is_some() {

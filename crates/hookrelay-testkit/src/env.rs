@@ -61,7 +61,7 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-fn nats_server_binary() -> PathBuf {
+pub(crate) fn nats_server_binary() -> PathBuf {
     if let Ok(p) = std::env::var("HOOKRELAY_TEST_NATS_SERVER") {
         return p.into();
     }

@@ -15,6 +15,7 @@
 //!   `postgres://postgres@127.0.0.1:5432/postgres`).
 
 mod api;
+mod customer_nats;
 mod env;
 mod link;
 mod metrics;
@@ -25,6 +26,7 @@ mod tenant;
 mod wait;
 
 pub use api::{Api, Reply};
+pub use customer_nats::CustomerNats;
 pub use env::{ADMIN_TOKEN, ENCRYPTION_KEY, NATS_USERS, TestEnv, nats_conf, nats_password};
 pub use link::Link;
 pub use metrics::{metric_sum, metric_value};

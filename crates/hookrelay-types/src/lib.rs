@@ -3,6 +3,7 @@
 //! messages generated from `proto-schemas/`, and the Standard Webhooks signature scheme.
 
 pub mod address;
+pub mod destination;
 pub mod envelope;
 pub mod event_type;
 pub mod filter;

@@ -16,6 +16,9 @@ pub(crate) struct Endpoint {
     /// The signing key, of `signature_scheme`'s kind.
     pub(crate) secret: String,
     pub(crate) signature_scheme: hookrelay_types::schemes::Scheme,
+    /// `None`: an HTTP POST to `url`.
+    #[sqlx(json(nullable))]
+    pub(crate) destination: Option<hookrelay_types::destination::Destination>,
     /// Set only while the previous secret's grace period lasts.
     pub(crate) previous_secret: Option<String>,
     pub(crate) enabled: bool,
@@ -70,7 +73,7 @@ impl Endpoint {
 /// The endpoint and its health, for `endpoints` (which checks the tenant).
 pub(crate) async fn endpoint(db: impl PgExecutor<'_>, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT e.id, e.tenant_id, e.url, e.headers, e.secret, e.signature_scheme,
+        "SELECT e.id, e.tenant_id, e.url, e.headers, e.secret, e.signature_scheme, e.destination,
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
                 e.enabled, e.timeout_seconds, e.rate_limit_per_sec, e.max_in_flight, e.updated_at, h.state AS health_state, h.disabled_at
          FROM endpoints e LEFT JOIN endpoint_health h ON h.endpoint_id = e.id

@@ -3,7 +3,7 @@
 //! out (`hookrelay_runtime::vault`).
 
 use hookrelay_runtime::vault::{self, Keyring};
-use hookrelay_types::{EndpointId, TenantId, schemes::Scheme, webhook};
+use hookrelay_types::{EndpointId, TenantId, destination::Destination, schemes::Scheme, webhook};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
@@ -42,6 +42,15 @@ pub(crate) struct Endpoint {
     pub(crate) public_key: Option<String>,
     #[serde(skip)]
     pub(crate) signature_scheme: Scheme,
+    /// Where its deliveries go: `{type: "http", url}` or `{type: "nats", url, subject,
+    /// jetstream}`.
+    #[sqlx(skip)]
+    #[schema(value_type = Object)]
+    pub(crate) destination: Value,
+    /// As stored: `None` for HTTP.
+    #[serde(skip)]
+    #[sqlx(rename = "destination", json(nullable))]
+    pub(crate) stored_destination: Option<Destination>,
     /// The signing key (a `whsec_…` secret, or a `whsk_…` private key never shown).
     #[serde(skip)]
     pub(crate) secret: String,
@@ -90,6 +99,12 @@ impl Endpoint {
             scheme: self.signature_scheme,
         };
         self.public_key = self.signature_scheme.public_key(&self.secret).ok().flatten();
+        self.destination = match &self.stored_destination {
+            None => serde_json::json!({"type": "http", "url": self.url}),
+            Some(Destination::Nats { subject, jetstream }) => {
+                serde_json::json!({"type": "nats", "url": self.url, "subject": subject, "jetstream": jetstream})
+            }
+        };
         Ok(self)
     }
 
@@ -105,14 +120,15 @@ impl Endpoint {
             max_in_flight: self.max_in_flight,
             timeout_seconds: self.timeout_seconds,
             signature_scheme: self.signature_scheme,
+            destination: self.stored_destination.clone(),
         }
     }
 }
 
 /// The columns an [`Endpoint`] is read from, in every statement that returns one.
 const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, events, filter, headers, description, enabled, \
-     rate_limit_per_sec, max_in_flight, timeout_seconds, signature_scheme, secret, disabled_reason, created_at, \
-     updated_at";
+     rate_limit_per_sec, max_in_flight, timeout_seconds, signature_scheme, destination, secret, disabled_reason, \
+     created_at, updated_at";
 
 /// `SELECT <columns> FROM endpoints WHERE id = <id>`, limited to `tenant` when given.
 fn select_endpoint(id: &EndpointId, tenant: Option<&TenantId>) -> QueryBuilder<Postgres> {
@@ -138,7 +154,7 @@ pub(crate) async fn insert_endpoint(
     let mut q = QueryBuilder::<Postgres>::new(
         "INSERT INTO endpoints
            (id, tenant_id, url, events, filter, headers, description, enabled, rate_limit_per_sec, secret,
-            timeout_seconds, max_in_flight, signature_scheme)
+            timeout_seconds, max_in_flight, signature_scheme, destination)
          VALUES (",
     );
     q.separated(", ")
@@ -154,7 +170,8 @@ pub(crate) async fn insert_endpoint(
         .push_bind(keys.seal(&vault::secret_place(id.as_str()), secret))
         .push_bind(spec.timeout_seconds)
         .push_bind(spec.max_in_flight)
-        .push_bind(spec.signature_scheme);
+        .push_bind(spec.signature_scheme)
+        .push_bind(spec.destination.clone().map(sqlx::types::Json));
     q.push(") RETURNING ").push(ENDPOINT_COLUMNS);
     let sealed: Endpoint = q.build_query_as().fetch_one(db).await?;
     sealed.opened(keys)
@@ -212,6 +229,8 @@ pub(crate) async fn update_endpoint(
         .push_bind_unseparated(spec.max_in_flight)
         .push("signature_scheme = ")
         .push_bind_unseparated(spec.signature_scheme)
+        .push("destination = ")
+        .push_bind_unseparated(spec.destination.clone().map(sqlx::types::Json))
         .push("updated_at = now()")
         // Enabling an endpoint clears why health disabled it.
         .push("disabled_reason = CASE WHEN ")
