@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::StreamExt as _;
-use hookrelay_testkit::{Api, CustomerNats, TestEnv, WAIT, spawn_service, verify, wait_until};
+use hookrelay_testkit::{Api, CustomerNats, TestEnv, WAIT, verify, wait_until};
 use serde_json::{Value, json};
 
 struct System {
@@ -19,9 +19,7 @@ struct System {
 
 async fn system() -> System {
     let env = TestEnv::start().await.unwrap();
-    let src = env.source(&[]);
-    let service =
-        spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
+    let service = crate::support::hookrelay_all(&env).await;
     let api = service.api.clone();
     let scopes = ["events:write", "endpoints:read", "endpoints:write", "deliveries:read"];
     let key = api.create_tenant_with_key("acme", "nats", &scopes).await;

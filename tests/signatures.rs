@@ -8,7 +8,7 @@
 use std::{io::Write as _, path::PathBuf, process::Stdio};
 
 use base64::Engine as _;
-use hookrelay_testkit::{Api, Received, Receiver, TestEnv, WAIT, spawn_service, verify};
+use hookrelay_testkit::{Api, Received, Receiver, TestEnv, WAIT, verify};
 use serde_json::{Value, json};
 
 /// The Python the test tools were installed into (`scripts/install-tools.sh`).
@@ -77,9 +77,7 @@ struct System {
 
 async fn system() -> System {
     let env = TestEnv::start().await.unwrap();
-    let src = env.source(&[]);
-    let service =
-        spawn_service(|listener, stop| async move { hookrelay::run_all(&src, Some(listener), stop).await }).await;
+    let service = crate::support::hookrelay_all(&env).await;
     let api = service.api.clone();
     let key = api
         .create_tenant_with_key(

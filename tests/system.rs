@@ -13,4 +13,5 @@ mod nats_permissions;
 mod replay;
 mod retention;
 mod signatures;
+mod support;
 mod traces;
