@@ -126,12 +126,12 @@ impl Sender {
         let started_at = OffsetDateTime::now_utc();
         let start = Instant::now();
         let timestamp = started_at.unix_timestamp();
-        let signed = webhook::scheme_headers(req.scheme, req.keys, req.event_id, req.event_type, timestamp, &req.body)
-            .unwrap_or_else(|invalid| {
-                // The keys were checked before the attempt; without one nothing is signed.
-                tracing::warn!(%invalid, "signing failed; sending without a signature");
-                Vec::new()
-            });
+        let signed =
+            match webhook::scheme_headers(req.scheme, req.keys, req.event_id, req.event_type, timestamp, &req.body) {
+                Ok(signed) => signed,
+                // Nothing unsigned is ever sent.
+                Err(invalid) => return Outcome::refused(format!("signing failed: {invalid}")),
+            };
         let headers = headers(&req, signed);
         let request_headers = headers_json(&headers, req.custom_headers);
         let mut outcome = Outcome {

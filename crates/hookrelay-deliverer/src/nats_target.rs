@@ -4,18 +4,19 @@
 //! once flushed to the server; with `jetstream`, once the server's JetStream acknowledged
 //! it. The server's address is judged like an HTTP target's: every address its name
 //! resolves to must be public unless private targets are allowed, and the connection goes
-//! to the address that was judged. One connection per server is kept and shared.
+//! to the address that was judged. One connection per server URL is kept and shared; it is
+//! judged when it is made, so an attempt over it resolves nothing.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Mutex, time::Duration};
 
 use hookrelay_types::address::non_public;
 use reqwest::header::HeaderMap;
 
-/// Connections to customers' NATS servers, by the address judged.
+/// Connections to customers' NATS servers, by URL.
 pub(crate) struct NatsTargets {
     allow_private: bool,
     connect_timeout: Duration,
-    clients: Mutex<HashMap<SocketAddr, async_nats::Client>>,
+    clients: Mutex<HashMap<String, async_nats::Client>>,
 }
 
 impl NatsTargets {
@@ -37,8 +38,7 @@ impl NatsTargets {
         headers: &HeaderMap,
         body: Vec<u8>,
     ) -> Result<(), String> {
-        let addr = self.judge(url).await?;
-        let client = self.client(addr).await?;
+        let client = self.client(url).await?;
         let mut nats_headers = async_nats::HeaderMap::new();
         for (name, value) in headers {
             if let Ok(value) = value.to_str() {
@@ -65,7 +65,7 @@ impl NatsTargets {
         };
         if sent.is_err() {
             // The next attempt connects afresh.
-            self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr);
+            self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(url);
         }
         sent
     }
@@ -93,10 +93,12 @@ impl NatsTargets {
         Ok(first)
     }
 
-    async fn client(&self, addr: SocketAddr) -> Result<async_nats::Client, String> {
-        if let Some(client) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&addr) {
+    /// The connection to the server at `url`, made (to the address judged) when there is none.
+    async fn client(&self, url: &str) -> Result<async_nats::Client, String> {
+        if let Some(client) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
             return Ok(client.clone());
         }
+        let addr = self.judge(url).await?;
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(self.connect_timeout)
             .connect(format!("nats://{addr}"))
@@ -105,7 +107,7 @@ impl NatsTargets {
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, client.clone());
+            .insert(url.to_owned(), client.clone());
         Ok(client)
     }
 }

@@ -17,17 +17,6 @@ pub(crate) const TIMEOUT_SECONDS: std::ops::RangeInclusive<i64> = 1..=30;
 /// (`endpoints_max_in_flight_range` in the schema).
 pub(crate) const MAX_IN_FLIGHT: std::ops::RangeInclusive<i64> = 1..=1000;
 
-/// Headers hookrelay sets itself; an endpoint may not override them.
-const RESERVED_HEADERS: [&str; 7] = [
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-type",
-    "content-length",
-    "host",
-    "user-agent",
-];
-
 /// The body of `POST` and `PATCH /v1/endpoints`. Every field is kept as raw JSON so a bad
 /// one is refused with its own name; `null` is kept apart from an absent field (`PATCH`
 /// with `"filter": null` removes the filter).
@@ -376,7 +365,7 @@ fn headers(v: Value, current: &Map<String, Value>) -> Result<Map<String, Value>,
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(bad(format!("`{name}` is not a valid header name")));
         }
-        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("hookrelay-") {
+        if webhook::RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("hookrelay-") {
             return Err(bad(format!("`{name}` is set by hookrelay and cannot be overridden")));
         }
         let Value::String(text) = value else {

@@ -24,12 +24,19 @@ async fn read(cache: &FollowedCache<String, u32>, key: &str, source: &Mutex<u32>
         .unwrap()
 }
 
-#[tokio::test]
-async fn an_entry_announced_before_the_next_read_is_read_again() {
+/// A cache following [`SUBJECT`] on a private server, with the connection announcements
+/// are awaited on.
+async fn followed() -> (TestEnv, async_nats::Client, FollowedCache<String, u32>) {
     let env = TestEnv::start().await.unwrap();
     let ours = env.nats().await.unwrap();
     let cache = cache();
     cache.follow(&ours, SUBJECT).await.unwrap();
+    (env, ours, cache)
+}
+
+#[tokio::test]
+async fn an_entry_announced_before_the_next_read_is_read_again() {
+    let (env, ours, cache) = followed().await;
     let source = Mutex::new(1);
     assert_eq!(read(&cache, "ep_a", &source).await, 1);
 
@@ -47,17 +54,16 @@ async fn an_entry_announced_before_the_next_read_is_read_again() {
 
 #[tokio::test]
 async fn an_announcement_naming_nothing_drops_every_entry() {
-    let env = TestEnv::start().await.unwrap();
-    let ours = env.nats().await.unwrap();
-    let cache = cache();
-    cache.follow(&ours, SUBJECT).await.unwrap();
+    let (env, ours, cache) = followed().await;
     let source = Mutex::new(1);
     assert_eq!(read(&cache, "ep_a", &source).await, 1);
+    assert_eq!(read(&cache, "ep_b", &source).await, 1);
     *source.lock().unwrap() = 2;
     env.announce_before_work(&ours, "test.changes.acme".into(), String::new())
         .await
         .unwrap();
     assert_eq!(read(&cache, "ep_a", &source).await, 2);
+    assert_eq!(read(&cache, "ep_b", &source).await, 2);
 }
 
 #[tokio::test]

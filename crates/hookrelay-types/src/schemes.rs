@@ -93,6 +93,9 @@ impl Scheme {
         timestamp: i64,
         body: &[u8],
     ) -> Result<Vec<(&'static str, String)>, Invalid> {
+        if keys.is_empty() {
+            return Err(no_key());
+        }
         let joined = |entries: Vec<String>| entries.join(" ");
         let header = match self {
             Self::StandardHmac => {
@@ -119,16 +122,13 @@ impl Scheme {
                 ("x-convoy-signature", value)
             }
             Self::Github => {
-                let key = keys.first().ok_or_else(no_key)?;
+                let key = keys[0];
                 (
                     "x-hub-signature-256",
                     format!("sha256={}", hex(&hmac_sha256(key.as_bytes(), body))),
                 )
             }
         };
-        if keys.is_empty() {
-            return Err(no_key());
-        }
         Ok(vec![header])
     }
 }

@@ -30,23 +30,6 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
-/// The Standard Webhooks headers and hookrelay's event header, in sending order.
-pub fn signed_headers(
-    event_id: &str,
-    event_type: &str,
-    timestamp: i64,
-    signature: &str,
-) -> [(&'static str, String); 6] {
-    [
-        ("webhook-id", event_id.to_owned()),
-        ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", signature.to_owned()),
-        ("content-type", CONTENT_TYPE.to_owned()),
-        ("user-agent", USER_AGENT.to_owned()),
-        ("hookrelay-event", event_type.to_owned()),
-    ]
-}
-
 /// The headers of a request signed by `scheme` with `keys` (the current key first, then
 /// those within their grace period), in sending order: `webhook-id`, `webhook-timestamp`,
 /// the scheme's signature header, `content-type`, `user-agent`, `hookrelay-event`.
